@@ -1,0 +1,5 @@
+import sys
+
+from mlipbias.cli import main
+
+sys.exit(main())
