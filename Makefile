@@ -39,9 +39,10 @@ test: install
 # Development build: the extension and the plugin land in python/mlipbias, use PYTHONPATH=python.
 dev: $(PY)
 	$(PIP) install -q $(BUILD_DEPS)
-	cmake -S . -B build/dev -G Ninja -DMLIPBIAS_INPLACE=ON -DPython_EXECUTABLE=$(abspath $(PY)) \
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake -S . -B build/dev -G Ninja -DMLIPBIAS_INPLACE=ON \
+	  -DPython_EXECUTABLE=$(abspath $(PY)) \
 	  -Dpybind11_DIR=$$($(PY) -c "import pybind11; print(pybind11.get_cmake_dir())")
-	cmake --build build/dev
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build build/dev
 
 lint: install
 	$(VENV)/bin/ruff check python tests benchmarks examples
