@@ -1,0 +1,168 @@
+// BP-NN model inference with uncertainties and uncertainty-bias gradients.
+//
+// This header is the contract between the model file (docs/model_file.md), the Python
+// bindings (MLIPCalculator's C++ backend) and the LAMMPS plugin (pair_style mlip/bias).
+// Everything here follows docs/model_file.md: read it first.
+//
+// Evaluation runs in two phases so that a global uncertainty can be summed over MPI ranks
+// without gathering atoms (LAMMPS domain decomposition):
+//
+//   Evaluator ev(model, options);
+//   ev.forward(neighbors);                       // descriptors, member energies, local sums
+//   std::vector<double> sums = ev.local_sums();  // a few doubles + K sketch entries
+//   MPI_Allreduce(... sums ...);                 // or nothing in a serial caller
+//   ev.backward(sums.data(), result);            // U, grad U, forces, virials
+//
+// Neighbour convention (same as the symmetry functions): centres are atoms 0..n_centers-1;
+// neighbours index the full atom array (centres first, then ghosts or periodic images are
+// represented through D), pairs of centre i are offsets[i]..offsets[i+1]-1, D[p] is
+// r_ij = x_j - x_i. Forces are returned for every atom index that appears (0..n_atoms-1);
+// the caller folds ghost forces back to their owners (LAMMPS reverse communication).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mlipbias {
+
+enum class Uncertainty { none, ensemble, posterior, distance };
+
+// Parse "none" | "ensemble" | "posterior" | "distance"; throws Error naming the choices.
+Uncertainty parse_uncertainty(const std::string& name);
+const char* uncertainty_name(Uncertainty u);
+
+struct ModelData;  // weights, scaling, sketches, precisions; defined in model.cpp
+
+// A loaded and validated .mlip file. Loading checks the container (model_file.hpp) and
+// the schema (every record present with consistent shapes); errors name the file and the
+// record. Cheap to copy (shared, immutable data).
+class Model {
+ public:
+  static Model load(const std::string& path);
+
+  const std::vector<std::string>& elements() const;
+  int element_index(const std::string& symbol) const;  // -1 when unknown
+  double cutoff() const;                               // largest descriptor cutoff (A)
+  int n_features() const;
+  int n_members() const;
+  bool supports(Uncertainty u) const;                  // data present in the file
+  double energy_calibration(Uncertainty u) const;      // c_E (1 when absent)
+  double force_calibration(Uncertainty u) const;       // c_F (1 when absent)
+  const std::string& path() const;
+
+  std::shared_ptr<const ModelData> data() const { return data_; }
+
+ private:
+  std::shared_ptr<const ModelData> data_;
+};
+
+// Neighbour data for one evaluation (not owned).
+struct NeighborsView {
+  int64_t n_centers = 0;        // atoms whose energy is computed (LAMMPS: local atoms)
+  int64_t n_atoms = 0;          // all atoms referenced by j (LAMMPS: local + ghost)
+  const int32_t* species = nullptr;   // [n_atoms], model element index of every atom
+  const int64_t* offsets = nullptr;   // [n_centers + 1]
+  const int32_t* neighbors = nullptr; // [n_pairs], j of every pair
+  const double* vectors = nullptr;    // [n_pairs][3], r_ij = x_j - x_i
+};
+
+struct EvaluatorOptions {
+  Uncertainty uncertainty = Uncertainty::none;
+  bool uncertainty_gradient = false;   // compute grad_R U and its virial (needed for bias)
+  bool atom_uncertainty = false;       // compute per-atom U_i
+  double min_distance = 0.0;           // > 0: throw Error naming i, j, r when a pair is closer
+};
+
+// Everything one evaluation returns. Arrays are resized by the evaluator and reused across
+// calls (no allocation in an MD loop once sizes are stable).
+struct EvaluationResult {
+  double energy = 0.0;                   // sum of centre energies (ensemble mean), eV
+  std::vector<double> atom_energies;     // [n_centers]
+  std::vector<double> forces;            // [n_atoms][3], -dE/dx (ensemble mean)
+  double virial[6] = {0, 0, 0, 0, 0, 0}; // xx yy zz xy xz yz of W = -sum r_ij (x) dE/dr_ij
+  double uncertainty = 0.0;              // U (eV), calibrated; 0 with Uncertainty::none
+  std::vector<double> uncertainty_gradient;  // [n_atoms][3], dU/dx (only when requested)
+  double uncertainty_virial[6] = {0, 0, 0, 0, 0, 0};  // -sum r_ij (x) dU/dr_ij
+  std::vector<double> atom_uncertainty;  // [n_centers], U_i (eV/A), calibrated
+  std::vector<double> member_energies;   // [n_members], global (after the reduction)
+  // Ensemble only, with atom_uncertainty: forces of every member [n_members][n_atoms][3].
+  // atom_uncertainty is computed from them as they are, which is right when every atom
+  // index is a real atom (serial callers). A caller with ghost atoms folds ghost rows back
+  // to their owners first and then calls ensemble_atom_uncertainty() itself.
+  std::vector<double> member_forces;
+};
+
+// U_i = c_F sqrt(sum_m |F_im - Fbar_i|^2 / (3 (M - 1))) for atoms 0..n-1 of member_forces
+// laid out [n_members][stride_atoms][3]; writes n values to out.
+void ensemble_atom_uncertainty(const double* member_forces, int n_members, int64_t stride_atoms,
+                               int64_t n, double c_F, double* out);
+
+class Evaluator {
+ public:
+  Evaluator(const Model& model, const EvaluatorOptions& options);
+  ~Evaluator();
+  Evaluator(Evaluator&&) noexcept;
+  Evaluator& operator=(Evaluator&&) noexcept;
+
+  // Phase 1: descriptors, per-atom energies of every member, local sketch sums.
+  void forward(const NeighborsView& neighbors);
+
+  // Local partial sums to be summed over ranks before backward(). Layout (documented so a
+  // caller can print it): [E_m for each member] [Phi (K entries) when posterior/distance]
+  // [n_centers as a double].
+  const std::vector<double>& local_sums() const;
+
+  // Phase 2: with the globally summed local_sums(), compute U, grad U and forces/virials.
+  void backward(const double* global_sums, EvaluationResult& result);
+
+  // Convenience for serial callers: forward + backward with local sums as global.
+  void evaluate(const NeighborsView& neighbors, EvaluationResult& result);
+
+  const EvaluatorOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Uncertainty-bias policy of seed 002, shared by the LAMMPS plugin and the Python
+// calculators so both drive dynamics identically.
+//   E_biased = E - tau U;  F_bias,i = tau_(Z_i) dU/dx_i;  W_bias = tau_stress W_U
+// With rescale (seed 002 Eq. 8), the strengths used at step t are
+//   tau_eff = tau * sum_t' norm(F_t') / sum_t' norm(dU/dx_t')   (norms of 3N-vectors)
+// and likewise tau_stress with the virial norms. Norms are global: a parallel caller passes
+// the squared norms summed over ranks.
+struct BiasSettings {
+  double tau = 0.0;                    // strength for bias forces (dimensionless, U in eV)
+  double tau_stress = 0.0;             // strength for the bias virial
+  bool rescale = false;
+  std::vector<double> species_scale;   // [n_elements] multipliers of tau per element (1 = none)
+};
+
+class BiasState {
+ public:
+  explicit BiasState(const BiasSettings& settings);
+
+  // Record this step's global norms and return the effective strengths to apply now.
+  // force_norm2 / gradient_norm2: squared norms of F (model) and dU/dx over all atoms;
+  // virial_norm2 / gradient_virial_norm2: squared Frobenius norms of the two virials.
+  void update(double force_norm2, double gradient_norm2, double virial_norm2,
+              double gradient_virial_norm2);
+  double tau_effective() const;
+  double tau_stress_effective() const;
+  const BiasSettings& settings() const { return settings_; }
+  int64_t steps() const { return steps_; }
+
+  // Serialisable running sums (restart files, Python pickling).
+  std::vector<double> state() const;
+  void set_state(const std::vector<double>& state);
+
+ private:
+  BiasSettings settings_;
+  double sum_force_ = 0.0, sum_gradient_ = 0.0, sum_virial_ = 0.0, sum_gradient_virial_ = 0.0;
+  int64_t steps_ = 0;
+};
+
+}  // namespace mlipbias
