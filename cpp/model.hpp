@@ -62,7 +62,9 @@ class Model {
 struct NeighborsView {
   int64_t n_centers = 0;        // atoms whose energy is computed (LAMMPS: local atoms)
   int64_t n_atoms = 0;          // all atoms referenced by j (LAMMPS: local + ghost)
-  const int32_t* species = nullptr;   // [n_atoms], model element index of every atom
+  const int32_t* species = nullptr;   // [n_atoms], model element index of every atom; -1 marks
+                                      // an atom this model does not handle (LAMMPS type mapped
+                                      // to NULL): no energy, and it is nobody's neighbour
   const int64_t* offsets = nullptr;   // [n_centers + 1]
   const int32_t* neighbors = nullptr; // [n_pairs], j of every pair
   const double* vectors = nullptr;    // [n_pairs][3], r_ij = x_j - x_i
@@ -121,6 +123,9 @@ class Evaluator {
   void evaluate(const NeighborsView& neighbors, EvaluationResult& result);
 
   const EvaluatorOptions& options() const;
+  // Change what the next evaluation computes (e.g. the uncertainty only every N steps);
+  // cached buffers are kept.
+  void set_options(const EvaluatorOptions& options);
 
  private:
   struct Impl;
@@ -130,6 +135,7 @@ class Evaluator {
 // Uncertainty-bias policy of seed 002, shared by the LAMMPS plugin and the Python
 // calculators so both drive dynamics identically.
 //   E_biased = E - tau U;  F_bias,i = tau_(Z_i) dU/dx_i;  W_bias = tau_stress W_U
+// The biased dynamics conserve E_biased only with one tau for all species and no rescaling.
 // With rescale (seed 002 Eq. 8), the strengths used at step t are
 //   tau_eff = tau * sum_t' norm(F_t') / sum_t' norm(dU/dx_t')   (norms of 3N-vectors)
 // and likewise tau_stress with the virial norms. Norms are global: a parallel caller passes
@@ -138,7 +144,7 @@ struct BiasSettings {
   double tau = 0.0;                    // strength for bias forces (dimensionless, U in eV)
   double tau_stress = 0.0;             // strength for the bias virial
   bool rescale = false;
-  std::vector<double> species_scale;   // [n_elements] multipliers of tau per element (1 = none)
+  std::vector<double> species_tau;     // [n_elements] strength per element; empty: tau for all
 };
 
 class BiasState {
@@ -150,7 +156,8 @@ class BiasState {
   // virial_norm2 / gradient_virial_norm2: squared Frobenius norms of the two virials.
   void update(double force_norm2, double gradient_norm2, double virial_norm2,
               double gradient_virial_norm2);
-  double tau_effective() const;
+  double tau_effective() const;                 // for the bias energy -tau_eff U
+  double tau_effective(int element) const;      // for the bias force on an atom of element
   double tau_stress_effective() const;
   const BiasSettings& settings() const { return settings_; }
   int64_t steps() const { return steps_; }
