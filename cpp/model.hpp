@@ -86,7 +86,9 @@ struct EvaluationResult {
   double virial[6] = {0, 0, 0, 0, 0, 0}; // xx yy zz xy xz yz of W = -sum r_ij (x) dE/dr_ij
   double uncertainty = 0.0;              // U (eV), calibrated; 0 with Uncertainty::none
   std::vector<double> uncertainty_gradient;  // [n_atoms][3], dU/dx (only when requested)
-  double uncertainty_virial[6] = {0, 0, 0, 0, 0, 0};  // -sum r_ij (x) dU/dr_ij
+  // +sum r_ij (x) dU/dr_ij: the virial of the bias potential -U, so W_bias = tau_stress * this
+  // (same sign convention as uncertainty_gradient, whose multiple tau * dU/dx is F_bias).
+  double uncertainty_virial[6] = {0, 0, 0, 0, 0, 0};
   std::vector<double> atom_uncertainty;  // [n_centers], U_i (eV/A), calibrated
   std::vector<double> member_energies;   // [n_members], global (after the reduction)
   // Ensemble only, with atom_uncertainty: forces of every member [n_members][n_atoms][3].
@@ -134,7 +136,7 @@ class Evaluator {
 
 // Uncertainty-bias policy of seed 002, shared by the LAMMPS plugin and the Python
 // calculators so both drive dynamics identically.
-//   E_biased = E - tau U;  F_bias,i = tau_(Z_i) dU/dx_i;  W_bias = tau_stress W_U
+//   E_biased = E - tau U;  F_bias,i = tau_(Z_i) dU/dx_i;  W_bias = tau_stress sum r_ij (x) dU/dr_ij
 // The biased dynamics conserve E_biased only with one tau for all species and no rescaling.
 // With rescale (seed 002 Eq. 8), the strengths used at step t are
 //   tau_eff = tau * sum_t' norm(F_t') / sum_t' norm(dU/dx_t')   (norms of 3N-vectors)
