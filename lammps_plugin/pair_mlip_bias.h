@@ -1,0 +1,77 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style mlip/bias: a Behler-Parrinello model from an mlipbias .mlip file, its
+   uncertainty, and uncertainty-bias forces and bias stress (Zaverkin et al., seed 002).
+   Documentation: lammps_plugin/README.md.
+------------------------------------------------------------------------- */
+
+#ifndef LMP_PAIR_MLIP_BIAS_H
+#define LMP_PAIR_MLIP_BIAS_H
+
+#include "pair.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model.hpp"
+
+namespace LAMMPS_NS {
+
+class PairMLIPBias : public Pair {
+ public:
+  PairMLIPBias(class LAMMPS *);
+  ~PairMLIPBias() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  void *extract(const char *, int &) override;
+  void *extract_peratom(const char *, int &) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  double memory_usage() override;
+
+ protected:
+  // settings
+  std::string model_path;
+  std::unique_ptr<mlipbias::Model> model;
+  std::unique_ptr<mlipbias::Evaluator> evaluator;
+  std::unique_ptr<mlipbias::BiasState> bias;
+  mlipbias::Uncertainty method;
+  mlipbias::BiasSettings bias_settings;
+  int every;              // evaluate U every this many steps when no bias is applied
+  double min_distance;    // error when two atoms are closer (A)
+  std::vector<int> type_to_element;    // [ntypes + 1], -1 for NULL
+
+  // per-step work arrays
+  std::vector<int32_t> species;        // [nall]
+  std::vector<int64_t> offsets;        // [nlocal + 1]
+  std::vector<int32_t> pair_j;
+  std::vector<double> pair_d;
+  mlipbias::EvaluationResult result;
+  std::vector<double> global_sums;
+  double *fold;           // [nmax * fold_stride]: per-atom values folded from ghosts to owners
+  int fold_nmax, fold_stride;          // allocated rows and row length
+  int fold_stride_used_;               // row length of the current fold (pack/unpack)
+  double *atom_uncertainty;            // [nmax], for extract_peratom / fix pair
+  int atom_uncertainty_nmax;
+
+  // state exposed through extract() and compute pair (pvector)
+  int uncertainty_flag;   // set by fix pair to request per-atom uncertainties on a step
+  double uncertainty;     // last global U (eV)
+  double bias_energy;     // -tau_eff U (eV)
+  double tau_eff, tau_stress_eff;
+  double max_atom_uncertainty;
+
+  void allocate();
+  void build_neighbors();
+  bool bias_active() const;
+  void grow_fold(int stride);
+  void fold_ghosts(int stride);
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
