@@ -284,6 +284,12 @@ def test_write_is_atomic_and_replaces(tmp_path):
         write_model_file(path, {"x": 3.0, "bad": np.array([1j])})
     assert read_model_file(path)["x"][0] == 2.0
     assert sorted(os.listdir(tmp_path)) == ["model.mlip"]
+    # Readable like any file the user writes, not private like a temporary file.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    with pytest.raises(FileNotFoundError, match="no such directory for the model file m.mlip"):
+        write_model_file(tmp_path / "absent" / "m.mlip", {"x": 1.0})
 
 
 @pytest.mark.parametrize(
@@ -404,7 +410,12 @@ def _bad_table():
         (edit(member__0__Si__b2=np.zeros(3)), r"record member/0/Si/b2 has shape \[3\], expected \[4\]"),
         (edit(model__n_layers=2), "record member/0/Si/W3 is present but model/n_layers is 2"),
         (edit(model__n_members=1), "record member/1/Si/W1 is present but model/n_members is 1"),
-        (edit(model__n_members=3), "missing record member/2/energy_scale"),
+        (edit(model__n_members=3), r"model/n_members is 3 but member\(s\) 2 have no records"),
+        (
+            edit(model__n_members=10**12),
+            r"model/n_members is 1000000000000 but member\(s\) 2, 3, 4, ... have no",
+        ),
+        (edit(member__1__energy_scale=None), "missing record member/1/energy_scale"),
         (edit(member__0__Fe__W1=np.zeros((4, 3))), "record member/0/Fe/W1 is for element 'Fe'"),
         (edit(member__0__energy_shift=np.zeros(3)), r"member/0/energy_shift has shape \[3\], expected \[2\]"),
         (edit(model__activation="relu"), "record model/activation is 'relu'"),

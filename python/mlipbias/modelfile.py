@@ -85,9 +85,13 @@ def write_model_file(path: str | os.PathLike, records: Mapping[str, RecordValue]
     replaced once the new one is complete on disk.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such directory for the model file {path.name}")
     data = encode_model_file(records)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); a model file gets the usual permissions.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -97,6 +101,12 @@ def write_model_file(path: str | os.PathLike, records: Mapping[str, RecordValue]
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, np.ndarray | str]:
@@ -277,7 +287,13 @@ def _check_members(
     layers: dict[str, list[tuple[int, int]]] = {}
     if not n_members or not n_layers or n_members < 1 or n_layers < 1:
         return n_members, layers
-    for m in range(n_members):
+    # Only members with records are walked, so a corrupt n_members cannot make this loop long.
+    present = {int(match[1]) for name in c.records if (match := re.match(r"member/(\d+)/", name))}
+    absent = [m for m in range(min(n_members, len(present) + 3)) if m not in present]
+    if absent:
+        listed = ", ".join(map(str, absent[:3])) + (", ..." if n_members > len(present) + 3 else "")
+        c.problem(f"record model/n_members is {n_members} but member(s) {listed} have no records")
+    for m in sorted(m for m in present if m < n_members):
         prefix = f"member/{m}"
         scale = c.scalar(f"{prefix}/energy_scale", "float64")
         if scale is not None and scale == 0:

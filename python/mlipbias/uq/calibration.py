@@ -122,7 +122,10 @@ class ConformalCalibration:
 
     @classmethod
     def from_records(cls, records: Mapping, quantity: str, method: str) -> ConformalCalibration:
-        """The calibration of ``method`` for ``quantity``; an absent factor is 1 (uncalibrated)."""
+        """The calibration of ``method`` for ``quantity`` from model-file records.
+
+        An absent factor is 1 (uncalibrated); an absent ``calibration/alpha`` reads as 0.1.
+        """
         _check_key(quantity, method)
         factor = records.get(f"calibration/{quantity}/{method}", [1.0])
         alpha = records.get("calibration/alpha", [0.1])

@@ -205,10 +205,14 @@ class Predictions:
     atom_uncertainty: np.ndarray | None = None  # (n_atoms_total,) force-component scale
 
     def __post_init__(self):
-        n_struct = np.shape(self.energy)[0] if np.ndim(self.energy) == 1 else None
+        if np.ndim(self.energy) != 1:
+            raise ValueError(
+                f"Predictions.energy has shape {np.shape(self.energy)}, expected (n_structures,)"
+            )
+        n_struct = np.shape(self.energy)[0]
         for name in ("energy_ref", "n_atoms", "energy_uncertainty"):
             value = getattr(self, name)
-            if value is not None and (n_struct is None or np.shape(value) != (n_struct,)):
+            if value is not None and np.shape(value) != (n_struct,):
                 raise ValueError(f"Predictions.{name} has shape {np.shape(value)}, expected ({n_struct},)")
         n_total = int(np.sum(self.n_atoms))
         for name in ("forces", "forces_ref"):
