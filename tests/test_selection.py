@@ -59,6 +59,16 @@ def test_max_det_equals_brute_force(seed, noise):
     assert greedy[0] == np.argmax(np.einsum("ij,jk,ik->i", pool, a, pool))  # first: largest U^2
 
 
+def test_max_det_with_an_ill_conditioned_posterior():
+    """Fewer training structures than features and a tiny lambda: A = inv(...) is symmetric
+    only to rounding (1e-6 relative here), which must not be mistaken for a wrong matrix."""
+    rng = np.random.default_rng(6)
+    a = posterior_matrix(rng, 10, 40, lam=1e-9)
+    assert np.abs(a - a.T).max() > 1e-8 * np.abs(a).max()
+    pool = rng.normal(size=(30, 40))
+    np.testing.assert_array_equal(select_max_det(pool, a, 5), brute_force_max_det(pool, 0.5 * (a + a.T), 5))
+
+
 def test_max_det_beyond_the_rank_of_the_features():
     rng = np.random.default_rng(9)
     basis = rng.normal(size=(3, 8))

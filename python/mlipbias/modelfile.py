@@ -362,7 +362,8 @@ def _check_uq(
         c.problem(f"record uq/gradient/lambda is {lam}, expected > 0")
     for name in ("precision_energy", "precision_atom"):
         a = c.get(f"uq/gradient/{name}", "float64", (n_feat, n_feat), required=posterior)
-        if a is not None and a.shape[0] == a.shape[1] and not np.allclose(a, a.T, rtol=1e-10, atol=0):
+        # A tolerance, as inverses of ill-conditioned matrices are symmetric only to eps * cond.
+        if a is not None and a.shape[0] == a.shape[1] and np.abs(a - a.T).max() > 1e-4 * np.abs(a).max():
             c.problem(f"record uq/gradient/{name} is not symmetric")
     for name in ("train_energy", "train_atom"):
         t = c.get(f"uq/gradient/{name}", "float64", (None, n_feat), required="distance" in methods)

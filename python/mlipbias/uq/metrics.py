@@ -272,14 +272,11 @@ def uncertainty_metrics(
     for key in ("miscalibration_area_recalibrated", "cnll", "cnll_a", "cnll_b"):
         out[key] = float("nan")
     if validation is not None:
-
-        def variance_score(x):
-            return np.asarray(x, float) ** 2 if kind == "std" else np.asarray(x, float)
-
+        power = 2 if kind == "std" else 1  # the variance is linear in U^2 for a standard deviation
         r_val, u_val = _pair(*validation, errors_ndim=(1, 2))
         constraint = "positive_variance" if kind == "score" else "nonnegative"
-        fit = VarianceRecalibration(constraint=constraint).fit(r_val, variance_score(u_val))
-        score = variance_score(u)
+        fit = VarianceRecalibration(constraint=constraint).fit(r_val, u_val**power)
+        score = u**power
         out["cnll"] = fit.nll(r, score)
         out["cnll_a"], out["cnll_b"] = fit.a, fit.b
         out["miscalibration_area_recalibrated"] = miscalibration_area(r, np.sqrt(fit.variance(score)), n_bins)
