@@ -345,6 +345,7 @@ def test_positive_variance_constraint_for_negative_scores(tmp_path):
     assert fit.a == pytest.approx(0.5, rel=0.1) and fit.b == pytest.approx(4.0, rel=0.05)
     assert fit.min_variance == pytest.approx(fit.a * score.min() + fit.b)
     assert fit.variance([score.min() - 10])[0] == fit.min_variance  # floored below the validation range
+    np.testing.assert_allclose(fit.apply(score[:5]) ** 2, fit.a * score[:5] + fit.b, rtol=1e-14)
     records = fit.to_records("energy", "gmm")
     again = VarianceRecalibration.from_records(
         read_model_file(write_model_file(tmp_path / "v.mlip", records)), "energy", "gmm"

@@ -212,6 +212,10 @@ class VarianceRecalibration:
         """``max(a U + b, min_variance)``."""
         return np.maximum(self.a * np.asarray(score, dtype=float) + self.b, self.min_variance)
 
+    def apply(self, score) -> np.ndarray:
+        """The recalibrated standard deviation ``sqrt(max(a U + b, min_variance))``."""
+        return np.sqrt(self.variance(score))
+
     def nll(self, errors, score) -> float:
         """The calibrated NLL (seed 003, Eq. 14) per error component."""
         from mlipbias.uq.metrics import calibrated_nll
