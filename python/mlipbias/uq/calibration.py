@@ -158,6 +158,7 @@ class VarianceRecalibration:
         )
 
     def fit(self, errors, score) -> VarianceRecalibration:
+        """Minimise the Gaussian NLL (Eq. 13) of validation residuals over (a, b); returns self."""
         from scipy.optimize import minimize
 
         e = np.asarray(errors, dtype=float)
