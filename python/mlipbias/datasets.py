@@ -70,17 +70,25 @@ class GenerationSettings:
     )
     seed: int = _setting(0, "random seed; every sample is a pure function of (seed, index)")
     max_norm: float = _setting(
-        1.0, "largest total L2 norm of a displacement, A; norms are uniform in [0, max_norm]", ("displacements",)
+        1.0,
+        "largest total L2 norm of a displacement, A; norms are uniform in [0, max_norm]",
+        ("displacements",),
     )
-    relax: bool = _setting(True, "relax to a local minimum with the oracle before displacing", ("displacements",))
-    relax_fmax: float = _setting(0.01, "relaxation converged when max |F| is below this, eV/A", ("displacements",))
+    relax: bool = _setting(
+        True, "relax to a local minimum with the oracle before displacing", ("displacements",)
+    )
+    relax_fmax: float = _setting(
+        0.01, "relaxation converged when max |F| is below this, eV/A", ("displacements",)
+    )
     relax_steps: int = _setting(1000, "maximum BFGS steps of the relaxation", ("displacements",))
     temperatures: tuple[float, ...] = _setting(
         (300.0,), "thermostat temperatures, K; more may be added between runs", ("md",), resumable=True
     )
     timestep: float = _setting(1.0, "MD time step, fs", ("md",))
     friction: float = _setting(0.01, "Langevin friction, 1/fs", ("md",))
-    equilibration_steps: int = _setting(1000, "MD steps before the first snapshot at each temperature", ("md",))
+    equilibration_steps: int = _setting(
+        1000, "MD steps before the first snapshot at each temperature", ("md",)
+    )
     sample_interval: int = _setting(20, "MD steps between snapshots", ("md",))
     min_distance: float = _setting(
         0.5, "reject structures with two atoms closer than this, A (0 disables)", resumable=True
@@ -139,6 +147,14 @@ class GenerationSettings:
     def to_dict(self) -> dict:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def for_mode(self) -> dict:
+        """The settings that apply to this mode."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if self.mode in f.metadata["modes"]
+        }
+
     def identity(self) -> dict:
         """The settings of this mode that must be equal for a run to resume another one."""
         return {
@@ -191,7 +207,9 @@ def open_dataset(path: str | Path, create: bool = False):
         with open(path, "rb") as handle:
             header = handle.read(len(_SQLITE_MAGIC))
         if header != _SQLITE_MAGIC:
-            raise ValueError(f"{path} is not an SQLite database (ase.db); it may be another format or damaged")
+            raise ValueError(
+                f"{path} is not an SQLite database (ase.db); it may be another format or damaged"
+            )
         try:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
@@ -204,9 +222,8 @@ def open_dataset(path: str | Path, create: bool = False):
         if check != "ok":
             raise ValueError(f"{path} is a damaged SQLite database: integrity check says {check!r}")
         if not {"systems", "information"} <= tables:
-            raise ValueError(
-                f"{path} is an SQLite database but not an ase.db (tables: {', '.join(sorted(tables)) or 'none'})"
-            )
+            names = ", ".join(sorted(tables)) or "none"
+            raise ValueError(f"{path} is an SQLite database but not an ase.db (tables: {names})")
     elif not path.exists():
         if not create:
             raise FileNotFoundError(f"dataset {path} does not exist")
@@ -266,7 +283,10 @@ def reference_minimum(path: str | Path) -> Atoms | None:
 
 def _minimum_atoms(record: dict) -> Atoms:
     atoms = Atoms(
-        numbers=record["numbers"], positions=np.array(record["positions"]), cell=record["cell"], pbc=record["pbc"]
+        numbers=record["numbers"],
+        positions=np.array(record["positions"]),
+        cell=record["cell"],
+        pbc=record["pbc"],
     )
     return attach_results(atoms, {"energy": record["energy"], "forces": np.array(record["forces"])})
 
@@ -305,7 +325,11 @@ def generate(
         "settings": settings.to_dict(),
         "oracle": oracle_label,
         "oracle_options": _jsonable(oracle_params),
-        "structure": {"name": name, "formula": structure.get_chemical_formula(), "fingerprint": fingerprint(structure)},
+        "structure": {
+            "name": name,
+            "formula": structure.get_chemical_formula(),
+            "fingerprint": fingerprint(structure),
+        },
         "mlipbias_version": __version__,
     }
     db = open_dataset(path, create=True)
@@ -313,8 +337,13 @@ def generate(
     if stored is not None:
         _check_resume(path, settings, run, stored)
         run = {**stored, "settings": settings.to_dict()}
-    common = {"mode": settings.mode, "seed": settings.seed, "oracle": oracle_label, "structure": name,
-              "mlipbias_version": __version__}
+    common = {
+        "mode": settings.mode,
+        "seed": settings.seed,
+        "oracle": oracle_label,
+        "structure": name,
+        "mlipbias_version": __version__,
+    }
     if settings.mode == "displacements":
         return _generate_displacements(db, Path(path), structure, calc, settings, run, common, progress)
     return _generate_md(db, Path(path), structure, calc, settings, run, common, progress)
@@ -322,7 +351,9 @@ def generate(
 
 def _check_resume(path, settings: GenerationSettings, run: dict, stored: dict) -> None:
     old = GenerationSettings.from_dict(stored["settings"]).identity()
-    differences = [f"{k}: stored {old[k]!r}, requested {v!r}" for k, v in settings.identity().items() if old[k] != v]
+    differences = [
+        f"{k}: stored {old[k]!r}, requested {v!r}" for k, v in settings.identity().items() if old[k] != v
+    ]
     for key in ("oracle", "oracle_options"):
         if stored[key] != run[key]:
             differences.append(f"{key}: stored {stored[key]!r}, requested {run[key]!r}")
@@ -341,7 +372,10 @@ def _check_resume(path, settings: GenerationSettings, run: dict, stored: dict) -
 
 
 def _done(db, mode: str) -> list[dict]:
-    return [row.key_value_pairs for row in db.select(mode=mode, columns=["id", "key_value_pairs"], include_data=False)]
+    return [
+        row.key_value_pairs
+        for row in db.select(mode=mode, columns=["id", "key_value_pairs"], include_data=False)
+    ]
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -370,9 +404,13 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
         converged = True
         if settings.relax:
             try:
-                fmax = relax(minimum, calc, fmax=settings.relax_fmax, steps=settings.relax_steps, progress=progress)
+                fmax = relax(
+                    minimum, calc, fmax=settings.relax_fmax, steps=settings.relax_steps, progress=progress
+                )
             except Exception as exc:
-                raise OracleError(f"oracle failed while relaxing the input structure: {type(exc).__name__}: {exc}") from exc
+                raise OracleError(
+                    f"oracle failed while relaxing the input structure: {type(exc).__name__}: {exc}"
+                ) from exc
             converged = fmax <= settings.relax_fmax
             if not converged:
                 warnings.warn(
@@ -396,17 +434,29 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
     done = {kv["index"] for kv in _done(db, "displacements")}
     todo = [i for i in range(settings.n_samples) if i not in done]
     n_existing = settings.n_samples - len(todo)
-    with tqdm(total=settings.n_samples, initial=n_existing, desc="displacements", unit="structure",
-              disable=not progress) as bar:
+    with tqdm(
+        total=settings.n_samples,
+        initial=n_existing,
+        desc="displacements",
+        unit="structure",
+        disable=not progress,
+    ) as bar:
         for i in todo:
             delta, norm = displacement(len(minimum), settings.seed, i, settings.max_norm)
-            atoms = Atoms(minimum.numbers, positions=minimum.positions + delta, cell=minimum.cell, pbc=minimum.pbc)
-            results = label(atoms, calc, name=f"displacement {i} (norm {norm:.4f} A)",
-                            min_distance=settings.min_distance)
+            atoms = Atoms(
+                minimum.numbers, positions=minimum.positions + delta, cell=minimum.cell, pbc=minimum.pbc
+            )
+            results = label(
+                atoms, calc, name=f"displacement {i} (norm {norm:.4f} A)", min_distance=settings.min_distance
+            )
             db.write(
                 attach_results(atoms, results),
-                key_value_pairs={**common, "index": i, "norm": norm,
-                                 "energy_above_minimum": results["energy"] - e_min},
+                key_value_pairs={
+                    **common,
+                    "index": i,
+                    "norm": norm,
+                    "energy_above_minimum": results["energy"] - e_min,
+                },
             )
             bar.update(1)
     return GenerationResult(path, "displacements", settings.n_samples, n_existing, len(todo))
@@ -426,15 +476,18 @@ def _generate_md(db, path, structure, calc, settings, run, common, progress) -> 
 
     def run_md(atoms: Atoms, temperature: float, steps: int, rng, what: str) -> None:
         atoms.calc = calc
-        dyn = Langevin(atoms, dt, temperature_K=temperature, friction=settings.friction / units.fs, fixcm=False,
-                       rng=rng)
+        dyn = Langevin(
+            atoms, dt, temperature_K=temperature, friction=settings.friction / units.fs, fixcm=False, rng=rng
+        )
         try:
             dyn.run(steps)
         except Exception as exc:
             raise OracleError(f"oracle failed during {what}: {type(exc).__name__}: {exc}") from exc
 
     written = 0
-    with tqdm(total=n_total, initial=n_existing, desc="md snapshots", unit="snapshot", disable=not progress) as bar:
+    with tqdm(
+        total=n_total, initial=n_existing, desc="md snapshots", unit="snapshot", disable=not progress
+    ) as bar:
         for temperature in settings.temperatures:
             key = int(round(temperature * 1000))  # mK: the random stream of this temperature
             state, state_index = None, None
@@ -449,22 +502,40 @@ def _generate_md(db, path, structure, calc, settings, run, common, progress) -> 
                     rng = _rng(settings.seed, key, 0)
                     state.set_momenta(_maxwell_boltzmann(state.get_masses(), temperature, rng))
                     bar.set_postfix_str(f"equilibrating at {temperature:g} K", refresh=True)
-                    run_md(state, temperature, settings.equilibration_steps, rng,
-                           f"equilibration at {temperature:g} K")
+                    run_md(
+                        state,
+                        temperature,
+                        settings.equilibration_steps,
+                        rng,
+                        f"equilibration at {temperature:g} K",
+                    )
                 else:
                     state = _row_state(db, temperature, j - 1)
                 bar.set_postfix_str(f"T = {temperature:g} K", refresh=False)
-                run_md(state, temperature, settings.sample_interval, _rng(settings.seed, key, j + 1),
-                       f"MD at {temperature:g} K towards snapshot {j}")
+                run_md(
+                    state,
+                    temperature,
+                    settings.sample_interval,
+                    _rng(settings.seed, key, j + 1),
+                    f"MD at {temperature:g} K towards snapshot {j}",
+                )
                 state_index = j
                 snapshot = state.copy()
-                results = label(snapshot, calc, name=f"MD snapshot {j} at {temperature:g} K",
-                                min_distance=settings.min_distance)
+                results = label(
+                    snapshot,
+                    calc,
+                    name=f"MD snapshot {j} at {temperature:g} K",
+                    min_distance=settings.min_distance,
+                )
                 db.write(
                     attach_results(snapshot, results),
-                    key_value_pairs={**common, "index": j, "temperature": temperature,
-                                     "md_step": (j + 1) * settings.sample_interval,
-                                     "kinetic_temperature": float(snapshot.get_temperature())},
+                    key_value_pairs={
+                        **common,
+                        "index": j,
+                        "temperature": temperature,
+                        "md_step": (j + 1) * settings.sample_interval,
+                        "kinetic_temperature": float(snapshot.get_temperature()),
+                    },
                 )
                 written += 1
                 bar.update(1)
@@ -485,7 +556,9 @@ def _row_state(db, temperature: float, index: int) -> Atoms:
             atoms.calc = None
             if atoms.get_momenta().any():
                 return atoms
-            raise ValueError(f"{db.filename}: MD snapshot {index} at {temperature:g} K has no momenta to continue from")
+            raise ValueError(
+                f"{db.filename}: MD snapshot {index} at {temperature:g} K has no momenta to continue from"
+            )
     raise ValueError(f"{db.filename}: MD snapshot {index} at {temperature:g} K is missing")
 
 
@@ -524,17 +597,24 @@ def split_dataset(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: in
     fractions = np.asarray(fractions, dtype=float)
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"split_dataset: n must be a non-negative integer, got {n!r}")
-    if fractions.ndim != 1 or fractions.size == 0 or not np.isfinite(fractions).all() or (fractions < 0).any():
+    if (
+        fractions.ndim != 1
+        or fractions.size == 0
+        or not np.isfinite(fractions).all()
+        or (fractions < 0).any()
+    ):
         raise ValueError(f"split_dataset: fractions must be non-negative numbers, got {fractions.tolist()}")
     if abs(fractions.sum() - 1.0) > 1e-9:
-        raise ValueError(f"split_dataset: fractions must add up to 1, got {fractions.tolist()} (sum {fractions.sum()})")
+        raise ValueError(
+            f"split_dataset: fractions must add up to 1, got {fractions.tolist()} (sum {fractions.sum()})"
+        )
     exact = fractions * int(n)
     sizes = np.floor(exact).astype(int)
     remainder = int(n) - sizes.sum()
     sizes[np.argsort(-(exact - sizes), kind="stable")[:remainder]] += 1
     order = np.random.default_rng(seed).permutation(int(n))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def summarize(path: str | Path, selection=None) -> dict:
@@ -578,16 +658,22 @@ def summarize(path: str | Path, selection=None) -> dict:
         "n_with_energy": int(energies.size),
         "n_with_stress": n_stress,
         "provenance": {key: dict(counter) for key, counter in provenance.items() if counter},
-        "runs": {mode: {k: run[k] for k in ("settings", "oracle", "oracle_options", "structure")}
-                 for mode, run in meta.get("runs", {}).items()},
+        "runs": {
+            mode: {k: run[k] for k in ("settings", "oracle", "oracle_options", "structure")}
+            for mode, run in meta.get("runs", {}).items()
+        },
     }
 
 
 def _stats(values: np.ndarray) -> dict | None:
     if values.size == 0:
         return None
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max())}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
 def format_summary(summary: dict) -> str:
@@ -598,23 +684,31 @@ def format_summary(summary: dict) -> str:
     formulas = ", ".join(f"{f} x{n}" for f, n in sorted(summary["formulas"].items(), key=lambda x: -x[1])[:6])
     lines.append(f"  formulas        {formulas}")
     elements = ", ".join(f"{e} {n}" for e, n in sorted(summary["elements"].items()))
-    lines.append(f"  atoms           {elements} (per structure: "
-                 + ", ".join(f"{k}" for k in summary["atoms_per_structure"]) + ")")
+    lines.append(
+        f"  atoms           {elements} (per structure: "
+        + ", ".join(f"{k}" for k in summary["atoms_per_structure"])
+        + ")"
+    )
     e = summary["energy_per_atom"]
     if e:
-        lines.append(f"  energy/atom     mean {e['mean']:.6f}  std {e['std']:.6f}  min {e['min']:.6f}  "
-                     f"max {e['max']:.6f} eV  ({summary['n_with_energy']} labelled)")
+        lines.append(
+            f"  energy/atom     mean {e['mean']:.6f}  std {e['std']:.6f}  min {e['min']:.6f}  "
+            f"max {e['max']:.6f} eV  ({summary['n_with_energy']} labelled)"
+        )
     if summary["force_component_rms"] is not None:
-        lines.append(f"  forces          rms {summary['force_component_rms']:.4f}  "
-                     f"max |F_a| {summary['force_component_max_abs']:.4f} eV/A")
+        lines.append(
+            f"  forces          rms {summary['force_component_rms']:.4f}  "
+            f"max |F_a| {summary['force_component_max_abs']:.4f} eV/A"
+        )
     lines.append(f"  stress          {summary['n_with_stress']} structures")
     for key, counts in summary["provenance"].items():
         shown = ", ".join(f"{v}: {n}" for v, n in sorted(counts.items(), key=lambda x: _sort_key(x[0])))
         lines.append(f"  {key:15s} {shown}")
     for mode, run in summary["runs"].items():
-        settings = {k: v for k, v in run["settings"].items()
-                    if k in GenerationSettings(mode=mode).identity() or k in ("n_samples", "temperatures")}
-        lines.append(f"  run {mode:11s} oracle {run['oracle']} on {run['structure']['name']}: {json.dumps(settings)}")
+        settings = GenerationSettings.from_dict(run["settings"]).for_mode()
+        lines.append(
+            f"  run {mode:11s} oracle {run['oracle']} on {run['structure']['name']}: {json.dumps(settings)}"
+        )
     return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ that names the structure and the cause.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from ase import Atoms
 
@@ -44,25 +46,43 @@ def make_oracle(name, **options):
         if options:
             raise ValueError("oracle options are only accepted with an oracle name, not a calculator object")
         if not hasattr(name, "get_potential_energy") or not hasattr(name, "get_forces"):
-            raise ValueError(f"oracle {name!r} is neither a known name ({', '.join(ORACLE_NAMES)}) nor a calculator")
+            raise ValueError(
+                f"oracle {name!r} is neither a known name ({', '.join(ORACLE_NAMES)}) nor a calculator"
+            )
         return name
     key = name.lower()
     if key == "bks":
         from mlipbias.potentials import BKS
 
-        return BKS(**options)
+        try:
+            return BKS(**options)
+        except TypeError as exc:
+            raise ValueError(f"oracle bks: bad option: {exc}") from exc
     if key in ("gfn1-xtb", "gfn2-xtb"):
         from tblite.ase import TBLite
 
-        settings = {"verbosity": 0, "cache_api": False, **options}
-        if "method" in settings:
+        if "method" in options:
             raise ValueError(f"oracle {name}: the method is given by the name; drop the `method` option")
+        _check_options(name, options, set(TBLite.default_parameters) | {"initial_guess"})
+        settings = {"verbosity": 0, "cache_api": False, **options}
         return TBLite(method="GFN1-xTB" if key == "gfn1-xtb" else "GFN2-xTB", **settings)
     if key == "emt":
         from ase.calculators.emt import EMT
 
+        _check_options(name, options, set(EMT.default_parameters))
         return EMT(**options)
-    raise ValueError(f"unknown oracle {name!r}; known: {', '.join(ORACLE_NAMES)} (or pass a calculator object)")
+    raise ValueError(
+        f"unknown oracle {name!r}; known: {', '.join(ORACLE_NAMES)} (or pass a calculator object)"
+    )
+
+
+def _check_options(name: str, options: dict, known: set[str]) -> None:
+    # ASE calculators store unknown keywords silently; a typo would go unnoticed.
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"oracle {name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
 
 
 def describe_oracle(name, options: dict | None = None) -> tuple[str, dict]:
@@ -73,8 +93,6 @@ def describe_oracle(name, options: dict | None = None) -> tuple[str, dict]:
     label = f"custom:{type(calc).__module__}.{type(calc).__qualname__}"
     params = getattr(calc, "parameters", None) or {}
     try:
-        import json
-
         json.dumps(dict(params))
         params = dict(params)
     except (TypeError, ValueError):
@@ -114,8 +132,10 @@ def label(
         if stress:
             results["stress"] = np.array(work.get_stress(voigt=True), dtype=float)
     except Exception as exc:
-        raise OracleError(f"oracle {oracle_name} failed on {name} ({work.get_chemical_formula()}): "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise OracleError(
+            f"oracle {oracle_name} failed on {name} ({work.get_chemical_formula()}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     for key, value in results.items():
         bad = ~np.isfinite(np.atleast_1d(value))
         if bad.any():
@@ -123,9 +143,8 @@ def label(
             if key == "forces":
                 rows = np.flatnonzero(bad.any(axis=1))
                 where = " on atoms " + ", ".join(f"{i} ({atoms[i].symbol})" for i in rows[:5])
-            raise OracleError(
-                f"oracle {oracle_name} returned non-finite {key}{where} for {name} ({work.get_chemical_formula()})"
-            )
+            formula = work.get_chemical_formula()
+            raise OracleError(f"oracle {oracle_name} returned non-finite {key}{where} for {name} ({formula})")
     return results
 
 

@@ -115,7 +115,8 @@ def alpha_quartz(supercell: Sequence[int] = (1, 1, 1)) -> Atoms:
     """alpha-quartz SiO2 (9 atoms per cell) at the experimental cell and positions.
 
     Levien, Prewitt & Weidner, Am. Mineral. 65, 920 (1980): a = 4.9160 A, c = 5.4054 A,
-    Si (0.4697, 0, 0), O (0.4135, 0.2669, 0.1191), space group P3_221; density 2.648 g/cm^3.
+    Si (0.4697, 0, 0), O (0.4135, 0.2669, 0.1191), space group P3_221.
+    This gives a density of 2.646 g/cm^3, Si-O bonds of 1.605 and 1.614 A and Si-O-Si angles of 143.7 deg.
     ``supercell`` repeats the hexagonal cell along a, b, c.
     """
     from ase.spacegroup import crystal
@@ -201,7 +202,10 @@ def random_packing(
     for k in range(len(atoms)):
         for _ in range(max_attempts):
             trial = rng.random(3) @ atoms.cell.array
-            if placed.size == 0 or _min_image_distance(placed - trial, atoms.cell.array, inverse) >= min_distance:
+            if (
+                placed.size == 0
+                or _min_image_distance(placed - trial, atoms.cell.array, inverse) >= min_distance
+            ):
                 placed = np.vstack([placed, trial])
                 break
         else:
@@ -327,7 +331,9 @@ def amorphous_sio2(
     the 96-atom cell of seed 001.
     """
     if int(n_formula_units) != n_formula_units or n_formula_units < 1:
-        raise ValueError(f"amorphous_sio2: n_formula_units must be a positive integer, got {n_formula_units!r}")
+        raise ValueError(
+            f"amorphous_sio2: n_formula_units must be a positive integer, got {n_formula_units!r}"
+        )
     if not density > 0:
         raise ValueError(f"amorphous_sio2: density must be positive (g/cm^3), got {density!r}")
     n = int(n_formula_units)
