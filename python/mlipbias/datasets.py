@@ -41,7 +41,7 @@ from ase import Atoms, units
 
 from mlipbias import __version__
 from mlipbias.oracles import OracleError, attach_results, describe_oracle, label, make_oracle
-from mlipbias.structures import check_structure, fingerprint
+from mlipbias.structures import check_structure, fingerprint, maxwell_boltzmann_momenta
 
 MODES = ("displacements", "md")
 FORMAT = "mlipbias-dataset"
@@ -500,7 +500,7 @@ def _generate_md(db, path, structure, calc, settings, run, common, progress) -> 
                     state = structure.copy()
                     state.calc = None
                     rng = _rng(settings.seed, key, 0)
-                    state.set_momenta(_maxwell_boltzmann(state.get_masses(), temperature, rng))
+                    state.set_momenta(maxwell_boltzmann_momenta(state.get_masses(), temperature, rng))
                     bar.set_postfix_str(f"equilibrating at {temperature:g} K", refresh=True)
                     run_md(
                         state,
@@ -542,12 +542,6 @@ def _generate_md(db, path, structure, calc, settings, run, common, progress) -> 
     return GenerationResult(path, "md", n_total, n_existing, written)
 
 
-def _maxwell_boltzmann(masses: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Momenta (amu A/fs in ASE units) drawn from the Maxwell-Boltzmann distribution at ``temperature`` K."""
-    sigma = np.sqrt(masses * units.kB * temperature)
-    return rng.standard_normal((len(masses), 3)) * sigma[:, None]
-
-
 def _row_state(db, temperature: float, index: int) -> Atoms:
     """Positions and momenta of a stored MD snapshot, to continue its trajectory."""
     for row in db.select(mode="md", index=index):
@@ -583,6 +577,14 @@ def load_dataset(path: str | Path, selection=None, require_labels: bool = True) 
         if require_labels and (row.get("energy") is None or row.get("forces") is None):
             raise ValueError(f"{path}: row {row.id} ({row.formula}) has no energy or forces")
         atoms = row.toatoms()
+        # SQLite has no checksums over the stored arrays: refuse silent NaN from a damaged file.
+        for key, value in (
+            ("positions", atoms.positions),
+            ("energy", row.get("energy")),
+            ("forces", row.get("forces")),
+        ):
+            if value is not None and not np.isfinite(value).all():
+                raise ValueError(f"{path}: row {row.id} ({row.formula}) has non-finite {key}")
         atoms.info.update(row.key_value_pairs)
         atoms.info["db_id"] = row.id
         structures.append(atoms)

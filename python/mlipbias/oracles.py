@@ -37,10 +37,11 @@ def make_oracle(name, **options):
     when it is already a calculator object (then ``options`` must be empty).
 
     xTB options are those of ``tblite.ase.TBLite`` (``accuracy``, ``electronic_temperature`` in K,
-    ``max_iterations``, ...). Unlike tblite's default, ``cache_api=False``: every label starts
-    its SCF from scratch, so a label depends only on the geometry, not on what was computed
-    before (a restart from the previous wavefunction changes energies at the 1e-5 eV level).
-    Pass ``cache_api=True`` for faster MD with xTB.
+    ``max_iterations``, ...). Unlike tblite's default, ``cache_api=False``, so that
+    :func:`label` (which resets the calculator for every new geometry) starts each SCF from
+    scratch: a label then depends only on the geometry, not on what was computed before (a
+    restart from the previous wavefunction moves forces by ~1e-5 eV/A at the default accuracy).
+    MD steps, which do not go through :func:`label`, still restart from the previous step.
     """
     if not isinstance(name, str):
         if options:
@@ -122,6 +123,11 @@ def label(
         implemented = getattr(oracle, "implemented_properties", ("stress",))
         stress = bool(atoms.pbc.all()) and "stress" in implemented
     work = atoms.copy()
+    # A new geometry starts from a clean calculator: xTB would otherwise restart its SCF from
+    # the previous wavefunction, and labels would depend on what was computed before.
+    check_state = getattr(oracle, "check_state", None)
+    if callable(check_state) and callable(getattr(oracle, "reset", None)) and check_state(work):
+        oracle.reset()
     work.calc = oracle
     oracle_name = type(oracle).__name__
     try:

@@ -256,7 +256,6 @@ def melt_quench(
     in ``info``. Deterministic for a given ``seed`` and a deterministic calculator.
     """
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from tqdm.auto import tqdm
 
     if melt_steps < 0 or quench_steps < 0 or ramp_every < 1:
@@ -265,8 +264,7 @@ def melt_quench(
     work = atoms.copy()
     work.calc = calculator
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(work, temperature_K=t_melt, rng=rng)
-    Stationary(work)
+    work.set_momenta(maxwell_boltzmann_momenta(work.get_masses(), t_melt, rng))
     dyn = Langevin(
         work, timestep * units.fs, temperature_K=t_melt, friction=friction / units.fs, fixcm=False, rng=rng
     )
@@ -298,6 +296,12 @@ def melt_quench(
         relaxed_fmax=relaxed_fmax,
     )
     return result
+
+
+def maxwell_boltzmann_momenta(masses: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Momenta (ASE units, amu A / ASE time) drawn from the Maxwell-Boltzmann distribution at ``temperature`` K."""
+    sigma = np.sqrt(np.asarray(masses) * units.kB * temperature)
+    return rng.standard_normal((len(sigma), 3)) * sigma[:, None]
 
 
 def relax(atoms: Atoms, calculator, fmax: float = 0.01, steps: int = 1000, progress: bool = True) -> float:
