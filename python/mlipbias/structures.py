@@ -299,7 +299,7 @@ def melt_quench(
 
 
 def maxwell_boltzmann_momenta(masses: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Momenta (ASE units, amu A / ASE time) drawn from the Maxwell-Boltzmann distribution at ``temperature`` K."""
+    """Momenta (ASE units) drawn from the Maxwell-Boltzmann distribution at ``temperature`` K."""
     sigma = np.sqrt(np.asarray(masses) * units.kB * temperature)
     return rng.standard_normal((len(sigma), 3)) * sigma[:, None]
 
