@@ -238,6 +238,7 @@ def melt_quench(
     timestep: float = 1.0,
     friction: float = 0.01,
     ramp_every: int = 100,
+    prerelax_steps: int = 200,
     relax_fmax: float = 0.01,
     relax_steps: int = 2000,
     min_distance: float = 0.5,
@@ -246,11 +247,13 @@ def melt_quench(
 ) -> Atoms:
     """Melt, quench and relax ``atoms`` at fixed cell with Langevin NVT MD and ``calculator``.
 
-    ``melt_steps`` steps at ``t_melt`` (K), then a linear temperature ramp from ``t_melt`` to
-    ``t_final`` over ``quench_steps`` steps (updated every ``ramp_every`` steps), then BFGS to
-    ``relax_fmax`` (eV/A) in at most ``relax_steps`` steps. ``timestep`` in fs, ``friction`` in
-    1/fs. Every ``ramp_every`` steps the structure is checked (finite, no pair closer than
-    ``min_distance`` A) so a collapsing potential stops with the step and the atoms named.
+    First up to ``prerelax_steps`` FIRE steps (to max |F| < 1 eV/A) remove the overlaps of a
+    random start, which would otherwise blow up the first MD steps. Then ``melt_steps`` steps at
+    ``t_melt`` (K), a linear temperature ramp from ``t_melt`` to ``t_final`` over
+    ``quench_steps`` steps (updated every ``ramp_every`` steps), and BFGS to ``relax_fmax``
+    (eV/A) in at most ``relax_steps`` steps. ``timestep`` in fs, ``friction`` in 1/fs. Every
+    ``ramp_every`` steps the structure is checked (finite, no pair closer than ``min_distance``
+    A) so a collapsing potential stops with the step and the atoms named.
 
     Returns a new Atoms (no calculator) with the settings and the final maximum force recorded
     in ``info``. Deterministic for a given ``seed`` and a deterministic calculator.
@@ -262,6 +265,9 @@ def melt_quench(
         raise ValueError("melt_quench: melt_steps and quench_steps must be >= 0 and ramp_every >= 1")
     check_structure(atoms, min_distance, "melt_quench start")
     work = atoms.copy()
+    if prerelax_steps > 0:
+        relax(work, calculator, fmax=1.0, steps=prerelax_steps, optimizer="fire", progress=progress)
+        check_structure(work, min_distance, "melt_quench after the pre-relaxation")
     work.calc = calculator
     rng = np.random.default_rng(seed)
     work.set_momenta(maxwell_boltzmann_momenta(work.get_masses(), t_melt, rng))
@@ -304,17 +310,28 @@ def maxwell_boltzmann_momenta(masses: np.ndarray, temperature: float, rng: np.ra
     return rng.standard_normal((len(sigma), 3)) * sigma[:, None]
 
 
-def relax(atoms: Atoms, calculator, fmax: float = 0.01, steps: int = 1000, progress: bool = True) -> float:
-    """Relax positions (fixed cell) with BFGS in place; returns the final max |F| in eV/A."""
-    from ase.optimize import BFGS
+def relax(
+    atoms: Atoms,
+    calculator,
+    fmax: float = 0.01,
+    steps: int = 1000,
+    optimizer: str = "bfgs",
+    progress: bool = True,
+) -> float:
+    """Relax positions (fixed cell) in place with ``optimizer`` ("bfgs" or "fire", steps of at
+    most 0.1 A) until max |F| < ``fmax`` (eV/A) or ``steps`` steps; returns the final max |F|."""
+    from ase.optimize import BFGS, FIRE
     from tqdm.auto import tqdm
 
+    if optimizer not in ("bfgs", "fire"):
+        raise ValueError(f"relax: optimizer must be 'bfgs' or 'fire', got {optimizer!r}")
     atoms.calc = calculator
-    optimizer = BFGS(atoms, logfile=None, maxstep=0.1)
-    with tqdm(desc="relax", unit="step", disable=not progress) as bar:
-        for _ in optimizer.irun(fmax=fmax, steps=steps):
+    method = BFGS if optimizer == "bfgs" else FIRE
+    opt = method(atoms, logfile=None, maxstep=0.1)
+    with tqdm(desc=f"relax ({optimizer})", unit="step", disable=not progress) as bar:
+        for _ in opt.irun(fmax=fmax, steps=steps):
             bar.update(1)
-            bar.set_postfix(fmax=f"{np.abs(atoms.get_forces()).max():.2e} eV/A")
+            bar.set_postfix(fmax=f"{np.linalg.norm(atoms.get_forces(), axis=1).max():.2e} eV/A")
     return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
 
 
