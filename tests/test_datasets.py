@@ -21,6 +21,7 @@ from ase.io import write
 from mlipbias.cli import main
 from mlipbias.datasets import (
     GenerationSettings,
+    append_labelled,
     displacement,
     format_summary,
     generate,
@@ -391,3 +392,21 @@ def test_cli_generate_resume_summary_and_errors(tmp_path, capsys):
     assert main(["data", "template"]) == 0
     template = yaml.safe_load(capsys.readouterr().out)
     assert {k: template[k] for k in GenerationSettings().to_dict()} == GenerationSettings().to_dict()
+
+
+def test_append_labelled_writes_one_committed_row_with_provenance(tmp_path):
+    path = tmp_path / "al.db"
+    atoms = copper()
+    row_id = append_labelled(path, atoms, "emt", name="candidate 0", mode="al", generation=2)
+    (stored,) = load_dataset(path)
+    assert (
+        stored.info["db_id"] == row_id and stored.info["generation"] == 2 and stored.info["oracle"] == "emt"
+    )
+    fresh = atoms.copy()
+    fresh.calc = EMT()
+    np.testing.assert_allclose(stored.get_forces(), fresh.get_forces(), atol=1e-10)
+    close = copper()
+    close.positions[1] = close.positions[0] + [0.1, 0, 0]
+    with pytest.raises(ValueError, match="candidate 1: atoms 0 .* and 1"):
+        append_labelled(path, close, "emt", name="candidate 1", mode="al")
+    assert len(load_dataset(path)) == 1

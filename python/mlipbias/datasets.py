@@ -556,6 +556,36 @@ def _row_state(db, temperature: float, index: int) -> Atoms:
     raise ValueError(f"{db.filename}: MD snapshot {index} at {temperature:g} K is missing")
 
 
+def append_labelled(
+    path: str | Path,
+    atoms: Atoms,
+    oracle,
+    *,
+    name: str = "structure",
+    min_distance: float = 0.5,
+    oracle_options: dict | None = None,
+    **provenance,
+) -> int:
+    """Label ``atoms`` with ``oracle`` and append it to ``path`` as one committed row.
+
+    For code that labels structures one at a time (active learning): the row carries energy,
+    forces, stress (periodic), the keys ``oracle`` and ``mlipbias_version``, and ``provenance``
+    (ase.db key-value pairs: str, int, float or bool values, e.g. ``mode="al", generation=3``).
+    ``oracle`` is a name or a calculator, as for :func:`generate`. Returns the new row id.
+    Raises ValueError for an invalid structure and OracleError for a failed label; nothing is
+    written then.
+    """
+    calc = make_oracle(oracle, **(oracle_options or {}))
+    results = label(atoms, calc, name=name, min_distance=min_distance)
+    db = open_dataset(path, create=True)
+    pairs = {
+        "oracle": describe_oracle(oracle, oracle_options)[0],
+        "mlipbias_version": __version__,
+        **provenance,
+    }
+    return db.write(attach_results(atoms, results), key_value_pairs=pairs)
+
+
 # --------------------------------------------------------------------------------------------
 # reading
 
