@@ -410,3 +410,21 @@ def test_append_labelled_writes_one_committed_row_with_provenance(tmp_path):
     with pytest.raises(ValueError, match="candidate 1: atoms 0 .* and 1"):
         append_labelled(path, close, "emt", name="candidate 1", mode="al")
     assert len(load_dataset(path)) == 1
+
+
+def test_demo_labels_the_shipped_silica_with_bks(tmp_path, capsys):
+    pytest.importorskip(
+        "mlipbias.potentials", reason="mlipbias.potentials.BKS is not merged on this branch yet"
+    )
+    from mlipbias.potentials import BKS
+
+    assert main(["demo", "--output-dir", str(tmp_path), "--n-samples", "3", "--no-progress"]) == 0
+    assert "3 structures" in capsys.readouterr().out
+    rows = load_dataset(tmp_path / "dataset.db")
+    assert [a.info["oracle"] for a in rows] == ["bks"] * 3
+    for atoms in rows:
+        fresh = atoms.copy()
+        fresh.calc = BKS()
+        assert atoms.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(atoms.get_forces(), fresh.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(atoms.get_stress(), fresh.get_stress(), atol=1e-10)

@@ -450,7 +450,7 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
                 atoms, calc, name=f"displacement {i} (norm {norm:.4f} A)", min_distance=settings.min_distance
             )
             db.write(
-                attach_results(atoms, results),
+                attach_results(atoms, results, common["oracle"]),
                 key_value_pairs={
                     **common,
                     "index": i,
@@ -528,7 +528,7 @@ def _generate_md(db, path, structure, calc, settings, run, common, progress) -> 
                     min_distance=settings.min_distance,
                 )
                 db.write(
-                    attach_results(snapshot, results),
+                    attach_results(snapshot, results, common["oracle"]),
                     key_value_pairs={
                         **common,
                         "index": j,
@@ -578,12 +578,9 @@ def append_labelled(
     calc = make_oracle(oracle, **(oracle_options or {}))
     results = label(atoms, calc, name=name, min_distance=min_distance)
     db = open_dataset(path, create=True)
-    pairs = {
-        "oracle": describe_oracle(oracle, oracle_options)[0],
-        "mlipbias_version": __version__,
-        **provenance,
-    }
-    return db.write(attach_results(atoms, results), key_value_pairs=pairs)
+    oracle_label = describe_oracle(oracle, oracle_options)[0]
+    pairs = {"oracle": oracle_label, "mlipbias_version": __version__, **provenance}
+    return db.write(attach_results(atoms, results, oracle_label), key_value_pairs=pairs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,14 +53,22 @@ def make_oracle(name, **options):
         return name
     key = name.lower()
     if key == "bks":
-        from mlipbias.potentials import BKS
+        try:
+            from mlipbias.potentials import BKS
+        except ImportError as exc:
+            raise ValueError(
+                f"oracle bks needs mlipbias.potentials.BKS, which cannot be imported: {exc}"
+            ) from exc
 
         try:
             return BKS(**options)
         except TypeError as exc:
             raise ValueError(f"oracle bks: bad option: {exc}") from exc
     if key in ("gfn1-xtb", "gfn2-xtb"):
-        from tblite.ase import TBLite
+        try:
+            from tblite.ase import TBLite
+        except ImportError as exc:
+            raise ValueError(f"oracle {name} needs tblite: pip install tblite ({exc})") from exc
 
         if "method" in options:
             raise ValueError(f"oracle {name}: the method is given by the name; drop the `method` option")
@@ -154,10 +162,14 @@ def label(
     return results
 
 
-def attach_results(atoms: Atoms, results: dict) -> Atoms:
-    """A copy of ``atoms`` carrying ``results`` in a SinglePointCalculator (how ase.db stores labels)."""
+def attach_results(atoms: Atoms, results: dict, calculator_name: str | None = None) -> Atoms:
+    """A copy of ``atoms`` carrying ``results`` in a SinglePointCalculator (how ase.db stores labels).
+
+    ``calculator_name`` becomes the ``calculator`` column of an ase.db row (shown by ``ase db``)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
     labelled = atoms.copy()
     labelled.calc = SinglePointCalculator(labelled, **results)
+    if calculator_name:
+        labelled.calc.name = calculator_name.lower()
     return labelled
