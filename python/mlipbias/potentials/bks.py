@@ -281,7 +281,8 @@ class BKS(Calculator):
         _check_finite(atoms)
         i, j, D = _pairs(atoms, self.cutoff)
         out = _core.bks_compute(self._table, types, i, j, D)
-        self._check_closest(out["closest_pair"], out["closest_distance"], i, j, atoms.get_chemical_symbols())
+        symbols = atoms.get_chemical_symbols()
+        self._check_closest(out["closest_pair"], out["closest_distance"], i, j, symbols.__getitem__)
         self.results = {
             "energy": out["energy"],
             "free_energy": out["energy"],
@@ -313,9 +314,15 @@ class BKS(Calculator):
             raise ValueError(f"BKS: n_atoms = {n_atoms} but types has {len(types)} entries")
         i = np.asarray(i, dtype=np.int64)
         j = np.asarray(j, dtype=np.int64)
-        out = _core.bks_compute(self._table, types, i, j, np.asarray(D, dtype=np.float64))
-        names = [self._elements[t] for t in types]
-        self._check_closest(out["closest_pair"], out["closest_distance"], i, j, names)
+        D = np.asarray(D, dtype=np.float64)
+        if not np.isfinite(D).all():
+            raise ValueError(
+                f"BKS: D has non-finite entries (pair {int(np.flatnonzero(~np.isfinite(D))[0] // 3)})"
+            )
+        out = _core.bks_compute(self._table, types, i, j, D)
+        self._check_closest(
+            out["closest_pair"], out["closest_distance"], i, j, lambda a: self._elements[types[a]]
+        )
         return {k: out[k] for k in ("energy", "energies", "forces", "virial")}
 
     def _evaluate_torch(self, types, i, j, D, n_atoms):
@@ -346,10 +353,11 @@ class BKS(Calculator):
         if m and (min(int(i.min()), int(j.min())) < 0 or max(int(i.max()), int(j.max())) >= n):
             raise ValueError(f"BKS: atom indices in i, j must lie in 0..{n - 1}")
         if m:
+            if not bool(torch.isfinite(D).all()):
+                raise ValueError("BKS: D has non-finite entries")
             distances = torch.linalg.vector_norm(D, dim=1)
             k = int(torch.argmin(distances))
-            names = [self._elements[t] for t in types.cpu().tolist()]
-            self._check_closest(k, float(distances[k]), i.cpu().numpy(), j.cpu().numpy(), names)
+            self._check_closest(k, float(distances[k]), i, j, lambda a: self._elements[int(types[a])])
         energies = torch.zeros(n, dtype=torch.float64, device=device)
         forces = torch.zeros((n, 3), dtype=torch.float64, device=device)
         energy = torch.zeros(1, dtype=torch.float64, device=device)
@@ -373,17 +381,17 @@ class BKS(Calculator):
         )
         return {"energy": energy[0], "energies": energies, "forces": forces, "virial": virial.view(3, 3)}
 
-    def _check_closest(self, k: int, distance: float, i, j, names) -> None:
+    def _check_closest(self, k: int, distance: float, i, j, element_of) -> None:
+        """Refuse the closest pair (index k into i, j; -1 for none) if closer than min_distance.
+        element_of(atom) names an atom's element; it and i, j are only read on refusal."""
         limit = float(self.parameters["min_distance"])
         if k < 0 or not distance < limit:
-            if k >= 0 and not math.isfinite(distance):
-                raise ValueError(f"BKS: pair {int(i[k])}-{int(j[k])} has a non-finite vector")
             return
         a, b = int(i[k]), int(j[k])
         who = (
-            f"atom {a} ({names[a]}) and its own periodic image"
+            f"atom {a} ({element_of(a)}) and its own periodic image"
             if a == b
-            else f"atoms {a} ({names[a]}) and {b} ({names[b]})"
+            else f"atoms {a} ({element_of(a)}) and {b} ({element_of(b)})"
         )
         raise ValueError(
             f"BKS: {who} are {distance:.4g} A apart, closer than min_distance = {limit:g} A "
