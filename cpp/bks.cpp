@@ -97,7 +97,7 @@ Table make_table(const Parameters& p) {
 }
 
 Totals compute(const Table& t, int64_t n_atoms, const int64_t* types, int64_t n_pairs, const int64_t* i,
-               const int64_t* j, const double* D, double* energies, double* forces) {
+               const int64_t* j, const double* D, double* energies, double* forces, int num_threads) {
   if (n_atoms < 0 || n_pairs < 0) throw Error("BKS: negative number of atoms or pairs");
   for (int64_t a = 0; a < n_atoms; ++a) {
     if (types[a] < 0 || types[a] >= t.n_types) {
@@ -119,9 +119,13 @@ Totals compute(const Table& t, int64_t n_atoms, const int64_t* types, int64_t n_
   }
 
   const double max_cut_sq = std::max(t.cut_short_sq, t.cut_coul_sq);
+  // Small lists stay on one thread: below ~32768 pairs (~1 ms) a parallel region costs more than it saves.
   int n_threads = 1;
 #ifdef _OPENMP
-  n_threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(n_pairs / 32768 + 1)));
+  n_threads = num_threads > 0 ? num_threads
+                              : std::min<int>(omp_get_max_threads(), static_cast<int>(n_pairs / 32768 + 1));
+#else
+  (void)num_threads;
 #endif
   // Thread 0 accumulates into the outputs, the others into private copies summed at the end.
   const size_t n = static_cast<size_t>(n_atoms);

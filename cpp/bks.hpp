@@ -49,9 +49,10 @@ struct Totals {
 // indices; D: n_pairs x 3 pair vectors. energies (n_atoms) and forces (n_atoms x 3) are
 // overwritten when not null; each pair energy is split equally between its two atoms, the
 // self energy goes to its atom (as LAMMPS compute pe/atom). Throws Error on out-of-range
-// indices. Parallel over pairs with OpenMP when the build has it.
+// indices. Parallel over pairs with OpenMP when the build has it: num_threads > 0 uses exactly
+// that many threads, 0 chooses (OpenMP's maximum, at most one thread per 32768 pairs).
 Totals compute(const Table& table, int64_t n_atoms, const int64_t* types, int64_t n_pairs, const int64_t* i,
-               const int64_t* j, const double* D, double* energies, double* forces);
+               const int64_t* j, const double* D, double* energies, double* forces, int num_threads = 0);
 
 }  // namespace bks
 }  // namespace mlipbias

@@ -93,7 +93,7 @@ MLIPBIAS_BINDINGS(bks) {
   m.def(
       "bks_compute",
       [](const bks::Table& table, const IndexArray& types, const IndexArray& i, const IndexArray& j,
-         const DoubleArray& D, bool energies, bool forces) {
+         const DoubleArray& D, bool energies, bool forces, int num_threads) {
         require_1d(types, "types");
         require_1d(i, "i");
         require_1d(j, "j");
@@ -112,7 +112,8 @@ MLIPBIAS_BINDINGS(bks) {
         bks::Totals totals;
         {
           py::gil_scoped_release release;
-          totals = bks::compute(table, n_atoms, types.data(), n_pairs, i.data(), j.data(), D.data(), e_ptr, f_ptr);
+          totals = bks::compute(table, n_atoms, types.data(), n_pairs, i.data(), j.data(), D.data(), e_ptr, f_ptr,
+                                num_threads);
         }
         std::copy(totals.virial, totals.virial + 9, virial.mutable_data());
         py::dict out;
@@ -125,10 +126,10 @@ MLIPBIAS_BINDINGS(bks) {
         return out;
       },
       py::arg("table"), py::arg("types"), py::arg("i"), py::arg("j"), py::arg("D"), py::arg("energies") = true,
-      py::arg("forces") = true,
+      py::arg("forces") = true, py::arg("num_threads") = 0,
       "BKS over a half pair list: types (n,) int, i, j (m,) int, D (m, 3) = x_j - x_i + shift (A). Returns a dict: "
       "energy (eV), virial (3, 3) W = sum r_ij (x) f_j (eV; stress = -W/V), energies (n,), forces (n, 3) (eV/A), "
-      "closest_pair (index, -1 if none) and closest_distance (A).");
+      "closest_pair (index, -1 if none) and closest_distance (A). num_threads: OpenMP threads, 0 = automatic.");
 
   m.def(
       "bks_compute_cuda",

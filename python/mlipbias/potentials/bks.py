@@ -83,14 +83,16 @@ class BKS(Calculator):
       of the Buckingham form at small r, with the D values of Carré et al. 2016 [2]_ (they also
       ship, in kcal/mol, with the BKS of jax-md used by Cubuk & Schoenholz [4]_). Cut at
       ``cutoff_short`` with the energy shifted to zero there (``shift_short``), like LAMMPS
-      ``pair_modify shift yes``; the force jumps by at most ~7e-3 eV/A at r_s (O-O).
+      ``pair_modify shift yes``; the force jumps by ~6e-3 eV/A at r_s (Si-O, O-O).
     * Coulomb: damped shifted force (DSF) [3]_ exactly as LAMMPS ``pair_style coul/dsf``
       defines it, self energy included. ``erfc="lammps"`` evaluates erfc(alpha r) with the
       Abramowitz-Stegun polynomial that LAMMPS uses (|error| < 1.5e-7, so forces differ from
-      the gradient of the energy by ~1e-6 relative, and the energy is ~1e-7 eV off zero at r_c);
+      the gradient of the energy by ~1e-6 relative, and a pair's energy is up to 1e-6 eV off
+      zero at r_c);
       ``erfc="exact"`` uses the exact erfc, making the forces the exact gradient.
-    * The wall leaves O-O a spurious local minimum at 1.08 A behind a 21 eV barrier (isolated
-      pair), which no physical silica reaches; ``min_distance`` refuses such geometries.
+    * The wall leaves O-O a spurious local minimum at 1.08 A (-7.5 eV) behind a barrier at
+      1.44 A, 12 eV above an O-O pair at 2.6 A (isolated pair, default parameters), which no
+      physical silica reaches; ``min_distance`` refuses such geometries.
 
     Defaults (BKS 1990, with D from [2]_):
 
@@ -469,7 +471,6 @@ class BKS(Calculator):
         lines = [
             "units metal",
             "atom_style charge",
-            "atom_modify map array sort 0 0.0",
             f"read_data {data_file}",
             *self.lammps_commands(),
             "compute bks_virial all pressure NULL virial",
