@@ -105,10 +105,19 @@ Totals compute(const Table& t, int64_t n_atoms, const int64_t* types, int64_t n_
                   ", expected 0.." + std::to_string(t.n_types - 1));
     }
   }
+  // Small lists stay on one thread: below ~32768 pairs (~1 ms) a parallel region costs more than it saves.
+  int n_threads = 1;
+#ifdef _OPENMP
+  n_threads = num_threads > 0 ? num_threads
+                              : std::min<int>(omp_get_max_threads(), static_cast<int>(n_pairs / 32768 + 1));
+#else
+  (void)num_threads;
+#endif
+
   // Index check first: the parallel loop below must not throw.
   int64_t bad_pair = -1;
 #ifdef _OPENMP
-#pragma omp parallel for reduction(max : bad_pair)
+#pragma omp parallel for num_threads(n_threads) reduction(max : bad_pair)
 #endif
   for (int64_t p = 0; p < n_pairs; ++p) {
     if (i[p] < 0 || i[p] >= n_atoms || j[p] < 0 || j[p] >= n_atoms) bad_pair = std::max(bad_pair, p);
@@ -119,14 +128,6 @@ Totals compute(const Table& t, int64_t n_atoms, const int64_t* types, int64_t n_
   }
 
   const double max_cut_sq = std::max(t.cut_short_sq, t.cut_coul_sq);
-  // Small lists stay on one thread: below ~32768 pairs (~1 ms) a parallel region costs more than it saves.
-  int n_threads = 1;
-#ifdef _OPENMP
-  n_threads = num_threads > 0 ? num_threads
-                              : std::min<int>(omp_get_max_threads(), static_cast<int>(n_pairs / 32768 + 1));
-#else
-  (void)num_threads;
-#endif
   // Thread 0 accumulates into the outputs, the others into private copies summed at the end.
   const size_t n = static_cast<size_t>(n_atoms);
   std::vector<double> scratch_e(energies ? (n_threads - 1) * n : 0);
