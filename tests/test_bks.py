@@ -168,6 +168,12 @@ def test_matches_lammps_with_custom_parameters(tmp_path):
     assert_close(ours["stress"], ref["stress"], RTOL, "stress")
     default = bks_results(BKS(), atoms)
     assert abs(default["energy"] - ours["energy"]) > 1.0  # the overrides took effect
+    # Changing parameters on a calculator drops its cached results.
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    calc.set(charges=None, pairs=None, cutoff_short=5.5, cutoff_coulomb=10.0, alpha=0.2, shift_short=True)
+    calc.set(coulomb_constant=14.399645)
+    assert atoms.get_potential_energy() == pytest.approx(default["energy"], rel=1e-14)
 
 
 def test_exact_erfc_differs_from_lammps_only_at_polynomial_accuracy(tmp_path):

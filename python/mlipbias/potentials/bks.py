@@ -193,6 +193,8 @@ class BKS(Calculator):
             raise ValueError(f"BKS: unknown parameter(s) {unknown}; known: {sorted(self.default_parameters)}")
         changed = super().set(**kwargs)
         self._build()
+        if changed:
+            self.reset()  # results of the old parameters must not be served
         return changed
 
     def _build(self) -> None:
