@@ -14,6 +14,7 @@ import sys
 # Order is the order of ``mlipbias --help``.
 COMMAND_MODULES = [
     "mlipbias.cli.info",
+    "mlipbias.cli.adversarial",
 ]
 
 # Errors that mean "the user's input is wrong": printed as one line, no traceback.
