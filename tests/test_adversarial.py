@@ -407,7 +407,7 @@ def test_an_interrupted_run_resumes_without_recomputing(tmp_path):
     assert on_disk["complete"] and on_disk["calls"]["accurate"] == acc2.calls
 
 
-def test_cache_survives_a_torn_last_line_and_rejects_a_corrupt_one(tmp_path):
+def test_cache_survives_a_torn_last_line_is_locked_and_rejects_a_corrupt_one(tmp_path):
     approx, accurate, _, _ = harmonic_pair(3)
     cache = tmp_path / "evaluations.jsonl"
     configs = points(3, 3)
@@ -421,6 +421,9 @@ def test_cache_survives_a_torn_last_line_and_rejects_a_corrupt_one(tmp_path):
         ev.energy("approx", configs[2])
     assert len(cache.read_text().splitlines()) == 4  # header and three evaluations, all valid JSON
     assert all(json.loads(line) for line in cache.read_text().splitlines())
+
+    with Evaluator(approx, accurate, cache), pytest.raises(ValueError, match="in use by another running"):
+        Evaluator(approx, accurate, cache)
 
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")

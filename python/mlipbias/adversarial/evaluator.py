@@ -92,6 +92,7 @@ class Evaluator:
         if not self.cache.exists() or self.cache.stat().st_size == 0:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.cache.open("w")
+            self._lock()
             self._write(header)
             return
         text = self.cache.read_text()
@@ -117,6 +118,20 @@ class Evaluator:
         if torn:
             self.cache.write_text(complete + "\n")
         self._file = self.cache.open("a")
+        self._lock()
+
+    def _lock(self) -> None:
+        """Two runs appending to one cache would interleave their lines: the second one is refused."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, one run per directory is then the user's job
+            return
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            self._file = None
+            raise ValueError(f"{self.cache} is in use by another running diagnosis") from None
 
     def _parse(self, line: str, number: int) -> dict:
         try:
@@ -190,8 +205,8 @@ class Evaluator:
     ) -> tuple[float, np.ndarray]:
         """Call the calculator of ``role`` directly (no cache): raw energy and, if asked, forces.
 
-        Constraints are dropped so the forces are the plain negative gradient for every atom. A non-finite
-        result raises ValueError naming the model and ``where``.
+        Constraints are dropped so the forces are the plain negative gradient for every atom. A failing
+        calculator or a non-finite result raises ``CalculationError`` naming the model and ``where``.
         """
         calc = self.calculators[role]
         where = where or "a configuration"

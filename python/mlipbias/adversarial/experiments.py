@@ -59,7 +59,7 @@ def read_configurations(path: str | Path, max_configs: int | None = None) -> lis
 
         try:
             with ase.db.connect(path) as db:
-                rows = list(db.select(limit=max_configs or 0))
+                rows = list(db.select(limit=max_configs))
         except Exception as exc:  # sqlite and ase raise many kinds; the user needs the file name
             raise ValueError(f"cannot read {path} as an ase.db database: {exc}") from exc
         configs = []

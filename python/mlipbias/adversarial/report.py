@@ -247,8 +247,8 @@ def _figure_alignment(results: dict, path: Path) -> None:
         ax_c.axhline(
             results["summary"]["random_mean_abs_cos"], color="k", ls=":", lw=1, label="random vectors"
         )
-        ax_c.legend(fontsize=8)
-        ax_c.set_ylim(0, 1)
+        ax_c.legend(fontsize=8, loc="lower left")
+        ax_c.set_ylim(0, 1.03)
         ax_c.set_xlabel("Delta E above the local minimum (meV/atom)")
         ax_c.set_ylabel("mean abs(cos theta)")
     else:
