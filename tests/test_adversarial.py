@@ -34,6 +34,7 @@ from mlipbias.adversarial import (
     newton_step_experiment,
     random_baseline,
     run_diagnosis,
+    write_report,
 )
 from mlipbias.cli import main
 from mlipbias.cli.adversarial import _calculator_from_spec, parse_spec
@@ -521,6 +522,17 @@ def test_failed_evaluations_stop_the_run_or_are_skipped_and_listed():
     assert results["distortion"]["excluded"] == [1] and results["distortion"]["n_configs"] == 2
     assert results["newton"]["index"] == [0, 2] and results["gd"]["index"] == [0, 2]
     assert results["summary"]["n_configs"] == 3
+
+
+def test_report_of_a_partial_run_marks_what_was_not_run(tmp_path):
+    approx, accurate, _, _ = harmonic_pair(3)
+    settings = diagnosis_settings(experiments=(), energy_offset="none")
+    results = run_diagnosis(approx, accurate, points(4, 3), tmp_path, settings, progress=False)
+    results["complete"] = False  # as if read back from an interrupted run
+    paths = write_report(json.loads(json.dumps(results, default=float)), tmp_path)
+    report = paths["markdown"].read_text()
+    assert report.count("not run") == 4 and "partial results of an interrupted run" in report
+    assert paths["figure1"].stat().st_size > 0 and paths["figure2"].stat().st_size > 0
 
 
 # -- command line --------------------------------------------------------------------------------------------

@@ -223,7 +223,10 @@ def _figure_alignment(results: dict, path: Path) -> None:
     _label(ax_a, "a")
 
     cos = np.array([np.nan if c is None else c for c in cfg["cos_theta"]], float)
-    ax_b.hist(cos[np.isfinite(cos)], bins=np.linspace(-1, 1, 41), density=True, alpha=0.8)
+    if np.isfinite(cos).any():
+        ax_b.hist(cos[np.isfinite(cos)], bins=np.linspace(-1, 1, 41), density=True, alpha=0.8)
+    else:
+        ax_b.text(0.5, 0.5, "cos theta undefined\n(A = 0 everywhere)", ha="center", transform=ax_b.transAxes)
     baseline = results["summary"]["random_baseline"]
     for x in (-baseline, baseline):
         ax_b.axvline(x, color="k", ls=":", lw=1)

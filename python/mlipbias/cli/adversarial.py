@@ -90,6 +90,15 @@ def _calculator_from_spec(spec: str):
     return make_oracle(name, **kwargs)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show "(default: ...)" only where there is a value to show."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(sub) -> None:
     defaults = AdversarialSettings()
     p = sub.add_parser(
@@ -109,7 +118,7 @@ def register(sub) -> None:
             'with keyword arguments: "lj(sigma=3.4, epsilon=0.0104)". Units: eV, Angstrom, fs; errors in '
             "meV/atom. Details: docs/adversarial.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument("--approx", required=True, metavar="SPEC", help="the approximate model")
     p.add_argument("--accurate", required=True, metavar="SPEC", help="the accurate reference model")
@@ -170,9 +179,17 @@ def register(sub) -> None:
         help="experiments to run (errors and cos theta are always computed)",
     )
     p.add_argument("--max-configs", type=int, help="use the first N configurations of DATASET (default: all)")
-    p.add_argument("--distortion-configs", type=int, help="first N configurations for the distortion table")
-    p.add_argument("--newton-configs", type=int, help="first N configurations for the Newton step")
-    p.add_argument("--gd-configs", type=int, help="first N configurations for the gradient descent")
+    p.add_argument(
+        "--distortion-configs",
+        type=int,
+        help="first N configurations for the distortion table (default: all)",
+    )
+    p.add_argument(
+        "--newton-configs", type=int, help="first N configurations for the Newton step (default: all)"
+    )
+    p.add_argument(
+        "--gd-configs", type=int, help="first N configurations for the gradient descent (default: all)"
+    )
     p.add_argument(
         "--use-dataset-labels",
         action="store_true",
