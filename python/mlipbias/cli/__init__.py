@@ -13,9 +13,10 @@ import sys
 
 # Order is the order of ``mlipbias --help``.
 COMMAND_MODULES = [
-    "mlipbias.cli.info",
-    "mlipbias.cli.data",
     "mlipbias.cli.demo",
+    "mlipbias.cli.data",
+    "mlipbias.cli.adversarial",
+    "mlipbias.cli.info",
 ]
 
 # Errors that mean "the user's input is wrong": printed as one line, no traceback.
