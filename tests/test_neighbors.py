@@ -11,7 +11,6 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
-
 from mlipbias import _core, gpu
 from mlipbias.neighbors import neighbor_list, neighbor_list_cuda
 
@@ -44,7 +43,9 @@ def random_cell(rng, lengths, tilt):
 
 def by_pair(i, j, S, d, D):
     """{(i, j, S): (d, D)}; asserts there is no duplicate pair."""
-    table = {(int(a), int(b), *map(int, s)): (dist, vec) for a, b, s, dist, vec in zip(i, j, S, d, D)}
+    table = {
+        (int(a), int(b), *map(int, s)): (dist, vec) for a, b, s, dist, vec in zip(i, j, S, d, D, strict=True)
+    }
     assert len(table) == len(i), "duplicate pairs"
     return table
 
@@ -52,7 +53,9 @@ def by_pair(i, j, S, d, D):
 def assert_same_pairs(ours, reference):
     a, b = by_pair(*ours), by_pair(*reference)
     missing, extra = set(b) - set(a), set(a) - set(b)
-    assert not missing and not extra, f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(extra)} extra"
+    assert not missing and not extra, (
+        f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(extra)} extra"
+    )
     keys = sorted(a)
     np.testing.assert_allclose([a[k][0] for k in keys], [b[k][0] for k in keys], rtol=0, atol=1e-10)
     np.testing.assert_allclose([a[k][1] for k in keys], [b[k][1] for k in keys], rtol=0, atol=1e-10)
@@ -68,7 +71,9 @@ def ase_reference(atoms, cutoff, self_interaction=False):
 
 def vesin_reference(atoms, cutoff):
     nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    i, j, S, d, D = nl.compute(points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijSdD")
+    i, j, S, d, D = nl.compute(
+        points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijSdD"
+    )
     return i.astype(np.int64), j.astype(np.int64), S, d, D
 
 
@@ -143,12 +148,21 @@ def test_isolated_molecule_and_zero_cell_vectors():
     np.testing.assert_array_equal(i, result[0])
     np.testing.assert_array_equal(j, result[1])
     # A slab: periodic in a and b, zero c vector, atoms spread along z.
-    slab = Atoms("X60", positions=rng.uniform([0, 0, -10], [9, 8, 10], (60, 3)), cell=[[9, 0, 0], [2, 8, 0], [0, 0, 0]],
-                 pbc=(True, True, False))
+    slab = Atoms(
+        "X60",
+        positions=rng.uniform([0, 0, -10], [9, 8, 10], (60, 3)),
+        cell=[[9, 0, 0], [2, 8, 0], [0, 0, 0]],
+        pbc=(True, True, False),
+    )
     assert_same_pairs(ours(slab, 4.0), ase_reference(slab, 4.0))
     assert_same_pairs(ours(slab, 4.0), vesin_reference(slab, 4.0))
     # A wire: periodic along a only.
-    wire = Atoms("X30", positions=rng.uniform([0, -4, -4], [7, 4, 4], (30, 3)), cell=[7, 0, 0], pbc=(True, False, False))
+    wire = Atoms(
+        "X30",
+        positions=rng.uniform([0, -4, -4], [7, 4, 4], (30, 3)),
+        cell=[7, 0, 0],
+        pbc=(True, False, False),
+    )
     assert_same_pairs(ours(wire, 5.0), ase_reference(wire, 5.0))
 
 
@@ -161,7 +175,9 @@ def test_edge_cases_empty_one_atom_and_no_atoms():
     assert [a.dtype for a in empty] == [np.int64, np.int64, np.int64, np.float64, np.float64]
 
     # One atom in a cell smaller than the cutoff: its own images, S != 0, in +-pairs.
-    one = Atoms("X", positions=[[0.3, 0.2, 0.1]], cell=[[2.0, 0, 0], [0.7, 2.2, 0], [0.3, 0.4, 2.5]], pbc=True)
+    one = Atoms(
+        "X", positions=[[0.3, 0.2, 0.1]], cell=[[2.0, 0, 0], [0.7, 2.2, 0], [0.3, 0.4, 2.5]], pbc=True
+    )
     result = ours(one, 4.0)
     assert len(result[0]) > 20 and np.all(result[0] == 0) and np.all(result[1] == 0)
     assert not np.any(np.all(result[2] == 0, axis=1))
@@ -190,20 +206,27 @@ def test_half_list_is_full_list_with_each_pair_once():
             assert np.all(np.diff(i) >= 0)
             half = by_pair(i, j, S, d, D)
             # Each full-list pair is in the half list exactly once, as itself or reversed.
-            reversed_half = {(b, a, -s0, -s1, -s2): (dist, -vec) for (a, b, s0, s1, s2), (dist, vec) in half.items()}
+            reversed_half = {
+                (b, a, -s0, -s1, -s2): (dist, -vec) for (a, b, s0, s1, s2), (dist, vec) in half.items()
+            }
             both = set(half) | set(reversed_half)
             assert both == set(full)
             assert len(half) == (len(full) + len(set(half) & set(reversed_half))) // 2
             assert np.all(i <= j)
-            for key, (dist, vec) in half.items():
+            for key, (_, vec) in half.items():
                 np.testing.assert_allclose(vec, full[key][1], atol=1e-12)
         # And vesin's half list holds the same unordered pairs.
         nl = vesin.NeighborList(cutoff=cutoff, full_list=False)
-        vi, vj, vS = nl.compute(points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijS")
+        vi, vj, vS = nl.compute(
+            points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijS"
+        )
         i, j, S = neighbor_list("ijS", atoms, cutoff, half=True)
 
         def unordered(a, b, s):
-            return {min((x, y, *t), (y, x, *(-np.asarray(t)))) for x, y, t in zip(a.tolist(), b.tolist(), s.tolist())}
+            return {
+                min((x, y, *t), (y, x, *(-np.asarray(t))))
+                for x, y, t in zip(a.tolist(), b.tolist(), s.tolist(), strict=True)
+            }
 
         assert unordered(i, j, S) == unordered(vi, vj, vS)
 
@@ -222,8 +245,12 @@ def test_quantities_order_and_single_letter():
 
 def test_deterministic_order_and_offsets_independent_of_threads():
     rng = np.random.default_rng(13)
-    atoms = Atoms("X" * 500, scaled_positions=rng.uniform(0, 1, (500, 3)),
-                  cell=random_cell(rng, [14, 15, 16], 0.4), pbc=True)
+    atoms = Atoms(
+        "X" * 500,
+        scaled_positions=rng.uniform(0, 1, (500, 3)),
+        cell=random_cell(rng, [14, 15, 16], 0.4),
+        pbc=True,
+    )
     args = (atoms.positions, atoms.cell[:], atoms.pbc, 5.0)
     runs = [_core.neighbor_list(*args, n_threads=n) for n in (1, 2, 3, 7)]
     for run in runs[1:]:
@@ -283,18 +310,28 @@ def test_cuda_equals_cpp(half):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(17)
     cases = [random_case(rng, kind) for kind in ("orthorhombic", "triclinic", "mixed_pbc", "small_cell") * 3]
-    big = Atoms("X" * 3000, scaled_positions=rng.uniform(0, 1, (3000, 3)), cell=random_cell(rng, [35, 36, 37], 0.3),
-                pbc=(True, False, True))
+    big = Atoms(
+        "X" * 3000,
+        scaled_positions=rng.uniform(0, 1, (3000, 3)),
+        cell=random_cell(rng, [35, 36, 37], 0.3),
+        pbc=(True, False, True),
+    )
     cases += [(big, 6.0), (Atoms("X40", positions=rng.normal(scale=3, size=(40, 3))), 3.0), (Atoms("X"), 2.0)]
     for atoms, cutoff in cases:
         i, j, S, D = neighbor_list("ijSD", atoms, cutoff, half=half)
         positions = torch.tensor(atoms.positions, device="cuda")
-        ci, cj, cS, cD = neighbor_list_cuda(positions, torch.tensor(atoms.cell[:]), atoms.pbc, cutoff, half=half)
-        assert ci.is_cuda and ci.dtype == torch.int64 and cS.dtype == torch.int64 and cD.dtype == torch.float64
+        ci, cj, cS, cD = neighbor_list_cuda(
+            positions, torch.tensor(atoms.cell[:]), atoms.pbc, cutoff, half=half
+        )
+        assert (
+            ci.is_cuda and ci.dtype == torch.int64 and cS.dtype == torch.int64 and cD.dtype == torch.float64
+        )
         # Same pairs in the same order; D to rounding (the GPU may fuse multiply-adds).
         np.testing.assert_array_equal(ci.cpu().numpy(), i)
         np.testing.assert_array_equal(cj.cpu().numpy(), j)
         np.testing.assert_array_equal(cS.cpu().numpy(), S)
         np.testing.assert_allclose(cD.cpu().numpy(), D, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="atom 1 is not finite"):
-        neighbor_list_cuda(torch.tensor([[0.0, 0, 0], [np.nan, 0, 0]], device="cuda"), np.eye(3) * 5, True, 2.0)
+        neighbor_list_cuda(
+            torch.tensor([[0.0, 0, 0], [np.nan, 0, 0]], device="cuda"), np.eye(3) * 5, True, 2.0
+        )

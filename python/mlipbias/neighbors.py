@@ -49,9 +49,7 @@ def _system(a: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if pbc_array.ndim == 0:
             pbc_array = np.repeat(pbc_array, 3)
         return positions, cell, pbc_array
-    raise ValueError(
-        f"expected an ase.Atoms or a (positions, cell, pbc) triple, got {type(a).__name__}"
-    )
+    raise ValueError(f"expected an ase.Atoms or a (positions, cell, pbc) triple, got {type(a).__name__}")
 
 
 def _check_quantities(quantities: str) -> None:
@@ -127,7 +125,9 @@ _cuda_searches: dict[int, Any] = {}
 _cuda_lock = threading.Lock()
 
 
-def neighbor_list_cuda(positions, cell, pbc, cutoff: float, half: bool = False, self_interaction: bool = False):
+def neighbor_list_cuda(
+    positions, cell, pbc, cutoff: float, half: bool = False, self_interaction: bool = False
+):
     """Neighbor list on a CUDA device: torch tensors in, torch tensors out.
 
     The same pairs, in the same order, as :func:`neighbor_list` (D equal to rounding).
