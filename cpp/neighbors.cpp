@@ -1,17 +1,18 @@
 // Cell-list neighbor search on the CPU (API and conventions in neighbors.hpp, the shared
 // bin arithmetic in neighbors_math.hpp).
 //
-// Steps: validate and size the grid (one pass over the atoms for bounds and NaN/inf),
+// count(): validate and size the grid (one pass over the atoms for bounds and NaN/inf),
 // counting-sort the atoms by bin (stable, so atoms keep ascending order inside a bin),
-// then visit the atoms in index order, each against the bins within reach. With several
-// threads each takes contiguous chunks of atoms into its own buffer and the chunks are
-// concatenated in order, so the output does not depend on the number of threads.
+// then count the pairs of each atom and take the prefix sum. fill(): repeat the search and
+// write each atom's pairs from its offset on. Both passes split the atoms over OpenMP
+// threads; every atom writes only its own slice, so the output is the same for any number
+// of threads, and it lands in its final place without a merge copy. Counting first costs
+// a second search (cheap next to writing the pairs) and saves growing buffers, whose
+// reallocation and page faults cost more.
 #include "neighbors.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <exception>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -27,53 +28,13 @@ namespace {
 
 // Below this many atoms, starting threads costs more than it saves.
 constexpr int64_t kParallelMinAtoms = 2000;
-// Chunks per thread: enough for dynamic scheduling to even out dense and empty regions.
-constexpr int kChunksPerThread = 4;
 
-void clear_pairs(NeighborList& list) {
-  list.first.clear();
-  list.second.clear();
-  list.shifts.clear();
-  list.vectors.clear();
-  list.distances.clear();
-}
-
-struct AppendPair {
-  NeighborList& out;
-  int64_t i;
-  const NeighborOptions& options;
-
-  void operator()(int j, const int* shift, const double* r, double d2) {
-    out.first.push_back(i);
-    out.second.push_back(j);
-    if (options.return_shifts) out.shifts.insert(out.shifts.end(), {shift[0], shift[1], shift[2]});
-    if (options.return_vectors) out.vectors.insert(out.vectors.end(), {r[0], r[1], r[2]});
-    if (options.return_distances) out.distances.push_back(std::sqrt(d2));
-  }
-};
-
-// Appends the pairs of centres [begin, end) to `list`; offsets[i] is where centre i starts
-// in `list`.
-void search_atoms(const cell_list::Grid& grid, const cell_list::Bins& bins, int begin, int end,
-                  const NeighborOptions& options, NeighborList& list, int64_t* offsets) {
-  for (int i = begin; i < end; ++i) {
-    offsets[i] = list.n_pairs();
-    AppendPair append{list, i, options};
-    cell_list::visit_neighbors(grid, bins, i, options.half, options.self_interaction, append);
-  }
-}
-
-template <class T>
-void copy_into(const std::vector<T>& from, std::vector<T>& to, size_t at) {
-  if (!from.empty()) std::memcpy(to.data() + at, from.data(), from.size() * sizeof(T));
-}
-
-int thread_count(const NeighborOptions& options, int64_t n_atoms) {
+int thread_count(int n_threads, int64_t n_atoms) {
 #ifdef _OPENMP
-  if (options.n_threads > 0) return options.n_threads;
+  if (n_threads > 0) return n_threads;
   return n_atoms >= kParallelMinAtoms ? omp_get_max_threads() : 1;
 #else
-  (void)options;
+  (void)n_threads;
   (void)n_atoms;
   return 1;
 #endif
@@ -84,14 +45,25 @@ int thread_count(const NeighborOptions& options, int64_t n_atoms) {
 struct NeighborSearch::Scratch {
   std::vector<int> bin_start, cursor, atom, slot, bin, wrap, wrap_of_atom;
   std::vector<double> wrapped, wrapped_of_atom;
-  std::vector<NeighborList> chunks;
+  std::vector<int64_t> offsets{0};
+  cell_list::Grid grid{};
+  NeighborOptions options;
+  int n_atoms = -1;  // -1 until a count() succeeds
+
+  cell_list::Bins bins() const {
+    return cell_list::Bins{bin_start.data(), atom.data(), wrapped.data(), wrap.data(), slot.data(), bin.data()};
+  }
 };
 
 NeighborSearch::NeighborSearch() : scratch_(new Scratch) {}
 NeighborSearch::~NeighborSearch() = default;
 
-void NeighborSearch::compute(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
-                             const NeighborOptions& options, NeighborList& out) {
+const std::vector<int64_t>& NeighborSearch::offsets() const { return scratch_->offsets; }
+
+int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
+                              const NeighborOptions& options) {
+  Scratch& s = *scratch_;
+  s.n_atoms = -1;
   if (n_atoms < 0 || n_atoms > kMaxNeighborAtoms) {
     throw Error("number of atoms must be between 0 and " + std::to_string(kMaxNeighborAtoms) + ", got " +
                 std::to_string(n_atoms));
@@ -111,7 +83,6 @@ void NeighborSearch::compute(const double* positions, int64_t n_atoms, const dou
   cell_list::finish_grid(grid, bounds, n_atoms, options.cutoff);
 
   // Counting sort of the atoms by bin.
-  Scratch& s = *scratch_;
   const int n_bins = grid.n_bins[0] * grid.n_bins[1] * grid.n_bins[2];
   s.bin_start.assign(static_cast<size_t>(n_bins) + 1, 0);
   s.bin.resize(n);
@@ -138,61 +109,59 @@ void NeighborSearch::compute(const double* positions, int64_t n_atoms, const dou
       s.wrap[3 * slot + c] = s.wrap_of_atom[3 * i + c];
     }
   }
-  const cell_list::Bins bins{s.bin_start.data(), s.atom.data(), s.wrapped.data(),
-                             s.wrap.data(),      s.slot.data(), s.bin.data()};
 
+  // Pairs per atom, then offsets[i + 1] = offsets[i] + count of atom i.
+  const cell_list::Bins bins = s.bins();
+  s.offsets.resize(static_cast<size_t>(n) + 1);
+  int64_t* offsets = s.offsets.data();
+  offsets[0] = 0;
+  const bool half = options.half, self_interaction = options.self_interaction;
+  [[maybe_unused]] const int threads = thread_count(options.n_threads, n_atoms);
+  // Atoms in bin order: consecutive atoms search the same bins, which stay in cache.
+#pragma omp parallel for schedule(dynamic, 256) num_threads(threads) if (threads > 1)
+  for (int slot = 0; slot < n; ++slot) {
+    const int i = s.atom[slot];
+    cell_list::CountPairs pairs;
+    cell_list::visit_neighbors(grid, bins, i, half, self_interaction, pairs);
+    offsets[i + 1] = pairs.n;
+  }
+  for (int i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
+
+  s.grid = grid;
+  s.options = options;
+  s.n_atoms = n;
+  return offsets[n];
+}
+
+void NeighborSearch::fill(int64_t* first, int64_t* second, int64_t* shifts, double* vectors, double* distances) {
+  const Scratch& s = *scratch_;
+  if (s.n_atoms < 0) throw Error("NeighborSearch::fill() needs a successful count() first");
+  const cell_list::Grid grid = s.grid;
+  const cell_list::Bins bins = s.bins();
+  const int64_t* offsets = s.offsets.data();
+  const int n = s.n_atoms;
+  const bool half = s.options.half, self_interaction = s.options.self_interaction;
+  [[maybe_unused]] const int threads = thread_count(s.options.n_threads, n);
+#pragma omp parallel for schedule(dynamic, 256) num_threads(threads) if (threads > 1)
+  for (int slot = 0; slot < n; ++slot) {
+    const int i = s.atom[slot];
+    cell_list::WritePairs write{offsets[i], i, first, second, shifts, vectors, distances};
+    cell_list::visit_neighbors(grid, bins, i, half, self_interaction, write);
+  }
+}
+
+void NeighborSearch::compute(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
+                             const NeighborOptions& options, NeighborList& out) {
+  const size_t n_pairs = static_cast<size_t>(count(positions, n_atoms, cell, pbc, options));
   out.n_atoms = n_atoms;
-  out.offsets.resize(static_cast<size_t>(n) + 1);
-  int64_t* offsets = out.offsets.data();
-  const int threads = n > 1 ? std::min(thread_count(options, n_atoms), n) : 1;
-
-  if (threads <= 1) {
-    clear_pairs(out);
-    search_atoms(grid, bins, 0, n, options, out, offsets);
-    out.offsets[n] = out.n_pairs();
-    return;
-  }
-
-  const int n_chunks = std::min(n, threads * kChunksPerThread);
-  if (static_cast<int>(s.chunks.size()) < n_chunks) s.chunks.resize(n_chunks);
-  std::exception_ptr failure;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int c = 0; c < n_chunks; ++c) {
-    try {
-      NeighborList& chunk = s.chunks[c];
-      clear_pairs(chunk);
-      const int begin = static_cast<int>(static_cast<int64_t>(n) * c / n_chunks);
-      const int end = static_cast<int>(static_cast<int64_t>(n) * (c + 1) / n_chunks);
-      search_atoms(grid, bins, begin, end, options, chunk, offsets);
-    } catch (...) {
-#pragma omp critical(mlipbias_neighbors_failure)
-      failure = std::current_exception();
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
-
-  std::vector<int64_t> base(n_chunks + 1, 0);
-  for (int c = 0; c < n_chunks; ++c) base[c + 1] = base[c] + s.chunks[c].n_pairs();
-  const size_t total = static_cast<size_t>(base[n_chunks]);
-  out.first.resize(total);
-  out.second.resize(total);
-  out.shifts.resize(options.return_shifts ? 3 * total : 0);
-  out.vectors.resize(options.return_vectors ? 3 * total : 0);
-  out.distances.resize(options.return_distances ? total : 0);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int c = 0; c < n_chunks; ++c) {
-    const NeighborList& chunk = s.chunks[c];
-    const size_t at = static_cast<size_t>(base[c]);
-    copy_into(chunk.first, out.first, at);
-    copy_into(chunk.second, out.second, at);
-    copy_into(chunk.shifts, out.shifts, 3 * at);
-    copy_into(chunk.vectors, out.vectors, 3 * at);
-    copy_into(chunk.distances, out.distances, at);
-    const int begin = static_cast<int>(static_cast<int64_t>(n) * c / n_chunks);
-    const int end = static_cast<int>(static_cast<int64_t>(n) * (c + 1) / n_chunks);
-    for (int i = begin; i < end; ++i) offsets[i] += base[c];
-  }
-  out.offsets[n] = static_cast<int64_t>(total);
+  out.first.resize(n_pairs);
+  out.second.resize(n_pairs);
+  out.shifts.resize(options.return_shifts ? 3 * n_pairs : 0);
+  out.vectors.resize(options.return_vectors ? 3 * n_pairs : 0);
+  out.distances.resize(options.return_distances ? n_pairs : 0);
+  fill(out.first.data(), out.second.data(), options.return_shifts ? out.shifts.data() : nullptr,
+       options.return_vectors ? out.vectors.data() : nullptr, options.return_distances ? out.distances.data() : nullptr);
+  out.offsets = scratch_->offsets;
 }
 
 NeighborList neighbor_list(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,

@@ -83,9 +83,15 @@ struct NeighborList {
   int64_t n_pairs() const { return static_cast<int64_t>(first.size()); }
 };
 
-// A reusable neighbor search: keeps its scratch memory (bins, per-thread buffers) between
-// calls, so an MD loop calling compute() every step does not reallocate. Not thread-safe:
-// use one NeighborSearch per thread.
+// A reusable neighbor search: keeps its scratch memory (bins, per-atom counts) between
+// calls, so an MD loop calling it every step does not reallocate. Not thread-safe: use one
+// NeighborSearch per thread (each call may use OpenMP threads inside).
+//
+// Two ways to call it:
+// * compute(..., out) fills a NeighborList (whose buffers are reused when `out` is);
+// * count(...) then fill(...) writes into arrays the caller allocates once the number of
+//   pairs is known (numpy arrays in the Python bindings), the same two stages as the CUDA
+//   search below. Both stages run the search; count() stores the per-atom offsets.
 class NeighborSearch {
  public:
   NeighborSearch();
@@ -97,6 +103,18 @@ class NeighborSearch {
   // along a, b, c. Replaces the content of `out`.
   void compute(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
                const NeighborOptions& options, NeighborList& out);
+
+  // Stage 1: validates the input, bins the atoms and counts the pairs of each atom.
+  // Returns the number of pairs. options.return_* are ignored (fill() decides).
+  int64_t count(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
+                const NeighborOptions& options);
+
+  // Stage 2: writes the pairs found by the last count(); a null pointer skips that
+  // quantity. first, second, distances: [n_pairs]; shifts, vectors: [n_pairs * 3].
+  void fill(int64_t* first, int64_t* second, int64_t* shifts, double* vectors, double* distances);
+
+  // [n_atoms + 1] CSR offsets of the last count(): pairs of centre i are [offsets[i], offsets[i+1]).
+  const std::vector<int64_t>& offsets() const;
 
  private:
   struct Scratch;

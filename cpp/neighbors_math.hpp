@@ -26,6 +26,9 @@
 namespace mlipbias {
 namespace cell_list {
 
+// Candidates whose distance is computed before any of them is visited.
+constexpr int kCandidateBlock = 32;
+
 struct Grid {
   double cell[3][3];           // lattice vectors as rows; non-periodic rows replaced, see make_grid
   double inverse[3][3];        // cell^-1: fractional f_k = sum_c x_c inverse[c][k]
@@ -95,9 +98,14 @@ MLIPBIAS_HD inline int locate_atom(const Grid& g, const double* x, double* wrapp
 // Bin `b` along direction k, which may lie outside [0, n_bins): the bin it maps to (-1 when
 // it falls outside a non-periodic grid) and the periodic shift that brings it there.
 MLIPBIAS_HD inline int neighbor_bin(const Grid& g, int k, int b, int* shift) {
-  if (g.periodic[k]) return floor_divmod(b, g.n_bins[k], shift);
+  const int n = g.n_bins[k];
+  if (b >= 0 && b < n) {  // the common case, without an integer division
+    *shift = 0;
+    return b;
+  }
+  if (g.periodic[k]) return floor_divmod(b, n, shift);
   *shift = 0;
-  return (b < 0 || b >= g.n_bins[k]) ? -1 : b;
+  return -1;
 }
 
 // Half lists keep (i, i, S) only for the S whose first non-zero component is positive.
@@ -108,18 +116,24 @@ MLIPBIAS_HD inline bool shift_is_positive(const int* s) {
 }
 
 // Calls visit(j, S, r_ij, d_ij^2) for every neighbour of atom i within the cutoff, in a
-// fixed order: bins by increasing offset (c slowest, a fastest), atoms within a bin by
-// increasing index. S and r_ij refer to the positions as given (see neighbors.hpp).
+// fixed order: bins by increasing offset from the atom's bin (c slowest, a fastest), atoms
+// within a bin by increasing index. S and r_ij refer to the positions as given (see neighbors.hpp).
 template <class Visitor>
 MLIPBIAS_HD inline void visit_neighbors(const Grid& g, const Bins& bins, int i, bool half,
                                         bool self_interaction, Visitor& visit) {
+  // Local copies: the visitor's stores could alias g and bins, which would force the
+  // compiler to reload them for every candidate.
+  const double cutoff2 = g.cutoff2;
+  const int* bin_start = bins.bin_start;
+  const int* atom = bins.atom;
+  const double* wrapped = bins.wrapped;
+  const int* wrap = bins.wrap;
   const int slot_i = bins.slot[i];
-  const double* xi = bins.wrapped + 3 * slot_i;
-  const int* wrap_i = bins.wrap + 3 * slot_i;
-  int home[3];
-  home[0] = bins.bin[i] % g.n_bins[0];
-  home[1] = (bins.bin[i] / g.n_bins[0]) % g.n_bins[1];
-  home[2] = bins.bin[i] / (g.n_bins[0] * g.n_bins[1]);
+  const double xi[3] = {wrapped[3 * slot_i], wrapped[3 * slot_i + 1], wrapped[3 * slot_i + 2]};
+  const int wrap_i[3] = {wrap[3 * slot_i], wrap[3 * slot_i + 1], wrap[3 * slot_i + 2]};
+  const int n_a = g.n_bins[0], n_b = g.n_bins[1];
+  const int home_bin = bins.bin[i];
+  const int home[3] = {home_bin % n_a, (home_bin / n_a) % n_b, home_bin / (n_a * n_b)};
 
   for (int oc = -g.search[2]; oc <= g.search[2]; ++oc) {
     int s[3];
@@ -128,43 +142,92 @@ MLIPBIAS_HD inline void visit_neighbors(const Grid& g, const Bins& bins, int i, 
     for (int ob = -g.search[1]; ob <= g.search[1]; ++ob) {
       const int bb = neighbor_bin(g, 1, home[1] + ob, &s[1]);
       if (bb < 0) continue;
-      for (int oa = -g.search[0]; oa <= g.search[0]; ++oa) {
-        const int ba = neighbor_bin(g, 0, home[0] + oa, &s[0]);
-        if (ba < 0) continue;
-        const int b = ba + g.n_bins[0] * (bb + g.n_bins[1] * bc);
+      // Along a, consecutive bins with the same shift hold consecutive slots: scan each
+      // such run of bins as one range (fewer loop set-ups than bin by bin).
+      int a = home[0] - g.search[0];
+      int a_last = home[0] + g.search[0];
+      if (!g.periodic[0]) {
+        a = a < 0 ? 0 : a;
+        a_last = a_last < n_a - 1 ? a_last : n_a - 1;
+      }
+      while (a <= a_last) {
+        const int ba = neighbor_bin(g, 0, a, &s[0]);
+        const int run = (a_last - a < n_a - 1 - ba ? a_last - a : n_a - 1 - ba) + 1;
+        a += run;
+        const int b = ba + n_a * (bb + n_b * bc);
         // r_ij = wrapped_j + s . cell - wrapped_i = wrapped_j + offset
         double offset[3];
         for (int c = 0; c < 3; ++c) {
           offset[c] = s[0] * g.cell[0][c] + s[1] * g.cell[1][c] + s[2] * g.cell[2][c] - xi[c];
         }
-        const int end = bins.bin_start[b + 1];
-        for (int slot = bins.bin_start[b]; slot < end; ++slot) {
-          const int j = bins.atom[slot];
-          if (half && j < i) continue;
-          double r[3];
-          r[0] = bins.wrapped[3 * slot + 0] + offset[0];
-          r[1] = bins.wrapped[3 * slot + 1] + offset[1];
-          r[2] = bins.wrapped[3 * slot + 2] + offset[2];
-          const double d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
-          if (d2 >= g.cutoff2) continue;
-          // Shift relative to the positions as given: x_j - wrap_j . cell is where j was
-          // binned, x_i - wrap_i . cell where i was.
-          const int* wrap_j = bins.wrap + 3 * slot;
-          int shift[3];
-          shift[0] = s[0] + wrap_i[0] - wrap_j[0];
-          shift[1] = s[1] + wrap_i[1] - wrap_j[1];
-          shift[2] = s[2] + wrap_i[2] - wrap_j[2];
-          if (j == i) {
-            const bool zero = shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
-            if (zero && !self_interaction) continue;
-            if (half && !zero && !shift_is_positive(shift)) continue;
+        const int end = bin_start[b + run];
+        // Distances first, keeping the slots within the cutoff without a branch (whether a
+        // candidate is a neighbour is a coin flip the branch predictor cannot learn).
+        for (int start = bin_start[b]; start < end; start += kCandidateBlock) {
+          const int stop = end - start < kCandidateBlock ? end : start + kCandidateBlock;
+          int inside[kCandidateBlock];
+          int n_inside = 0;
+          for (int slot = start; slot < stop; ++slot) {
+            const double r0 = wrapped[3 * slot + 0] + offset[0];
+            const double r1 = wrapped[3 * slot + 1] + offset[1];
+            const double r2 = wrapped[3 * slot + 2] + offset[2];
+            inside[n_inside] = slot;
+            n_inside += (r0 * r0 + r1 * r1 + r2 * r2) < cutoff2;
           }
-          visit(j, shift, r, d2);
+          for (int m = 0; m < n_inside; ++m) {
+            const int slot = inside[m];
+            const int j = atom[slot];
+            if (half && j < i) continue;
+            const double r[3] = {wrapped[3 * slot + 0] + offset[0], wrapped[3 * slot + 1] + offset[1],
+                                 wrapped[3 * slot + 2] + offset[2]};
+            // Shift relative to the positions as given: x_j - wrap_j . cell is where j was
+            // binned, x_i - wrap_i . cell where i was.
+            int shift[3];
+            shift[0] = s[0] + wrap_i[0] - wrap[3 * slot + 0];
+            shift[1] = s[1] + wrap_i[1] - wrap[3 * slot + 1];
+            shift[2] = s[2] + wrap_i[2] - wrap[3 * slot + 2];
+            if (j == i) {
+              const bool zero = shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
+              if (zero && !self_interaction) continue;
+              if (half && !zero && !shift_is_positive(shift)) continue;
+            }
+            visit(j, shift, r, r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+          }
         }
       }
     }
   }
 }
+
+// Visitors of visit_neighbors shared by the CPU and GPU searches: the first pass counts
+// each atom's pairs, the second writes them from the atom's offset on.
+struct CountPairs {
+  int64_t n = 0;
+  MLIPBIAS_HD void operator()(int, const int*, const double*, double) { ++n; }
+};
+
+struct WritePairs {
+  int64_t at;  // index of the next pair
+  int64_t i;   // centre atom
+  int64_t* first;
+  int64_t* second;
+  int64_t* shifts;
+  double* vectors;
+  double* distances;
+
+  MLIPBIAS_HD void operator()(int j, const int* shift, const double* r, double d2) {
+    const int64_t k = at++;  // read before the stores, which could alias `at`
+    if (first != nullptr) first[k] = i;
+    if (second != nullptr) second[k] = j;
+    if (shifts != nullptr) {
+      for (int c = 0; c < 3; ++c) shifts[3 * k + c] = shift[c];
+    }
+    if (vectors != nullptr) {
+      for (int c = 0; c < 3; ++c) vectors[3 * k + c] = r[c];
+    }
+    if (distances != nullptr) distances[k] = sqrt(d2);
+  }
+};
 
 // Running bounds of the atoms' fractional coordinates, and the first non-finite position.
 struct Bounds {

@@ -71,6 +71,21 @@ class DeviceBuffer {
   size_t capacity_ = 0;
 };
 
+// Makes `device` current for the scope and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 __global__ void bounds_kernel(const double* positions, int n, cell_list::Grid grid, double* block_bounds,
                               unsigned long long* first_bad_atom) {
   double lo[3] = {HUGE_VAL, HUGE_VAL, HUGE_VAL};
@@ -125,50 +140,26 @@ __global__ void gather_kernel(int n, const int* atom, const double* wrapped_of_a
   }
 }
 
-struct CountPairs {
-  int64_t n = 0;
-  MLIPBIAS_HD void operator()(int, const int*, const double*, double) { ++n; }
-};
-
-struct WritePairs {
-  int64_t at;
-  int64_t i;
-  int64_t* first;
-  int64_t* second;
-  int64_t* shifts;
-  double* vectors;
-  double* distances;
-
-  MLIPBIAS_HD void operator()(int j, const int* shift, const double* r, double d2) {
-    if (first != nullptr) first[at] = i;
-    if (second != nullptr) second[at] = j;
-    if (shifts != nullptr) {
-      for (int c = 0; c < 3; ++c) shifts[3 * at + c] = shift[c];
-    }
-    if (vectors != nullptr) {
-      for (int c = 0; c < 3; ++c) vectors[3 * at + c] = r[c];
-    }
-    if (distances != nullptr) distances[at] = sqrt(d2);
-    ++at;
-  }
-};
-
+// One thread per atom, threads in bin order: the atoms of a warp search the same bins, so
+// their loads of the candidates coincide. Each atom still writes at its own offset.
 __global__ void count_kernel(cell_list::Grid grid, cell_list::Bins bins, int n, bool half, bool self_interaction,
                              int64_t* counts) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  CountPairs count;
-  cell_list::visit_neighbors(grid, bins, static_cast<int>(i), half, self_interaction, count);
+  const int64_t slot = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (slot >= n) return;
+  const int i = bins.atom[slot];
+  cell_list::CountPairs count;
+  cell_list::visit_neighbors(grid, bins, i, half, self_interaction, count);
   counts[i] = count.n;
 }
 
 __global__ void fill_kernel(cell_list::Grid grid, cell_list::Bins bins, int n, bool half, bool self_interaction,
                             const int64_t* offsets, int64_t* first, int64_t* second, int64_t* shifts,
                             double* vectors, double* distances) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  WritePairs write{offsets[i], i, first, second, shifts, vectors, distances};
-  cell_list::visit_neighbors(grid, bins, static_cast<int>(i), half, self_interaction, write);
+  const int64_t slot = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (slot >= n) return;
+  const int i = bins.atom[slot];
+  cell_list::WritePairs write{offsets[i], i, first, second, shifts, vectors, distances};
+  cell_list::visit_neighbors(grid, bins, i, half, self_interaction, write);
 }
 
 }  // namespace
@@ -208,7 +199,7 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   }
   if (n_atoms > 0 && positions == nullptr) throw Error("positions is a null pointer");
   if (cell == nullptr || pbc == nullptr) throw Error("cell and pbc must not be null pointers");
-  check(cudaSetDevice(device), "cudaSetDevice");
+  const DeviceGuard guard(device);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   cell_list::Grid grid = cell_list::make_grid(cell, pbc, options.cutoff);
   const int n = static_cast<int>(n_atoms);
@@ -309,7 +300,7 @@ void NeighborSearch::fill(int64_t* first, int64_t* second, int64_t* shifts, doub
                           int64_t* offsets) {
   Impl& s = *impl_;
   if (s.n_atoms < 0) throw Error("NeighborSearch::fill() needs a successful count() first");
-  check(cudaSetDevice(s.device), "cudaSetDevice");
+  const DeviceGuard guard(s.device);
   const int n = s.n_atoms;
   if (n == 0) {
     if (offsets != nullptr) check(cudaMemsetAsync(offsets, 0, sizeof(int64_t), s.stream), "cudaMemsetAsync");

@@ -156,6 +156,14 @@ def test_isolated_molecule_and_zero_cell_vectors():
     )
     assert_same_pairs(ours(slab, 4.0), ase_reference(slab, 4.0))
     assert_same_pairs(ours(slab, 4.0), vesin_reference(slab, 4.0))
+    # A flat sheet (all atoms at z = 0, so no extent along the open direction) and a
+    # straight chain of atoms without any cell.
+    sheet = Atoms(
+        "X50", positions=np.c_[rng.uniform(0, 10, (50, 2)), np.zeros(50)], cell=[10, 10, 0], pbc=(1, 1, 0)
+    )
+    assert_same_pairs(ours(sheet, 3.0), ase_reference(sheet, 3.0))
+    chain = Atoms("X20", positions=np.c_[np.arange(20) * 1.1, np.zeros((20, 2))])
+    assert_same_pairs(ours(chain, 2.5), ase_reference(chain, 2.5))
     # A wire: periodic along a only.
     wire = Atoms(
         "X30",

@@ -1,12 +1,11 @@
-// Neighbor lists (cpp/neighbors.hpp) for Python: numpy in, numpy out (the C++ buffers are
-// handed to numpy without a copy), and the two-stage CUDA search on raw device pointers
+// Neighbor lists (cpp/neighbors.hpp) for Python: numpy in, numpy out (the search writes
+// into the numpy arrays directly), and the two-stage CUDA search on raw device pointers
 // for mlipbias.neighbors.neighbor_list_cuda.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "bindings.hpp"
@@ -33,15 +32,6 @@ void check_cell_and_pbc(const Doubles& cell, const Bools& pbc) {
   if (pbc.ndim() != 1 || pbc.shape(0) != 3) throw mlipbias::Error("pbc must have shape (3,), got " + shape_of(pbc));
 }
 
-// Hands a std::vector to numpy without copying: the array owns it through a capsule.
-template <class T>
-py::array to_numpy(std::vector<T>&& data, std::vector<py::ssize_t> shape) {
-  if (data.empty()) return py::array_t<T>(shape);
-  auto* owner = new std::vector<T>(std::move(data));
-  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(shape, owner->data(), free_when_done);
-}
-
 }  // namespace
 
 MLIPBIAS_BINDINGS(neighbors) {
@@ -61,20 +51,30 @@ MLIPBIAS_BINDINGS(neighbors) {
         options.return_vectors = vectors;
         options.return_shifts = shifts;
         options.n_threads = n_threads;
-        mlipbias::NeighborList list;
+        // Count, then let the search write straight into uninitialised numpy arrays.
+        mlipbias::NeighborSearch search;
+        int64_t n_pairs = 0;
         {
           py::gil_scoped_release release;
-          mlipbias::NeighborSearch search;
-          search.compute(positions.data(), positions.shape(0), cell.data(), pbc.data(), options, list);
+          n_pairs = search.count(positions.data(), positions.shape(0), cell.data(), pbc.data(), options);
         }
-        const py::ssize_t n_pairs = list.n_pairs();
+        py::array_t<int64_t> i(n_pairs), j(n_pairs);
+        py::array_t<double> d(distances ? n_pairs : 0);
+        py::array_t<double> D(std::vector<py::ssize_t>{vectors ? n_pairs : 0, 3});
+        py::array_t<int64_t> S(std::vector<py::ssize_t>{shifts ? n_pairs : 0, 3});
+        {
+          py::gil_scoped_release release;
+          search.fill(i.mutable_data(), j.mutable_data(), shifts ? S.mutable_data() : nullptr,
+                      vectors ? D.mutable_data() : nullptr, distances ? d.mutable_data() : nullptr);
+        }
+        const std::vector<int64_t>& offsets = search.offsets();
         py::dict out;
-        out["i"] = to_numpy(std::move(list.first), {n_pairs});
-        out["j"] = to_numpy(std::move(list.second), {n_pairs});
-        if (distances) out["d"] = to_numpy(std::move(list.distances), {n_pairs});
-        if (vectors) out["D"] = to_numpy(std::move(list.vectors), {n_pairs, 3});
-        if (shifts) out["S"] = to_numpy(std::move(list.shifts), {n_pairs, 3});
-        out["offsets"] = to_numpy(std::move(list.offsets), {static_cast<py::ssize_t>(positions.shape(0)) + 1});
+        out["i"] = i;
+        out["j"] = j;
+        if (distances) out["d"] = d;
+        if (vectors) out["D"] = D;
+        if (shifts) out["S"] = S;
+        out["offsets"] = py::array_t<int64_t>(static_cast<py::ssize_t>(offsets.size()), offsets.data());
         return out;
       },
       py::arg("positions"), py::arg("cell"), py::arg("pbc"), py::arg("cutoff"), py::arg("self_interaction") = false,
