@@ -28,7 +28,7 @@ COLUMNS = ("kind", "a", "b", "eta", "rs", "zeta", "lambda", "rc")
 
 def _neighbor_pairs(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j, D) within ``cutoff``: the one place that builds neighbour lists here."""
-    from ase.neighborlist import neighbor_list
+    from mlipbias.neighbors import neighbor_list
 
     return neighbor_list("ijD", atoms, cutoff)
 

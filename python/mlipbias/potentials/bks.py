@@ -14,10 +14,10 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import atomic_numbers
-from ase.neighborlist import neighbor_list
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlipbias import _core
+from mlipbias.neighbors import neighbor_list
 
 #: e^2 / (4 pi eps0) in eV A as LAMMPS ``units metal`` defines it (``qqr2e``); the CODATA value
 #: is 14.3996454784, 3e-8 away, so the default follows LAMMPS to keep the two comparable.
@@ -39,16 +39,9 @@ _EMPTY_PAIR = {"A": 0.0, "rho": 1.0, "C": 0.0, "D": 0.0}
 
 
 def _pairs(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Half pair list within ``cutoff``: i, j and D = x_j - x_i + S.cell, each pair once.
-
-    The one place where BKS builds pairs. A pair of an atom with its own periodic image
-    (i == j, S != 0) appears with both S and -S in the full list; the lexicographically
-    positive S is kept.
-    """
-    i, j, D, S = neighbor_list("ijDS", atoms, cutoff)
-    positive_shift = (S[:, 0] > 0) | ((S[:, 0] == 0) & ((S[:, 1] > 0) | ((S[:, 1] == 0) & (S[:, 2] > 0))))
-    keep = (i < j) | ((i == j) & positive_shift)
-    return i[keep], j[keep], np.ascontiguousarray(D[keep])
+    """Half pair list within ``cutoff``: i, j and D = x_j - x_i + S.cell, each pair once."""
+    i, j, D = neighbor_list("ijD", atoms, cutoff, half=True)
+    return i, j, np.ascontiguousarray(D)
 
 
 def _pair_key(key: Any) -> tuple[str, str]:
