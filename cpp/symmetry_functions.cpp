@@ -1,0 +1,413 @@
+// Symmetry functions: table validation and the OpenMP loops over centres.
+//
+// One traversal (visit_center) walks the pairs and triplets of a centre and hands every
+// term to a "sink"; compute, compute_with_derivatives, vjp and jvp differ only in their sink.
+// Each centre writes only its own row of G and its own pairs' entries, so results do not
+// depend on the number of threads or on the schedule.
+#include "symmetry_functions.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+namespace mlipbias {
+
+namespace {
+
+std::string fmt(double x) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%g", x);
+  return buffer;
+}
+
+// Index of `value` in `list`, appending it when absent.
+template <class T, class Eq>
+int intern(std::vector<T>& list, const T& value, Eq eq) {
+  for (size_t k = 0; k < list.size(); ++k)
+    if (eq(list[k], value)) return static_cast<int>(k);
+  list.push_back(value);
+  return static_cast<int>(list.size() - 1);
+}
+
+}  // namespace
+
+SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t n_elements)
+    : n_sf_(n_sf), n_elements_(n_elements) {
+  if (n_elements < 1) throw Error("symmetry functions: n_elements must be at least 1, got " + std::to_string(n_elements));
+  if (n_sf < 1) throw Error("symmetry functions: the table is empty (no functions)");
+  radial_by_element_.resize(n_elements);
+  angular_by_pair_.resize(n_elements * n_elements);
+  for (int64_t f = 0; f < n_sf; ++f) {
+    const double* row = table + f * kColumns;
+    const std::string where = "symmetry function " + std::to_string(f) + ": ";
+    for (int c = 0; c < kColumns; ++c)
+      if (!std::isfinite(row[c])) throw Error(where + "column " + std::to_string(c) + " is not finite");
+    const double kind = row[0], a = row[1], b = row[2], eta = row[3], rs = row[4], zeta = row[5],
+                 lambda = row[6], rc = row[7];
+    if (kind != 2 && kind != 4 && kind != 5) throw Error(where + "kind must be 2, 4 or 5, got " + fmt(kind));
+    auto check_element = [&](double e, const char* name) {
+      if (e != std::floor(e) || e < 0 || e >= static_cast<double>(n_elements))
+        throw Error(where + "element index " + name + " = " + fmt(e) + " is not in 0.." +
+                    std::to_string(n_elements - 1));
+    };
+    check_element(a, "a");
+    if (eta < 0) throw Error(where + "eta must be >= 0, got " + fmt(eta));
+    if (!(rc > 0)) throw Error(where + "cutoff rc must be > 0, got " + fmt(rc));
+    const int cut = intern(cutoffs_, rc, [](double x, double y) { return x == y; });
+    cutoff_ = std::max(cutoff_, rc);
+    if (kind == 2) {
+      if (b != -1) throw Error(where + "G2 takes b = -1 (one neighbour element), got " + fmt(b));
+      if (rs < 0) throw Error(where + "rs must be >= 0, got " + fmt(rs));
+      if (zeta != 0 || lambda != 0) throw Error(where + "G2 has no zeta or lambda: set both columns to 0");
+      radial_by_element_[static_cast<int64_t>(a)].push_back({f, eta, rs, cut});
+      continue;
+    }
+    check_element(b, "b");
+    if (rs != 0) throw Error(where + "G4 and G5 have no rs: set the column to 0, got " + fmt(rs));
+    if (zeta < 1) throw Error(where + "zeta must be >= 1, got " + fmt(zeta));
+    if (!(std::fabs(lambda) <= 1) || lambda == 0)
+      throw Error(where + "lambda must be in [-1, 1] and not 0 (usually +1 or -1), got " + fmt(lambda));
+    angular_cutoff_ = std::max(angular_cutoff_, rc);
+    const int key = intern(radial_keys_, RadialKey{eta, cut},
+                           [](const RadialKey& x, const RadialKey& y) { return x.eta == y.eta && x.cut == y.cut; });
+    const int izeta = (zeta == std::floor(zeta) && zeta <= 1024) ? static_cast<int>(zeta) : -1;
+    const int shape = intern(shapes_, Shape{zeta, lambda, std::pow(2.0, 1.0 - zeta), izeta},
+                             [](const Shape& x, const Shape& y) { return x.zeta == y.zeta && x.lambda == y.lambda; });
+    const Angular fn{f, kind == 4, key, shape};
+    const int64_t ia = static_cast<int64_t>(a), ib = static_cast<int64_t>(b);
+    angular_by_pair_[ia * n_elements + ib].push_back(fn);
+    if (ia != ib) angular_by_pair_[ib * n_elements + ia].push_back(fn);
+  }
+}
+
+void SymmetryFunctions::check(const NeighbourView& nb) const {
+  const std::string what = "symmetry functions: ";
+  if (nb.n_centers < 0 || nb.n_atoms < nb.n_centers)
+    throw Error(what + "n_centers = " + std::to_string(nb.n_centers) + " must be in 0..n_atoms = " +
+                std::to_string(nb.n_atoms) + " (centres are the first atoms)");
+  if (nb.offsets[0] != 0) throw Error(what + "offsets[0] must be 0, got " + std::to_string(nb.offsets[0]));
+  for (int64_t i = 0; i < nb.n_centers; ++i)
+    if (nb.offsets[i + 1] < nb.offsets[i])
+      throw Error(what + "offsets must be non-decreasing (pairs sorted by centre); offsets[" + std::to_string(i + 1) +
+                  "] < offsets[" + std::to_string(i) + "]");
+  for (int64_t k = 0; k < nb.n_atoms; ++k)
+    if (nb.species[k] < 0 || nb.species[k] >= n_elements_)
+      throw Error(what + "atom " + std::to_string(k) + " has element index " + std::to_string(nb.species[k]) +
+                  ", the model has " + std::to_string(n_elements_) + " elements");
+  for (int64_t i = 0; i < nb.n_centers; ++i) {
+    for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
+      if (nb.j[p] < 0 || nb.j[p] >= nb.n_atoms)
+        throw Error(what + "pair " + std::to_string(p) + " has neighbour index " + std::to_string(nb.j[p]) +
+                    " outside 0.." + std::to_string(nb.n_atoms - 1));
+      const double* d = nb.D + 3 * p;
+      if (!std::isfinite(d[0]) || !std::isfinite(d[1]) || !std::isfinite(d[2]))
+        throw Error(what + "pair " + std::to_string(p) + " (centre " + std::to_string(i) + ") has a non-finite vector");
+      if (dot3(d, d) == 0.0)
+        throw Error(what + "pair " + std::to_string(p) + " (centre " + std::to_string(i) + ", neighbour " +
+                    std::to_string(nb.j[p]) + ") has zero length: two atoms at the same position, or a self pair");
+    }
+  }
+}
+
+// ------------------------------------------------------------------ traversal
+
+struct SymmetryFunctions::Workspace {
+  std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
+  std::vector<int64_t> z;      // its element
+  std::vector<double> d, r;    // its vector (3 each) and length
+  std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
+  std::vector<int> angular;    // neighbours inside the angular cutoff
+  std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
+  std::vector<double> S, dS;   // [radial key] the same at r_jk, dS divided by r_jk
+  std::vector<double> A, dA;   // [shape] angular factor and d/dcos
+};
+
+template <bool kGrad, class Sink>
+void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspace& ws, Sink& sink) const {
+  const size_t n_cut = cutoffs_.size(), n_keys = radial_keys_.size(), n_shapes = shapes_.size();
+  const double cutoff2 = cutoff_ * cutoff_;
+  ws.pair.clear();
+  ws.z.clear();
+  ws.d.clear();
+  ws.r.clear();
+  for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
+    const double* d = nb.D + 3 * p;
+    const double r2 = dot3(d, d);
+    if (r2 >= cutoff2) continue;
+    ws.pair.push_back(p);
+    ws.z.push_back(nb.species[nb.j[p]]);
+    ws.d.insert(ws.d.end(), d, d + 3);
+    ws.r.push_back(std::sqrt(r2));
+  }
+  const size_t n = ws.r.size();
+  ws.fc.resize(n * n_cut);
+  ws.dfc.resize(n * n_cut);
+  for (size_t a = 0; a < n; ++a)
+    for (size_t c = 0; c < n_cut; ++c) sf_cutoff(ws.r[a], cutoffs_[c], &ws.fc[a * n_cut + c], &ws.dfc[a * n_cut + c]);
+
+  // Radial functions: one term per pair.
+  for (size_t a = 0; a < n; ++a) {
+    const auto& fns = radial_by_element_[ws.z[a]];
+    if (fns.empty()) continue;
+    const double r = ws.r[a];
+    const double* fc = &ws.fc[a * n_cut];
+    const double* dfc = &ws.dfc[a * n_cut];
+    if (kGrad) sink.pair_begin(ws.pair[a], &ws.d[3 * a]);
+    for (const Radial& fn : fns) {
+      if (fc[fn.cut] == 0.0) continue;  // beyond this function's cutoff
+      double dg;
+      const double g = sf_radial(fn.eta, fn.rs, r, fc[fn.cut], dfc[fn.cut], &dg);
+      sink.value(fn.f, g);
+      if (kGrad) sink.pair_term(fn.f, dg / r);
+    }
+    if (kGrad) sink.pair_end();
+  }
+  if (n_keys == 0) return;
+
+  // Angular functions: one term per unordered pair of neighbours {a, b}, a < b.
+  ws.angular.clear();
+  ws.R.resize(n * n_keys);
+  ws.dR.resize(n * n_keys);
+  for (size_t a = 0; a < n; ++a) {
+    if (ws.r[a] >= angular_cutoff_) continue;
+    ws.angular.push_back(static_cast<int>(a));
+    const double r = ws.r[a];
+    for (size_t k = 0; k < n_keys; ++k) {
+      const RadialKey& key = radial_keys_[k];
+      const double e = std::exp(-key.eta * r * r);
+      const double fc = ws.fc[a * n_cut + key.cut], dfc = ws.dfc[a * n_cut + key.cut];
+      ws.R[a * n_keys + k] = e * fc;
+      ws.dR[a * n_keys + k] = e * (dfc - 2.0 * key.eta * r * fc);
+    }
+  }
+  ws.S.resize(n_keys);
+  ws.dS.resize(n_keys);
+  ws.A.resize(n_shapes);
+  ws.dA.resize(n_shapes);
+  const size_t n_ang = ws.angular.size();
+  for (size_t ia = 0; ia < n_ang; ++ia) {
+    const int a = ws.angular[ia];
+    const double* dij = &ws.d[3 * a];
+    const double rij = ws.r[a], inv_rij = 1.0 / rij;
+    const double* Rij = &ws.R[a * n_keys];
+    const double* dRij = &ws.dR[a * n_keys];
+    for (size_t ib = ia + 1; ib < n_ang; ++ib) {
+      const int b = ws.angular[ib];
+      const auto& fns = angular_by_pair_[ws.z[a] * n_elements_ + ws.z[b]];
+      if (fns.empty()) continue;
+      const double* dik = &ws.d[3 * b];
+      const double rik = ws.r[b], inv_rik = 1.0 / rik;
+      const double* Rik = &ws.R[b * n_keys];
+      const double* dRik = &ws.dR[b * n_keys];
+      const double c = dot3(dij, dik) * inv_rij * inv_rik;
+      const double djk[3] = {dik[0] - dij[0], dik[1] - dij[1], dik[2] - dij[2]};
+      const double rjk = std::sqrt(dot3(djk, djk));
+      for (size_t k = 0; k < n_keys; ++k) {
+        const RadialKey& key = radial_keys_[k];
+        double fc, dfc;
+        sf_cutoff(rjk, cutoffs_[key.cut], &fc, &dfc);
+        const double e = fc == 0.0 ? 0.0 : std::exp(-key.eta * rjk * rjk);
+        ws.S[k] = e * fc;
+        ws.dS[k] = fc == 0.0 ? 0.0 : e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
+      }
+      for (size_t s = 0; s < n_shapes; ++s) {
+        const Shape& sh = shapes_[s];
+        ws.A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &ws.dA[s]);
+      }
+      if (kGrad) sink.triplet_begin(ws.pair[a], dij, ws.pair[b], dik);
+      for (const Angular& fn : fns) {
+        const double rij_part = Rij[fn.key], rik_part = Rik[fn.key];
+        const double rjk_part = fn.g4 ? ws.S[fn.key] : 1.0;
+        if (rij_part == 0.0 || rik_part == 0.0 || rjk_part == 0.0) continue;  // beyond the cutoff
+        const double A = ws.A[fn.shape];
+        const double radial = rij_part * rik_part * rjk_part;
+        sink.value(fn.f, A * radial);
+        if (kGrad) {
+          const double f_c = ws.dA[fn.shape] * radial;
+          const double f_rij = A * dRij[fn.key] * rik_part * rjk_part;
+          const double f_rik = A * rij_part * dRik[fn.key] * rjk_part;
+          const double f_rjk_over_rjk = fn.g4 ? A * rij_part * rik_part * ws.dS[fn.key] : 0.0;
+          double alpha, beta, delta;
+          sf_triplet_coefficients(f_c, f_rij, f_rik, f_rjk_over_rjk, c, inv_rij, inv_rik, &alpha, &beta, &delta);
+          sink.triplet_term(fn.f, alpha, beta, delta);
+        }
+      }
+      if (kGrad) sink.triplet_end();
+    }
+  }
+}
+
+template <bool kGrad, class MakeSink>
+void SymmetryFunctions::for_each_center(const NeighbourView& nb, MakeSink make_sink) const {
+  check(nb);
+#pragma omp parallel
+  {
+    Workspace ws;
+    auto sink = make_sink();
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nb.n_centers; ++i) {
+      sink.start(i);
+      visit_center<kGrad>(nb, i, ws, sink);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ sinks
+
+namespace {
+
+// Adds values to row i of G; ignores derivatives.
+struct ValueSink {
+  double* G;
+  int64_t n_sf;
+  double* row = nullptr;
+  void start(int64_t i) { row = G + i * n_sf; }
+  void value(int64_t f, double v) { row[f] += v; }
+  void pair_begin(int64_t, const double*) {}
+  void pair_term(int64_t, double) {}
+  void pair_end() {}
+  void triplet_begin(int64_t, const double*, int64_t, const double*) {}
+  void triplet_term(int64_t, double, double, double) {}
+  void triplet_end() {}
+};
+
+// Values and the full derivative array dG [n_pairs][n_sf][3].
+struct DerivativeSink : ValueSink {
+  double* dG;
+  int64_t p = 0, q = 0;
+  const double *dp = nullptr, *dq = nullptr;
+  DerivativeSink(double* G_, int64_t n_sf_, double* dG_) : ValueSink{G_, n_sf_}, dG(dG_) {}
+  void pair_begin(int64_t p_, const double* d) { p = p_, dp = d; }
+  void pair_term(int64_t f, double coef) {
+    double* out = dG + (p * n_sf + f) * 3;
+    for (int x = 0; x < 3; ++x) out[x] += coef * dp[x];
+  }
+  void triplet_begin(int64_t p_, const double* dp_, int64_t q_, const double* dq_) { p = p_, dp = dp_, q = q_, dq = dq_; }
+  void triplet_term(int64_t f, double alpha, double beta, double delta) {
+    double* out_p = dG + (p * n_sf + f) * 3;
+    double* out_q = dG + (q * n_sf + f) * 3;
+    for (int x = 0; x < 3; ++x) {
+      out_p[x] += alpha * dp[x] + beta * dq[x];
+      out_q[x] += beta * dp[x] + delta * dq[x];
+    }
+  }
+};
+
+// out[r][p] = sum_f w[r][i][f] dG_if/dD_p, accumulated as coefficients of D_p (and D_q).
+struct VjpSink {
+  int64_t n_rhs, n_centers, n_sf, n_pairs;
+  const double* w;
+  double* out;
+  const double* wi = nullptr;  // w[0][i]
+  std::vector<double> acc;     // [n_rhs][3] coefficients
+  int64_t p = 0, q = 0;
+  const double *dp = nullptr, *dq = nullptr;
+  void start(int64_t i) { wi = w + i * n_sf; }
+  void value(int64_t, double) {}
+  const double* weights(int64_t r) const { return wi + r * n_centers * n_sf; }
+  double* pair_out(int64_t r, int64_t pair) const { return out + (r * n_pairs + pair) * 3; }
+  void pair_begin(int64_t p_, const double* d) {
+    p = p_, dp = d;
+    std::fill(acc.begin(), acc.end(), 0.0);
+  }
+  void pair_term(int64_t f, double coef) {
+    for (int64_t r = 0; r < n_rhs; ++r) acc[3 * r] += weights(r)[f] * coef;
+  }
+  void pair_end() {
+    for (int64_t r = 0; r < n_rhs; ++r) {
+      double* o = pair_out(r, p);
+      for (int x = 0; x < 3; ++x) o[x] += acc[3 * r] * dp[x];
+    }
+  }
+  void triplet_begin(int64_t p_, const double* dp_, int64_t q_, const double* dq_) {
+    p = p_, dp = dp_, q = q_, dq = dq_;
+    std::fill(acc.begin(), acc.end(), 0.0);
+  }
+  void triplet_term(int64_t f, double alpha, double beta, double delta) {
+    for (int64_t r = 0; r < n_rhs; ++r) {
+      const double wf = weights(r)[f];
+      acc[3 * r] += wf * alpha;
+      acc[3 * r + 1] += wf * beta;
+      acc[3 * r + 2] += wf * delta;
+    }
+  }
+  void triplet_end() {
+    for (int64_t r = 0; r < n_rhs; ++r) {
+      const double alpha = acc[3 * r], beta = acc[3 * r + 1], delta = acc[3 * r + 2];
+      double* op = pair_out(r, p);
+      double* oq = pair_out(r, q);
+      for (int x = 0; x < 3; ++x) {
+        op[x] += alpha * dp[x] + beta * dq[x];
+        oq[x] += beta * dp[x] + delta * dq[x];
+      }
+    }
+  }
+};
+
+// out[r][i][f] = sum_p dG_if/dD_p . t[r][p], via the dot products of t with D_p and D_q.
+struct JvpSink {
+  int64_t n_rhs, n_centers, n_sf, n_pairs;
+  const double* t;
+  double* out;
+  double* oi = nullptr;      // out[0][i]
+  std::vector<double> dots;  // [n_rhs][3]
+  void start(int64_t i) { oi = out + i * n_sf; }
+  void value(int64_t, double) {}
+  double* row(int64_t r) const { return oi + r * n_centers * n_sf; }
+  const double* tangent(int64_t r, int64_t pair) const { return t + (r * n_pairs + pair) * 3; }
+  void pair_begin(int64_t p, const double* d) {
+    for (int64_t r = 0; r < n_rhs; ++r) dots[3 * r] = dot3(d, tangent(r, p));
+  }
+  void pair_term(int64_t f, double coef) {
+    for (int64_t r = 0; r < n_rhs; ++r) row(r)[f] += coef * dots[3 * r];
+  }
+  void pair_end() {}
+  void triplet_begin(int64_t p, const double* dp, int64_t q, const double* dq) {
+    for (int64_t r = 0; r < n_rhs; ++r) {
+      const double* tp = tangent(r, p);
+      const double* tq = tangent(r, q);
+      dots[3 * r] = dot3(dp, tp);                      // D_p . t_p
+      dots[3 * r + 1] = dot3(dq, tp) + dot3(dp, tq);  // cross terms
+      dots[3 * r + 2] = dot3(dq, tq);                  // D_q . t_q
+    }
+  }
+  void triplet_term(int64_t f, double alpha, double beta, double delta) {
+    for (int64_t r = 0; r < n_rhs; ++r)
+      row(r)[f] += alpha * dots[3 * r] + beta * dots[3 * r + 1] + delta * dots[3 * r + 2];
+  }
+  void triplet_end() {}
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------ entry points
+
+void SymmetryFunctions::compute(const NeighbourView& nb, double* G) const {
+  std::fill(G, G + nb.n_centers * n_sf_, 0.0);
+  for_each_center<false>(nb, [&] { return ValueSink{G, n_sf_}; });
+}
+
+void SymmetryFunctions::compute_with_derivatives(const NeighbourView& nb, double* G, double* dG) const {
+  std::fill(G, G + nb.n_centers * n_sf_, 0.0);
+  std::fill(dG, dG + nb.n_pairs() * n_sf_ * 3, 0.0);
+  for_each_center<true>(nb, [&] { return DerivativeSink(G, n_sf_, dG); });
+}
+
+void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const {
+  if (n_rhs < 1) throw Error("symmetry functions: vjp needs at least one right-hand side");
+  const int64_t n_pairs = nb.n_pairs();
+  std::fill(out, out + n_rhs * n_pairs * 3, 0.0);
+  for_each_center<true>(nb, [&] {
+    return VjpSink{n_rhs, nb.n_centers, n_sf_, n_pairs, dLdG, out, nullptr, std::vector<double>(3 * n_rhs)};
+  });
+}
+
+void SymmetryFunctions::jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const {
+  if (n_rhs < 1) throw Error("symmetry functions: jvp needs at least one right-hand side");
+  std::fill(out, out + n_rhs * nb.n_centers * n_sf_, 0.0);
+  for_each_center<true>(nb, [&] {
+    return JvpSink{n_rhs, nb.n_centers, n_sf_, nb.n_pairs(), t, out, nullptr, std::vector<double>(3 * n_rhs)};
+  });
+}
+
+}  // namespace mlipbias

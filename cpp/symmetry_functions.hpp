@@ -1,0 +1,181 @@
+// Atom-centred symmetry functions (Behler, J. Chem. Phys. 134, 074106 (2011)): radial G2 and
+// angular G4, G5 per element (pair) channel with the cosine cutoff, their values, their
+// derivatives with respect to every pair vector, and the two contractions a model needs
+// (vector-Jacobian product for forces and virial, Jacobian-vector product for force training).
+//
+// Definitions (docs/model_file.md, "Symmetry functions"): one table row per function,
+//   kind, a, b, eta, rs, zeta, lambda, rc
+// kind 2, 4 or 5; a, b model element indices of the neighbours (b = -1 for G2); eta in 1/A^2;
+// rs and rc in A. With fc(r) = 0.5 (cos(pi r / rc) + 1) for r < rc, else 0:
+//   G2 = sum_{j: Z_j = a} exp(-eta (r_ij - rs)^2) fc(r_ij)
+//   G4 = 2^(1-zeta) sum_{j<k: {Z_j,Z_k} = {a,b}} (1 + lambda cos theta_ijk)^zeta
+//        exp(-eta (r_ij^2 + r_ik^2 + r_jk^2)) fc(r_ij) fc(r_ik) fc(r_jk)
+//   G5 = as G4 without r_jk^2 in the exponential and without fc(r_jk)
+// Each unordered pair {j, k} of neighbour entries counts once; periodic images are distinct
+// neighbours. Unused columns are 0 (rs, zeta, lambda of G2; rs of G4 and G5).
+//
+// Neighbours come in CSR form by centre (NeighbourView). Every function of a centre depends
+// only on that centre's pair vectors D_ij = x_j - x_i (the angular ones through
+// r_jk = |D_ik - D_ij|), so all derivatives are taken with respect to the pair vectors:
+// dG_i/dD_ij is the derivative with respect to the position of neighbour j, and the centre
+// receives minus the sum over its pairs. Forces, the virial and per-atom quantities follow
+// from pair gradients by scatter (F_j -= g_ij, F_i += g_ij) and W = -sum_ij D_ij (x) g_ij.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "common.hpp"
+
+namespace mlipbias {
+
+// ------------------------------------------------------------------ per-pair and per-triplet math
+// Shared by the OpenMP loops of symmetry_functions.cpp and any CUDA kernel.
+
+constexpr double kPi = 3.14159265358979323846;
+
+// Cosine cutoff fc(r) and dfc/dr; both 0 at and beyond rc.
+MLIPBIAS_HD inline void sf_cutoff(double r, double rc, double* fc, double* dfc) {
+  if (r >= rc) {
+    *fc = 0.0;
+    *dfc = 0.0;
+    return;
+  }
+  const double x = kPi / rc;
+  *fc = 0.5 * (std::cos(x * r) + 1.0);
+  *dfc = -0.5 * x * std::sin(x * r);
+}
+
+// One radial function exp(-eta (r - rs)^2) fc(r) given fc and dfc at r; *dg gets d/dr.
+MLIPBIAS_HD inline double sf_radial(double eta, double rs, double r, double fc, double dfc, double* dg) {
+  const double x = r - rs;
+  const double e = std::exp(-eta * x * x);
+  *dg = e * (dfc - 2.0 * eta * x * fc);
+  return e * fc;
+}
+
+// base^n for a small non-negative integer n by binary powering (n = 0 gives 1, also for base 0).
+MLIPBIAS_HD inline double sf_ipow(double base, int n) {
+  double result = 1.0;
+  while (n > 0) {
+    if (n & 1) result *= base;
+    base *= base;
+    n >>= 1;
+  }
+  return result;
+}
+
+// Angular factor A(c) = 2^(1-zeta) (1 + lambda c)^zeta and *dA = dA/dc. `izeta` >= 0 selects
+// the integer fast path (zeta == izeta); otherwise std::pow. The base is clamped at 0, which
+// only matters for roundoff at exactly collinear triplets.
+MLIPBIAS_HD inline double sf_angular(double c, double zeta, int izeta, double lambda, double prefactor,
+                                     double* dA) {
+  double base = 1.0 + lambda * c;
+  if (base < 0.0) base = 0.0;
+  const double pow_m1 = izeta >= 1 ? sf_ipow(base, izeta - 1) : std::pow(base, zeta - 1.0);
+  *dA = prefactor * zeta * lambda * pow_m1;
+  return prefactor * pow_m1 * base;
+}
+
+// Pair-vector gradients of a triplet term f(c, r_ij, r_ik, r_jk), c = cos theta_ijk, from its
+// partial derivatives. The gradients are linear combinations of D_ij and D_ik:
+//   df/dD_ij = alpha D_ij + beta D_ik,   df/dD_ik = beta D_ij + delta D_ik.
+// `f_rjk_over_rjk` is (df/dr_jk) / r_jk (0 for G5).
+MLIPBIAS_HD inline void sf_triplet_coefficients(double f_c, double f_rij, double f_rik, double f_rjk_over_rjk,
+                                                double c, double inv_rij, double inv_rik, double* alpha,
+                                                double* beta, double* delta) {
+  const double cross = f_c * inv_rij * inv_rik;
+  *alpha = -f_c * c * inv_rij * inv_rij + f_rij * inv_rij + f_rjk_over_rjk;
+  *beta = cross - f_rjk_over_rjk;
+  *delta = -f_c * c * inv_rik * inv_rik + f_rik * inv_rik + f_rjk_over_rjk;
+}
+
+// ------------------------------------------------------------------ neighbour structure
+
+// Pairs in CSR form by centre. Centres are atoms 0 .. n_centers-1; neighbours are any atoms
+// 0 .. n_atoms-1 (in LAMMPS local + ghost atoms, in Python real atoms with the periodic shift
+// already in D). Pairs beyond the largest cutoff are allowed and ignored; the pairs of centre
+// i are offsets[i] .. offsets[i+1]-1, in any order.
+struct NeighbourView {
+  int64_t n_centers = 0;
+  int64_t n_atoms = 0;              // length of species
+  const int64_t* species = nullptr;  // [n_atoms] model element index of every atom
+  const int64_t* offsets = nullptr;  // [n_centers + 1], offsets[0] = 0, non-decreasing
+  const int64_t* j = nullptr;        // [n_pairs] neighbour atom of each pair
+  const double* D = nullptr;         // [n_pairs][3] r_ij = x_j - x_i (A)
+  int64_t n_pairs() const { return offsets[n_centers]; }
+};
+
+// ------------------------------------------------------------------ the descriptor
+
+class SymmetryFunctions {
+ public:
+  static constexpr int kColumns = 8;  // kind, a, b, eta, rs, zeta, lambda, rc
+
+  // `table` is row-major [n_sf][8]; throws Error naming the row and column of a bad entry.
+  SymmetryFunctions(const double* table, int64_t n_sf, int64_t n_elements);
+
+  int64_t n_sf() const { return n_sf_; }
+  int64_t n_elements() const { return n_elements_; }
+  double cutoff() const { return cutoff_; }  // largest rc of all functions (A)
+
+  // Checks the neighbour structure (offsets, indices, species, zero-length pairs) and throws
+  // Error naming the first problem. Every entry point below calls it.
+  void check(const NeighbourView& nb) const;
+
+  // G [n_centers][n_sf].
+  void compute(const NeighbourView& nb, double* G) const;
+
+  // G [n_centers][n_sf] and dG [n_pairs][n_sf][3] = dG_i/dD_ij for pair (i, j).
+  void compute_with_derivatives(const NeighbourView& nb, double* G, double* dG) const;
+
+  // out[r][p] = sum_f dLdG[r][i(p)][f] dG_i(p),f / dD_p for n_rhs right-hand sides:
+  // dLdG [n_rhs][n_centers][n_sf] -> out [n_rhs][n_pairs][3]. Derivatives are recomputed
+  // while contracting (nothing of size n_pairs x n_sf is stored), once for all right-hand
+  // sides, so a second one (the uncertainty gradient next to the energy) costs little.
+  void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const;
+
+  // out[r][i][f] = sum_{p of i} dG_if/dD_p . t[r][p]: t [n_rhs][n_pairs][3] ->
+  // out [n_rhs][n_centers][n_sf].
+  void jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const;
+
+ private:
+  struct Radial {
+    int64_t f;  // column of G
+    double eta, rs;
+    int cut;  // index into cutoffs_
+  };
+  struct Angular {
+    int64_t f;
+    bool g4;
+    int key;    // index into radial_keys_: the (eta, rc) of its radial factors
+    int shape;  // index into shapes_: its (zeta, lambda)
+  };
+  struct RadialKey {  // exp(-eta r^2) fc(r) with the rc of cutoffs_[cut]
+    double eta;
+    int cut;
+  };
+  struct Shape {
+    double zeta, lambda, prefactor;  // prefactor 2^(1 - zeta)
+    int izeta;                       // zeta as an integer, or -1
+  };
+  struct Workspace;
+
+  template <bool kGrad, class Sink>
+  void visit_center(const NeighbourView& nb, int64_t i, Workspace& ws, Sink& sink) const;
+  template <bool kGrad, class MakeSink>
+  void for_each_center(const NeighbourView& nb, MakeSink make_sink) const;
+
+  int64_t n_sf_ = 0;
+  int64_t n_elements_ = 0;
+  double cutoff_ = 0.0;          // largest rc
+  double angular_cutoff_ = 0.0;  // largest rc of the angular functions (0 if none)
+  std::vector<double> cutoffs_;  // distinct rc values
+  std::vector<RadialKey> radial_keys_;  // distinct (eta, rc) of the angular functions
+  std::vector<Shape> shapes_;           // distinct (zeta, lambda)
+  std::vector<std::vector<Radial>> radial_by_element_;  // [n_elements]
+  std::vector<std::vector<Angular>> angular_by_pair_;   // [n_elements * n_elements], symmetric
+};
+
+}  // namespace mlipbias

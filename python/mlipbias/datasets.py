@@ -1,0 +1,748 @@
+"""Labelled datasets: generation, storage in ase.db (SQLite), loading, splitting, summaries.
+
+Generation (:func:`generate`) follows seed 001:
+
+* ``displacements``: relax the structure to a local minimum with the oracle, then for sample
+  ``i`` draw a Gaussian direction (independent in every Cartesian component of every atom) and
+  scale it to a total L2 norm ``|R_i - R_min|`` drawn uniformly in [0, ``max_norm``] A.
+* ``md``: Langevin NVT molecular dynamics with the oracle at each temperature: equilibrate,
+  then keep a snapshot every ``sample_interval`` steps.
+
+Every sample is a pure function of (seed, its index): displacement ``i`` uses the random
+stream ``SeedSequence(seed, spawn_key=(i,))``, MD snapshot ``j`` at temperature ``T`` the
+stream ``(seed, T in mK, j + 1)`` for the ``sample_interval`` steps that lead to it from
+snapshot ``j - 1`` (whose positions and momenta are stored in its row). So an interrupted
+run resumes by rerunning the same call: done samples are skipped, the rest come out exactly
+as in an uninterrupted run, and nothing written is lost, because each row is committed to
+SQLite as soon as it is labelled.
+
+Rows carry energy (eV), forces (eV/A), stress (eV/A^3, periodic structures) and the
+provenance keys ``mode``, ``index``, ``seed``, ``oracle``, ``structure``, ``mlipbias_version``
+and ``norm``/``energy_above_minimum`` (displacements) or ``temperature``/``md_step``/
+``kinetic_temperature`` (md). The run's settings, oracle, input structure and (for
+displacements) the relaxed minimum are stored in the database metadata under ``"mlipbias"``
+and checked when a run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sqlite3
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+
+from mlipbias import __version__
+from mlipbias.oracles import OracleError, attach_results, describe_oracle, label, make_oracle
+from mlipbias.structures import check_structure, fingerprint, maxwell_boltzmann_momenta
+
+MODES = ("displacements", "md")
+FORMAT = "mlipbias-dataset"
+FORMAT_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+
+
+def _setting(default, help: str, modes: tuple[str, ...] = MODES, resumable: bool = False):
+    """A settings field; ``resumable`` ones may change between runs into the same database."""
+    return field(default=default, metadata={"help": help, "modes": modes, "resumable": resumable})
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How :func:`generate` makes a dataset. Units: A, eV/A, K, fs, 1/fs."""
+
+    mode: str = _setting("displacements", "generation mode: displacements or md")
+    n_samples: int = _setting(
+        100,
+        "number of structures (displacements) or of snapshots per temperature (md); may grow between runs",
+        resumable=True,
+    )
+    seed: int = _setting(0, "random seed; every sample is a pure function of (seed, index)")
+    max_norm: float = _setting(
+        1.0,
+        "largest total L2 norm of a displacement, A; norms are uniform in [0, max_norm]",
+        ("displacements",),
+    )
+    relax: bool = _setting(
+        True, "relax to a local minimum with the oracle before displacing", ("displacements",)
+    )
+    relax_fmax: float = _setting(
+        0.01, "relaxation converged when max |F| is below this, eV/A", ("displacements",)
+    )
+    relax_steps: int = _setting(1000, "maximum BFGS steps of the relaxation", ("displacements",))
+    temperatures: tuple[float, ...] = _setting(
+        (300.0,), "thermostat temperatures, K; more may be added between runs", ("md",), resumable=True
+    )
+    timestep: float = _setting(1.0, "MD time step, fs", ("md",))
+    friction: float = _setting(0.01, "Langevin friction, 1/fs", ("md",))
+    equilibration_steps: int = _setting(
+        1000, "MD steps before the first snapshot at each temperature", ("md",)
+    )
+    sample_interval: int = _setting(20, "MD steps between snapshots", ("md",))
+    min_distance: float = _setting(
+        0.5, "reject structures with two atoms closer than this, A (0 disables)", resumable=True
+    )
+
+    def __post_init__(self):
+        def fail(key, why):
+            raise ValueError(f"setting {key}: {why}, got {getattr(self, key)!r}")
+
+        if self.mode not in MODES:
+            fail("mode", f"must be one of {', '.join(MODES)}")
+        for key in ("n_samples", "seed", "relax_steps", "equilibration_steps", "sample_interval"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                fail(key, "must be an integer")
+            object.__setattr__(self, key, int(value))
+        for key in ("n_samples", "seed", "relax_steps", "equilibration_steps"):
+            if getattr(self, key) < 0:
+                fail(key, "must be >= 0")
+        if self.sample_interval < 1:
+            fail("sample_interval", "must be >= 1")
+        for key in ("max_norm", "relax_fmax", "timestep", "friction", "min_distance"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                fail(key, "must be a number")
+            if not math.isfinite(value) or value < 0:
+                fail(key, "must be finite and >= 0")
+            object.__setattr__(self, key, float(value))
+        for key in ("relax_fmax", "timestep"):
+            if getattr(self, key) <= 0:
+                fail(key, "must be > 0")
+        if not isinstance(self.relax, bool):
+            fail("relax", "must be true or false")
+        temps = self.temperatures
+        if isinstance(temps, (int, float)):
+            temps = (temps,)
+        try:
+            temps = tuple(float(t) for t in temps)
+        except (TypeError, ValueError):
+            fail("temperatures", "must be a list of numbers (K)")
+        if not temps or any(not math.isfinite(t) or t <= 0 for t in temps):
+            fail("temperatures", "must be a non-empty list of positive temperatures (K)")
+        if len(set(temps)) != len(temps):
+            fail("temperatures", "must not repeat a temperature")
+        object.__setattr__(self, "temperatures", temps)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GenerationSettings:
+        """Settings from a mapping (e.g. YAML); unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def for_mode(self) -> dict:
+        """The settings that apply to this mode."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if self.mode in f.metadata["modes"]
+        }
+
+    def identity(self) -> dict:
+        """The settings of this mode that must be equal for a run to resume another one."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if self.mode in f.metadata["modes"] and not f.metadata["resumable"]
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+@dataclass
+class GenerationResult:
+    """What :func:`generate` did: rows found from earlier runs, rows written now, the total asked for."""
+
+    path: Path
+    mode: str
+    n_requested: int
+    n_existing: int
+    n_written: int
+
+
+# --------------------------------------------------------------------------------------------
+# the database
+
+
+def open_dataset(path: str | Path, create: bool = False):
+    """An ``ase.db`` SQLite connection to ``path``, after checking the file is one.
+
+    With ``create`` a missing file (and its folder) is created; otherwise it is a
+    FileNotFoundError. A file that is not SQLite, an SQLite file that is not an ase.db, or a
+    damaged database is a ValueError naming the file and the problem.
+    """
+    import ase.db
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, expected an ase.db SQLite file")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_MAGIC))
+        if header != _SQLITE_MAGIC:
+            raise ValueError(
+                f"{path} is not an SQLite database (ase.db); it may be another format or damaged"
+            )
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                check = con.execute("PRAGMA quick_check").fetchone()[0]
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is a damaged SQLite database: {exc}") from exc
+        if check != "ok":
+            raise ValueError(f"{path} is a damaged SQLite database: integrity check says {check!r}")
+        if not {"systems", "information"} <= tables:
+            names = ", ".join(sorted(tables)) or "none"
+            raise ValueError(f"{path} is an SQLite database but not an ase.db (tables: {names})")
+    elif not path.exists():
+        if not create:
+            raise FileNotFoundError(f"dataset {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # No ase lock file: SQLite locks itself, and a stale lock left by a killed run would make
+    # the next one wait forever.
+    return ase.db.connect(str(path), type="db", use_lock_file=False, append=True)
+
+
+def _mlipbias_metadata(db) -> dict:
+    meta = db.metadata.get("mlipbias", {})
+    if meta and meta.get("format") != FORMAT:
+        raise ValueError(f"{db.filename}: metadata 'mlipbias' is not an {FORMAT} record")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ValueError(
+            f"{db.filename}: dataset format version {meta['format_version']} is newer than this mlipbias "
+            f"({FORMAT_VERSION}); upgrade mlipbias"
+        )
+    return meta
+
+
+def _store_run(db, mode: str, run: dict) -> None:
+    metadata = db.metadata
+    meta = metadata.get("mlipbias") or {"format": FORMAT, "format_version": FORMAT_VERSION, "runs": {}}
+    meta.setdefault("runs", {})[mode] = run
+    metadata["mlipbias"] = meta
+    metadata.setdefault("title", "mlipbias dataset")
+    metadata.setdefault("key_descriptions", {})
+    metadata["key_descriptions"].update(
+        {
+            "mode": ("Mode", "generation mode", ""),
+            "index": ("Index", "sample index within its mode (and temperature)", ""),
+            "norm": ("Norm", "total L2 norm of the displacement", "Ang"),
+            "energy_above_minimum": ("dE", "energy above the relaxed minimum", "eV"),
+            "temperature": ("T", "thermostat temperature", "K"),
+            "kinetic_temperature": ("T_kin", "instantaneous kinetic temperature", "K"),
+            "md_step": ("Step", "MD steps after equilibration", ""),
+        }
+    )
+    metadata.setdefault("default_columns", ["id", "formula", "mode", "index", "energy", "fmax", "oracle"])
+    db.metadata = metadata
+
+
+def stored_run(path: str | Path, mode: str) -> dict | None:
+    """The stored record (settings, oracle, structure, minimum) of a generation mode, or None."""
+    return _mlipbias_metadata(open_dataset(path)).get("runs", {}).get(mode)
+
+
+def reference_minimum(path: str | Path) -> Atoms | None:
+    """The relaxed minimum that the displacements of ``path`` start from (with its energy and
+    forces in a SinglePointCalculator), or None for a dataset without displacements."""
+    run = stored_run(path, "displacements")
+    if run is None:
+        return None
+    return _minimum_atoms(run["minimum"])
+
+
+def _minimum_atoms(record: dict) -> Atoms:
+    atoms = Atoms(
+        numbers=record["numbers"],
+        positions=np.array(record["positions"]),
+        cell=record["cell"],
+        pbc=record["pbc"],
+    )
+    return attach_results(atoms, {"energy": record["energy"], "forces": np.array(record["forces"])})
+
+
+# --------------------------------------------------------------------------------------------
+# generation
+
+
+def generate(
+    path: str | Path,
+    structure: Atoms,
+    oracle="bks",
+    settings: GenerationSettings | None = None,
+    *,
+    oracle_options: dict | None = None,
+    structure_name: str | None = None,
+    progress: bool = True,
+    **overrides,
+) -> GenerationResult:
+    """Label ``settings.n_samples`` structures made from ``structure`` and write them to ``path``.
+
+    ``oracle`` is a name for :func:`mlipbias.oracles.make_oracle` (with ``oracle_options``) or
+    any ASE calculator. ``overrides`` replace fields of ``settings`` (e.g. ``mode="md"``).
+    Rerunning with the same arguments resumes: finished samples are not recomputed. Settings that
+    differ from the stored ones (other than ``n_samples``, ``temperatures``, ``min_distance``) are a
+    ValueError. Oracle failures raise :class:`mlipbias.oracles.OracleError` after the rows done
+    so far have been kept.
+    """
+    base = settings.to_dict() if settings is not None else {}
+    settings = GenerationSettings.from_dict({**base, **overrides})
+    oracle_label, oracle_params = describe_oracle(oracle, oracle_options)
+    calc = make_oracle(oracle, **(oracle_options or {}))
+    check_structure(structure, settings.min_distance, "input structure")
+    name = structure_name or structure.info.get("name") or structure.get_chemical_formula()
+    run = {
+        "settings": settings.to_dict(),
+        "oracle": oracle_label,
+        "oracle_options": _jsonable(oracle_params),
+        "structure": {
+            "name": name,
+            "formula": structure.get_chemical_formula(),
+            "fingerprint": fingerprint(structure),
+        },
+        "mlipbias_version": __version__,
+    }
+    db = open_dataset(path, create=True)
+    stored = _mlipbias_metadata(db).get("runs", {}).get(settings.mode)
+    if stored is not None:
+        _check_resume(path, settings, run, stored)
+        run = {**stored, "settings": settings.to_dict()}
+    common = {
+        "mode": settings.mode,
+        "seed": settings.seed,
+        "oracle": oracle_label,
+        "structure": name,
+        "mlipbias_version": __version__,
+    }
+    if settings.mode == "displacements":
+        return _generate_displacements(db, Path(path), structure, calc, settings, run, common, progress)
+    return _generate_md(db, Path(path), structure, calc, settings, run, common, progress)
+
+
+def _check_resume(path, settings: GenerationSettings, run: dict, stored: dict) -> None:
+    old = GenerationSettings.from_dict(stored["settings"]).identity()
+    differences = [
+        f"{k}: stored {old[k]!r}, requested {v!r}" for k, v in settings.identity().items() if old[k] != v
+    ]
+    for key in ("oracle", "oracle_options"):
+        if stored[key] != run[key]:
+            differences.append(f"{key}: stored {stored[key]!r}, requested {run[key]!r}")
+    if stored["structure"]["fingerprint"] != run["structure"]["fingerprint"]:
+        differences.append(
+            f"structure: stored {stored['structure']['name']} ({stored['structure']['formula']}, "
+            f"fingerprint {stored['structure']['fingerprint']}), requested {run['structure']['name']} "
+            f"({run['structure']['formula']}, fingerprint {run['structure']['fingerprint']})"
+        )
+    if differences:
+        raise ValueError(
+            f"{path} holds a {settings.mode} run with other settings, so it cannot be resumed: "
+            + "; ".join(differences)
+            + ". Rerun with the stored settings, or write to a new file."
+        )
+
+
+def _done(db, mode: str) -> list[dict]:
+    return [
+        row.key_value_pairs
+        for row in db.select(mode=mode, columns=["id", "key_value_pairs"], include_data=False)
+    ]
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def displacement(n_atoms: int, seed: int, index: int, max_norm: float) -> tuple[np.ndarray, float]:
+    """The displacement (n_atoms x 3, A) and its total L2 norm for sample ``index``.
+
+    Gaussian direction, normalised, times a norm uniform in [0, max_norm]; a pure function of
+    (seed, index)."""
+    rng = _rng(seed, index)
+    norm = float(rng.uniform(0.0, max_norm))
+    direction = rng.standard_normal((n_atoms, 3))
+    return direction * (norm / np.linalg.norm(direction)), norm
+
+
+def _generate_displacements(db, path, structure, calc, settings, run, common, progress) -> GenerationResult:
+    from tqdm.auto import tqdm
+
+    from mlipbias.structures import relax
+
+    if "minimum" not in run:
+        minimum = structure.copy()
+        minimum.calc = None
+        converged = True
+        if settings.relax:
+            try:
+                fmax = relax(
+                    minimum, calc, fmax=settings.relax_fmax, steps=settings.relax_steps, progress=progress
+                )
+            except Exception as exc:
+                raise OracleError(
+                    f"oracle failed while relaxing the input structure: {type(exc).__name__}: {exc}"
+                ) from exc
+            converged = fmax <= settings.relax_fmax
+            if not converged:
+                warnings.warn(
+                    f"relaxation stopped after {settings.relax_steps} steps at max |F| = {fmax:.3g} eV/A "
+                    f"(> relax_fmax {settings.relax_fmax}); displacing about this structure anyway",
+                    stacklevel=3,
+                )
+        results = label(minimum, calc, name="relaxed minimum", min_distance=settings.min_distance)
+        run["minimum"] = {
+            "numbers": minimum.numbers.tolist(),
+            "positions": minimum.positions.tolist(),
+            "cell": minimum.cell.array.tolist(),
+            "pbc": minimum.pbc.tolist(),
+            "energy": results["energy"],
+            "forces": results["forces"].tolist(),
+            "converged": converged,
+        }
+    _store_run(db, "displacements", run)
+    minimum = _minimum_atoms(run["minimum"])
+    e_min = run["minimum"]["energy"]
+    done = {kv["index"] for kv in _done(db, "displacements")}
+    todo = [i for i in range(settings.n_samples) if i not in done]
+    n_existing = settings.n_samples - len(todo)
+    with tqdm(
+        total=settings.n_samples,
+        initial=n_existing,
+        desc="displacements",
+        unit="structure",
+        disable=not progress,
+    ) as bar:
+        for i in todo:
+            delta, norm = displacement(len(minimum), settings.seed, i, settings.max_norm)
+            atoms = Atoms(
+                minimum.numbers, positions=minimum.positions + delta, cell=minimum.cell, pbc=minimum.pbc
+            )
+            results = label(
+                atoms, calc, name=f"displacement {i} (norm {norm:.4f} A)", min_distance=settings.min_distance
+            )
+            db.write(
+                attach_results(atoms, results, common["oracle"]),
+                key_value_pairs={
+                    **common,
+                    "index": i,
+                    "norm": norm,
+                    "energy_above_minimum": results["energy"] - e_min,
+                },
+            )
+            bar.update(1)
+    return GenerationResult(path, "displacements", settings.n_samples, n_existing, len(todo))
+
+
+def _generate_md(db, path, structure, calc, settings, run, common, progress) -> GenerationResult:
+    from ase.md.langevin import Langevin
+    from tqdm.auto import tqdm
+
+    _store_run(db, "md", run)
+    rows = {}
+    for kv in _done(db, "md"):
+        rows[(float(kv["temperature"]), int(kv["index"]))] = kv
+    n_total = settings.n_samples * len(settings.temperatures)
+    n_existing = sum(1 for t in settings.temperatures for j in range(settings.n_samples) if (t, j) in rows)
+    dt = settings.timestep * units.fs
+
+    def run_md(atoms: Atoms, temperature: float, steps: int, rng, what: str) -> None:
+        atoms.calc = calc
+        dyn = Langevin(
+            atoms, dt, temperature_K=temperature, friction=settings.friction / units.fs, fixcm=False, rng=rng
+        )
+        try:
+            dyn.run(steps)
+        except Exception as exc:
+            raise OracleError(f"oracle failed during {what}: {type(exc).__name__}: {exc}") from exc
+
+    written = 0
+    with tqdm(
+        total=n_total, initial=n_existing, desc="md snapshots", unit="snapshot", disable=not progress
+    ) as bar:
+        for temperature in settings.temperatures:
+            key = int(round(temperature * 1000))  # mK: the random stream of this temperature
+            state, state_index = None, None
+            for j in range(settings.n_samples):
+                if (temperature, j) in rows:
+                    continue
+                if state_index == j - 1:
+                    pass  # continue the trajectory held in memory
+                elif j == 0:
+                    state = structure.copy()
+                    state.calc = None
+                    rng = _rng(settings.seed, key, 0)
+                    state.set_momenta(maxwell_boltzmann_momenta(state.get_masses(), temperature, rng))
+                    bar.set_postfix_str(f"equilibrating at {temperature:g} K", refresh=True)
+                    run_md(
+                        state,
+                        temperature,
+                        settings.equilibration_steps,
+                        rng,
+                        f"equilibration at {temperature:g} K",
+                    )
+                else:
+                    state = _row_state(db, temperature, j - 1)
+                bar.set_postfix_str(f"T = {temperature:g} K", refresh=False)
+                run_md(
+                    state,
+                    temperature,
+                    settings.sample_interval,
+                    _rng(settings.seed, key, j + 1),
+                    f"MD at {temperature:g} K towards snapshot {j}",
+                )
+                state_index = j
+                snapshot = state.copy()
+                results = label(
+                    snapshot,
+                    calc,
+                    name=f"MD snapshot {j} at {temperature:g} K",
+                    min_distance=settings.min_distance,
+                )
+                db.write(
+                    attach_results(snapshot, results, common["oracle"]),
+                    key_value_pairs={
+                        **common,
+                        "index": j,
+                        "temperature": temperature,
+                        "md_step": (j + 1) * settings.sample_interval,
+                        "kinetic_temperature": float(snapshot.get_temperature()),
+                    },
+                )
+                written += 1
+                bar.update(1)
+    return GenerationResult(path, "md", n_total, n_existing, written)
+
+
+def _row_state(db, temperature: float, index: int) -> Atoms:
+    """Positions and momenta of a stored MD snapshot, to continue its trajectory."""
+    for row in db.select(mode="md", index=index):
+        if float(row.temperature) == temperature:
+            atoms = row.toatoms()
+            atoms.calc = None
+            if atoms.get_momenta().any():
+                return atoms
+            raise ValueError(
+                f"{db.filename}: MD snapshot {index} at {temperature:g} K has no momenta to continue from"
+            )
+    raise ValueError(f"{db.filename}: MD snapshot {index} at {temperature:g} K is missing")
+
+
+def append_labelled(
+    path: str | Path,
+    atoms: Atoms,
+    oracle,
+    *,
+    name: str = "structure",
+    min_distance: float = 0.5,
+    oracle_options: dict | None = None,
+    **provenance,
+) -> int:
+    """Label ``atoms`` with ``oracle`` and append it to ``path`` as one committed row.
+
+    For code that labels structures one at a time (active learning): the row carries energy,
+    forces, stress (periodic), the keys ``oracle`` and ``mlipbias_version``, and ``provenance``
+    (ase.db key-value pairs: str, int, float or bool values, e.g. ``mode="al", generation=3``).
+    ``oracle`` is a name or a calculator, as for :func:`generate`. Returns the new row id.
+    Raises ValueError for an invalid structure and OracleError for a failed label; nothing is
+    written then.
+    """
+    calc = make_oracle(oracle, **(oracle_options or {}))
+    results = label(atoms, calc, name=name, min_distance=min_distance)
+    db = open_dataset(path, create=True)
+    oracle_label = describe_oracle(oracle, oracle_options)[0]
+    pairs = {"oracle": oracle_label, "mlipbias_version": __version__, **provenance}
+    return db.write(attach_results(atoms, results, oracle_label), key_value_pairs=pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def load_dataset(path: str | Path, selection=None, require_labels: bool = True) -> list[Atoms]:
+    """All structures of ``path`` (in row order) matching the ase.db ``selection``.
+
+    Each Atoms carries its labels in a SinglePointCalculator (``get_potential_energy()``,
+    ``get_forces()``, ``get_stress()``) and its provenance key-value pairs in ``info`` (plus
+    ``info["db_id"]``). With ``require_labels`` a row without energy or forces is a ValueError.
+    """
+    db = open_dataset(path)
+    structures = []
+    try:
+        rows = list(db.select(selection))
+    except (ValueError, KeyError, sqlite3.DatabaseError) as exc:
+        raise ValueError(f"{path}: bad selection {selection!r}: {exc}") from exc
+    for row in rows:
+        if require_labels and (row.get("energy") is None or row.get("forces") is None):
+            raise ValueError(f"{path}: row {row.id} ({row.formula}) has no energy or forces")
+        atoms = row.toatoms()
+        # SQLite has no checksums over the stored arrays: refuse silent NaN from a damaged file.
+        for key, value in (
+            ("positions", atoms.positions),
+            ("energy", row.get("energy")),
+            ("forces", row.get("forces")),
+        ):
+            if value is not None and not np.isfinite(value).all():
+                raise ValueError(f"{path}: row {row.id} ({row.formula}) has non-finite {key}")
+        atoms.info.update(row.key_value_pairs)
+        atoms.info["db_id"] = row.id
+        structures.append(atoms)
+    return structures
+
+
+def split_dataset(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> list[np.ndarray]:
+    """Deterministic random split of ``range(n)`` into parts of the given fractions (sum 1).
+
+    Part sizes are rounded by largest remainder so they add up to ``n``; each part is sorted.
+    """
+    fractions = np.asarray(fractions, dtype=float)
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise ValueError(f"split_dataset: n must be a non-negative integer, got {n!r}")
+    if (
+        fractions.ndim != 1
+        or fractions.size == 0
+        or not np.isfinite(fractions).all()
+        or (fractions < 0).any()
+    ):
+        raise ValueError(f"split_dataset: fractions must be non-negative numbers, got {fractions.tolist()}")
+    if abs(fractions.sum() - 1.0) > 1e-9:
+        raise ValueError(
+            f"split_dataset: fractions must add up to 1, got {fractions.tolist()} (sum {fractions.sum()})"
+        )
+    exact = fractions * int(n)
+    sizes = np.floor(exact).astype(int)
+    remainder = int(n) - sizes.sum()
+    sizes[np.argsort(-(exact - sizes), kind="stable")[:remainder]] += 1
+    order = np.random.default_rng(seed).permutation(int(n))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def summarize(path: str | Path, selection=None) -> dict:
+    """Counts, composition, energy per atom, force statistics and provenance of a dataset.
+
+    Energies in eV/atom, forces in eV/A (statistics over all Cartesian components).
+    """
+    db = open_dataset(path)
+    count, n_stress = 0, 0
+    formulas, elements, atoms_per_structure = Counter(), Counter(), Counter()
+    provenance = {key: Counter() for key in ("mode", "oracle", "temperature", "structure")}
+    energies, force_sq, force_max, n_components = [], 0.0, 0.0, 0
+    for row in db.select(selection):
+        count += 1
+        formulas[row.formula] += 1
+        atoms_per_structure[row.natoms] += 1
+        for symbol, n in Counter(row.symbols).items():
+            elements[symbol] += n
+        if row.get("energy") is not None:
+            energies.append(row.energy / row.natoms)
+        if row.get("forces") is not None:
+            force_sq += float((row.forces**2).sum())
+            force_max = max(force_max, float(np.abs(row.forces).max()))
+            n_components += row.forces.size
+        if row.get("stress") is not None:
+            n_stress += 1
+        for key, counter in provenance.items():
+            if key in row.key_value_pairs:
+                counter[str(row.key_value_pairs[key])] += 1
+    energies = np.array(energies)
+    meta = _mlipbias_metadata(db)
+    return {
+        "path": str(path),
+        "count": count,
+        "formulas": dict(formulas),
+        "elements": dict(elements),
+        "atoms_per_structure": {int(k): v for k, v in sorted(atoms_per_structure.items())},
+        "energy_per_atom": _stats(energies),
+        "force_component_rms": math.sqrt(force_sq / n_components) if n_components else None,
+        "force_component_max_abs": force_max if n_components else None,
+        "n_with_energy": int(energies.size),
+        "n_with_stress": n_stress,
+        "provenance": {key: dict(counter) for key, counter in provenance.items() if counter},
+        "runs": {
+            mode: {k: run[k] for k in ("settings", "oracle", "oracle_options", "structure")}
+            for mode, run in meta.get("runs", {}).items()
+        },
+    }
+
+
+def _stats(values: np.ndarray) -> dict | None:
+    if values.size == 0:
+        return None
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as readable text."""
+    lines = [f"dataset {summary['path']}: {summary['count']} structures"]
+    if summary["count"] == 0:
+        return lines[0]
+    formulas = ", ".join(f"{f} x{n}" for f, n in sorted(summary["formulas"].items(), key=lambda x: -x[1])[:6])
+    lines.append(f"  formulas        {formulas}")
+    elements = ", ".join(f"{e} {n}" for e, n in sorted(summary["elements"].items()))
+    lines.append(
+        f"  atoms           {elements} (per structure: "
+        + ", ".join(f"{k}" for k in summary["atoms_per_structure"])
+        + ")"
+    )
+    e = summary["energy_per_atom"]
+    if e:
+        lines.append(
+            f"  energy/atom     mean {e['mean']:.6f}  std {e['std']:.6f}  min {e['min']:.6f}  "
+            f"max {e['max']:.6f} eV  ({summary['n_with_energy']} labelled)"
+        )
+    if summary["force_component_rms"] is not None:
+        lines.append(
+            f"  forces          rms {summary['force_component_rms']:.4f}  "
+            f"max |F_a| {summary['force_component_max_abs']:.4f} eV/A"
+        )
+    lines.append(f"  stress          {summary['n_with_stress']} structures")
+    for key, counts in summary["provenance"].items():
+        shown = ", ".join(f"{v}: {n}" for v, n in sorted(counts.items(), key=lambda x: _sort_key(x[0])))
+        lines.append(f"  {key:15s} {shown}")
+    for mode, run in summary["runs"].items():
+        settings = GenerationSettings.from_dict(run["settings"]).for_mode()
+        lines.append(
+            f"  run {mode:11s} oracle {run['oracle']} on {run['structure']['name']}: {json.dumps(settings)}"
+        )
+    return "\n".join(lines)
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
