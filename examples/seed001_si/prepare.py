@@ -31,7 +31,8 @@ def diamond_energy() -> float:
     cache = WORK / "e_min.json"
     if cache.is_file():
         return json.loads(cache.read_text())["e_min"]
-    energy = label(default_structure("si-diamond-64"), make_oracle("gfn1-xtb"), name="perfect diamond")["energy"]
+    diamond = default_structure("si-diamond-64")
+    energy = label(diamond, make_oracle("gfn1-xtb"), name="perfect diamond")["energy"]
     cache.write_text(json.dumps({"e_min": energy, "what": "GFN1-xTB energy of perfect si-diamond-64, eV"}))
     return energy
 
@@ -41,7 +42,8 @@ def write(path: Path, rows, e_min: float) -> None:
     db = open_dataset(path, create=True)
     with db:
         for atoms in rows:
-            pairs = {k: v for k, v in atoms.info.items() if k != "db_id" and isinstance(v, (str, int, float, bool))}
+            keep = (str, int, float, bool)
+            pairs = {k: v for k, v in atoms.info.items() if k != "db_id" and isinstance(v, keep)}
             db.write(atoms, key_value_pairs={**pairs, "e_min": e_min, "minimum_id": "diamond"})
 
 

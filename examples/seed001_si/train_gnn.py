@@ -27,7 +27,8 @@ def main(config_path: str) -> None:
         config = yaml.safe_load(handle)
     unknown = sorted(set(config) - KEYS)
     if unknown:
-        raise SystemExit(f"{config_path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+        known = ", ".join(sorted(KEYS))
+        raise SystemExit(f"{config_path}: unknown key(s) {', '.join(unknown)}; known: {known}")
     rows = load_dataset(config["data"])
     fraction = float(config.get("valid_fraction", 0.15))
     train, valid = split_dataset(len(rows), (1 - fraction, fraction), seed=int(config.get("split_seed", 0)))
