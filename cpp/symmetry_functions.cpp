@@ -68,8 +68,9 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     if (!(std::fabs(lambda) <= 1) || lambda == 0)
       throw Error(where + "lambda must be in [-1, 1] and not 0 (usually +1 or -1), got " + fmt(lambda));
     angular_cutoff_ = std::max(angular_cutoff_, rc);
-    const int key = intern(radial_keys_, RadialKey{eta, cut},
+    const int key = intern(radial_keys_, RadialKey{eta, cut, false},
                            [](const RadialKey& x, const RadialKey& y) { return x.eta == y.eta && x.cut == y.cut; });
+    if (kind == 4) radial_keys_[key].at_rjk = true;
     const int izeta = (zeta == std::floor(zeta) && zeta <= 1024) ? static_cast<int>(zeta) : -1;
     const int shape = intern(shapes_, Shape{zeta, lambda, std::pow(2.0, 1.0 - zeta), izeta},
                              [](const Shape& x, const Shape& y) { return x.zeta == y.zeta && x.lambda == y.lambda; });
@@ -118,7 +119,8 @@ struct SymmetryFunctions::Workspace {
   std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
   std::vector<int> angular;    // neighbours inside the angular cutoff
   std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
-  std::vector<double> S, dS;   // [radial key] the same at r_jk, dS divided by r_jk
+  std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
+  std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
   std::vector<double> A, dA;   // [shape] angular factor and d/dcos
 };
 
@@ -182,6 +184,8 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
   }
   ws.S.resize(n_keys);
   ws.dS.resize(n_keys);
+  ws.fc_jk.resize(n_cut);
+  ws.dfc_jk.resize(n_cut);
   ws.A.resize(n_shapes);
   ws.dA.resize(n_shapes);
   const size_t n_ang = ws.angular.size();
@@ -202,13 +206,17 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
       const double c = dot3(dij, dik) * inv_rij * inv_rik;
       const double djk[3] = {dik[0] - dij[0], dik[1] - dij[1], dik[2] - dij[2]};
       const double rjk = std::sqrt(dot3(djk, djk));
+      for (size_t c = 0; c < n_cut; ++c) sf_cutoff(rjk, cutoffs_[c], &ws.fc_jk[c], &ws.dfc_jk[c]);
       for (size_t k = 0; k < n_keys; ++k) {
         const RadialKey& key = radial_keys_[k];
-        double fc, dfc;
-        sf_cutoff(rjk, cutoffs_[key.cut], &fc, &dfc);
-        const double e = fc == 0.0 ? 0.0 : std::exp(-key.eta * rjk * rjk);
+        const double fc = ws.fc_jk[key.cut], dfc = ws.dfc_jk[key.cut];
+        if (!key.at_rjk || fc == 0.0) {
+          ws.S[k] = ws.dS[k] = 0.0;
+          continue;
+        }
+        const double e = std::exp(-key.eta * rjk * rjk);
         ws.S[k] = e * fc;
-        ws.dS[k] = fc == 0.0 ? 0.0 : e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
+        ws.dS[k] = e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
       }
       for (size_t s = 0; s < n_shapes; ++s) {
         const Shape& sh = shapes_[s];
