@@ -206,7 +206,7 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
       const double c = dot3(dij, dik) * inv_rij * inv_rik;
       const double djk[3] = {dik[0] - dij[0], dik[1] - dij[1], dik[2] - dij[2]};
       const double rjk = std::sqrt(dot3(djk, djk));
-      for (size_t c = 0; c < n_cut; ++c) sf_cutoff(rjk, cutoffs_[c], &ws.fc_jk[c], &ws.dfc_jk[c]);
+      for (size_t cut = 0; cut < n_cut; ++cut) sf_cutoff(rjk, cutoffs_[cut], &ws.fc_jk[cut], &ws.dfc_jk[cut]);
       for (size_t k = 0; k < n_keys; ++k) {
         const RadialKey& key = radial_keys_[k];
         const double fc = ws.fc_jk[key.cut], dfc = ws.dfc_jk[key.cut];
