@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 
 namespace mlipbias {
 
@@ -256,6 +257,7 @@ void SymmetryFunctions::for_each_center(const NeighbourView& nb, MakeSink make_s
     for (int64_t i = 0; i < nb.n_centers; ++i) {
       sink.start(i);
       visit_center<kGrad>(nb, i, ws, sink);
+      sink.finish();
     }
   }
 }
@@ -270,6 +272,7 @@ struct ValueSink {
   int64_t n_sf;
   double* row = nullptr;
   void start(int64_t i) { row = G + i * n_sf; }
+  void finish() {}
   void value(int64_t f, double v) { row[f] += v; }
   void pair_begin(int64_t, const double*) {}
   void pair_term(int64_t, double) {}
@@ -302,27 +305,35 @@ struct DerivativeSink : ValueSink {
 };
 
 // out[r][p] = sum_f w[r][i][f] dG_if/dD_p, accumulated as coefficients of D_p (and D_q).
+// kRhs > 0 fixes the number of right-hand sides at compile time (unrolled loops); 0 reads n_rhs.
+template <int kRhs>
 struct VjpSink {
   int64_t n_rhs, n_centers, n_sf, n_pairs;
   const double* w;
   double* out;
-  const double* wi = nullptr;  // w[0][i]
-  std::vector<double> acc;     // [n_rhs][3] coefficients
+  std::vector<double> wi;   // [n_sf][n_rhs] weights of the current centre, rhs innermost
+  std::vector<double> acc;  // [n_rhs][3] coefficients
   int64_t p = 0, q = 0;
   const double *dp = nullptr, *dq = nullptr;
-  void start(int64_t i) { wi = w + i * n_sf; }
+  int64_t rhs() const { return kRhs > 0 ? kRhs : n_rhs; }
+  void start(int64_t i) {
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf; ++f) wi[f * nr + r] = w[(r * n_centers + i) * n_sf + f];
+  }
+  void finish() {}
   void value(int64_t, double) {}
-  const double* weights(int64_t r) const { return wi + r * n_centers * n_sf; }
   double* pair_out(int64_t r, int64_t pair) const { return out + (r * n_pairs + pair) * 3; }
   void pair_begin(int64_t p_, const double* d) {
     p = p_, dp = d;
     std::fill(acc.begin(), acc.end(), 0.0);
   }
   void pair_term(int64_t f, double coef) {
-    for (int64_t r = 0; r < n_rhs; ++r) acc[3 * r] += weights(r)[f] * coef;
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r) acc[3 * r] += wi[f * nr + r] * coef;
   }
   void pair_end() {
-    for (int64_t r = 0; r < n_rhs; ++r) {
+    for (int64_t r = 0; r < rhs(); ++r) {
       double* o = pair_out(r, p);
       for (int x = 0; x < 3; ++x) o[x] += acc[3 * r] * dp[x];
     }
@@ -332,15 +343,16 @@ struct VjpSink {
     std::fill(acc.begin(), acc.end(), 0.0);
   }
   void triplet_term(int64_t f, double alpha, double beta, double delta) {
-    for (int64_t r = 0; r < n_rhs; ++r) {
-      const double wf = weights(r)[f];
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r) {
+      const double wf = wi[f * nr + r];
       acc[3 * r] += wf * alpha;
       acc[3 * r + 1] += wf * beta;
       acc[3 * r + 2] += wf * delta;
     }
   }
   void triplet_end() {
-    for (int64_t r = 0; r < n_rhs; ++r) {
+    for (int64_t r = 0; r < rhs(); ++r) {
       const double alpha = acc[3 * r], beta = acc[3 * r + 1], delta = acc[3 * r + 2];
       double* op = pair_out(r, p);
       double* oq = pair_out(r, q);
@@ -353,25 +365,36 @@ struct VjpSink {
 };
 
 // out[r][i][f] = sum_p dG_if/dD_p . t[r][p], via the dot products of t with D_p and D_q.
+template <int kRhs>
 struct JvpSink {
   int64_t n_rhs, n_centers, n_sf, n_pairs;
   const double* t;
   double* out;
-  double* oi = nullptr;      // out[0][i]
+  int64_t i = 0;
+  std::vector<double> oi;    // [n_sf][n_rhs] results of the current centre, rhs innermost
   std::vector<double> dots;  // [n_rhs][3]
-  void start(int64_t i) { oi = out + i * n_sf; }
+  int64_t rhs() const { return kRhs > 0 ? kRhs : n_rhs; }
+  void start(int64_t i_) {
+    i = i_;
+    std::fill(oi.begin(), oi.end(), 0.0);
+  }
+  void finish() {
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf; ++f) out[(r * n_centers + i) * n_sf + f] = oi[f * nr + r];
+  }
   void value(int64_t, double) {}
-  double* row(int64_t r) const { return oi + r * n_centers * n_sf; }
   const double* tangent(int64_t r, int64_t pair) const { return t + (r * n_pairs + pair) * 3; }
   void pair_begin(int64_t p, const double* d) {
-    for (int64_t r = 0; r < n_rhs; ++r) dots[3 * r] = dot3(d, tangent(r, p));
+    for (int64_t r = 0; r < rhs(); ++r) dots[3 * r] = dot3(d, tangent(r, p));
   }
   void pair_term(int64_t f, double coef) {
-    for (int64_t r = 0; r < n_rhs; ++r) row(r)[f] += coef * dots[3 * r];
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r) oi[f * nr + r] += coef * dots[3 * r];
   }
   void pair_end() {}
   void triplet_begin(int64_t p, const double* dp, int64_t q, const double* dq) {
-    for (int64_t r = 0; r < n_rhs; ++r) {
+    for (int64_t r = 0; r < rhs(); ++r) {
       const double* tp = tangent(r, p);
       const double* tq = tangent(r, q);
       dots[3 * r] = dot3(dp, tp);                      // D_p . t_p
@@ -380,8 +403,9 @@ struct JvpSink {
     }
   }
   void triplet_term(int64_t f, double alpha, double beta, double delta) {
-    for (int64_t r = 0; r < n_rhs; ++r)
-      row(r)[f] += alpha * dots[3 * r] + beta * dots[3 * r + 1] + delta * dots[3 * r + 2];
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r)
+      oi[f * nr + r] += alpha * dots[3 * r] + beta * dots[3 * r + 1] + delta * dots[3 * r + 2];
   }
   void triplet_end() {}
 };
@@ -405,17 +429,31 @@ void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double
   if (n_rhs < 1) throw Error("symmetry functions: vjp needs at least one right-hand side");
   const int64_t n_pairs = nb.n_pairs();
   std::fill(out, out + n_rhs * n_pairs * 3, 0.0);
-  for_each_center<true>(nb, [&] {
-    return VjpSink{n_rhs, nb.n_centers, n_sf_, n_pairs, dLdG, out, nullptr, std::vector<double>(3 * n_rhs)};
-  });
+  auto run = [&](auto rhs_tag) {
+    constexpr int kRhs = decltype(rhs_tag)::value;
+    for_each_center<true>(nb, [&] {
+      return VjpSink<kRhs>{n_rhs, nb.n_centers, n_sf_, n_pairs, dLdG, out,
+                           std::vector<double>(n_sf_ * n_rhs), std::vector<double>(3 * n_rhs)};
+    });
+  };
+  // One and two right-hand sides (energy; energy and uncertainty) get unrolled loops.
+  if (n_rhs == 1) run(std::integral_constant<int, 1>());
+  else if (n_rhs == 2) run(std::integral_constant<int, 2>());
+  else run(std::integral_constant<int, 0>());
 }
 
 void SymmetryFunctions::jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const {
   if (n_rhs < 1) throw Error("symmetry functions: jvp needs at least one right-hand side");
-  std::fill(out, out + n_rhs * nb.n_centers * n_sf_, 0.0);
-  for_each_center<true>(nb, [&] {
-    return JvpSink{n_rhs, nb.n_centers, n_sf_, nb.n_pairs(), t, out, nullptr, std::vector<double>(3 * n_rhs)};
-  });
+  auto run = [&](auto rhs_tag) {
+    constexpr int kRhs = decltype(rhs_tag)::value;
+    for_each_center<true>(nb, [&] {
+      return JvpSink<kRhs>{n_rhs, nb.n_centers, n_sf_, nb.n_pairs(), t, out, 0,
+                           std::vector<double>(n_sf_ * n_rhs), std::vector<double>(3 * n_rhs)};
+    });
+  };
+  if (n_rhs == 1) run(std::integral_constant<int, 1>());
+  else if (n_rhs == 2) run(std::integral_constant<int, 2>());
+  else run(std::integral_constant<int, 0>());
 }
 
 }  // namespace mlipbias

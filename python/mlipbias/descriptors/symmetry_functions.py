@@ -364,6 +364,8 @@ class SymmetryFunctions:
         """Descriptors of many structures as one batch (atoms concatenated in order).
 
         ``descriptors.neighbours.atom_offsets`` says which atoms belong to which structure.
+        ``derivatives`` stores n_pairs x n_sf x 3 doubles (tens of KB per atom): for training
+        on forces use :func:`mlipbias.descriptors.pair_gradients` instead.
         ``progress`` shows a bar on stderr while the neighbour lists are built (default: for
         200 structures or more).
         """
