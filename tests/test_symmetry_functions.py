@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -340,6 +341,7 @@ def test_defaults_and_records_round_trip(system, elements, n_sf):
     assert records["descriptor/functions"].shape == (n_sf, 8)
     assert records["descriptor/cutoff"].tolist() == [sf.cutoff]
     assert SymmetryFunctions.from_records(records) == sf
+    assert pickle.loads(pickle.dumps(sf)) == sf
     assert len(sf.labels()) == n_sf
     swapped = SymmetryFunctions.defaults(list(reversed(elements)))
     assert swapped.elements == tuple(reversed(elements)) and swapped.n_sf == n_sf
