@@ -270,6 +270,20 @@ def test_deterministic_order_and_offsets_independent_of_threads():
     np.testing.assert_array_equal(half[0]["j"], half[1]["j"])
 
 
+def test_reused_search_matches_one_off_calls():
+    """The C++ MD-loop form (buffers kept between calls) gives the one-off results, also
+    when the system grows, shrinks and changes cell between calls."""
+    rng = np.random.default_rng(19)
+    search = _core.ReusedNeighborSearch()
+    for kind in ("orthorhombic", "small_cell", "triclinic", "mixed_pbc", "orthorhombic"):
+        atoms, cutoff = random_case(rng, kind)
+        args = (atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+        for half in (False, True):
+            reused, fresh = search.compute(*args, half=half), _core.neighbor_list(*args, half=half)
+            for key in ("i", "j", "S", "d", "D", "offsets"):
+                np.testing.assert_array_equal(reused[key], fresh[key])
+
+
 @pytest.mark.parametrize(
     ("system", "cutoff", "message"),
     [
