@@ -211,6 +211,12 @@ def main(argv=None) -> int:
     # OpenMP reads this when the runtime starts, i.e. before mlipbias._core is imported.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    if args.cuda:
+        from mlipbias import gpu
+
+        if gpu.unavailable_reason() is not None:
+            print(f"--cuda needs a GPU: {gpu.unavailable_reason()}", file=sys.stderr)
+            return 1
     codes = CUDA_CODES if args.cuda else CPU_CODES
     if args.codes:
         codes = {name: codes[name] for name in args.codes}

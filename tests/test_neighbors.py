@@ -14,8 +14,6 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from mlipbias import _core, gpu
 from mlipbias.neighbors import neighbor_list, neighbor_list_cuda
 
-vesin = pytest.importorskip("vesin")
-matscipy_neighbours = pytest.importorskip("matscipy.neighbours")
 
 PBC_CHOICES = [
     (True, True, True),
@@ -70,6 +68,7 @@ def ase_reference(atoms, cutoff, self_interaction=False):
 
 
 def vesin_reference(atoms, cutoff):
+    vesin = pytest.importorskip("vesin")
     nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
     i, j, S, d, D = nl.compute(
         points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijSdD"
@@ -78,6 +77,7 @@ def vesin_reference(atoms, cutoff):
 
 
 def matscipy_reference(atoms, cutoff):
+    matscipy_neighbours = pytest.importorskip("matscipy.neighbours")
     return matscipy_neighbours.neighbour_list("ijSdD", atoms, cutoff)
 
 
@@ -224,6 +224,7 @@ def test_half_list_is_full_list_with_each_pair_once():
             for key, (_, vec) in half.items():
                 np.testing.assert_allclose(vec, full[key][1], atol=1e-12)
         # And vesin's half list holds the same unordered pairs.
+        vesin = pytest.importorskip("vesin")
         nl = vesin.NeighborList(cutoff=cutoff, full_list=False)
         vi, vj, vS = nl.compute(
             points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijS"
