@@ -14,7 +14,6 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from mlipbias import _core, gpu
 from mlipbias.neighbors import neighbor_list, neighbor_list_cuda
 
-
 PBC_CHOICES = [
     (True, True, True),
     (False, False, False),
