@@ -237,10 +237,10 @@ def main(argv=None) -> int:
         "timing": "best of round-robin repeats (seconds per call)",
         "rows": [],
     }
-    too_slow = set()
     header = f"{'system':6} {'atoms':>9} {'pairs':>11}  " + "  ".join(f"{name:>13}" for name in codes)
     print(header + f"   (seconds per call; x = ratio to {reference})", flush=True)
     for system, cutoff, build, sizes in cases:
+        too_slow = set()  # codes that already took longer than --slow-limit on this system
         for size in sizes:
             positions, cell, pbc = build(size)
             n_atoms = len(positions)

@@ -327,8 +327,8 @@ def test_cuda_without_device_is_a_clear_error():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(gpu.unavailable_reason() is not None, reason=str(gpu.unavailable_reason()))
-@pytest.mark.parametrize("half", [False, True])
-def test_cuda_equals_cpp(half):
+@pytest.mark.parametrize(("half", "self_interaction"), [(False, False), (True, False), (False, True)])
+def test_cuda_equals_cpp(half, self_interaction):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(17)
     cases = [random_case(rng, kind) for kind in ("orthorhombic", "triclinic", "mixed_pbc", "small_cell") * 3]
@@ -338,22 +338,34 @@ def test_cuda_equals_cpp(half):
         cell=random_cell(rng, [35, 36, 37], 0.3),
         pbc=(True, False, True),
     )
-    cases += [(big, 6.0), (Atoms("X40", positions=rng.normal(scale=3, size=(40, 3))), 3.0), (Atoms("X"), 2.0)]
+    molecule = Atoms("X40", positions=rng.normal(scale=3, size=(40, 3)))
+    cases += [(big, 6.0), (molecule, 3.0), (Atoms("X"), 2.0), (Atoms(), 2.0)]
     for atoms, cutoff in cases:
-        i, j, S, D = neighbor_list("ijSD", atoms, cutoff, half=half)
+        i, j, S, D = neighbor_list("ijSD", atoms, cutoff, half=half, self_interaction=self_interaction)
         positions = torch.tensor(atoms.positions, device="cuda")
         ci, cj, cS, cD = neighbor_list_cuda(
-            positions, torch.tensor(atoms.cell[:]), atoms.pbc, cutoff, half=half
+            positions,
+            torch.tensor(atoms.cell[:]),
+            atoms.pbc,
+            cutoff,
+            half=half,
+            self_interaction=self_interaction,
         )
-        assert (
-            ci.is_cuda and ci.dtype == torch.int64 and cS.dtype == torch.int64 and cD.dtype == torch.float64
-        )
+        assert ci.is_cuda and ci.dtype == torch.int64 and cS.dtype == torch.int64
+        assert cD.dtype == torch.float64 and cD.shape == (len(i), 3)
         # Same pairs in the same order; D to rounding (the GPU may fuse multiply-adds).
         np.testing.assert_array_equal(ci.cpu().numpy(), i)
         np.testing.assert_array_equal(cj.cpu().numpy(), j)
         np.testing.assert_array_equal(cS.cpu().numpy(), S)
         np.testing.assert_allclose(cD.cpu().numpy(), D, rtol=0, atol=1e-12)
+    # float32 positions are accepted (computed in float64), errors are the C++ ones.
+    atoms, cutoff = cases[1]
+    ci, *_ = neighbor_list_cuda(
+        torch.tensor(atoms.positions, dtype=torch.float32, device="cuda"), atoms.cell[:], True, cutoff
+    )
+    assert abs(len(ci) - len(neighbor_list("i", atoms, cutoff))) <= 0.01 * len(ci)
+    bad = torch.tensor([[0.0, 0, 0], [np.nan, 0, 0]], device="cuda")
     with pytest.raises(ValueError, match="atom 1 is not finite"):
-        neighbor_list_cuda(
-            torch.tensor([[0.0, 0, 0], [np.nan, 0, 0]], device="cuda"), np.eye(3) * 5, True, 2.0
-        )
+        neighbor_list_cuda(bad, np.eye(3) * 5, True, 2.0)
+    with pytest.raises(ValueError, match="cutoff must be a positive"):
+        neighbor_list_cuda(bad[:1], np.eye(3) * 5, True, -1.0)
