@@ -162,28 +162,32 @@ def versions(codes) -> dict:
     return found
 
 
-def time_case(runners: dict, min_seconds: float, max_repeats: int) -> dict:
-    """Round-robin timing of every runner; returns {code: [seconds, ...]} and the pair counts."""
+def time_case(runners: dict, min_seconds: float, max_repeats: int):
+    """Round-robin timing of every runner: wall and CPU seconds of each call, pair counts.
+
+    The CPU time of this process does not count the time other processes hold the core,
+    so it is the steadier measure on a shared machine (for one thread; with several it
+    adds up the threads)."""
     times = {name: [] for name in runners}
+    cpu_times = {name: [] for name in runners}
     pairs = {}
     for name, run in runners.items():  # warm-up (imports, first allocations)
         pairs[name] = run()
     start = time.perf_counter()
     for _ in range(max_repeats):
         for name, run in runners.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
         if len(times[next(iter(times))]) >= 3 and time.perf_counter() - start > min_seconds:
             break
-    return times, pairs
+    return times, cpu_times, pairs
 
 
-def slope(rows, code, system) -> float | None:
+def slope(rows, code, system, key="best_s") -> float | None:
     """d log(time) / d log(N) over N >= 1000: 1 for a cost linear in N."""
-    points = [
-        (r["n_atoms"], r["best_s"][code]) for r in rows if r["system"] == system and code in r["best_s"]
-    ]
+    points = [(r["n_atoms"], r[key][code]) for r in rows if r["system"] == system and code in r[key]]
     points = [(n, t) for n, t in points if n >= 1000]
     if len(points) < 2:
         return None
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
         "threads": threads,
         "machine": machine(),
         "versions": versions(codes),
-        "timing": "best of round-robin repeats (seconds per call)",
+        "timing": "best of round-robin repeats, seconds per call: wall (best_s) and process CPU (best_cpu_s)",
         "rows": [],
     }
     header = f"{'system':6} {'atoms':>9} {'pairs':>11}  " + "  ".join(f"{name:>13}" for name in codes)
@@ -251,7 +255,7 @@ def main(argv=None) -> int:
                 for name, make in codes.items()
                 if name not in too_slow
             }
-            times, pairs = time_case(runners, args.min_seconds, args.max_repeats)
+            times, cpu_times, pairs = time_case(runners, args.min_seconds, args.max_repeats)
             if len(set(pairs.values())) != 1:
                 raise RuntimeError(f"codes disagree on the number of pairs for {system} {n_atoms}: {pairs}")
             best = {name: min(t) for name, t in times.items()}
@@ -262,10 +266,13 @@ def main(argv=None) -> int:
                 "n_pairs": next(iter(pairs.values())),
                 "best_s": best,
                 "median_s": {name: float(np.median(t)) for name, t in times.items()},
+                "best_cpu_s": {name: min(t) for name, t in cpu_times.items()},
                 "repeats": {name: len(t) for name, t in times.items()},
             }
             if reference in best:
                 row["ratio_to_" + reference] = {name: t / best[reference] for name, t in best.items()}
+                cpu = row["best_cpu_s"]
+                row["cpu_ratio_to_" + reference] = {name: t / cpu[reference] for name, t in cpu.items()}
             report["rows"].append(row)
             output.write_text(json.dumps(report, indent=1))
             cells = []
@@ -284,7 +291,11 @@ def main(argv=None) -> int:
     report["slopes"] = {
         system: {name: slope(report["rows"], name, system) for name in codes} for system, *_ in cases
     }
-    report["time_per_atom_us"] = [
+    report["slopes_cpu_time"] = {
+        system: {name: slope(report["rows"], name, system, "best_cpu_s") for name in codes}
+        for system, *_ in cases
+    }
+    report["cpu_time_per_atom_us"] = [
         {
             "system": r["system"],
             "n_atoms": r["n_atoms"],
@@ -293,9 +304,13 @@ def main(argv=None) -> int:
         for r in report["rows"]
     ]
     output.write_text(json.dumps(report, indent=1))
-    print("\nslope of log(time) vs log(N), N >= 1000 (1 = linear):")
-    for system, by_code in report["slopes"].items():
-        print(f"  {system:6} " + "  ".join(f"{name} {s:.2f}" for name, s in by_code.items() if s is not None))
+    for title, key in (("wall", "slopes"), ("CPU", "slopes_cpu_time")):
+        print(f"\nslope of log({title} time) vs log(N), N >= 1000 (1 = linear):")
+        for system, by_code in report[key].items():
+            print(
+                f"  {system:6} "
+                + "  ".join(f"{name} {s:.2f}" for name, s in by_code.items() if s is not None)
+            )
     print(f"wrote {output}")
     return 0
 
