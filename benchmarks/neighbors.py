@@ -173,15 +173,21 @@ def time_case(runners: dict, min_seconds: float, max_repeats: int):
     pairs = {}
     for name, run in runners.items():  # warm-up (imports, first allocations)
         pairs[name] = run()
-    start = time.perf_counter()
-    for _ in range(max_repeats):
+
+    # Each code repeats until it has 3 calls and has run for min_seconds (or max_repeats),
+    # so fast codes get many repeats while a slow one does not hold the others back.
+    def active(name):
+        n = len(times[name])
+        return n < 3 or (n < max_repeats and sum(times[name]) < min_seconds)
+
+    while any(active(name) for name in runners):
         for name, run in runners.items():
+            if not active(name):
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - t0)
             cpu_times[name].append(time.process_time() - c0)
-        if len(times[next(iter(times))]) >= 3 and time.perf_counter() - start > min_seconds:
-            break
     return times, cpu_times, pairs
 
 
@@ -206,8 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--slow-limit", type=float, default=10.0, help="stop a code after a call slower than this (s)"
     )
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="time spent per case at least")
-    parser.add_argument("--max-repeats", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="time per code and case, at least")
+    parser.add_argument("--max-repeats", type=int, default=30)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
