@@ -149,9 +149,10 @@ void NeighborSearch::fill(int64_t* first, int64_t* second, int64_t* shifts, doub
   const int n = s.n_atoms;
   const bool half = s.options.half, self_interaction = s.options.self_interaction;
   [[maybe_unused]] const int threads = thread_count(s.options.n_threads, n);
+  // Atoms in index order: the pairs are written sequentially (in bin order the writes would
+  // jump around the output, which is much larger than the bins, at a cost in TLB misses).
 #pragma omp parallel for schedule(dynamic, 256) num_threads(threads) if (threads > 1)
-  for (int slot = 0; slot < n; ++slot) {
-    const int i = s.atom[slot];
+  for (int i = 0; i < n; ++i) {
     cell_list::WritePairs write{offsets[i], i, first, second, shifts, vectors, distances};
     cell_list::visit_neighbors(grid, bins, i, half, self_interaction, write);
   }
