@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -162,14 +163,21 @@ def versions(codes) -> dict:
     return found
 
 
-def time_case(runners: dict, min_seconds: float, max_repeats: int):
-    """Round-robin timing of every runner: wall and CPU seconds of each call, pair counts.
+def user_time() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
-    The CPU time of this process does not count the time other processes hold the core,
-    so it is the steadier measure on a shared machine (for one thread; with several it
-    adds up the threads)."""
+
+def time_case(runners: dict, min_seconds: float, max_repeats: int):
+    """Round-robin timing of every runner. Returns, per code, the wall seconds of each call
+    and the mean user-CPU seconds per call, and the pair counts.
+
+    User CPU time leaves out the time other processes hold the core and the kernel's time
+    (page faults on fresh output arrays, which varies with memory pressure from other
+    processes), so it is the steadier measure of the code itself on a shared machine. The
+    kernel accounts it in ticks, hence a mean over the calls (for one thread; with several
+    it adds up the threads)."""
     times = {name: [] for name in runners}
-    cpu_times = {name: [] for name in runners}
+    user = dict.fromkeys(runners, 0.0)
     pairs = {}
     for name, run in runners.items():  # warm-up (imports, first allocations)
         pairs[name] = run()
@@ -184,11 +192,11 @@ def time_case(runners: dict, min_seconds: float, max_repeats: int):
         for name, run in runners.items():
             if not active(name):
                 continue
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, u0 = time.perf_counter(), user_time()
             run()
             times[name].append(time.perf_counter() - t0)
-            cpu_times[name].append(time.process_time() - c0)
-    return times, cpu_times, pairs
+            user[name] += user_time() - u0
+    return times, {name: user[name] / len(times[name]) for name in runners}, pairs
 
 
 def slope(rows, code, system, key="best_s") -> float | None:
@@ -244,7 +252,7 @@ def main(argv=None) -> int:
         "threads": threads,
         "machine": machine(),
         "versions": versions(codes),
-        "timing": "best of round-robin repeats, seconds per call: wall (best_s) and process CPU (best_cpu_s)",
+        "timing": "round-robin repeats, s per call: wall (best_s, median_s), mean user CPU (mean_user_s)",
         "rows": [],
     }
     header = f"{'system':6} {'atoms':>9} {'pairs':>11}  " + "  ".join(f"{name:>13}" for name in codes)
@@ -261,7 +269,7 @@ def main(argv=None) -> int:
                 for name, make in codes.items()
                 if name not in too_slow
             }
-            times, cpu_times, pairs = time_case(runners, args.min_seconds, args.max_repeats)
+            times, user_s, pairs = time_case(runners, args.min_seconds, args.max_repeats)
             if len(set(pairs.values())) != 1:
                 raise RuntimeError(f"codes disagree on the number of pairs for {system} {n_atoms}: {pairs}")
             best = {name: min(t) for name, t in times.items()}
@@ -272,13 +280,15 @@ def main(argv=None) -> int:
                 "n_pairs": next(iter(pairs.values())),
                 "best_s": best,
                 "median_s": {name: float(np.median(t)) for name, t in times.items()},
-                "best_cpu_s": {name: min(t) for name, t in cpu_times.items()},
+                "mean_user_s": user_s,
                 "repeats": {name: len(t) for name, t in times.items()},
             }
             if reference in best:
                 row["ratio_to_" + reference] = {name: t / best[reference] for name, t in best.items()}
-                cpu = row["best_cpu_s"]
-                row["cpu_ratio_to_" + reference] = {name: t / cpu[reference] for name, t in cpu.items()}
+                if user_s[reference] > 0:
+                    row["user_ratio_to_" + reference] = {
+                        name: t / user_s[reference] for name, t in user_s.items()
+                    }
             report["rows"].append(row)
             output.write_text(json.dumps(report, indent=1))
             cells = []
@@ -297,11 +307,11 @@ def main(argv=None) -> int:
     report["slopes"] = {
         system: {name: slope(report["rows"], name, system) for name in codes} for system, *_ in cases
     }
-    report["slopes_cpu_time"] = {
-        system: {name: slope(report["rows"], name, system, "best_cpu_s") for name in codes}
+    report["slopes_user_time"] = {
+        system: {name: slope(report["rows"], name, system, "mean_user_s") for name in codes}
         for system, *_ in cases
     }
-    report["cpu_time_per_atom_us"] = [
+    report["user_time_per_atom_us"] = [
         {
             "system": r["system"],
             "n_atoms": r["n_atoms"],
@@ -310,7 +320,7 @@ def main(argv=None) -> int:
         for r in report["rows"]
     ]
     output.write_text(json.dumps(report, indent=1))
-    for title, key in (("wall", "slopes"), ("CPU", "slopes_cpu_time")):
+    for title, key in (("wall", "slopes"), ("user CPU", "slopes_user_time")):
         print(f"\nslope of log({title} time) vs log(N), N >= 1000 (1 = linear):")
         for system, by_code in report[key].items():
             print(
