@@ -70,6 +70,7 @@ def random_network(
         net.energy_scale[:] = 0.2 + torch.rand(n_members, generator=gen, dtype=torch.float64)
         net.energy_shift[:] = torch.randn(n_members, 2, generator=gen, dtype=torch.float64)
         if head is not None:
+            net.head_scale[:] = 0.05 + torch.rand(net.head_scale.shape, generator=gen, dtype=torch.float64)
             for el in net.elements:
                 net.weights[f"{el}_head_W"].normal_(0.0, 0.5, generator=gen)
                 net.weights[f"{el}_head_b"].normal_(0.0, 0.5, generator=gen)
@@ -98,6 +99,32 @@ def model_with_all_methods(seed: int = 0) -> tuple[MLIPModel, AtomsData]:
     }
     model.methods = ("ensemble", "gmm", "posterior", "distance")
     return model, data
+
+
+def numpy_network(records, G, species):
+    """docs/model_file.md "Network" written from the records with numpy, independent of the torch code.
+
+    Returns the atomic energies (M, n_atoms) and the last hidden layer h_(L-1) (M, n_atoms, H).
+    """
+    elements = records["elements"].split()
+    n_layers = int(records["model/n_layers"][0])
+    act = np.tanh if records["model/activation"] == "tanh" else (lambda z: z / (1 + np.exp(-z)))
+    n_members = int(records["model/n_members"][0])
+    energies, hidden = np.zeros((n_members, len(G))), []
+    for m in range(n_members):
+        rows = []
+        for i, (g, e) in enumerate(zip(G, species, strict=True)):
+            el = elements[e]
+            h = (g - records[f"scaling/{el}/mean"]) / records[f"scaling/{el}/std"]
+            for layer in range(1, n_layers):
+                h = act(records[f"member/{m}/{el}/W{layer}"] @ h + records[f"member/{m}/{el}/b{layer}"])
+            rows.append(h)
+            z = records[f"member/{m}/{el}/W{n_layers}"] @ h + records[f"member/{m}/{el}/b{n_layers}"]
+            energies[m, i] = (
+                records[f"member/{m}/energy_scale"][0] * z[0] + records[f"member/{m}/energy_shift"][e]
+            )
+        hidden.append(rows)
+    return energies, np.array(hidden)
 
 
 def evaluate_atoms(model: MLIPModel, atoms: Atoms, method=None, **options):

@@ -11,6 +11,7 @@ from model_fixtures import (
     evaluate_atoms,
     labelled_quartz,
     model_with_all_methods,
+    numpy_network,
     quartz,
     random_network,
     small_descriptor,
@@ -47,30 +48,13 @@ def labelled():
 # ------------------------------------------------------------------ the network follows docs/model_file.md
 
 
-def numpy_atomic_energies(records, G, species):
-    """docs/model_file.md "Network", written from the records with numpy: (M, n_atoms)."""
-    elements = records["elements"].split()
-    n_layers = int(records["model/n_layers"][0])
-    act = np.tanh if records["model/activation"] == "tanh" else (lambda z: z / (1 + np.exp(-z)))
-    out = np.zeros((int(records["model/n_members"][0]), len(G)))
-    for m in range(out.shape[0]):
-        for i, (g, e) in enumerate(zip(G, species, strict=True)):
-            el = elements[e]
-            h = (g - records[f"scaling/{el}/mean"]) / records[f"scaling/{el}/std"]
-            for layer in range(1, n_layers + 1):
-                z = records[f"member/{m}/{el}/W{layer}"] @ h + records[f"member/{m}/{el}/b{layer}"]
-                h = act(z) if layer < n_layers else z
-            out[m, i] = records[f"member/{m}/energy_scale"][0] * h[0] + records[f"member/{m}/energy_shift"][e]
-    return out
-
-
 @pytest.mark.parametrize("activation", ["tanh", "silu"])
 def test_atomic_energies_follow_the_documented_formula(activation):
     sf = small_descriptor()
     data = AtomsData([quartz(1), quartz(2)], sf, labels=False)
     net = random_network(sf, data, activation=activation, hidden=(5, 4, 3))
     out = net(torch.as_tensor(data.G), torch.as_tensor(data.species))
-    expected = numpy_atomic_energies(net.to_records(), data.G, data.species)
+    expected, _ = numpy_network(net.to_records(), data.G, data.species)
     np.testing.assert_allclose(out.energy.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
 
 

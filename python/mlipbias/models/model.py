@@ -258,7 +258,7 @@ class MLIPModel:
             U = ensemble.energy_uncertainty(member_energies)
         elif method in ("mve", "evidential"):
             module = mve if method == "mve" else evidential
-            raw, scale = out.head[0], net.energy_scale[0]
+            raw, scale = out.head[0], net.head_scale[0]
             U = module.energy_uncertainty(raw, scale, batch.structure, S)
             if atom_uncertainty:
                 U_i = module.atom_uncertainty(raw, scale)

@@ -10,8 +10,8 @@ The math is the one of ``docs/model_file.md`` ("Network"), which the C++ inferen
 Every weight carries a leading member axis (``W_l`` has shape (M, n_out, n_in)), so an ensemble of
 M members is one batched matrix product per layer: members share the descriptors and train in one
 loop. Optional heads (mean-variance estimation, deep evidential regression) are extra linear outputs
-of the last hidden layer, ``raw = W_head h_(L-1) + b_head``; their meaning lives in
-:mod:`mlipbias.uq.mve` and :mod:`mlipbias.uq.evidential`.
+of the last hidden layer, ``raw = W_head h_(L-1) + b_head``, with a per-member unit ``head_scale``
+for each output; their meaning lives in :mod:`mlipbias.uq.mve` and :mod:`mlipbias.uq.evidential`.
 
 Everything here is float64: the descriptors come from the C++ core in float64 and the C++ inference
 must reproduce these numbers to round-off.
@@ -105,6 +105,8 @@ class BPNN(torch.nn.Module):
         self.register_buffer("scaling_std", torch.ones(n_el, n_sf, dtype=dtype))
         self.register_buffer("energy_scale", torch.ones(m, dtype=dtype))
         self.register_buffer("energy_shift", torch.zeros(m, n_el, dtype=dtype))
+        if head is not None:
+            self.register_buffer("head_scale", torch.ones(m, HEADS[head], dtype=dtype))
         self.weights = torch.nn.ParameterDict()
         for el in self.elements:
             for layer, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True), 1):
@@ -200,6 +202,7 @@ class BPNN(torch.nn.Module):
         species: torch.Tensor,
         *,
         hidden: bool = False,
+        detach_head: bool = False,
         sketch: tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], torch.Tensor]] | None = None,
     ) -> AtomOutputs:
         """Atomic energies (and optionally last hidden layer, head outputs, sketched features).
@@ -207,7 +210,8 @@ class BPNN(torch.nn.Module):
         ``G`` is (n_atoms, n_sf), shared by all members, or (M, n_atoms, n_sf), one copy per member
         (so that autograd gives each member's ``dE/dG`` separately). ``species`` (n_atoms,) holds
         model element indices. ``sketch = (R1, R2)`` with ``R1[(e, l)]`` (k, n_out) and ``R2[(e, l)]``
-        (k, n_in + 1) asks for the sketched gradient features of member 0.
+        (k, n_in + 1) asks for the sketched gradient features of member 0. ``detach_head`` feeds the
+        heads a detached last hidden layer, so that a loss on the heads trains the heads only.
         """
         m, n_sf = self.n_members, self.sizes[0]
         if not (G.dim() == 2 or (G.dim() == 3 and G.shape[0] == m)) or G.shape[-1] != n_sf:
@@ -229,7 +233,7 @@ class BPNN(torch.nn.Module):
         for e, count in enumerate(counts):
             x = G_sorted[:, start : start + count]
             start += count
-            out = self._element_forward(e, x, sketch)
+            out = self._element_forward(e, x, sketch, detach_head)
             energies.append(out.energy)
             hiddens.append(out.hidden)
             heads.append(out.head)
@@ -243,7 +247,7 @@ class BPNN(torch.nn.Module):
             result.features = torch.cat(features, dim=0)[inverse]
         return result
 
-    def _element_forward(self, e: int, x: torch.Tensor, sketch) -> AtomOutputs:
+    def _element_forward(self, e: int, x: torch.Tensor, sketch, detach_head: bool) -> AtomOutputs:
         el = self.elements[e]
         h = (x - self.scaling_mean[e]) / self.scaling_std[e]
         inputs, slopes = [], []
@@ -260,7 +264,8 @@ class BPNN(torch.nn.Module):
         out = AtomOutputs(self.energy_scale[:, None] * z + self.energy_shift[:, e, None], hidden=h)
         if self.head is not None:
             W_head, b_head = self.weights[f"{el}_head_W"], self.weights[f"{el}_head_b"]
-            out.head = torch.baddbmm(b_head.unsqueeze(1), h, W_head.transpose(1, 2))
+            h_head = h.detach() if detach_head else h
+            out.head = torch.baddbmm(b_head.unsqueeze(1), h_head, W_head.transpose(1, 2))
         if sketch is not None:
             out.features = self._sketch(e, inputs, slopes, sketch)
         return out
@@ -318,6 +323,8 @@ class BPNN(torch.nn.Module):
                     records[f"member/{m}/{el}/head_b"] = _numpy(self.weights[f"{el}_head_b"][m])
             records[f"member/{m}/energy_scale"] = _numpy(self.energy_scale[m : m + 1])
             records[f"member/{m}/energy_shift"] = _numpy(self.energy_shift[m])
+            if self.head is not None:
+                records[f"member/{m}/head_scale"] = _numpy(self.head_scale[m])
         return records
 
     @classmethod
@@ -339,6 +346,16 @@ class BPNN(torch.nn.Module):
                 net.energy_shift[m] = torch.from_numpy(
                     np.asarray(records[f"member/{m}/energy_shift"], dtype=float)
                 )
+                if head is not None:
+                    name = f"member/{m}/head_scale"
+                    if name not in records:
+                        raise ValueError(f"missing record {name}")
+                    value = np.asarray(records[name], dtype=float)
+                    if value.shape != (HEADS[head],) or not (value > 0).all():
+                        raise ValueError(
+                            f"record {name} must hold {HEADS[head]} positive values, got {value}"
+                        )
+                    net.head_scale[m] = torch.from_numpy(value)
                 for el in elements:
                     names = [f"W{layer}" for layer in range(1, n_layers + 1)]
                     names += [f"b{layer}" for layer in range(1, n_layers + 1)]

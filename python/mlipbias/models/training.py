@@ -189,7 +189,7 @@ def batch_outputs(net: BPNN, batch: Batch, *, forces: bool, stress: bool, create
     M = net.n_members
     need_grad = forces or stress
     G = batch.G.unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
-    out = net(G, batch.species)
+    out = net(G, batch.species, detach_head=True)
     energies = structure_sum(out.energy, batch.structure, batch.n_structures)
     F = S = None
     if need_grad:
@@ -239,7 +239,7 @@ def batch_loss(
             per_member = per_member + t.stress_weight * _residual_loss(s_res, t.loss, (1, 2))
     total = per_member.sum()
     if net.head is not None and t.nll_weight > 0:
-        raw, scale = out.head[0], net.energy_scale[0]
+        raw, scale = out.head[0], net.head_scale[0]
         total_res = e_res[0] * batch.n_atoms  # total-energy residual
         force_res = None if f_res is None else f_res[0]
         if net.head == "mve":
@@ -272,16 +272,14 @@ def build_network(train_data: AtomsData, model: ModelSettings, uq: UncertaintySe
     if head is not None:
         if not train_data.has_forces:
             raise ValueError(f"the {head} uncertainty learns force variances: the training data needs forces")
-        force_variance = float(np.mean(train_data.forces**2))
+        module = mve if head == "mve" else evidential
+        scales = module.initial_scales(scale, float(np.mean(train_data.forces**2)))
         with torch.no_grad():
-            for el in net.elements:
-                bias = net.weights[f"{el}_head_b"]
-                # Variances start at s^2 per atom (energy) and at the mean square force (forces);
-                # evidential nu and alpha - 1 start at 1.
-                one = mve.inverse_softplus(1.0)
-                force = mve.inverse_softplus(max(force_variance / scale**2, 1e-6))
-                values = [one, force] if head == "mve" else [one, one, one, one, one, force]
-                bias[:] = torch.tensor(values, dtype=bias.dtype)
+            net.head_scale[:] = torch.tensor(scales, dtype=net.head_scale.dtype)
+            for (
+                el
+            ) in net.elements:  # every softplus starts at 1: variances at their units, nu = alpha - 1 = 1
+                net.weights[f"{el}_head_b"][:] = mve.inverse_softplus(1.0)
     return net
 
 
