@@ -11,13 +11,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from mlipbias.models import AtomsData, MLIPModel, calibrate
-from mlipbias.models.training import network_features
-from mlipbias.uq import ensemble, evidential, mve
-from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
-from mlipbias.uq.gmm import GMMUncertainty
-from mlipbias.uq.gradient_features import GradientFeatures
-from mlipbias.uq.selection import select_max_dist
 from model_fixtures import (
     evaluate_atoms,
     labelled_quartz,
@@ -29,6 +22,14 @@ from model_fixtures import (
     strained,
 )
 from scipy.spatial.distance import cdist
+
+from mlipbias.models import AtomsData, MLIPModel, calibrate
+from mlipbias.models.training import network_features
+from mlipbias.uq import ensemble, evidential, mve
+from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+from mlipbias.uq.gmm import GMMUncertainty
+from mlipbias.uq.gradient_features import GradientFeatures
+from mlipbias.uq.selection import select_max_dist
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -65,7 +65,7 @@ def gaussian_nll(residual: torch.Tensor, variance: torch.Tensor) -> torch.Tensor
 
 
 def loss(raw, head_scale, structure, n_structures, energy_residual, force_residual=None) -> torch.Tensor:
-    """Mean NLL of the (detached) total-energy residuals per structure plus the mean NLL per force component."""
+    """Mean NLL of the detached total-energy residuals per structure plus the mean NLL per force component."""
     variance = energy_variance(raw, head_scale, structure, n_structures)
     value = gaussian_nll(energy_residual.detach(), variance).mean()
     if force_residual is not None:
