@@ -227,25 +227,23 @@ class MLIPCalculator(Calculator):
 def _select_backend(backend: str, method: str | None, path: str | None) -> str:
     """THE dispatch point between the torch model and the C++ inference (``mlipbias._core.Model``).
 
-    The C++ inference (cpp/model.hpp) is being written in parallel; until its bindings exist every
-    model runs on the torch backend, and ``backend="cpp"`` says why it cannot be used.
+    The C++ inference (cpp/model.hpp) is written in parallel; until its bindings are wired in here
+    every model runs on the torch backend, and ``backend="cpp"`` says why it cannot be used. Wiring
+    it: return ``"cpp"`` for a model loaded from ``path`` whose method is in ``CPP_METHODS`` and
+    evaluate with ``_core.Evaluator`` / ``_core.BiasState`` in :meth:`MLIPCalculator.calculate`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    from mlipbias import _core
+    if backend == "cpp":
+        from mlipbias import _core
 
-    have_cpp = hasattr(_core, "Model") and hasattr(_core, "Evaluator")
-    usable = have_cpp and path is not None and (method is None or method in CPP_METHODS)
-    if backend == "cpp" and not usable:
-        if not have_cpp:
+        if not (hasattr(_core, "Model") and hasattr(_core, "Evaluator")):
             why = "this build of mlipbias has no C++ model inference (mlipbias._core.Model)"
         elif path is None:
             why = "the C++ inference loads models from a .mlip path, not from an MLIPModel object"
-        else:
+        elif method is not None and method not in CPP_METHODS:
             why = f"the C++ inference implements {', '.join(CPP_METHODS)}, not {method!r}"
+        else:
+            why = "MLIPCalculator does not drive the C++ Evaluator yet; use backend='torch' or 'auto'"
         raise ValueError(f"backend='cpp' is not available: {why}")
-    # When the C++ bindings land, return "cpp" here for usable models and add its evaluation in
-    # MLIPCalculator.calculate; until then torch runs everything.
     return "torch"
