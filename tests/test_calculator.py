@@ -8,9 +8,10 @@ import torch
 from ase import units
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
+from model_fixtures import evaluate_atoms, model_with_all_methods, quartz, strained
+
 from mlipbias.calculators import MLIPCalculator
 from mlipbias.models import save_model
-from model_fixtures import evaluate_atoms, model_with_all_methods, quartz, strained
 
 try:
     from ase.md.velocitydistribution import thermalize_momenta
