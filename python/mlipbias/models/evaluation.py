@@ -19,6 +19,17 @@ from mlipbias.models.model import MLIPModel, Predictions
 from mlipbias.uq.metrics import Predictions as MetricInputs
 from mlipbias.uq.metrics import format_table, metrics_table
 
+# Entries of the table that need a non-constant uncertainty (NaN when it is constant).
+UNCERTAINTY_KEYS = (
+    "spearman",
+    "roc_auc",
+    "miscalibration_area",
+    "miscalibration_area_recalibrated",
+    "cnll",
+    "cnll_a",
+    "cnll_b",
+)
+
 
 @dataclass
 class Evaluation:
@@ -35,14 +46,19 @@ class Evaluation:
 
 
 def _inputs(data: AtomsData, p: Predictions, forces: bool) -> MetricInputs:
+    """The metric inputs; a constant uncertainty (nothing to rank) is left out."""
+
+    def informative(u):
+        return u if u is not None and np.ptp(u) > 0 else None
+
     return MetricInputs(
         energy=p.energy,
         energy_ref=data.energy,
         n_atoms=data.n_atoms,
         forces=p.forces if forces else None,
         forces_ref=data.forces if forces else None,
-        energy_uncertainty=p.uncertainty,
-        atom_uncertainty=p.atom_uncertainty if forces else None,
+        energy_uncertainty=informative(p.uncertainty),
+        atom_uncertainty=informative(p.atom_uncertainty) if forces else None,
     )
 
 
@@ -104,7 +120,14 @@ def evaluate_methods(
     for method in methods or [None]:
         p = predictions[method]
         val = None if cal_predictions is None else _inputs(calibration, cal_predictions[method], forces)
-        result = metrics_table(_inputs(data, p, forces), val)
+        inputs = _inputs(data, p, forces)
+        if val is not None:  # a constant uncertainty on either side has no metrics
+            val.energy_uncertainty = val.energy_uncertainty if inputs.energy_uncertainty is not None else None
+            val.atom_uncertainty = val.atom_uncertainty if inputs.atom_uncertainty is not None else None
+        result = metrics_table(inputs, val)
+        for quantity, u in (("energy", inputs.energy_uncertainty), ("forces", inputs.atom_uncertainty)):
+            if method is not None and u is None and quantity in result:
+                result[quantity].update({key: float("nan") for key in UNCERTAINTY_KEYS})
         suffix = f" {method}" if method else ""
         table[f"energy{suffix}"] = result["energy"]
         if "forces" in result:
