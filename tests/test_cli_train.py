@@ -1,4 +1,4 @@
-"""``mlipbias train`` and ``mlipbias evaluate``: configuration checks and an end-to-end run on a tiny dataset."""
+"""``mlipbias train`` and ``mlipbias evaluate``: configuration checks and an end-to-end run on tiny data."""
 
 from __future__ import annotations
 
