@@ -79,9 +79,12 @@ def _split(config, progress: bool):
     return train, validation, test
 
 
-def run_training(config, *, resume: bool = False, progress: bool = True, log=print):
+def run_training(config, *, resume: bool = False, progress: bool = True, log=None):
     """Train, save and evaluate as the configuration says; returns (model, evaluation or None)."""
     from mlipbias.models import AtomsData, save_model, train
+    from mlipbias.models.training import log_line
+
+    log = log or log_line
     from mlipbias.models.config import make_descriptor
     from mlipbias.models.evaluation import evaluate_methods, format_evaluation, json_table
 

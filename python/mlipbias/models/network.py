@@ -254,10 +254,12 @@ class BPNN(torch.nn.Module):
         for layer in range(1, self.n_layers):
             W, b = self.layer(el, layer)
             inputs.append(h)
-            h, slope = activation_and_derivative(
-                self.activation, torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
-            )
-            slopes.append(slope)
+            z = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+            if sketch is None:
+                h = torch.tanh(z) if self.activation == "tanh" else torch.nn.functional.silu(z)
+            else:  # the sketch backpropagates explicitly and needs act'(z)
+                h, slope = activation_and_derivative(self.activation, z)
+                slopes.append(slope)
         inputs.append(h)
         W, b = self.layer(el, self.n_layers)
         z = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2)).squeeze(2)  # (M, n_e)

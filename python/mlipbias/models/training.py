@@ -36,13 +36,18 @@ import torch
 
 from mlipbias.descriptors import atom_forces, pair_gradients, virial
 from mlipbias.models.data import VOIGT, AtomsData, Batch, structure_sum
-from mlipbias.models.model import METHODS, MLIPModel, save_model
+from mlipbias.models.model import METHODS, MLIPModel, one_torch_thread, save_model
 from mlipbias.models.network import ACTIVATIONS, BPNN
 from mlipbias.uq import evidential, mve
 
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
 CHECKPOINT_VERSION = 1
+
+
+def log_line(message: str) -> None:
+    """Print a progress message at once (also when stdout is a file)."""
+    print(message, flush=True)
 
 
 @dataclass
@@ -293,18 +298,32 @@ def train(
     output_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_line,
     description: str = "",
 ) -> TrainingResult:
     """Train a model with its uncertainty methods (see the module docstring for the steps).
 
     Both data sets need reference energies; forces and stresses are used when the weights ask for
     them. ``output_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``best.mlip`` (nothing is
-    written without it); ``resume`` continues from its checkpoint.
+    written without it); ``resume`` continues from its checkpoint. Torch runs on one intra-op thread
+    meanwhile (:func:`mlipbias.models.model.one_torch_thread`).
     """
-    model = model or ModelSettings()
-    uq = uncertainty or UncertaintySettings()
-    t = training or TrainingSettings()
+    with one_torch_thread():
+        return _train(
+            train_data,
+            validation_data,
+            model or ModelSettings(),
+            uncertainty or UncertaintySettings(),
+            training or TrainingSettings(),
+            output_dir,
+            resume,
+            progress,
+            log,
+            description,
+        )
+
+
+def _train(train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description):
     check_settings(model, uq, t)
     _check_data(train_data, validation_data, t, uq)
     device = resolve_device(t.device)
@@ -401,6 +420,11 @@ def train(
             val_E=f"{1000 * np.mean(record['validation_energy_rmse']):.2f}meV/at",
             lr=f"{lr:.2g}",
         )
+        if not progress and (epoch % max(1, t.epochs // 10) == 0 or epoch == 1):
+            log(
+                f"epoch {epoch}/{t.epochs}: train loss {record['train_loss']:.4g}, validation energy RMSE "
+                f"{1000 * np.mean(record['validation_energy_rmse']):.3g} meV/atom, lr {lr:.3g}"
+            )
         since_best = epoch - max(state["best_epoch"])
         if since_best >= t.early_stopping_patience:
             log(f"early stopping after epoch {epoch}: no member improved for {since_best} epochs")
@@ -542,7 +566,7 @@ def finish_uncertainty(
     uq: UncertaintySettings,
     *,
     seed: int = 0,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_line,
 ) -> None:
     """Fit the post-hoc methods on the training data and calibrate all methods on validation data.
 
@@ -574,7 +598,7 @@ def finish_uncertainty(
 
 
 def calibrate(
-    model: MLIPModel, data: AtomsData, methods, alpha: float, *, log: Callable[[str], None] = print
+    model: MLIPModel, data: AtomsData, methods, alpha: float, *, log: Callable[[str], None] = log_line
 ) -> dict:
     """Calibrate ``methods`` of ``model`` on labelled ``data``; sets ``model.methods``, ``model.calibration``.
 
