@@ -101,9 +101,8 @@ def step_model(context: DemoContext) -> None:
         return
     model, _ = run_training(config, resume=True, progress=context.progress)
     context.results["model"] = model
-    print(
-        f"evaluate again with: mlipbias evaluate --model {config.model_path} --data {context.results['dataset']}"
-    )
+    dataset = context.results["dataset"]
+    print(f"evaluate again with: mlipbias evaluate --model {config.model_path} --data {dataset}")
 
 
 STEPS = [("dataset", step_dataset), ("model", step_model)]
