@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def dataset(path: Path, n: int) -> list:
             structure_name="sio2-amorphous-96",
             progress=True,
         )
-    structures = load_dataset(path)
+    structures = load_dataset(path, f"id<={n}")
     if len(structures) < n:
         raise ValueError(f"{path} has {len(structures)} structures, the benchmark needs {n}")
     return structures[:n]
@@ -87,7 +88,7 @@ def mlipbias_step(net, data, settings, uq):
 def reference_step(net, data, structures, sf, settings):
     """Descriptors from positions by the torch reference in every step; forces by double backward."""
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    table = torch.as_tensor(sf.table)
+    table = torch.as_tensor(np.array(sf.table))
     nbs = [sf.neighbours(a) for a in structures]
 
     def step(indices):
@@ -117,7 +118,9 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data", default="benchmarks/work/sio2-96.db", help="BKS SiO2 96-atom dataset (made if missing)"
+        "--data",
+        default=str(Path(tempfile.gettempdir()) / "mlipbias-benchmarks" / "sio2-96.db"),
+        help="BKS SiO2 96-atom dataset, made if missing (default: in the temporary folder)",
     )
     parser.add_argument("--n-structures", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16, help="structures per step (energies)")
