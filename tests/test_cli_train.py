@@ -196,3 +196,19 @@ def test_train_and_evaluate_end_to_end(tmp_path, capsys):
         == 2
     )
     assert "uncertainty 'mve' is not in this model" in capsys.readouterr().err
+
+
+def test_demo_trains_and_evaluates_an_ensemble(tmp_path, capsys):
+    from mlipbias.models import load_model
+
+    args = ["demo", "--output-dir", str(tmp_path), "--n-samples", "12", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "== step 2/2: model ==" in out
+    for method in ("ensemble", "posterior", "distance"):
+        assert f"uncertainty: {method}" in out
+    model = load_model(tmp_path / "model" / "model.mlip")
+    assert model.methods == ("ensemble", "posterior", "distance") and model.network.n_members == 3
+    # A rerun keeps the trained model.
+    assert main(args) == 0
+    assert "model.mlip exists" in capsys.readouterr().out

@@ -294,3 +294,28 @@ def test_training_checks_settings_and_data(labelled):
         train(data, data, uncertainty=UncertaintySettings(methods=("ensemble", "mve")), progress=False)
     with pytest.raises(ValueError, match="prepared without neighbour pairs"):
         train(data, data, training=TrainingSettings(force_weight=1.0), progress=False)
+
+
+@pytest.mark.gpu
+def test_training_and_predictions_on_the_gpu_match_the_cpu(labelled):
+    from mlipbias import gpu
+
+    reason = gpu.unavailable_reason() or (None if torch.cuda.is_available() else "torch sees no CUDA device")
+    if reason:
+        pytest.skip(reason)
+    sf = small_descriptor()
+    train_data, val_data = AtomsData(labelled[:8], sf), AtomsData(labelled[8:], sf)
+    results = {}
+    for device in ("cpu", "cuda"):
+        settings = TrainingSettings(epochs=3, batch_size=4, force_weight=0.1, device=device)
+        results[device] = train(train_data, val_data, model=ModelSettings((6,)), training=settings,
+                                uncertainty=UncertaintySettings(methods=("ensemble", "posterior"), n_members=2),
+                                progress=False, log=lambda _: None)
+    for a, b in zip(results["cpu"].history, results["cuda"].history, strict=True):
+        np.testing.assert_allclose(a["validation_loss"], b["validation_loss"], rtol=1e-8)
+    cpu, cuda = results["cpu"].model, results["cuda"].model
+    assert cuda.device.type == "cuda"
+    p_cpu = cpu.predict(val_data, "posterior", atom_uncertainty=True, gradient=True)
+    p_cuda = cuda.predict(val_data, "posterior", atom_uncertainty=True, gradient=True)
+    for name in ("energy", "forces", "uncertainty", "atom_uncertainty", "uncertainty_gradient"):
+        np.testing.assert_allclose(getattr(p_cuda, name), getattr(p_cpu, name), rtol=1e-7, atol=1e-9)
