@@ -185,3 +185,13 @@ def structure_sum(values: torch.Tensor, structure: torch.Tensor, n_structures: i
     """Sum of per-atom values (..., n_atoms) over the atoms of each structure: (..., n_structures)."""
     shape = (*values.shape[:-1], n_structures)
     return values.new_zeros(shape).index_add(-1, structure, values)
+
+
+def voigt_stress(virials: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """ASE stresses (..., S, 6) = -sym(W) / V in Voigt order from virials (..., S, 3, 3), eV/A^3.
+
+    Structures with volume 0 (not periodic) are divided by 1 instead; callers mask them.
+    """
+    safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+    columns = [-0.5 * (virials[..., a, b] + virials[..., b, a]) for a, b in VOIGT]
+    return torch.stack(columns, dim=-1) / safe[:, None]

@@ -24,7 +24,7 @@ import torch
 from ase import Atoms
 
 from mlipbias.descriptors import atom_forces, pair_gradients, virial
-from mlipbias.models.data import VOIGT, AtomsData, Batch, structure_sum
+from mlipbias.models.data import AtomsData, Batch, structure_sum, voigt_stress
 from mlipbias.models.network import BPNN
 from mlipbias.uq import ensemble, evidential, mve
 from mlipbias.uq.gmm import GMMUncertainty
@@ -254,7 +254,9 @@ class MLIPModel:
             result.forces = _np(member_forces.mean(dim=0))
             result.member_forces = _np(member_forces)
             result.virial = _np(all_virials[:M].mean(dim=0))
-            result.stress = _stress(result.virial, _np(batch.volume))
+            stress = _np(voigt_stress(all_virials[:M].mean(dim=0), batch.volume))
+            stress[_np(batch.volume) <= 0] = np.nan
+            result.stress = stress
             if atom_uncertainty and method == "ensemble":
                 result.atom_uncertainty = _np(
                     self.factor("force", method) * ensemble.atom_uncertainty(member_forces)
@@ -393,15 +395,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu").numpy()
-
-
-def _stress(virials: np.ndarray, volume: np.ndarray) -> np.ndarray:
-    """ASE stresses (S, 6) = -W / V in Voigt order; NaN rows for non-periodic structures (V = 0)."""
-    out = np.full((len(volume), 6), np.nan)
-    periodic = volume > 0
-    for c, (a, b) in enumerate(VOIGT):
-        out[periodic, c] = -0.5 * (virials[periodic, a, b] + virials[periodic, b, a]) / volume[periodic]
-    return out
 
 
 def _recalibrated(score: torch.Tensor, a: float, b: float, min_variance: float) -> torch.Tensor:

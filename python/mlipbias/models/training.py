@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mlipbias.descriptors import atom_forces, pair_gradients, virial
-from mlipbias.models.data import VOIGT, AtomsData, Batch, structure_sum
+from mlipbias.models.data import AtomsData, Batch, structure_sum, voigt_stress
 from mlipbias.models.model import METHODS, MLIPModel, one_torch_thread, save_model
 from mlipbias.models.network import ACTIVATIONS, BPNN
 from mlipbias.uq import evidential, mve
@@ -205,11 +205,7 @@ def batch_outputs(net: BPNN, batch: Batch, *, forces: bool, stress: bool, create
         if stress:
             pair_structure = torch.as_tensor(nb.pair_structure, device=grads.device)
             W = virial(grads, nb.D, pair_structure, batch.n_structures)
-            volume = torch.where(batch.volume > 0, batch.volume, torch.ones_like(batch.volume))
-            S = (
-                torch.stack([-0.5 * (W[..., a, b] + W[..., b, a]) for a, b in VOIGT], dim=-1)
-                / volume[:, None]
-            )
+            S = voigt_stress(W, batch.volume)
     return energies, out, F, S
 
 
