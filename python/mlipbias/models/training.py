@@ -446,8 +446,12 @@ def _check_data(train_data: AtomsData, validation_data: AtomsData, t: TrainingSe
             raise ValueError(f"the {name} data has no reference energies")
         if t.force_weight > 0 and not data.has_forces:
             raise ValueError(f"training.force_weight is {t.force_weight} but the {name} data has no forces")
-        if (t.force_weight > 0 or t.stress_weight > 0) and data.neighbours is None:
-            raise ValueError(f"the {name} data was prepared without neighbour pairs, needed for forces")
+        heads = any(m in ("mve", "evidential") for m in uq.methods)
+        if (t.force_weight > 0 or t.stress_weight > 0 or heads) and data.neighbours is None:
+            raise ValueError(
+                f"the {name} data was prepared without neighbour pairs, needed for forces (force or stress "
+                "weights, mve and evidential heads)"
+            )
     if t.stress_weight > 0 and not train_data.has_stress:
         raise ValueError(
             f"training.stress_weight is {t.stress_weight} but no training structure has a stress"
