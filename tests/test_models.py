@@ -283,6 +283,9 @@ def test_early_stopping_and_resume_reproduce_an_uninterrupted_run(labelled, tmp_
         assert a["validation_loss"] == b["validation_loss"]
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == full.epochs_run
+    # Resuming a run that stopped early trains no further.
+    again = train(train_data, val_data, training=settings, output_dir=tmp_path / "full", resume=True, **quiet)
+    assert again.epochs_run == full.epochs_run and again.best_epoch == full.best_epoch
 
 
 def test_training_checks_settings_and_data(labelled):

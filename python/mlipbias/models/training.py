@@ -277,9 +277,8 @@ def build_network(train_data: AtomsData, model: ModelSettings, uq: UncertaintySe
         scales = module.initial_scales(scale, float(np.mean(train_data.forces**2)))
         with torch.no_grad():
             net.head_scale[:] = torch.tensor(scales, dtype=net.head_scale.dtype)
-            for (
-                el
-            ) in net.elements:  # every softplus starts at 1: variances at their units, nu = alpha - 1 = 1
+            # Every softplus starts at 1: variances at their units, nu = alpha - 1 = 1.
+            for el in net.elements:
                 net.weights[f"{el}_head_b"][:] = mve.inverse_softplus(1.0)
     return net
 
@@ -363,6 +362,9 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
         disable=not progress,
     )
     start_epoch = state["epoch"]
+    if start_epoch and start_epoch - max(state["best_epoch"]) >= t.early_stopping_patience:
+        log(f"the run in {out} had stopped early after epoch {start_epoch}; nothing to continue")
+        start_epoch = t.epochs
     for epoch in range(start_epoch + 1, t.epochs + 1):
         started = time.perf_counter()
         net.train()
