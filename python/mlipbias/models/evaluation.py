@@ -242,22 +242,16 @@ def _parity(ax, reference, predicted, label: str) -> None:
 
 
 def _hexbin(ax, uncertainty, error, title: str, unit: str) -> None:
-    positive = (uncertainty > 0) & (error > 0)
-    image = ax.hexbin(
-        uncertainty[positive],
-        error[positive],
-        xscale="log",
-        yscale="log",
-        mincnt=1,
-        gridsize=30,
-        bins="log",
-        cmap="viridis",
-    )
-    ax.figure.colorbar(image, ax=ax, label="count")
-    lo = max(min(uncertainty[positive].min(), error[positive].min()), 1e-12) if positive.any() else 1e-3
-    hi = max(uncertainty.max(), error.max(), lo * 10)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set(xlabel=f"uncertainty U ({unit})", ylabel=f"|error| ({unit})", title=title)
+    positive = (uncertainty > 0) & (error > 0)
+    if not positive.any():
+        ax.text(0.5, 0.5, "no positive U and error", ha="center", transform=ax.transAxes)
+        return
+    u, e = uncertainty[positive], error[positive]
+    image = ax.hexbin(u, e, xscale="log", yscale="log", mincnt=1, gridsize=30, bins="log", cmap="viridis")
+    ax.figure.colorbar(image, ax=ax, label="count")
+    lo, hi = min(u.min(), e.min()), max(u.max(), e.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
 
 
 def _save(fig, path: Path) -> Path:
