@@ -117,7 +117,7 @@ training:
   early_stopping_patience: 80   # stop when no member improved for this many epochs
   loss: mse                     # mse or mae
   energy_weight: 1.0            # on the energy per atom (eV/atom)
-  force_weight: 0.0             # on force components (eV/A); > 0 costs ~50x more per epoch
+  force_weight: 0.0             # on force components (eV/A); > 0 costs ~100x more per epoch
   stress_weight: 0.0            # on stress components (eV/A^3)
   nll_weight: 1.0               # on the negative log-likelihood of mve / evidential heads
   seed: 0
