@@ -1,0 +1,362 @@
+"""C++ model inference (cpp/model.hpp via mlipbias.inference) against an independent torch
+implementation of docs/model_file.md, finite differences, a two-rank split, and every
+schema error of the model loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from mlipbias import _core
+from mlipbias.descriptors import SymmetryFunctions
+from mlipbias.descriptors.torch_reference import symmetry_functions as torch_symmetry_functions
+from mlipbias.inference import CppModel, virial_to_stress
+from mlipbias.modelfile import validate_model_records, write_model_file
+from mlipbias.structures import alpha_quartz
+
+TOL = 1e-10  # C++ against the torch reference, relative to the scale of each quantity
+ELEMENTS = ("Si", "O")
+METHODS = ("ensemble", "posterior", "distance")
+C_E = {"ensemble": 1.3, "posterior": 0.8, "distance": 1.7}
+C_F = {"ensemble": 0.9, "posterior": 1.2, "distance": 0.6}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The reference runs many small ops, which extra threads slow down on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------ model files
+
+
+def descriptor() -> SymmetryFunctions:
+    """A small SiO2 set with every kind (G2, G4, G5) and two cutoffs."""
+    return SymmetryFunctions.build(
+        ELEMENTS,
+        g2=[(4.0, 1.6, 4.0), (1.0, 2.6, 4.0), (0.5, 3.2, 3.5)],
+        g4=[(0.05, 1.0, 1.0, 4.0), (0.1, 2.0, -1.0, 3.5)],
+        g5=[(0.08, 4.0, 1.0, 4.0), (0.02, 1.0, -1.0, 3.5)],
+    )
+
+
+def structure(seed: int = 0, repeat=(1, 1, 2)) -> Atoms:
+    """Rattled alpha-quartz (18 atoms): the cell is smaller than the cutoff, so images count."""
+    atoms = alpha_quartz(repeat)
+    atoms.rattle(0.08, seed=seed)
+    return atoms
+
+
+def model_records(
+    seed: int = 0,
+    n_members: int = 3,
+    hidden=(7, 5),
+    activation: str = "tanh",
+    k: int = 4,
+    methods=METHODS,
+    calibrated: bool = True,
+) -> dict:
+    """Random but valid records of a model with every C++ uncertainty method.
+
+    The per-element input scaling comes from the descriptors of a few structures so that the
+    network inputs are O(1); the training features of the distance method and the precision
+    matrices of the posterior are random (symmetric positive definite) and of realistic size.
+    """
+    rng = np.random.default_rng(seed)
+    sf = descriptor()
+    G = sf.compute_batch([structure(s) for s in range(3)]).G
+    species = np.tile(sf.species(structure()), 3)
+    records = {
+        "meta/format": "mlipbias-model",
+        "meta/mlipbias_version": "test",
+        "meta/units": "eV Angstrom",
+        "meta/description": "random weights for tests/test_cpp_inference.py",
+        **sf.to_records(),
+        "model/activation": activation,
+        "model/n_members": np.array([n_members]),
+        "model/n_layers": np.array([len(hidden) + 1]),
+    }
+    for e, el in enumerate(ELEMENTS):
+        records[f"scaling/{el}/mean"] = G[species == e].mean(0) + 0.1 * rng.normal(size=sf.n_sf)
+        records[f"scaling/{el}/std"] = G[species == e].std(0) + 0.2
+    widths = [sf.n_sf, *hidden, 1]
+    for m in range(n_members):
+        records[f"member/{m}/energy_scale"] = np.array([0.5 + rng.random()])
+        records[f"member/{m}/energy_shift"] = rng.normal(size=len(ELEMENTS))
+        for el in ELEMENTS:
+            for layer in range(1, len(widths)):
+                n_in, n_out = widths[layer - 1], widths[layer]
+                records[f"member/{m}/{el}/W{layer}"] = rng.normal(size=(n_out, n_in)) * 1.5 / np.sqrt(n_in)
+                records[f"member/{m}/{el}/b{layer}"] = 0.3 * rng.normal(size=n_out)
+    records["uq/methods"] = " ".join(methods)
+    n_layers = len(widths) - 1
+    K = len(ELEMENTS) * n_layers * k
+    records["uq/gradient/k"] = np.array([k])
+    for el in ELEMENTS:
+        for layer in range(1, len(widths)):
+            records[f"uq/gradient/{el}/R1_{layer}"] = rng.normal(size=(k, widths[layer]))
+            records[f"uq/gradient/{el}/R2_{layer}"] = rng.normal(size=(k, widths[layer - 1] + 1))
+    records["uq/gradient/lambda"] = np.array([0.1])
+    for name, n in (("precision_energy", 3 * K), ("precision_atom", 5 * K)):
+        X = rng.normal(size=(n, K))
+        records[f"uq/gradient/{name}"] = np.linalg.inv(X.T @ X / n + 0.1 * np.eye(K))
+    records["uq/gradient/train_energy"] = rng.normal(size=(6, K))
+    records["uq/gradient/train_atom"] = rng.normal(size=(40, K))
+    if calibrated:
+        records["calibration/alpha"] = np.array([0.1])
+        for method in methods:
+            records[f"calibration/energy/{method}"] = np.array([C_E[method]])
+            records[f"calibration/force/{method}"] = np.array([C_F[method]])
+    return records
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    records = model_records()
+    validate_model_records(records)
+    return write_model_file(tmp_path_factory.mktemp("model") / "sio2.mlip", records)
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return CppModel(model_path)
+
+
+# ------------------------------------------------------------------------------ torch reference
+
+
+def reference(records: dict, atoms: Atoms, method: str) -> dict:
+    """docs/model_file.md in torch, differentiated by autograd through the torch symmetry functions.
+
+    Neighbours come from ASE, forces and virial from derivatives with respect to positions and
+    a homogeneous strain, so nothing of the C++ path (vjp, scatter, the tangent pass) is reused.
+    """
+    dt = torch.float64
+    elements = records["elements"].split()
+    table = records["descriptor/functions"]
+    cutoff = float(records["descriptor/cutoff"][0])
+    n_members = int(records["model/n_members"][0])
+    n_layers = int(records["model/n_layers"][0])
+    act = torch.tanh if records["model/activation"] == "tanh" else torch.nn.functional.silu
+    t = {k: torch.tensor(np.asarray(v), dtype=dt) for k, v in records.items() if not isinstance(v, str)}
+
+    n = len(atoms)
+    species = torch.tensor([elements.index(s) for s in atoms.get_chemical_symbols()])
+    i, j, S = ase_neighbor_list("ijS", atoms, cutoff)
+    i, j = torch.tensor(i), torch.tensor(j)
+    pos = torch.tensor(atoms.positions, dtype=dt, requires_grad=True)
+    strain = torch.zeros(3, 3, dtype=dt, requires_grad=True)
+    cell = torch.tensor(np.asarray(atoms.cell), dtype=dt)
+    D = (pos[j] - pos[i] + torch.tensor(S, dtype=dt) @ cell) @ (torch.eye(3, dtype=dt) + strain)
+    G = torch_symmetry_functions(table, species, i, j, D, n)
+
+    member_atom_energies = []
+    phi = torch.zeros(n, 0, dtype=dt)
+    k = int(records["uq/gradient/k"][0]) if "uq/gradient/k" in records else 0
+    for m in range(n_members):
+        E_atoms = torch.zeros(n, dtype=dt)
+        blocks = []
+        for e, el in enumerate(elements):
+            rows = torch.nonzero(species == e).flatten()
+            h = (G[rows] - t[f"scaling/{el}/mean"]) / t[f"scaling/{el}/std"]
+            inputs, zs = [], []
+            for layer in range(1, n_layers + 1):
+                inputs.append(h)
+                z = h @ t[f"member/{m}/{el}/W{layer}"].T + t[f"member/{m}/{el}/b{layer}"]
+                zs.append(z)
+                h = act(z) if layer < n_layers else z
+            E_el = t[f"member/{m}/energy_scale"][0] * h[:, 0] + t[f"member/{m}/energy_shift"][e]
+            E_atoms = E_atoms.index_put((rows,), E_el)
+            if m == 0 and k:
+                # delta_l = dE_i/dz_l, row by row (E_i depends on its own row only)
+                deltas = torch.autograd.grad(E_el.sum(), zs, create_graph=True)
+                block = torch.zeros(n, len(elements) * n_layers * k, dtype=dt)
+                for layer, (delta, a) in enumerate(zip(deltas, inputs, strict=True), start=1):
+                    a1 = torch.cat([a, torch.ones(len(a), 1, dtype=dt)], 1)
+                    R1, R2 = t[f"uq/gradient/{el}/R1_{layer}"], t[f"uq/gradient/{el}/R2_{layer}"]
+                    sketch = (delta @ R1.T) * (a1 @ R2.T) / k**0.5
+                    columns = torch.arange(k) + (e * n_layers + layer - 1) * k
+                    block = block.index_put((rows[:, None], columns[None, :]), sketch)
+                blocks.append(block)
+        member_atom_energies.append(E_atoms)
+        if blocks:
+            phi = sum(blocks)
+    member_atom_energies = torch.stack(member_atom_energies)  # (M, n)
+    member_energies = member_atom_energies.sum(1)
+    atom_energies = member_atom_energies.mean(0)
+    energy = atom_energies.sum()
+
+    c_E = float(records.get(f"calibration/energy/{method}", [1.0])[0])
+    c_F = float(records.get(f"calibration/force/{method}", [1.0])[0])
+    U = atom_U = None
+    member_forces = None
+    if method == "ensemble":
+        U = c_E * torch.sqrt(((member_energies - member_energies.mean()) ** 2).sum() / (n_members - 1))
+        member_forces = torch.stack(
+            [-torch.autograd.grad(member_energies[m], pos, retain_graph=True)[0] for m in range(n_members)]
+        )
+        spread = ((member_forces - member_forces.mean(0)) ** 2).sum((0, 2))
+        atom_U = c_F * torch.sqrt(spread / (3 * (n_members - 1)))
+    elif method == "posterior":
+        Phi = phi.sum(0)
+        U = c_E * torch.sqrt(Phi @ t["uq/gradient/precision_energy"] @ Phi)
+        atom_U = c_F * torch.sqrt(torch.einsum("ia,ab,ib->i", phi, t["uq/gradient/precision_atom"], phi))
+    elif method == "distance":
+        Phi = phi.sum(0)
+        U = c_E * n * torch.linalg.vector_norm(Phi / n - t["uq/gradient/train_energy"], dim=1).min()
+        atom_U = c_F * torch.cdist(phi, t["uq/gradient/train_atom"]).min(1).values
+
+    dE_dpos, dE_dstrain = torch.autograd.grad(energy, (pos, strain), retain_graph=U is not None)
+    out = {
+        "energy": energy.item(),
+        "atom_energies": atom_energies.detach().numpy(),
+        "forces": -dE_dpos.numpy(),
+        "virial": -dE_dstrain.numpy(),
+        "member_energies": member_energies.detach().numpy(),
+    }
+    if U is not None:
+        dU_dpos, dU_dstrain = torch.autograd.grad(U, (pos, strain))
+        out |= {
+            "uncertainty": U.item(),
+            "uncertainty_gradient": dU_dpos.numpy(),
+            "uncertainty_virial": dU_dstrain.numpy(),
+            "atom_uncertainty": atom_U.detach().numpy(),
+        }
+    if member_forces is not None:
+        out["member_forces"] = member_forces.detach().numpy()
+    return out
+
+
+def assert_close(got, want, name, tol=TOL):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    scale = max(np.abs(want).max(initial=0.0), 1e-3)
+    err = np.abs(got - want).max(initial=0.0)
+    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:g} x {scale:.3g}"
+
+
+# ------------------------------------------------------------------------------ against torch
+
+
+@pytest.mark.parametrize(
+    ("method", "activation"),
+    [
+        ("none", "tanh"),
+        ("ensemble", "tanh"),
+        ("posterior", "tanh"),
+        ("distance", "silu"),
+        ("posterior", "silu"),
+    ],
+)
+def test_matches_torch_reference(tmp_path, method, activation):
+    records = model_records(seed=1, activation=activation)
+    model = CppModel(write_model_file(tmp_path / "m.mlip", records))
+    atoms = structure(seed=2)
+    want = reference(records, atoms, method)
+    gradient = method != "none"
+    got = model.evaluate(atoms, uncertainty=method, gradient=gradient, atom_uncertainty=gradient)
+    for name, value in want.items():
+        assert_close(getattr(got, name), value, f"{method}/{activation}: {name}")
+    if method == "none":
+        assert got.uncertainty is None and got.uncertainty_gradient is None and got.atom_uncertainty is None
+    assert got.energy == pytest.approx(got.atom_energies.sum(), rel=1e-14)
+    # Rotational invariance makes the virial symmetric; the C++ reports its symmetric part.
+    assert_close(want["virial"], want["virial"].T, "torch virial symmetry", tol=1e-12)
+
+
+def test_uncertainty_calibration_factors_scale_linearly(tmp_path):
+    """The same model without calibration records gives U / c_E and U_i / c_F."""
+    calibrated = CppModel(write_model_file(tmp_path / "c.mlip", model_records(seed=3)))
+    plain = CppModel(write_model_file(tmp_path / "p.mlip", model_records(seed=3, calibrated=False)))
+    atoms = structure(seed=4)
+    for method in METHODS:
+        a = calibrated.evaluate(atoms, method, gradient=True, atom_uncertainty=True)
+        b = plain.evaluate(atoms, method, gradient=True, atom_uncertainty=True)
+        assert a.uncertainty == pytest.approx(C_E[method] * b.uncertainty, rel=1e-13)
+        assert_close(a.uncertainty_gradient, C_E[method] * b.uncertainty_gradient, "dU/dx", tol=1e-13)
+        assert_close(a.atom_uncertainty, C_F[method] * b.atom_uncertainty, "U_i", tol=1e-13)
+        assert_close(a.forces, b.forces, "forces", tol=0)
+
+
+# ------------------------------------------------------------------------------ finite differences
+
+
+def strained(atoms: Atoms, eps: np.ndarray) -> Atoms:
+    out = atoms.copy()
+    deformation = np.eye(3) + eps
+    out.set_cell(np.asarray(atoms.cell) @ deformation, scale_atoms=False)
+    out.positions = atoms.positions @ deformation
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forces_virial_and_uncertainty_gradients_match_finite_differences(model, method):
+    atoms = structure(seed=5)
+    result = model.evaluate(atoms, method, gradient=True)
+    h = 1e-6  # steep random networks: 1e-5 leaves a truncation error of 1e-7 relative
+
+    def values(a):
+        r = model.evaluate(a, method)
+        return np.array([r.energy, r.uncertainty])
+
+    rng = np.random.default_rng(6)
+    for _ in range(3):  # random directions in 3N space
+        d = rng.normal(size=atoms.positions.shape)
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions += h * d
+        minus.positions -= h * d
+        dE, dU = (values(plus) - values(minus)) / (2 * h)
+        assert dE == pytest.approx(-(result.forces * d).sum(), rel=1e-6, abs=1e-7)
+        assert dU == pytest.approx((result.uncertainty_gradient * d).sum(), rel=1e-6, abs=1e-7)
+    for a, b in [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (0, 2)]:
+        eps = np.zeros((3, 3))
+        eps[a, b] = h
+        dE, dU = (values(strained(atoms, eps)) - values(strained(atoms, -eps))) / (2 * h)
+        # W = -dE/dstrain; the bias-virial convention is W_U = +dU/dstrain
+        assert dE == pytest.approx(-result.virial[a, b], rel=1e-6, abs=1e-7)
+        assert dU == pytest.approx(result.uncertainty_virial[a, b], rel=1e-6, abs=1e-7)
+    stress = virial_to_stress(result.virial, atoms.get_volume())
+    assert stress[5] == pytest.approx(-result.virial[0, 1] / atoms.get_volume())
+
+
+def test_posterior_gradient_equals_a_force_derivative_in_parameter_space(tmp_path):
+    """The identity of docs/model_file.md: grad U = (c_E^2 / U) grad (v . Phi) with v = A_E Phi
+    held fixed, and grad (v . Phi) = -(d/ds) F_0(theta + s B) with B_l = R1_l^T diag(v_l) R2_l /
+    sqrt(k) the weight-shaped direction of v. The right side is a two-sided difference of the
+    plain forces of two moved model files, so it shares nothing with the C++ tangent pass."""
+    records = model_records(seed=7)
+    model = CppModel(write_model_file(tmp_path / "m.mlip", records))
+    atoms = structure(seed=8)
+    result = model.evaluate(atoms, "posterior", gradient=True)
+    M = model.n_members
+    n_layers = int(records["model/n_layers"][0])
+    k = int(records["uq/gradient/k"][0])
+    sums = _core.ModelEvaluator(model.core, "posterior").forward(*model.neighbours(atoms))
+    A = records["uq/gradient/precision_energy"]
+    Phi = sums[M : M + A.shape[0]]  # local sums: [E_m] [Phi] [n_centres]
+    assert sums[-1] == len(atoms)
+    assert result.uncertainty == pytest.approx(C_E["posterior"] * np.sqrt(Phi @ A @ Phi), rel=1e-12)
+    v = A @ Phi
+    s = 1e-5
+    forces = []
+    for sign in (1, -1):
+        moved = dict(records)
+        for e, el in enumerate(ELEMENTS):
+            for layer in range(1, n_layers + 1):
+                start = (e * n_layers + layer - 1) * k
+                R1, R2 = records[f"uq/gradient/{el}/R1_{layer}"], records[f"uq/gradient/{el}/R2_{layer}"]
+                B = R1.T @ np.diag(v[start : start + k]) @ R2 / np.sqrt(k)
+                moved[f"member/0/{el}/W{layer}"] = records[f"member/0/{el}/W{layer}"] + sign * s * B[:, :-1]
+                moved[f"member/0/{el}/b{layer}"] = records[f"member/0/{el}/b{layer}"] + sign * s * B[:, -1]
+        path = write_model_file(tmp_path / f"moved{sign}.mlip", moved)
+        forces.append(CppModel(path).evaluate(atoms).forces)
+    # The reported forces are the mean over members: only member 0 moved.
+    grad_v_phi = -M * (forces[0] - forces[1]) / (2 * s)
+    expected = C_E["posterior"] ** 2 / result.uncertainty * grad_v_phi
+    assert_close(result.uncertainty_gradient, expected, "identity", tol=1e-6)
