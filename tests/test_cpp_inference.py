@@ -4,6 +4,8 @@ schema error of the model loader."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -360,3 +362,347 @@ def test_posterior_gradient_equals_a_force_derivative_in_parameter_space(tmp_pat
     grad_v_phi = -M * (forces[0] - forces[1]) / (2 * s)
     expected = C_E["posterior"] ** 2 / result.uncertainty * grad_v_phi
     assert_close(result.uncertainty_gradient, expected, "identity", tol=1e-6)
+
+
+# ------------------------------------------------------------------------------ two ranks
+
+
+def rank_neighbours(model: CppModel, atoms: Atoms, centres: np.ndarray):
+    """The neighbour data one MPI rank would see: its centres first, every other atom after them
+    (as ghosts), pairs of its centres only. Returns (species, offsets, j, D, order) with order[new] = old."""
+    species, offsets, j, D = model.neighbours(atoms)
+    n = len(atoms)
+    order = np.concatenate([centres, np.setdiff1d(np.arange(n), centres)])
+    new_index = np.empty(n, dtype=np.int64)
+    new_index[order] = np.arange(n)
+    pairs = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in centres])
+    counts = np.array([offsets[c + 1] - offsets[c] for c in centres])
+    new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return species[order], new_offsets, new_index[j[pairs]], D[pairs], order
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_ranks_with_summed_local_sums_equal_one_evaluation(model, method):
+    """forward on each rank, local sums added by hand (MPI_Allreduce), backward on each rank,
+    ghost contributions folded back to their owners (LAMMPS reverse communication)."""
+    atoms = structure(seed=9, repeat=(1, 1, 3))
+    n = len(atoms)
+    full = model.evaluate(atoms, method, gradient=True, atom_uncertainty=True)
+    rng = np.random.default_rng(10)
+    mine = np.sort(rng.choice(n, size=n // 3, replace=False))  # uneven, interleaved domains
+    ranks = [mine, np.setdiff1d(np.arange(n), mine)]
+    evaluators = [_core.ModelEvaluator(model.core, method, True, True) for _ in ranks]
+    data = [rank_neighbours(model, atoms, centres) for centres in ranks]
+    local = [ev.forward(*d[:4]) for ev, d in zip(evaluators, data, strict=True)]
+    global_sums = local[0] + local[1]
+    assert global_sums[-1] == n
+    parts = [ev.backward(global_sums) for ev in evaluators]
+
+    energy = sum(p["energy"] for p in parts)
+    forces, gradient = np.zeros((n, 3)), np.zeros((n, 3))
+    member_forces = np.zeros((model.n_members, n, 3))
+    atom_uncertainty, atom_energies = np.zeros(n), np.zeros(n)
+    for p, d, centres in zip(parts, data, ranks, strict=True):
+        order = d[4]
+        np.add.at(forces, order, p["forces"])
+        np.add.at(gradient, order, p["uncertainty_gradient"])
+        atom_energies[centres] = p["atom_energies"]
+        if method == "ensemble":
+            np.add.at(member_forces, (slice(None), order), p["member_forces"])
+        else:
+            atom_uncertainty[centres] = p["atom_uncertainty"]
+        assert p["uncertainty"] == pytest.approx(full.uncertainty, rel=1e-13)
+        assert_close(p["member_energies"], full.member_energies, "member energies", tol=1e-13)
+    if method == "ensemble":
+        atom_uncertainty = _core.ensemble_atom_uncertainty(member_forces, C_F["ensemble"])
+    assert energy == pytest.approx(full.energy, rel=1e-13)
+    assert_close(atom_energies, full.atom_energies, "atom energies", tol=1e-13)
+    assert_close(forces, full.forces, "forces", tol=1e-12)
+    assert_close(sum(p["virial"] for p in parts), full.virial, "virial", tol=1e-12)
+    assert_close(gradient, full.uncertainty_gradient, "dU/dx", tol=1e-12)
+    assert_close(sum(p["uncertainty_virial"] for p in parts), full.uncertainty_virial, "U virial", tol=1e-12)
+    assert_close(atom_uncertainty, full.atom_uncertainty, "U_i", tol=1e-12)
+
+
+# ------------------------------------------------------------------------------ species -1, min_distance
+
+
+@pytest.mark.parametrize("method", ["ensemble", "posterior", "distance"])
+def test_atoms_of_species_minus_one_are_left_out(model, method):
+    """Atoms of a type the model does not handle (pair_coeff NULL) have no energy, no force
+    and are nobody's neighbour: the result equals that of the structure without them."""
+    atoms = structure(seed=11)
+    extra = Atoms(
+        "H3", positions=atoms.positions[[2, 5, 9]] + [[0.4, 0.3, 0.0], [0.0, 0.5, 0.2], [0.3, 0.0, 0.6]]
+    )
+    mixed = atoms + extra
+    mixed = mixed[np.r_[0:6, 18, 6:12, 19, 12:18, 20]]  # unhandled atoms among the centres
+    handled = np.array([s != "H" for s in mixed.get_chemical_symbols()])
+    index = {el: k for k, el in enumerate(ELEMENTS)}
+    species = np.array([index.get(s, -1) for s in mixed.get_chemical_symbols()], dtype=np.int64)
+    i, j, D = ase_neighbor_list("ijD", mixed, model.cutoff)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=len(mixed)))])
+    ev = _core.ModelEvaluator(model.core, method, gradient=True, atom_uncertainty=True, min_distance=0.8)
+    got = ev.evaluate(species, offsets, j, D)
+    want = model.evaluate(mixed[handled], method, gradient=True, atom_uncertainty=True)
+    assert got["energy"] == pytest.approx(want.energy, rel=1e-13)
+    assert got["uncertainty"] == pytest.approx(want.uncertainty, rel=1e-12)
+    for name in ("atom_energies", "atom_uncertainty"):
+        assert_close(got[name][handled], getattr(want, name), name, tol=1e-12)
+        assert np.all(got[name][~handled] == 0), name
+    for name in ("forces", "uncertainty_gradient"):
+        assert_close(got[name][handled], getattr(want, name), name, tol=1e-12)
+        assert np.all(got[name][~handled] == 0), name
+    for name in ("virial", "uncertainty_virial"):
+        assert_close(got[name], getattr(want, name), name, tol=1e-12)
+
+
+def test_min_distance_names_the_atoms(model):
+    atoms = structure(seed=12)
+    atoms.positions[7] = atoms.positions[3] + [0.3, 0.0, 0.0]
+    with pytest.raises(
+        ValueError, match=r"atoms 3 and 7 are 0\.3 A apart, closer than min_distance = 0\.5 A"
+    ):
+        model.evaluate(atoms, min_distance=0.5)
+    assert np.isfinite(model.evaluate(atoms, min_distance=0.2).energy)  # allowed below the threshold
+    atoms.positions[7] = atoms.positions[3]
+    with pytest.raises(ValueError, match="zero length"):
+        model.evaluate(atoms)
+    with pytest.raises(ValueError, match="min_distance must be a finite number >= 0"):
+        model.evaluate(atoms, min_distance=-1.0)
+
+
+def test_empty_and_isolated_inputs(model):
+    ev = _core.ModelEvaluator(model.core, "posterior", gradient=True, atom_uncertainty=True)
+    empty = ev.evaluate(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)))
+    assert empty["energy"] == 0 and empty["uncertainty"] == 0 and empty["forces"].shape == (0, 3)
+    # An isolated atom has G = 0 and the energy of its network at the input -mean/std.
+    one = model.evaluate(Atoms("Si", positions=[[0, 0, 0]]), "ensemble", gradient=True)
+    assert np.all(one.forces == 0) and np.all(one.uncertainty_gradient == 0)
+    assert one.energy == pytest.approx(one.member_energies.mean(), rel=1e-14)
+
+
+def test_bad_neighbour_data_is_a_clear_error(model):
+    species, offsets, j, D = model.neighbours(structure())
+    ev = _core.ModelEvaluator(model.core)
+    bad = species.copy()
+    bad[4] = 2
+    with pytest.raises(ValueError, match=r"atom 4 has element index 2, expected -1 .* or 0\.\.1"):
+        ev.evaluate(bad, offsets, j, D)
+    bad = j.copy()
+    bad[5] = 99
+    with pytest.raises(ValueError, match="pair 5 has neighbour index 99 outside 0..17"):
+        ev.evaluate(species, offsets, bad, D)
+    with pytest.raises(ValueError, match=r"offsets\[-1\] = .* must equal the number of pairs"):
+        ev.evaluate(species, offsets, j[:-1], D[:-1])
+    with pytest.raises(ValueError, match=r"D must have shape \(n_pairs, 3\)"):
+        ev.evaluate(species, offsets, j, D[:, :2])
+    with pytest.raises(ValueError, match="backward\\(\\) needs a forward\\(\\) first"):
+        _core.ModelEvaluator(model.core).backward(np.zeros(5))
+    with pytest.raises(ValueError, match="global_sums must have shape"):
+        ev.forward(species, offsets, j, D)
+        ev.backward(np.zeros(2))
+    with pytest.raises(ValueError, match="contains element\\(s\\) H, which model .* does not handle"):
+        model.evaluate(Atoms("SiH", positions=[[0, 0, 0], [1.5, 0, 0]]))
+
+
+# ------------------------------------------------------------------------------ options and BiasState
+
+
+def test_evaluator_options_are_checked(tmp_path, model):
+    plain = CppModel(write_model_file(tmp_path / "plain.mlip", model_records(n_members=1, methods=())))
+    assert plain.methods() == ["none"]
+    assert model.methods() == ["none", "ensemble", "posterior", "distance"]
+    with pytest.raises(
+        ValueError, match=r"no data for uncertainty 'posterior' \(uq/methods lists: nothing\)"
+    ):
+        plain.evaluate(structure(), "posterior")
+    with pytest.raises(ValueError, match="uncertainty 'ensemble' needs at least 2 members, the model has 1"):
+        plain.evaluate(structure(), "ensemble")
+    with pytest.raises(ValueError, match="need an uncertainty method"):
+        model.evaluate(structure(), "none", gradient=True)
+    with pytest.raises(ValueError, match="evaluated in Python only"):
+        model.evaluate(structure(), "gmm")
+    with pytest.raises(ValueError, match="unknown uncertainty method 'bayes' \\(choose none, ensemble"):
+        model.evaluate(structure(), "bayes")
+    assert model.core.energy_calibration("posterior") == C_E["posterior"]
+    assert plain.core.force_calibration("distance") == 1.0
+
+
+def test_bias_state_follows_seed_002_eq_8():
+    settings = dict(tau=0.5, tau_stress=0.2, rescale=True, species_tau=[0.5, 0.1])
+    bias = _core.BiasState(**settings)
+    steps = [(4.0, 1.0, 9.0, 0.25), (1.0, 4.0, 0.0, 1.0), (16.0, 0.0, 4.0, 0.0)]
+    sums = np.zeros(4)
+    for step in steps:
+        bias.update(*step)
+        sums += np.sqrt(step)
+        ratio, ratio_stress = sums[0] / sums[1], sums[2] / sums[3]
+        assert bias.tau_effective() == pytest.approx(0.5 * ratio, rel=1e-15)
+        assert bias.tau_effective(0) == pytest.approx(0.5 * ratio, rel=1e-15)
+        assert bias.tau_effective(1) == pytest.approx(0.1 * ratio, rel=1e-15)
+        assert bias.tau_stress_effective() == pytest.approx(0.2 * ratio_stress, rel=1e-15)
+    assert bias.steps == 3
+    assert bias.state == pytest.approx([*sums, 3])
+    copy = pickle.loads(pickle.dumps(bias))
+    assert copy.state == bias.state and copy.settings == bias.settings
+    restarted = _core.BiasState(**settings)
+    restarted.state = bias.state
+    assert restarted.tau_effective(1) == bias.tau_effective(1)
+
+    fixed = _core.BiasState(tau=0.3)
+    assert fixed.settings["tau_stress"] == 0.3  # defaults to tau, as in pair_style mlip/bias
+    fixed.update(1.0, 4.0, 1.0, 1.0)
+    assert fixed.tau_effective() == fixed.tau_effective(5) == 0.3  # no rescaling, no per-element strengths
+    assert _core.BiasState(tau=1.0, rescale=True).tau_effective() == 0.0  # nothing to scale by yet
+
+    with pytest.raises(ValueError, match="tau must be a finite number >= 0, got -1"):
+        _core.BiasState(tau=-1.0)
+    with pytest.raises(ValueError, match="element index 2 outside 0..1"):
+        bias.tau_effective(2)
+    with pytest.raises(ValueError, match="a state has 5 entries"):
+        bias.state = [1.0, 2.0]
+    with pytest.raises(ValueError, match="squared norms must be finite and >= 0"):
+        bias.update(-1.0, 0.0, 0.0, 0.0)
+
+
+# ------------------------------------------------------------------------------ model file errors
+
+
+def _drop(name):
+    return lambda r: r.pop(name)
+
+
+def _set(name, value):
+    return lambda r: r.__setitem__(name, value)
+
+
+def _scale(name, factor):
+    return lambda r: r.__setitem__(name, r[name] * factor)
+
+
+def _asymmetric(r):
+    A = r["uq/gradient/precision_atom"].copy()
+    A[0, 1] += 1.0
+    r["uq/gradient/precision_atom"] = A
+
+
+def _nan_weight(r):
+    W = r["member/1/O/W2"].copy()
+    W[2, 3] = np.nan
+    r["member/1/O/W2"] = W
+
+
+SCHEMA_ERRORS = [
+    (_set("meta/format", "something-else"), r"not an mlipbias model: record meta/format is 'something-else'"),
+    (_set("meta/units", "kcal/mol"), r"record meta/units is 'kcal/mol', expected 'eV Angstrom'"),
+    (_drop("meta/mlipbias_version"), r"missing record meta/mlipbias_version"),
+    (_set("elements", "Si  O"), r"record elements 'Si  O' must be symbols separated by single spaces"),
+    (_set("elements", "Si Si"), r"record elements 'Si Si' lists an element twice"),
+    (_set("descriptor/cutoff", np.array([5.0])), r"record descriptor/cutoff is 5, expected the largest rc"),
+    (
+        _scale("descriptor/functions", np.array([1, 1, 1, 1, 1, 1, 1, -1.0])),
+        r"descriptor/functions is invalid: .*rc",
+    ),
+    (_set("descriptor/functions", np.zeros((0, 8))), r"record descriptor/functions has no rows"),
+    (
+        _set("descriptor/functions", np.zeros((4, 7))),
+        r"record descriptor/functions has shape \[4, 7\], expected \[\*, 8\]",
+    ),
+    (_drop("scaling/O/std"), r"missing record scaling/O/std"),
+    (_scale("scaling/Si/std", -1.0), r"record scaling/Si/std has entry 0 = .* <= 0"),
+    (_set("scaling/Si/mean", np.zeros(3)), r"record scaling/Si/mean has shape \[3\], expected \[18\]"),
+    (_set("model/activation", "relu"), r"record model/activation is 'relu', expected 'tanh' or 'silu'"),
+    (_set("model/n_members", np.array([4])), r"missing record member/3/energy_scale"),
+    (_set("model/n_members", np.array([2])), r"record member/2/.* is present but model/n_members is 2"),
+    (_set("model/n_members", np.array([1.5])), r"record model/n_members has dtype float64, expected int64"),
+    (_set("model/n_layers", np.array([2])), r"record member/0/Si/W2 has shape \[5, 7\], expected \[1, 7\]"),
+    (_set("model/n_layers", np.array([0])), r"record model/n_layers is 0, expected >= 1"),
+    (_drop("member/1/O/W2"), r"missing record member/1/O/W2"),
+    (_drop("member/2/Si/b3"), r"missing record member/2/Si/b3"),
+    (_set("member/0/O/W2", np.zeros((5, 6))), r"record member/0/O/W2 has shape \[5, 6\], expected \[\*, 7\]"),
+    (_set("member/0/Si/W4", np.zeros((1, 1))), r"record member/0/Si/W4 is present but model/n_layers is 3"),
+    (
+        _set("member/0/C/W1", np.zeros((1, 1))),
+        r"record member/0/C/W1 is for element 'C', which is not in elements",
+    ),
+    (_nan_weight, r"record member/1/O/W2 contains NaN or infinite values"),
+    (_set("member/0/energy_scale", np.array([0.0])), r"record member/0/energy_scale is 0"),
+    (
+        _set("member/0/energy_shift", np.zeros(3)),
+        r"record member/0/energy_shift has shape \[3\], expected \[2\]",
+    ),
+    (_set("uq/methods", "ensemble magic"), r"record uq/methods names an unknown uncertainty method 'magic'"),
+    (_set("uq/methods", "posterior posterior"), r"record uq/methods lists 'posterior' twice"),
+    (_drop("uq/gradient/precision_energy"), r"missing record uq/gradient/precision_energy"),
+    (_drop("uq/gradient/train_atom"), r"missing record uq/gradient/train_atom"),
+    (_drop("uq/gradient/k"), r"missing record uq/gradient/k"),
+    (
+        _set("uq/gradient/k", np.array([3])),
+        r"record uq/gradient/Si/R1_1 has shape \[4, 7\], expected \[3, 7\]",
+    ),
+    (
+        _set("uq/gradient/O/R2_2", np.zeros((4, 7))),
+        r"record uq/gradient/O/R2_2 has shape \[4, 7\], expected \[4, 8\]",
+    ),
+    (_set("uq/gradient/lambda", np.array([0.0])), r"record uq/gradient/lambda is 0, expected > 0"),
+    (_asymmetric, r"record uq/gradient/precision_atom is not symmetric"),
+    (_set("uq/gradient/train_energy", np.zeros((0, 24))), r"record uq/gradient/train_energy has no rows"),
+    (
+        _set("uq/gradient/train_atom", np.zeros((5, 23))),
+        r"train_atom has shape \[5, 23\], expected \[\*, 24\]",
+    ),
+    (
+        _set("calibration/energy/gmm", np.array([1.0])),
+        r"calibration/energy/gmm calibrates method 'gmm', which is not",
+    ),
+    (
+        _set("calibration/force/posterior", np.array([0.0])),
+        r"record calibration/force/posterior is 0, expected a posit",
+    ),
+    (_set("calibration/alpha", np.array([1.5])), r"record calibration/alpha is 1.5, expected 0 < alpha < 1"),
+    (_drop("calibration/alpha"), r"missing record calibration/alpha"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), SCHEMA_ERRORS, ids=[m for _, m in SCHEMA_ERRORS])
+def test_schema_errors_name_the_file_and_the_record(tmp_path, mutate, message):
+    records = model_records()
+    mutate(records)
+    path = write_model_file(tmp_path / "bad.mlip", records)
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'bad.mlip'}: .*{message}"):
+        _core.Model(str(path))
+
+
+def test_ensemble_needs_two_members(tmp_path):
+    records = model_records(n_members=1, methods=("ensemble",), calibrated=False)
+    path = write_model_file(tmp_path / "one.mlip", records)
+    with pytest.raises(ValueError, match="uq/methods lists 'ensemble' but model/n_members is 1"):
+        CppModel(path)
+
+
+def test_python_only_records_are_ignored(tmp_path):
+    records = model_records(methods=("ensemble", "gmm", "posterior"), calibrated=False)
+    records["uq/gmm/means"] = np.zeros((3, 5))
+    records["member/0/Si/head_mve_W1"] = np.zeros((2, 2))
+    records["calibration/nll/energy/gmm"] = np.array([1.0, 0.0, 1e-6])
+    validate_model_records(records)
+    model = CppModel(write_model_file(tmp_path / "extra.mlip", records))
+    assert model.methods() == ["none", "ensemble", "posterior"]
+
+
+def test_corrupt_files_are_clear_errors(tmp_path, model_path):
+    data = model_path.read_bytes()
+    cases = {
+        "truncated": (data[: len(data) // 2], "truncated"),
+        "flipped": (data[:200] + bytes([data[200] ^ 1]) + data[201:], "checksum mismatch"),
+        "newer": (data[:8] + (7).to_bytes(4, "little") + data[12:], "format version 7 is newer"),
+        "text": (b"Si O\n1.0 2.0\n", "not an mlipbias model file"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.mlip"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"^{path}: .*{message}"):
+            CppModel(path)
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        CppModel(tmp_path / "absent.mlip")
