@@ -258,6 +258,7 @@ def _store_run(db, mode: str, run: dict) -> None:
             "index": ("Index", "sample index within its mode (and temperature)", ""),
             "norm": ("Norm", "total L2 norm of the displacement", "Ang"),
             "energy_above_minimum": ("dE", "energy above the relaxed minimum", "eV"),
+            "e_min": ("E_min", "energy of the relaxed minimum the structure was displaced from", "eV"),
             "temperature": ("T", "thermostat temperature", "K"),
             "kinetic_temperature": ("T_kin", "instantaneous kinetic temperature", "K"),
             "md_step": ("Step", "MD steps after equilibration", ""),
@@ -456,6 +457,8 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
                     "index": i,
                     "norm": norm,
                     "energy_above_minimum": results["energy"] - e_min,
+                    # total energy of the relaxed minimum, read by `mlipbias adversarial` (Fig. 1c)
+                    "e_min": e_min,
                 },
             )
             bar.update(1)
