@@ -706,3 +706,48 @@ def test_corrupt_files_are_clear_errors(tmp_path, model_path):
             CppModel(path)
     with pytest.raises(FileNotFoundError, match="no such model file"):
         CppModel(tmp_path / "absent.mlip")
+
+
+# ------------------------------------------------------------------------------ LAMMPS smoke check
+
+
+def test_lammps_plugin_run_0_matches_python(tmp_path, model_path, model):
+    """plugin load + pair_style mlip/bias + run 0 gives the biased energy, forces and pressure
+    of the same C++ core seen from Python (rotation-invariant quantities: LAMMPS rotates the
+    cell into its lower-triangular frame)."""
+    from ase.io import write
+    from mlipbias.lammps import import_lammps, load_plugin
+
+    atoms = structure(seed=13, repeat=(1, 2, 2))
+    tau, tau_stress = 0.3, 0.2
+    write(tmp_path / "data", atoms, format="lammps-data", specorder=list(ELEMENTS), masses=True)
+    lmp = import_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        load_plugin(lmp)
+        lmp.commands_string(
+            f"""
+            units metal
+            atom_style atomic
+            boundary p p p
+            read_data {tmp_path / "data"}
+            pair_style mlip/bias {model_path} uncertainty ensemble tau {tau} tau_stress {tau_stress}
+            pair_coeff * * Si O
+            compute unc all pair mlip/bias
+            variable U equal c_unc[1]
+            thermo_style custom step pe press v_U
+            run 0
+            """
+        )
+        pe, press = lmp.get_thermo("pe"), lmp.get_thermo("press")
+        U = lmp.extract_variable("U")
+        forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3)  # ordered by atom id
+    finally:
+        lmp.close()
+    want = model.evaluate(atoms, "ensemble", gradient=True)
+    assert U == pytest.approx(want.uncertainty, rel=1e-12)
+    assert pe == pytest.approx(want.energy - tau * want.uncertainty, rel=1e-12)
+    biased = want.forces + tau * want.uncertainty_gradient
+    np.testing.assert_allclose(np.linalg.norm(forces, axis=1), np.linalg.norm(biased, axis=1), rtol=1e-9)
+    virial = want.virial + tau_stress * want.uncertainty_virial
+    bar_per_eV_A3 = 1.6021765e6  # LAMMPS metal units: nktv2p
+    assert press == pytest.approx(np.trace(virial) / (3 * atoms.get_volume()) * bar_per_eV_A3, rel=1e-9)
