@@ -26,11 +26,11 @@ std::string fmt(double x) {
   return buffer;
 }
 
-std::vector<std::string> split_words(const std::string& text) {
+std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> words;
   std::string word;
   for (char c : text) {
-    if (c == ' ') {
+    if (c == separator) {
       words.push_back(word);
       word.clear();
     } else {
@@ -79,7 +79,7 @@ void load_meta(const Loader& in) {
 
 std::vector<std::string> load_elements(const Loader& in) {
   const std::string& text = in.str("elements");
-  std::vector<std::string> elements = split_words(text);
+  std::vector<std::string> elements = split(text, ' ');
   for (const auto& el : elements)
     if (el.empty()) in.fail("elements", "'" + text + "' must be symbols separated by single spaces, e.g. 'Si O'");
   std::set<std::string> unique(elements.begin(), elements.end());
@@ -139,16 +139,7 @@ void load_network(const Loader& in, ModelData& d, int m) {
 void check_extra_weights(const ModelFile& file, const Loader& in, const ModelData& d) {
   for (const std::string& name : file.names()) {
     if (name.rfind("member/", 0) != 0) continue;
-    const std::vector<std::string> parts = [&] {
-      std::vector<std::string> p;
-      size_t start = 0, slash;
-      while ((slash = name.find('/', start)) != std::string::npos) {
-        p.push_back(name.substr(start, slash - start));
-        start = slash + 1;
-      }
-      p.push_back(name.substr(start));
-      return p;
-    }();
+    const std::vector<std::string> parts = split(name, '/');  // member, m, El, Wl or bl
     if (parts.size() != 4 || parts[3].size() < 2 || (parts[3][0] != 'W' && parts[3][0] != 'b')) continue;
     const std::string digits = parts[3].substr(1);
     if (digits.find_first_not_of("0123456789") != std::string::npos || parts[1].empty() ||
