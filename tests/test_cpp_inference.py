@@ -4,7 +4,10 @@ schema error of the model loader."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -424,6 +427,37 @@ def test_two_ranks_with_summed_local_sums_equal_one_evaluation(model, method):
     assert_close(atom_uncertainty, full.atom_uncertainty, "U_i", tol=1e-12)
 
 
+def test_results_do_not_depend_on_the_thread_count(tmp_path, model_path):
+    """Per-atom rows and serial sums: OpenMP threads change nothing, bit for bit."""
+    atoms = structure(seed=14, repeat=(2, 1, 2))
+    np.savez(tmp_path / "atoms.npz", numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell[:])
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from ase import Atoms\n"
+        "from mlipbias.inference import CppModel\n"
+        "a = np.load(sys.argv[2])\n"
+        "atoms = Atoms(a['numbers'], positions=a['positions'], cell=a['cell'], pbc=True)\n"
+        "model = CppModel(sys.argv[1])\n"
+        "out = []\n"
+        "for method in ('ensemble', 'posterior', 'distance'):\n"
+        "    r = model.evaluate(atoms, method, gradient=True, atom_uncertainty=True)\n"
+        "    out += [r.forces.ravel(), r.virial.ravel(), [r.energy, r.uncertainty],\n"
+        "            r.uncertainty_gradient.ravel(), r.uncertainty_virial.ravel(), r.atom_uncertainty]\n"
+        "np.save(sys.argv[3], np.concatenate(out))\n"
+    )
+    out = []
+    for threads in ("1", "3"):
+        # passive waiting: spinning OpenMP threads crawl on a busy machine with fewer cores
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="passive")
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        target = tmp_path / f"t{threads}.npy"
+        command = [sys.executable, str(script), str(model_path), str(tmp_path / "atoms.npz"), str(target)]
+        subprocess.run(command, env=env, check=True)
+        out.append(np.load(target))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
 # ------------------------------------------------------------------------------ species -1, min_distance
 
 
@@ -716,6 +750,7 @@ def test_lammps_plugin_run_0_matches_python(tmp_path, model_path, model):
     of the same C++ core seen from Python (rotation-invariant quantities: LAMMPS rotates the
     cell into its lower-triangular frame)."""
     from ase.io import write
+
     from mlipbias.lammps import import_lammps, load_plugin
 
     atoms = structure(seed=13, repeat=(1, 2, 2))
