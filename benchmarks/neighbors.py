@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -162,28 +163,45 @@ def versions(codes) -> dict:
     return found
 
 
-def time_case(runners: dict, min_seconds: float, max_repeats: int) -> dict:
-    """Round-robin timing of every runner; returns {code: [seconds, ...]} and the pair counts."""
+def user_time() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
+def time_case(runners: dict, min_seconds: float, max_repeats: int):
+    """Round-robin timing of every runner. Returns, per code, the wall seconds of each call
+    and the mean user-CPU seconds per call, and the pair counts.
+
+    User CPU time leaves out the time other processes hold the core and the kernel's time
+    (page faults on fresh output arrays, which varies with memory pressure from other
+    processes), so it is the steadier measure of the code itself on a shared machine. The
+    kernel accounts it in ticks, hence a mean over the calls (for one thread; with several
+    it adds up the threads)."""
     times = {name: [] for name in runners}
+    user = dict.fromkeys(runners, 0.0)
     pairs = {}
     for name, run in runners.items():  # warm-up (imports, first allocations)
         pairs[name] = run()
-    start = time.perf_counter()
-    for _ in range(max_repeats):
+
+    # Each code repeats until it has 3 calls and has run for min_seconds (or max_repeats),
+    # so fast codes get many repeats while a slow one does not hold the others back.
+    def active(name):
+        n = len(times[name])
+        return n < 3 or (n < max_repeats and sum(times[name]) < min_seconds)
+
+    while any(active(name) for name in runners):
         for name, run in runners.items():
-            t0 = time.perf_counter()
+            if not active(name):
+                continue
+            t0, u0 = time.perf_counter(), user_time()
             run()
             times[name].append(time.perf_counter() - t0)
-        if len(times[next(iter(times))]) >= 3 and time.perf_counter() - start > min_seconds:
-            break
-    return times, pairs
+            user[name] += user_time() - u0
+    return times, {name: user[name] / len(times[name]) for name in runners}, pairs
 
 
-def slope(rows, code, system) -> float | None:
+def slope(rows, code, system, key="best_s") -> float | None:
     """d log(time) / d log(N) over N >= 1000: 1 for a cost linear in N."""
-    points = [
-        (r["n_atoms"], r["best_s"][code]) for r in rows if r["system"] == system and code in r["best_s"]
-    ]
+    points = [(r["n_atoms"], r[key][code]) for r in rows if r["system"] == system and code in r[key]]
     points = [(n, t) for n, t in points if n >= 1000]
     if len(points) < 2:
         return None
@@ -202,8 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--slow-limit", type=float, default=10.0, help="stop a code after a call slower than this (s)"
     )
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="time spent per case at least")
-    parser.add_argument("--max-repeats", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="time per code and case, at least")
+    parser.add_argument("--max-repeats", type=int, default=30)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -211,6 +229,12 @@ def main(argv=None) -> int:
     # OpenMP reads this when the runtime starts, i.e. before mlipbias._core is imported.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    if args.cuda:
+        from mlipbias import gpu
+
+        if gpu.unavailable_reason() is not None:
+            print(f"--cuda needs a GPU: {gpu.unavailable_reason()}", file=sys.stderr)
+            return 1
     codes = CUDA_CODES if args.cuda else CPU_CODES
     if args.codes:
         codes = {name: codes[name] for name in args.codes}
@@ -228,13 +252,13 @@ def main(argv=None) -> int:
         "threads": threads,
         "machine": machine(),
         "versions": versions(codes),
-        "timing": "best of round-robin repeats (seconds per call)",
+        "timing": "round-robin repeats, s per call: wall (best_s, median_s), mean user CPU (mean_user_s)",
         "rows": [],
     }
-    too_slow = set()
     header = f"{'system':6} {'atoms':>9} {'pairs':>11}  " + "  ".join(f"{name:>13}" for name in codes)
     print(header + f"   (seconds per call; x = ratio to {reference})", flush=True)
     for system, cutoff, build, sizes in cases:
+        too_slow = set()  # codes that already took longer than --slow-limit on this system
         for size in sizes:
             positions, cell, pbc = build(size)
             n_atoms = len(positions)
@@ -245,7 +269,7 @@ def main(argv=None) -> int:
                 for name, make in codes.items()
                 if name not in too_slow
             }
-            times, pairs = time_case(runners, args.min_seconds, args.max_repeats)
+            times, user_s, pairs = time_case(runners, args.min_seconds, args.max_repeats)
             if len(set(pairs.values())) != 1:
                 raise RuntimeError(f"codes disagree on the number of pairs for {system} {n_atoms}: {pairs}")
             best = {name: min(t) for name, t in times.items()}
@@ -256,10 +280,15 @@ def main(argv=None) -> int:
                 "n_pairs": next(iter(pairs.values())),
                 "best_s": best,
                 "median_s": {name: float(np.median(t)) for name, t in times.items()},
+                "mean_user_s": user_s,
                 "repeats": {name: len(t) for name, t in times.items()},
             }
             if reference in best:
                 row["ratio_to_" + reference] = {name: t / best[reference] for name, t in best.items()}
+                if user_s[reference] > 0:
+                    row["user_ratio_to_" + reference] = {
+                        name: t / user_s[reference] for name, t in user_s.items()
+                    }
             report["rows"].append(row)
             output.write_text(json.dumps(report, indent=1))
             cells = []
@@ -278,7 +307,11 @@ def main(argv=None) -> int:
     report["slopes"] = {
         system: {name: slope(report["rows"], name, system) for name in codes} for system, *_ in cases
     }
-    report["time_per_atom_us"] = [
+    report["slopes_user_time"] = {
+        system: {name: slope(report["rows"], name, system, "mean_user_s") for name in codes}
+        for system, *_ in cases
+    }
+    report["user_time_per_atom_us"] = [
         {
             "system": r["system"],
             "n_atoms": r["n_atoms"],
@@ -287,9 +320,13 @@ def main(argv=None) -> int:
         for r in report["rows"]
     ]
     output.write_text(json.dumps(report, indent=1))
-    print("\nslope of log(time) vs log(N), N >= 1000 (1 = linear):")
-    for system, by_code in report["slopes"].items():
-        print(f"  {system:6} " + "  ".join(f"{name} {s:.2f}" for name, s in by_code.items() if s is not None))
+    for title, key in (("wall", "slopes"), ("user CPU", "slopes_user_time")):
+        print(f"\nslope of log({title} time) vs log(N), N >= 1000 (1 = linear):")
+        for system, by_code in report[key].items():
+            print(
+                f"  {system:6} "
+                + "  ".join(f"{name} {s:.2f}" for name, s in by_code.items() if s is not None)
+            )
     print(f"wrote {output}")
     return 0
 

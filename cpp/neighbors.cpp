@@ -6,9 +6,8 @@
 // then count the pairs of each atom and take the prefix sum. fill(): repeat the search and
 // write each atom's pairs from its offset on. Both passes split the atoms over OpenMP
 // threads; every atom writes only its own slice, so the output is the same for any number
-// of threads, and it lands in its final place without a merge copy. Counting first costs
-// a second search (cheap next to writing the pairs) and saves growing buffers, whose
-// reallocation and page faults cost more.
+// of threads, and it lands in its final place. Counting first costs a second search, and
+// saves growing buffers (reallocations, page faults) and merging per-thread buffers.
 #include "neighbors.hpp"
 
 #include <algorithm>
@@ -74,26 +73,35 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
 
   cell_list::Grid grid = cell_list::make_grid(cell, pbc, options.cutoff);
   const int n = static_cast<int>(n_atoms);
+  [[maybe_unused]] const int threads = thread_count(options.n_threads, n_atoms);
   cell_list::Bounds bounds;
+  double* lo = bounds.lo;
+  double* hi = bounds.hi;
+  int first_bad = n;
+#pragma omp parallel for num_threads(threads) if (threads > 1) reduction(min : lo[:3], first_bad) reduction(max : hi[:3])
   for (int i = 0; i < n; ++i) {
     const double* x = positions + 3 * static_cast<int64_t>(i);
-    if (!cell_list::position_is_finite(x)) cell_list::throw_non_finite_position(i, x);
-    cell_list::extend_bounds(grid, x, bounds.lo, bounds.hi);
+    if (cell_list::position_is_finite(x)) {
+      cell_list::extend_bounds(grid, x, lo, hi);
+    } else {
+      first_bad = std::min(first_bad, i);
+    }
   }
+  if (first_bad < n) cell_list::throw_non_finite_position(first_bad, positions + 3 * static_cast<int64_t>(first_bad));
   cell_list::finish_grid(grid, bounds, n_atoms, options.cutoff);
 
   // Counting sort of the atoms by bin.
   const int n_bins = grid.n_bins[0] * grid.n_bins[1] * grid.n_bins[2];
-  s.bin_start.assign(static_cast<size_t>(n_bins) + 1, 0);
   s.bin.resize(n);
   s.wrapped_of_atom.resize(3 * static_cast<size_t>(n));
   s.wrap_of_atom.resize(3 * static_cast<size_t>(n));
+#pragma omp parallel for num_threads(threads) if (threads > 1)
   for (int i = 0; i < n; ++i) {
-    const int b = cell_list::locate_atom(grid, positions + 3 * static_cast<int64_t>(i), &s.wrapped_of_atom[3 * i],
-                                         &s.wrap_of_atom[3 * i]);
-    s.bin[i] = b;
-    s.bin_start[b + 1] += 1;
+    s.bin[i] = cell_list::locate_atom(grid, positions + 3 * static_cast<int64_t>(i), &s.wrapped_of_atom[3 * i],
+                                      &s.wrap_of_atom[3 * i]);
   }
+  s.bin_start.assign(static_cast<size_t>(n_bins) + 1, 0);
+  for (int i = 0; i < n; ++i) s.bin_start[s.bin[i] + 1] += 1;
   for (int b = 0; b < n_bins; ++b) s.bin_start[b + 1] += s.bin_start[b];
   s.cursor.assign(s.bin_start.begin(), s.bin_start.end() - 1);
   s.atom.resize(n);
@@ -116,7 +124,6 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   int64_t* offsets = s.offsets.data();
   offsets[0] = 0;
   const bool half = options.half, self_interaction = options.self_interaction;
-  [[maybe_unused]] const int threads = thread_count(options.n_threads, n_atoms);
   // Atoms in bin order: consecutive atoms search the same bins, which stay in cache.
 #pragma omp parallel for schedule(dynamic, 256) num_threads(threads) if (threads > 1)
   for (int slot = 0; slot < n; ++slot) {
@@ -142,9 +149,10 @@ void NeighborSearch::fill(int64_t* first, int64_t* second, int64_t* shifts, doub
   const int n = s.n_atoms;
   const bool half = s.options.half, self_interaction = s.options.self_interaction;
   [[maybe_unused]] const int threads = thread_count(s.options.n_threads, n);
+  // Atoms in index order: the pairs are written sequentially (in bin order the writes would
+  // jump around the output, which is much larger than the bins, at a cost in TLB misses).
 #pragma omp parallel for schedule(dynamic, 256) num_threads(threads) if (threads > 1)
-  for (int slot = 0; slot < n; ++slot) {
-    const int i = s.atom[slot];
+  for (int i = 0; i < n; ++i) {
     cell_list::WritePairs write{offsets[i], i, first, second, shifts, vectors, distances};
     cell_list::visit_neighbors(grid, bins, i, half, self_interaction, write);
   }

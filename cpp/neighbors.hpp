@@ -31,12 +31,14 @@
 //   algorithm (deterministic, independent of the number of threads), not sorted by j.
 //   offsets gives the CSR view: the pairs of centre i are [offsets[i], offsets[i + 1]).
 //
-// Algorithm: cell list. Atoms are binned in fractional coordinates into bins at least
-// `cutoff` wide (measured between bin faces), and each atom is compared with the atoms of
-// the bins within reach, so the cost is O(n_atoms) at fixed density. Triclinic cells,
-// mixed periodicity and cells thinner than the cutoff (several images of the same atom)
-// all follow from the same bin arithmetic (cpp/neighbors_math.hpp, shared with the CUDA
-// kernels of cuda/neighbors.cu).
+// Algorithm: cell list. Atoms are binned in fractional coordinates into bins about one
+// cutoff wide (half a cutoff in cells a few cutoffs across, where that searches less
+// volume), measured between bin faces, and each atom is compared with the atoms of the
+// bins within reach, so the cost is O(n_atoms) at fixed density. Triclinic cells, mixed
+// periodicity and cells thinner than the cutoff (several images of the same atom) all
+// follow from the same bin arithmetic (cpp/neighbors_math.hpp, shared with the CUDA
+// kernels of cuda/neighbors.cu). A first pass counts the pairs of each atom, a second
+// writes them into arrays of the exact size; OpenMP threads share the atoms.
 //
 // Errors: invalid input throws mlipbias::Error naming the problem (non-finite position,
 // cutoff <= 0 or not finite, singular periodic cell, a search wider than the limits below).
@@ -48,8 +50,8 @@
 
 namespace mlipbias {
 
-// Atom indices are stored as 32-bit integers inside the search.
-constexpr int64_t kMaxNeighborAtoms = 2147483647;
+// Atom indices, and 3 x atom indices for coordinates, are 32-bit integers inside the search.
+constexpr int64_t kMaxNeighborAtoms = 715827882;  // (2^31 - 1) / 3
 // Largest number of bins the search visits around each atom: (2 n_a + 1)(2 n_b + 1)(2 n_c + 1)
 // where n_k is the number of bins (or, for a cell thinner than the cutoff, of periodic
 // images) within the cutoff along direction k. A cutoff of 10 A in a cell with 0.3 A
@@ -66,7 +68,8 @@ struct NeighborOptions {
   bool return_shifts = true;      // fill NeighborList::shifts (S)
   bool return_vectors = true;     // fill NeighborList::vectors (D)
   bool return_distances = true;   // fill NeighborList::distances (d)
-  int n_threads = 0;              // OpenMP threads; 0: all for large systems, 1 for small ones
+  int n_threads = 0;              // OpenMP threads; 0: OMP_NUM_THREADS (or all cores) from
+                                  // 2000 atoms on, 1 below (threads cost more than they save)
 };
 
 // The pairs, as plain arrays (n_pairs = first.size()). Vectors that were not requested

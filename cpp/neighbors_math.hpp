@@ -359,6 +359,27 @@ MLIPBIAS_HD inline void extend_bounds(const Grid& g, const double* x, double* lo
   }
 }
 
+// Length searched around an atom along one direction with n bins over `extent`.
+inline double searched_length(double n, double extent, double cutoff, bool periodic) {
+  if (extent <= 0.0) return 0.0;
+  const double width = extent / n;
+  double span = 2.0 * std::ceil(cutoff / width) + 1.0;
+  if (!periodic) span = std::fmin(span, n);
+  return span * width;
+}
+
+// Number of bins along one direction: bins about as wide as the cutoff (3 bins searched,
+// the usual cell list), unless that leaves them much wider than the cutoff, as in cells a
+// few cutoffs across; then bins about half as wide (5 bins searched, less volume). Finer
+// bins would cost more in loop overhead than they save in distances (measured).
+inline double bins_along(double extent, double cutoff, bool periodic) {
+  const double coarse = std::fmax(1.0, std::floor(extent / cutoff));
+  const double fine = std::fmax(1.0, std::floor(2.0 * extent / cutoff));
+  const bool fine_pays = searched_length(fine, extent, cutoff, periodic) <
+                         0.75 * searched_length(coarse, extent, cutoff, periodic);
+  return fine_pays ? fine : coarse;
+}
+
 // Second stage: sizes the bins from the cutoff and the range of the atoms, and checks the
 // limits of neighbors.hpp. Needs the bounds over all atoms (none for n_atoms == 0).
 inline void finish_grid(Grid& g, const Bounds& bounds, int64_t n_atoms, double cutoff) {
@@ -385,7 +406,7 @@ inline void finish_grid(Grid& g, const Bounds& bounds, int64_t n_atoms, double c
       g.origin[k] = n_atoms > 0 ? bounds.lo[k] : 0.0;
       extent[k] = range * face_distance;
     }
-    n_bins[k] = std::fmax(1.0, std::floor(extent[k] / cutoff));
+    n_bins[k] = bins_along(extent[k], cutoff, g.periodic[k]);
   }
   // Bins are not worth more than about one per atom: cap the total so the memory and the
   // bin set-up stay O(n_atoms) for sparse systems, keeping the aspect ratio.

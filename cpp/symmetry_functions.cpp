@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 
 namespace mlipbias {
 
@@ -68,8 +69,9 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     if (!(std::fabs(lambda) <= 1) || lambda == 0)
       throw Error(where + "lambda must be in [-1, 1] and not 0 (usually +1 or -1), got " + fmt(lambda));
     angular_cutoff_ = std::max(angular_cutoff_, rc);
-    const int key = intern(radial_keys_, RadialKey{eta, cut},
+    const int key = intern(radial_keys_, RadialKey{eta, cut, false},
                            [](const RadialKey& x, const RadialKey& y) { return x.eta == y.eta && x.cut == y.cut; });
+    if (kind == 4) radial_keys_[key].at_rjk = true;
     const int izeta = (zeta == std::floor(zeta) && zeta <= 1024) ? static_cast<int>(zeta) : -1;
     const int shape = intern(shapes_, Shape{zeta, lambda, std::pow(2.0, 1.0 - zeta), izeta},
                              [](const Shape& x, const Shape& y) { return x.zeta == y.zeta && x.lambda == y.lambda; });
@@ -118,7 +120,8 @@ struct SymmetryFunctions::Workspace {
   std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
   std::vector<int> angular;    // neighbours inside the angular cutoff
   std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
-  std::vector<double> S, dS;   // [radial key] the same at r_jk, dS divided by r_jk
+  std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
+  std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
   std::vector<double> A, dA;   // [shape] angular factor and d/dcos
 };
 
@@ -182,6 +185,8 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
   }
   ws.S.resize(n_keys);
   ws.dS.resize(n_keys);
+  ws.fc_jk.resize(n_cut);
+  ws.dfc_jk.resize(n_cut);
   ws.A.resize(n_shapes);
   ws.dA.resize(n_shapes);
   const size_t n_ang = ws.angular.size();
@@ -202,13 +207,17 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
       const double c = dot3(dij, dik) * inv_rij * inv_rik;
       const double djk[3] = {dik[0] - dij[0], dik[1] - dij[1], dik[2] - dij[2]};
       const double rjk = std::sqrt(dot3(djk, djk));
+      for (size_t cut = 0; cut < n_cut; ++cut) sf_cutoff(rjk, cutoffs_[cut], &ws.fc_jk[cut], &ws.dfc_jk[cut]);
       for (size_t k = 0; k < n_keys; ++k) {
         const RadialKey& key = radial_keys_[k];
-        double fc, dfc;
-        sf_cutoff(rjk, cutoffs_[key.cut], &fc, &dfc);
-        const double e = fc == 0.0 ? 0.0 : std::exp(-key.eta * rjk * rjk);
+        const double fc = ws.fc_jk[key.cut], dfc = ws.dfc_jk[key.cut];
+        if (!key.at_rjk || fc == 0.0) {
+          ws.S[k] = ws.dS[k] = 0.0;
+          continue;
+        }
+        const double e = std::exp(-key.eta * rjk * rjk);
         ws.S[k] = e * fc;
-        ws.dS[k] = fc == 0.0 ? 0.0 : e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
+        ws.dS[k] = e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
       }
       for (size_t s = 0; s < n_shapes; ++s) {
         const Shape& sh = shapes_[s];
@@ -248,6 +257,7 @@ void SymmetryFunctions::for_each_center(const NeighbourView& nb, MakeSink make_s
     for (int64_t i = 0; i < nb.n_centers; ++i) {
       sink.start(i);
       visit_center<kGrad>(nb, i, ws, sink);
+      sink.finish();
     }
   }
 }
@@ -262,6 +272,7 @@ struct ValueSink {
   int64_t n_sf;
   double* row = nullptr;
   void start(int64_t i) { row = G + i * n_sf; }
+  void finish() {}
   void value(int64_t f, double v) { row[f] += v; }
   void pair_begin(int64_t, const double*) {}
   void pair_term(int64_t, double) {}
@@ -294,27 +305,35 @@ struct DerivativeSink : ValueSink {
 };
 
 // out[r][p] = sum_f w[r][i][f] dG_if/dD_p, accumulated as coefficients of D_p (and D_q).
+// kRhs > 0 fixes the number of right-hand sides at compile time (unrolled loops); 0 reads n_rhs.
+template <int kRhs>
 struct VjpSink {
   int64_t n_rhs, n_centers, n_sf, n_pairs;
   const double* w;
   double* out;
-  const double* wi = nullptr;  // w[0][i]
-  std::vector<double> acc;     // [n_rhs][3] coefficients
+  std::vector<double> wi;   // [n_sf][n_rhs] weights of the current centre, rhs innermost
+  std::vector<double> acc;  // [n_rhs][3] coefficients
   int64_t p = 0, q = 0;
   const double *dp = nullptr, *dq = nullptr;
-  void start(int64_t i) { wi = w + i * n_sf; }
+  int64_t rhs() const { return kRhs > 0 ? kRhs : n_rhs; }
+  void start(int64_t i) {
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf; ++f) wi[f * nr + r] = w[(r * n_centers + i) * n_sf + f];
+  }
+  void finish() {}
   void value(int64_t, double) {}
-  const double* weights(int64_t r) const { return wi + r * n_centers * n_sf; }
   double* pair_out(int64_t r, int64_t pair) const { return out + (r * n_pairs + pair) * 3; }
   void pair_begin(int64_t p_, const double* d) {
     p = p_, dp = d;
     std::fill(acc.begin(), acc.end(), 0.0);
   }
   void pair_term(int64_t f, double coef) {
-    for (int64_t r = 0; r < n_rhs; ++r) acc[3 * r] += weights(r)[f] * coef;
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r) acc[3 * r] += wi[f * nr + r] * coef;
   }
   void pair_end() {
-    for (int64_t r = 0; r < n_rhs; ++r) {
+    for (int64_t r = 0; r < rhs(); ++r) {
       double* o = pair_out(r, p);
       for (int x = 0; x < 3; ++x) o[x] += acc[3 * r] * dp[x];
     }
@@ -324,15 +343,16 @@ struct VjpSink {
     std::fill(acc.begin(), acc.end(), 0.0);
   }
   void triplet_term(int64_t f, double alpha, double beta, double delta) {
-    for (int64_t r = 0; r < n_rhs; ++r) {
-      const double wf = weights(r)[f];
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r) {
+      const double wf = wi[f * nr + r];
       acc[3 * r] += wf * alpha;
       acc[3 * r + 1] += wf * beta;
       acc[3 * r + 2] += wf * delta;
     }
   }
   void triplet_end() {
-    for (int64_t r = 0; r < n_rhs; ++r) {
+    for (int64_t r = 0; r < rhs(); ++r) {
       const double alpha = acc[3 * r], beta = acc[3 * r + 1], delta = acc[3 * r + 2];
       double* op = pair_out(r, p);
       double* oq = pair_out(r, q);
@@ -345,25 +365,36 @@ struct VjpSink {
 };
 
 // out[r][i][f] = sum_p dG_if/dD_p . t[r][p], via the dot products of t with D_p and D_q.
+template <int kRhs>
 struct JvpSink {
   int64_t n_rhs, n_centers, n_sf, n_pairs;
   const double* t;
   double* out;
-  double* oi = nullptr;      // out[0][i]
+  int64_t i = 0;
+  std::vector<double> oi;    // [n_sf][n_rhs] results of the current centre, rhs innermost
   std::vector<double> dots;  // [n_rhs][3]
-  void start(int64_t i) { oi = out + i * n_sf; }
+  int64_t rhs() const { return kRhs > 0 ? kRhs : n_rhs; }
+  void start(int64_t i_) {
+    i = i_;
+    std::fill(oi.begin(), oi.end(), 0.0);
+  }
+  void finish() {
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf; ++f) out[(r * n_centers + i) * n_sf + f] = oi[f * nr + r];
+  }
   void value(int64_t, double) {}
-  double* row(int64_t r) const { return oi + r * n_centers * n_sf; }
   const double* tangent(int64_t r, int64_t pair) const { return t + (r * n_pairs + pair) * 3; }
   void pair_begin(int64_t p, const double* d) {
-    for (int64_t r = 0; r < n_rhs; ++r) dots[3 * r] = dot3(d, tangent(r, p));
+    for (int64_t r = 0; r < rhs(); ++r) dots[3 * r] = dot3(d, tangent(r, p));
   }
   void pair_term(int64_t f, double coef) {
-    for (int64_t r = 0; r < n_rhs; ++r) row(r)[f] += coef * dots[3 * r];
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r) oi[f * nr + r] += coef * dots[3 * r];
   }
   void pair_end() {}
   void triplet_begin(int64_t p, const double* dp, int64_t q, const double* dq) {
-    for (int64_t r = 0; r < n_rhs; ++r) {
+    for (int64_t r = 0; r < rhs(); ++r) {
       const double* tp = tangent(r, p);
       const double* tq = tangent(r, q);
       dots[3 * r] = dot3(dp, tp);                      // D_p . t_p
@@ -372,8 +403,9 @@ struct JvpSink {
     }
   }
   void triplet_term(int64_t f, double alpha, double beta, double delta) {
-    for (int64_t r = 0; r < n_rhs; ++r)
-      row(r)[f] += alpha * dots[3 * r] + beta * dots[3 * r + 1] + delta * dots[3 * r + 2];
+    const int64_t nr = rhs();
+    for (int64_t r = 0; r < nr; ++r)
+      oi[f * nr + r] += alpha * dots[3 * r] + beta * dots[3 * r + 1] + delta * dots[3 * r + 2];
   }
   void triplet_end() {}
 };
@@ -397,17 +429,31 @@ void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double
   if (n_rhs < 1) throw Error("symmetry functions: vjp needs at least one right-hand side");
   const int64_t n_pairs = nb.n_pairs();
   std::fill(out, out + n_rhs * n_pairs * 3, 0.0);
-  for_each_center<true>(nb, [&] {
-    return VjpSink{n_rhs, nb.n_centers, n_sf_, n_pairs, dLdG, out, nullptr, std::vector<double>(3 * n_rhs)};
-  });
+  auto run = [&](auto rhs_tag) {
+    constexpr int kRhs = decltype(rhs_tag)::value;
+    for_each_center<true>(nb, [&] {
+      return VjpSink<kRhs>{n_rhs, nb.n_centers, n_sf_, n_pairs, dLdG, out,
+                           std::vector<double>(n_sf_ * n_rhs), std::vector<double>(3 * n_rhs)};
+    });
+  };
+  // One and two right-hand sides (energy; energy and uncertainty) get unrolled loops.
+  if (n_rhs == 1) run(std::integral_constant<int, 1>());
+  else if (n_rhs == 2) run(std::integral_constant<int, 2>());
+  else run(std::integral_constant<int, 0>());
 }
 
 void SymmetryFunctions::jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const {
   if (n_rhs < 1) throw Error("symmetry functions: jvp needs at least one right-hand side");
-  std::fill(out, out + n_rhs * nb.n_centers * n_sf_, 0.0);
-  for_each_center<true>(nb, [&] {
-    return JvpSink{n_rhs, nb.n_centers, n_sf_, nb.n_pairs(), t, out, nullptr, std::vector<double>(3 * n_rhs)};
-  });
+  auto run = [&](auto rhs_tag) {
+    constexpr int kRhs = decltype(rhs_tag)::value;
+    for_each_center<true>(nb, [&] {
+      return JvpSink<kRhs>{n_rhs, nb.n_centers, n_sf_, nb.n_pairs(), t, out, 0,
+                           std::vector<double>(n_sf_ * n_rhs), std::vector<double>(3 * n_rhs)};
+    });
+  };
+  if (n_rhs == 1) run(std::integral_constant<int, 1>());
+  else if (n_rhs == 2) run(std::integral_constant<int, 2>());
+  else run(std::integral_constant<int, 0>());
 }
 
 }  // namespace mlipbias

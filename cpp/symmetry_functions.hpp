@@ -155,6 +155,7 @@ class SymmetryFunctions {
   struct RadialKey {  // exp(-eta r^2) fc(r) with the rc of cutoffs_[cut]
     double eta;
     int cut;
+    bool at_rjk;  // also needed at r_jk (used by a G4 function)
   };
   struct Shape {
     double zeta, lambda, prefactor;  // prefactor 2^(1 - zeta)

@@ -14,9 +14,6 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from mlipbias import _core, gpu
 from mlipbias.neighbors import neighbor_list, neighbor_list_cuda
 
-vesin = pytest.importorskip("vesin")
-matscipy_neighbours = pytest.importorskip("matscipy.neighbours")
-
 PBC_CHOICES = [
     (True, True, True),
     (False, False, False),
@@ -70,6 +67,7 @@ def ase_reference(atoms, cutoff, self_interaction=False):
 
 
 def vesin_reference(atoms, cutoff):
+    vesin = pytest.importorskip("vesin")
     nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
     i, j, S, d, D = nl.compute(
         points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijSdD"
@@ -78,6 +76,7 @@ def vesin_reference(atoms, cutoff):
 
 
 def matscipy_reference(atoms, cutoff):
+    matscipy_neighbours = pytest.importorskip("matscipy.neighbours")
     return matscipy_neighbours.neighbour_list("ijSdD", atoms, cutoff)
 
 
@@ -224,6 +223,7 @@ def test_half_list_is_full_list_with_each_pair_once():
             for key, (_, vec) in half.items():
                 np.testing.assert_allclose(vec, full[key][1], atol=1e-12)
         # And vesin's half list holds the same unordered pairs.
+        vesin = pytest.importorskip("vesin")
         nl = vesin.NeighborList(cutoff=cutoff, full_list=False)
         vi, vj, vS = nl.compute(
             points=atoms.positions, box=atoms.cell[:], periodic=atoms.pbc, quantities="ijS"
@@ -270,6 +270,20 @@ def test_deterministic_order_and_offsets_independent_of_threads():
     np.testing.assert_array_equal(half[0]["j"], half[1]["j"])
 
 
+def test_reused_search_matches_one_off_calls():
+    """The C++ MD-loop form (buffers kept between calls) gives the one-off results, also
+    when the system grows, shrinks and changes cell between calls."""
+    rng = np.random.default_rng(19)
+    search = _core.ReusedNeighborSearch()
+    for kind in ("orthorhombic", "small_cell", "triclinic", "mixed_pbc", "orthorhombic"):
+        atoms, cutoff = random_case(rng, kind)
+        args = (atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+        for half in (False, True):
+            reused, fresh = search.compute(*args, half=half), _core.neighbor_list(*args, half=half)
+            for key in ("i", "j", "S", "d", "D", "offsets"):
+                np.testing.assert_array_equal(reused[key], fresh[key])
+
+
 @pytest.mark.parametrize(
     ("system", "cutoff", "message"),
     [
@@ -313,8 +327,8 @@ def test_cuda_without_device_is_a_clear_error():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(gpu.unavailable_reason() is not None, reason=str(gpu.unavailable_reason()))
-@pytest.mark.parametrize("half", [False, True])
-def test_cuda_equals_cpp(half):
+@pytest.mark.parametrize(("half", "self_interaction"), [(False, False), (True, False), (False, True)])
+def test_cuda_equals_cpp(half, self_interaction):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(17)
     cases = [random_case(rng, kind) for kind in ("orthorhombic", "triclinic", "mixed_pbc", "small_cell") * 3]
@@ -324,22 +338,34 @@ def test_cuda_equals_cpp(half):
         cell=random_cell(rng, [35, 36, 37], 0.3),
         pbc=(True, False, True),
     )
-    cases += [(big, 6.0), (Atoms("X40", positions=rng.normal(scale=3, size=(40, 3))), 3.0), (Atoms("X"), 2.0)]
+    molecule = Atoms("X40", positions=rng.normal(scale=3, size=(40, 3)))
+    cases += [(big, 6.0), (molecule, 3.0), (Atoms("X"), 2.0), (Atoms(), 2.0)]
     for atoms, cutoff in cases:
-        i, j, S, D = neighbor_list("ijSD", atoms, cutoff, half=half)
+        i, j, S, D = neighbor_list("ijSD", atoms, cutoff, half=half, self_interaction=self_interaction)
         positions = torch.tensor(atoms.positions, device="cuda")
         ci, cj, cS, cD = neighbor_list_cuda(
-            positions, torch.tensor(atoms.cell[:]), atoms.pbc, cutoff, half=half
+            positions,
+            torch.tensor(atoms.cell[:]),
+            atoms.pbc,
+            cutoff,
+            half=half,
+            self_interaction=self_interaction,
         )
-        assert (
-            ci.is_cuda and ci.dtype == torch.int64 and cS.dtype == torch.int64 and cD.dtype == torch.float64
-        )
+        assert ci.is_cuda and ci.dtype == torch.int64 and cS.dtype == torch.int64
+        assert cD.dtype == torch.float64 and cD.shape == (len(i), 3)
         # Same pairs in the same order; D to rounding (the GPU may fuse multiply-adds).
         np.testing.assert_array_equal(ci.cpu().numpy(), i)
         np.testing.assert_array_equal(cj.cpu().numpy(), j)
         np.testing.assert_array_equal(cS.cpu().numpy(), S)
         np.testing.assert_allclose(cD.cpu().numpy(), D, rtol=0, atol=1e-12)
+    # float32 positions are accepted (computed in float64), errors are the C++ ones.
+    atoms, cutoff = cases[1]
+    ci, *_ = neighbor_list_cuda(
+        torch.tensor(atoms.positions, dtype=torch.float32, device="cuda"), atoms.cell[:], True, cutoff
+    )
+    assert abs(len(ci) - len(neighbor_list("i", atoms, cutoff))) <= 0.01 * len(ci)
+    bad = torch.tensor([[0.0, 0, 0], [np.nan, 0, 0]], device="cuda")
     with pytest.raises(ValueError, match="atom 1 is not finite"):
-        neighbor_list_cuda(
-            torch.tensor([[0.0, 0, 0], [np.nan, 0, 0]], device="cuda"), np.eye(3) * 5, True, 2.0
-        )
+        neighbor_list_cuda(bad, np.eye(3) * 5, True, 2.0)
+    with pytest.raises(ValueError, match="cutoff must be a positive"):
+        neighbor_list_cuda(bad[:1], np.eye(3) * 5, True, -1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -105,7 +106,7 @@ def test_vjp_and_jvp_match_reference_with_several_rhs(case):
     nb = desc.neighbours
     rng = np.random.default_rng(1)
     w = rng.normal(size=(3, nb.n_atoms, sf.n_sf))
-    t = rng.normal(size=(2, nb.n_pairs, 3))
+    t = rng.normal(size=(3, nb.n_pairs, 3))
     D = torch.tensor(nb.D, requires_grad=True)
     G = reference_G(sf, nb, D)
     vjp = sf.vjp(nb, w)
@@ -114,12 +115,15 @@ def test_vjp_and_jvp_match_reference_with_several_rhs(case):
         (expected,) = torch.autograd.grad(G, D, torch.tensor(w[r]), retain_graph=True)
         np.testing.assert_allclose(vjp[r], expected.numpy(), rtol=0, atol=TOL)
         np.testing.assert_array_equal(sf.vjp(nb, w[r]), vjp[r])  # one rhs alone gives the same bits
+    np.testing.assert_array_equal(sf.vjp(nb, w[:2])[1], vjp[1])  # the unrolled 2-rhs path
     jvp = sf.jvp(nb, t)
-    assert jvp.shape == (2, nb.n_atoms, sf.n_sf)
-    for r in range(2):
+    assert jvp.shape == (3, nb.n_atoms, sf.n_sf)
+    for r in range(3):
         tangent = torch.tensor(t[r])
         _, expected = torch.autograd.functional.jvp(lambda d: reference_G(sf, nb, d), D.detach(), tangent)
         np.testing.assert_allclose(jvp[r], expected.numpy(), rtol=0, atol=TOL)
+    np.testing.assert_array_equal(sf.jvp(nb, t[:2])[1], jvp[1])  # the unrolled 2-rhs path
+    np.testing.assert_array_equal(sf.jvp(nb, t[0]), jvp[0])
     # Both contract the explicit derivatives.
     np.testing.assert_allclose(vjp[0], np.einsum("pfx,pf->px", desc.dG, w[0][nb.i]), rtol=0, atol=TOL)
     dG_t = np.zeros((nb.n_atoms, sf.n_sf))
@@ -337,6 +341,7 @@ def test_defaults_and_records_round_trip(system, elements, n_sf):
     assert records["descriptor/functions"].shape == (n_sf, 8)
     assert records["descriptor/cutoff"].tolist() == [sf.cutoff]
     assert SymmetryFunctions.from_records(records) == sf
+    assert pickle.loads(pickle.dumps(sf)) == sf
     assert len(sf.labels()) == n_sf
     swapped = SymmetryFunctions.defaults(list(reversed(elements)))
     assert swapped.elements == tuple(reversed(elements)) and swapped.n_sf == n_sf

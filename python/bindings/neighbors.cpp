@@ -84,6 +84,42 @@ MLIPBIAS_BINDINGS(neighbors) {
       "with i, j (int64), d (float64), D (float64, (n_pairs, 3)), S (int64, (n_pairs, 3)) and offsets (n + 1). "
       "Conventions: cpp/neighbors.hpp; use mlipbias.neighbors.neighbor_list.");
 
+  // The C++ MD-loop form (NeighborSearch::compute into a NeighborList that is reused
+  // between calls), for C++ parity tests; returns copies.
+  struct ReusedSearch {
+    mlipbias::NeighborSearch search;
+    mlipbias::NeighborList list;
+  };
+  py::class_<ReusedSearch>(m, "ReusedNeighborSearch",
+                           "NeighborSearch::compute into a NeighborList kept between calls (returns copies).")
+      .def(py::init<>())
+      .def(
+          "compute",
+          [](ReusedSearch& self, Doubles positions, Doubles cell, Bools pbc, double cutoff, bool half) {
+            if (positions.ndim() != 2 || positions.shape(1) != 3) {
+              throw mlipbias::Error("positions must have shape (n_atoms, 3), got " + shape_of(positions));
+            }
+            check_cell_and_pbc(cell, pbc);
+            mlipbias::NeighborOptions options;
+            options.cutoff = cutoff;
+            options.half = half;
+            {
+              py::gil_scoped_release release;
+              self.search.compute(positions.data(), positions.shape(0), cell.data(), pbc.data(), options, self.list);
+            }
+            const mlipbias::NeighborList& l = self.list;
+            const py::ssize_t n_pairs = l.n_pairs();
+            py::dict out;
+            out["i"] = py::array_t<int64_t>(n_pairs, l.first.data());
+            out["j"] = py::array_t<int64_t>(n_pairs, l.second.data());
+            out["d"] = py::array_t<double>(n_pairs, l.distances.data());
+            out["D"] = py::array_t<double>(std::vector<py::ssize_t>{n_pairs, 3}, l.vectors.data());
+            out["S"] = py::array_t<int64_t>(std::vector<py::ssize_t>{n_pairs, 3}, l.shifts.data());
+            out["offsets"] = py::array_t<int64_t>(static_cast<py::ssize_t>(l.offsets.size()), l.offsets.data());
+            return out;
+          },
+          py::arg("positions"), py::arg("cell"), py::arg("pbc"), py::arg("cutoff"), py::arg("half") = false);
+
   py::class_<mlipbias::cuda::NeighborSearch>(
       m, "CudaNeighborSearch",
       "Two-stage neighbor search on a CUDA device: count() then fill() into device arrays (cpp/neighbors.hpp).")

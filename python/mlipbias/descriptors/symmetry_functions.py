@@ -62,9 +62,9 @@ class NeighbourData:
         i = np.asarray(i, dtype=np.int64)
         j = np.asarray(j, dtype=np.int64)
         D = np.asarray(D, dtype=np.float64)
-        n_atoms = len(species)
         if species.ndim != 1:
             raise ValueError(f"species must have shape (n_atoms,), got {species.shape}")
+        n_atoms = len(species)
         if i.ndim != 1 or j.shape != i.shape or D.shape != (len(i), 3):
             raise ValueError(
                 f"pairs need i, j of shape (n_pairs,) and D of shape (n_pairs, 3); got {i.shape}, {j.shape}, "
@@ -190,6 +190,10 @@ class SymmetryFunctions:
     def cutoff(self) -> float:
         """Largest cutoff of all functions (A): the neighbour-list radius."""
         return float(self._table[:, 7].max())
+
+    def __reduce__(self):
+        # Pickle (worker processes, deepcopy) as settings; the C++ object is rebuilt.
+        return (SymmetryFunctions, (list(self.elements), np.array(self.table)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SymmetryFunctions):
@@ -364,6 +368,8 @@ class SymmetryFunctions:
         """Descriptors of many structures as one batch (atoms concatenated in order).
 
         ``descriptors.neighbours.atom_offsets`` says which atoms belong to which structure.
+        ``derivatives`` stores n_pairs x n_sf x 3 doubles (tens of KB per atom): for training
+        on forces use :func:`mlipbias.descriptors.pair_gradients` instead.
         ``progress`` shows a bar on stderr while the neighbour lists are built (default: for
         200 structures or more).
         """
