@@ -198,24 +198,51 @@ def torch_reference(tm: TorchModel, sf: SymmetryFunctions, nd, method: str, grad
 # ------------------------------------------------------------------------------ timing
 
 
+class InstructionCounter:
+    """User-space instructions retired by this thread (Linux perf_event_open), which other load on the
+    machine does not change; None where the kernel does not allow it."""
+
+    def __init__(self):
+        self.fd = None
+        if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+            return
+        import ctypes
+        import struct
+
+        attr = bytearray(128)  # struct perf_event_attr
+        struct.pack_into("IIQ", attr, 0, 0, 128, 1)  # PERF_TYPE_HARDWARE, size, PERF_COUNT_HW_INSTRUCTIONS
+        struct.pack_into("Q", attr, 40, (1 << 5) | (1 << 6))  # exclude_kernel, exclude_hv
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+        fd = syscall(298, (ctypes.c_char * 128).from_buffer(attr), 0, -1, -1, 0)  # this thread, any CPU
+        self.fd = fd if fd >= 0 else None
+
+    def read(self) -> int:
+        return int.from_bytes(os.read(self.fd, 8), "little") if self.fd is not None else 0
+
+
+COUNTER = InstructionCounter()
+
+
 def interleaved_times(timers: dict, budget: float, min_rounds: int = 2, max_rounds: int = 10) -> dict:
-    """Least CPU time (seconds) of every thunk over rounds that call each thunk once in turn.
+    """(least CPU seconds, least instruction count) of every thunk over rounds that call each thunk once
+    in turn.
 
     CPU time of this process, not wall time: on a shared machine other processes take turns on
     the cores, which inflates wall times at random but not the CPU time of one thread's work
     (OMP_NUM_THREADS=1 and one torch thread make the two equal on an idle machine). Interleaving
-    the cases spreads slow periods of the machine over all of them, so ratios stay fair.
+    the cases spreads slow periods of the machine over all of them, so ratios stay fair. The
+    instruction count does not depend on the load at all (0 where perf events are not allowed).
     """
-    best = dict.fromkeys(timers, np.inf)
+    best = {key: (np.inf, np.inf) for key in timers}
     spent = 0.0
     for round_ in range(max_rounds):
         if round_ >= min_rounds and spent > budget:
             break
         for key, fn in timers.items():
-            t = time.process_time()
+            i0, t0 = COUNTER.read(), time.process_time()
             fn()
-            elapsed = time.process_time() - t
-            best[key] = min(best[key], elapsed)
+            elapsed, instructions = time.process_time() - t0, COUNTER.read() - i0
+            best[key] = (min(best[key][0], elapsed), min(best[key][1], instructions))
             spent += elapsed
     return best
 
@@ -296,16 +323,12 @@ def time_size(atoms, files: dict, torch_models: dict, sf: SymmetryFunctions, arg
         if n <= args.ref_max:
             timers["torch-ref", label] = lambda tm=tm, m=method, g=gradient: torch_reference(tm, sf, nd, m, g)
     times = interleaved_times(timers, budget=args.budget)
-    case = {
-        "n_atoms": n,
-        "n_pairs": int(nd.n_pairs),
-        "cpp": {},
-        "split": {},
-        "torch": {},
-        "torch-ref": {},
-    }
-    for (group, label), t in times.items():
+    case = {"n_atoms": n, "n_pairs": int(nd.n_pairs), "cpp": {}, "split": {}, "torch": {}, "torch-ref": {}}
+    case["instructions"] = {}
+    for (group, label), (t, instructions) in times.items():
         case[group][label] = t
+        if group in ("cpp", "split"):
+            case["instructions"][label] = instructions
     return case
 
 
@@ -330,7 +353,8 @@ def time_networks(files: dict, n: int = 3000) -> dict:
         sums = ev.forward(*neighbours)
         timers[f"{label}: forward"] = lambda ev=ev: ev.forward(*neighbours)
         timers[f"{label}: backward"] = lambda ev=ev, sums=sums: ev.backward(sums)
-    return {key: t / n for key, t in interleaved_times(timers, budget=10.0, min_rounds=5).items()}
+    times = interleaved_times(timers, budget=10.0, min_rounds=5)
+    return {key: {"us": t / n * 1e6, "instructions": i / n} for key, (t, i) in times.items()}
 
 
 def main(argv=None) -> int:
@@ -400,9 +424,19 @@ def print_table(report: dict) -> None:
         ratios = [c["cpp"][lab] / p for lab in ("posterior U", "posterior bias", "distance bias")]
         ratios += [c["cpp"][lab] / e for lab in ("ensemble U", "ensemble bias", "ensemble bias + U_i")]
         print(f"| {c['n_atoms']:,} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    if rows and rows[0]["instructions"].get("plain"):
+        print("\nthe same ratios in instructions retired (independent of the load)")
+        print("| N | " + " | ".join(ratio_labels) + " |")
+        print("|---:|" + "---:|" * len(ratio_labels))
+        for c in rows:
+            ins = c["instructions"]
+            p, e = ins["plain"], ins["plain M=4"]
+            ratios = [ins[lab] / p for lab in ("posterior U", "posterior bias", "distance bias")]
+            ratios += [ins[lab] / e for lab in ("ensemble U", "ensemble bias", "ensemble bias + U_i")]
+            print(f"| {c['n_atoms']:,} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     print("\nnetworks alone, per atom (us, isolated atoms):")
-    for key, t in report["networks_per_atom"].items():
-        print(f"  {key}: {t * 1e6:.1f}")
+    for key, v in report["networks_per_atom"].items():
+        print(f"  {key}: {v['us']:.1f} us, {v['instructions']:.0f} instructions")
     print("\nwhere the C++ time goes, per atom (us): forward, backward, and timed alone: descriptors, vjp")
     print("| N | case | total | forward | backward | descriptors | vjp |")
     print("|---:|---|---:|---:|---:|---:|---:|")
@@ -412,6 +446,14 @@ def print_table(report: dict) -> None:
             f, b = s[f"{label}: forward"], s[f"{label}: backward"]
             parts = [f + b, f, b, s["descriptors"], s[f"vjp {rhs} rhs"]]
             print(f"| {n:,} | {label} | " + " | ".join(f"{x / n * 1e6:.0f}" for x in parts) + " |")
+    if rows and rows[0]["instructions"].get("plain"):
+        print("\nthe same in thousands of instructions per atom")
+        for c in rows:
+            n, ins = c["n_atoms"], c["instructions"]
+            for label, rhs in (("plain", 1), ("posterior bias", 2), ("ensemble bias", 2)):
+                f, b = ins[f"{label}: forward"], ins[f"{label}: backward"]
+                parts = [f + b, f, b, ins["descriptors"], ins[f"vjp {rhs} rhs"]]
+                print(f"| {n:,} | {label} | " + " | ".join(f"{x / n / 1e3:.0f}" for x in parts) + " |")
     print("\ntorch / C++ (same case)")
     peers = ["plain: torch", "posterior bias: torch", "ensemble bias: torch", "plain: ref", "posterior: ref"]
     print("| N | " + " | ".join(peers) + " |")
