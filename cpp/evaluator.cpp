@@ -601,7 +601,7 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   s.dLdG.resize(n_rhs * rows);
   for (int64_t i = 0; i < n; ++i) {
     const double* dE = &s.dEdG[i * M * n_sf];
-    if (n_energy_rows == M) {
+    if (s.member_forces()) {
       for (int m = 0; m < M; ++m) std::copy(dE + m * n_sf, dE + (m + 1) * n_sf, &s.dLdG[m * rows + i * n_sf]);
     } else {
       double* out = &s.dLdG[i * n_sf];
@@ -645,11 +645,10 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   result.forces.assign(3 * n_atoms, 0.0);
   std::fill(result.virial, result.virial + 6, 0.0);
   std::fill(result.uncertainty_virial, result.uncertainty_virial + 6, 0.0);
-  if (n_energy_rows == M && M > 1) {
+  if (s.member_forces())
     result.member_forces.assign(static_cast<size_t>(M) * n_atoms * 3, 0.0);
-  } else {
+  else
     result.member_forces.clear();
-  }
   const size_t rhs_stride = static_cast<size_t>(n_pairs) * 3;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
