@@ -311,9 +311,15 @@ def test_training_and_predictions_on_the_gpu_match_the_cpu(labelled):
     results = {}
     for device in ("cpu", "cuda"):
         settings = TrainingSettings(epochs=3, batch_size=4, force_weight=0.1, device=device)
-        results[device] = train(train_data, val_data, model=ModelSettings((6,)), training=settings,
-                                uncertainty=UncertaintySettings(methods=("ensemble", "posterior"), n_members=2),
-                                progress=False, log=lambda _: None)
+        results[device] = train(
+            train_data,
+            val_data,
+            model=ModelSettings((6,)),
+            training=settings,
+            uncertainty=UncertaintySettings(methods=("ensemble", "posterior"), n_members=2),
+            progress=False,
+            log=lambda _: None,
+        )
     for a, b in zip(results["cpu"].history, results["cuda"].history, strict=True):
         np.testing.assert_allclose(a["validation_loss"], b["validation_loss"], rtol=1e-8)
     cpu, cuda = results["cpu"].model, results["cuda"].model

@@ -30,51 +30,11 @@ from collections.abc import Mapping
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from mlipbias.inference import BiasState, CppModel, virial_to_stress
+
 BACKENDS = ("auto", "torch", "cpp")
 # Methods the C++ inference (cpp/model.hpp) implements.
 CPP_METHODS = ("ensemble", "posterior", "distance")
-
-
-class BiasState:
-    """Effective bias strengths with the running-ratio rescaling of seed 002 Eq. 8.
-
-    ``tau_eff = tau * sum_t |F_t| / sum_t |dU/dx_t|`` over the steps so far (norms of 3N-vectors);
-    ``tau_stress`` the same with the Frobenius norms of the model virial and of the uncertainty
-    virial. Without rescaling the strengths are constant. Mirrors ``mlipbias::BiasState`` of
-    ``cpp/model.hpp``.
-    """
-
-    def __init__(
-        self, tau: float, tau_stress: float, rescale: bool = False, species_tau: np.ndarray | None = None
-    ):
-        self.tau = float(tau)
-        self.tau_stress = float(tau_stress)
-        self.rescale = bool(rescale)
-        self.species_tau = None if species_tau is None else np.asarray(species_tau, dtype=float)
-        self.sums = np.zeros(4)  # |F|, |dU/dx|, |W|, |W_U| summed over steps
-        self.steps = 0
-
-    def update(
-        self, force_norm: float, gradient_norm: float, virial_norm: float, gradient_virial_norm: float
-    ) -> None:
-        self.sums += [force_norm, gradient_norm, virial_norm, gradient_virial_norm]
-        self.steps += 1
-
-    def _ratio(self, numerator: float, denominator: float) -> float:
-        if not self.rescale:
-            return 1.0
-        return numerator / denominator if denominator > 0 else 0.0
-
-    def tau_effective(self, species: np.ndarray | None = None):
-        """The energy strength, or with ``species`` (model element indices) the per-atom force strengths."""
-        ratio = self._ratio(self.sums[0], self.sums[1])
-        if species is None:
-            return self.tau * ratio
-        base = self.species_tau[species] if self.species_tau is not None else np.full(len(species), self.tau)
-        return base * ratio
-
-    def tau_stress_effective(self) -> float:
-        return self.tau_stress * self._ratio(self.sums[2], self.sums[3])
 
 
 class MLIPCalculator(Calculator):
@@ -156,94 +116,95 @@ class MLIPCalculator(Calculator):
             species = np.array([float(species_tau.get(el, tau)) for el in self.model.elements])
             if not (np.isfinite(species).all() and (species >= 0).all()):
                 raise ValueError(f"species_tau values must be finite and >= 0, got {dict(species_tau)}")
-        self.bias = BiasState(tau, tau_stress, rescale, species)
+        self.bias = BiasState(tau, tau_stress, rescale, [] if species is None else list(species))
         self.want_atom_uncertainty = bool(atom_uncertainty)
         self.backend = _select_backend(backend, self.uncertainty, self.model_path)
+        self.cpp = CppModel(self.model_path) if self.backend == "cpp" else None
 
     @property
     def bias_active(self) -> bool:
-        b = self.bias
-        return b.tau > 0 or b.tau_stress > 0 or (b.species_tau is not None and (b.species_tau > 0).any())
+        s = self.bias.settings
+        return s["tau"] > 0 or s["tau_stress"] > 0 or any(t > 0 for t in s["species_tau"])
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         method = self.uncertainty
         gradient = method is not None and (self.bias_active or "uncertainty_gradient" in properties)
-        data = self.model.prepare([atoms], labels=False)
-        batch = data.batch([0], self.model.device)
-        p = self.model.evaluate(
-            batch,
-            method,
-            forces=True,
-            atom_uncertainty=method is not None
-            and (self.want_atom_uncertainty or "atom_uncertainty" in properties),
-            gradient=gradient,
-        )
+        atom_u = method is not None and (self.want_atom_uncertainty or "atom_uncertainty" in properties)
+        if self.cpp is not None:
+            p = self.cpp.evaluate(atoms, method or "none", gradient=gradient, atom_uncertainty=atom_u)
+            species = self.cpp.species(atoms)
+            energy, atom_energies, virial = p.energy, p.atom_energies, p.virial
+            member_energies, U, atom_U = p.member_energies, p.uncertainty, p.atom_uncertainty
+            grad, grad_virial = p.uncertainty_gradient, p.uncertainty_virial
+        else:
+            data = self.model.prepare([atoms], labels=False)
+            batch = data.batch([0], self.model.device)
+            p = self.model.evaluate(batch, method, forces=True, atom_uncertainty=atom_u, gradient=gradient)
+            species = batch.species.cpu().numpy()
+            energy, atom_energies, virial = float(p.energy[0]), p.atom_energies, p.virial[0]
+            member_energies, atom_U = p.member_energies[:, 0], p.atom_uncertainty
+            U = None if method is None else float(p.uncertainty[0])
+            grad = p.uncertainty_gradient
+            grad_virial = None if p.uncertainty_virial is None else p.uncertainty_virial[0]
+        forces, n = p.forces, len(atoms)
         periodic = bool(atoms.pbc.all())
-        energy, forces, n = float(p.energy[0]), p.forces, len(atoms)
-        r = {"model_energy": energy, "model_forces": forces, "member_energies": p.member_energies[:, 0]}
+        r = {"model_energy": energy, "model_forces": forces, "member_energies": member_energies}
         if periodic:
-            r["model_stress"] = p.stress[0]
-        bias_energy, bias_forces, bias_stress = 0.0, np.zeros_like(forces), np.zeros(6)
-        if method is not None:
-            U = float(p.uncertainty[0])
+            r["model_stress"] = virial_to_stress(virial, atoms.get_volume())
+        if U is not None:
             r["uncertainty"] = U
-            if p.atom_uncertainty is not None:
-                r["atom_uncertainty"] = p.atom_uncertainty
+        if atom_U is not None:
+            r["atom_uncertainty"] = atom_U
+        bias_energy, bias_forces = 0.0, np.zeros_like(forces)
         if gradient:
-            grad, grad_virial = p.uncertainty_gradient, p.uncertainty_virial[0]
             r["uncertainty_gradient"] = grad
+            # Squared norms, as pair_style mlip/bias records them (Eq. 8 running sums).
             self.bias.update(
-                float(np.linalg.norm(forces)),
-                float(np.linalg.norm(grad)),
-                float(np.linalg.norm(p.virial[0])),
-                float(np.linalg.norm(grad_virial)),
+                float(np.sum(forces**2)),
+                float(np.sum(grad**2)),
+                float(np.sum(virial**2)),
+                float(np.sum(grad_virial**2)),
             )
             tau = self.bias.tau_effective()
-            tau_atoms = self.bias.tau_effective(batch.species.cpu().numpy())
+            tau_atoms = np.array([self.bias.tau_effective(int(k)) for k in range(len(self.model.elements))])
             bias_energy = -tau * U
-            bias_forces = tau_atoms[:, None] * grad
-            if periodic:
-                # W_bias = tau_stress sum r (x) dU/dr; stress = -W / V (ASE sign), symmetrised, Voigt.
-                w = self.bias.tau_stress_effective() * grad_virial
-                w = 0.5 * (w + w.T)
-                bias_stress = (
-                    -np.array([w[0, 0], w[1, 1], w[2, 2], w[1, 2], w[0, 2], w[0, 1]]) / atoms.get_volume()
-                )
+            bias_forces = tau_atoms[species][:, None] * grad
             r["tau_effective"] = tau
             r["tau_stress_effective"] = self.bias.tau_stress_effective()
+            if periodic:
+                # W_bias = tau_stress sum r (x) dU/dr, symmetrised; stress = -W / V.
+                w = self.bias.tau_stress_effective() * grad_virial
+                r["bias_stress"] = virial_to_stress(0.5 * (w + w.T), atoms.get_volume())
+        elif periodic:
+            r["bias_stress"] = np.zeros(6)
         r["bias_energy"] = bias_energy
         r["bias_forces"] = bias_forces
         r["energy"] = r["free_energy"] = energy + bias_energy
-        r["energies"] = p.atom_energies + bias_energy / n
+        r["energies"] = atom_energies + bias_energy / n
         r["forces"] = forces + bias_forces
         if periodic:
-            r["bias_stress"] = bias_stress
-            r["stress"] = p.stress[0] + bias_stress
+            r["stress"] = r["model_stress"] + r["bias_stress"]
         self.results = r
 
 
 def _select_backend(backend: str, method: str | None, path: str | None) -> str:
-    """THE dispatch point between the torch model and the C++ inference (``mlipbias._core.Model``).
+    """Choose between the torch model and the C++ inference (``mlipbias.inference.CppModel``).
 
-    The C++ inference (cpp/model.hpp) is written in parallel; until its bindings are wired in here
-    every model runs on the torch backend, and ``backend="cpp"`` says why it cannot be used. Wiring
-    it: return ``"cpp"`` for a model loaded from ``path`` whose method is in ``CPP_METHODS`` and
-    evaluate with ``_core.Evaluator`` / ``_core.BiasState`` in :meth:`MLIPCalculator.calculate`.
+    ``auto`` takes C++ (the code of ``pair_style mlip/bias``, no torch in the loop) for a model
+    loaded from a file whose method C++ implements, torch otherwise; ``cpp`` says why it cannot
+    be used rather than falling back.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "cpp":
-        from mlipbias import _core
-
-        if not (hasattr(_core, "Model") and hasattr(_core, "Evaluator")):
-            why = "this build of mlipbias has no C++ model inference (mlipbias._core.Model)"
-        elif path is None:
-            why = "the C++ inference loads models from a .mlip path, not from an MLIPModel object"
-        elif method is not None and method not in CPP_METHODS:
-            why = f"the C++ inference implements {', '.join(CPP_METHODS)}, not {method!r}"
-        else:
-            why = "MLIPCalculator does not drive the C++ Evaluator yet; use backend='torch' or 'auto'"
+    why = None
+    if path is None:
+        why = "the C++ inference loads models from a .mlip path, not from an MLIPModel object"
+    elif method is not None and method not in CPP_METHODS:
+        why = f"the C++ inference implements {', '.join(CPP_METHODS)}, not {method!r}"
+    if backend == "cpp" and why is not None:
         raise ValueError(f"backend='cpp' is not available: {why}")
-    return "torch"
+    if backend == "torch" or why is not None:
+        return "torch"
+    return "cpp"
