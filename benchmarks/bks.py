@@ -35,11 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
 from mlipbias import _core
 from mlipbias.potentials import BKS
 from mlipbias.potentials.bks import _pairs
-from scipy.spatial import cKDTree
-from tqdm import tqdm
 
 DENSITY = 2.2  # g/cm^3
 SIO2_MASS = 28.085 + 2 * 15.999  # amu

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from ase.spacegroup import crystal
 from dscribe.descriptors import ACSF
+
 from mlipbias.descriptors import SymmetryFunctions
 from mlipbias.descriptors.torch_reference import symmetry_functions as reference
 

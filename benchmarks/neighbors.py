@@ -108,6 +108,7 @@ def ase_cpu(positions, cell, pbc, cutoff, threads):
 
 def mlipbias_cuda(positions, cell, pbc, cutoff, threads):
     import torch
+
     from mlipbias.neighbors import neighbor_list_cuda
 
     x = torch.tensor(positions, device="cuda")

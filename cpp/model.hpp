@@ -13,17 +13,23 @@
 //   MPI_Allreduce(... sums ...);                 // or nothing in a serial caller
 //   ev.backward(sums.data(), result);            // U, grad U, forces, virials
 //
-// Neighbour convention (same as the symmetry functions): centres are atoms 0..n_centers-1;
-// neighbours index the full atom array (centres first, then ghosts or periodic images are
-// represented through D), pairs of centre i are offsets[i]..offsets[i+1]-1, D[p] is
-// r_ij = x_j - x_i. Forces are returned for every atom index that appears (0..n_atoms-1);
-// the caller folds ghost forces back to their owners (LAMMPS reverse communication).
+// Neighbours come as the NeighbourView of the symmetry functions (symmetry_functions.hpp):
+// centres are atoms 0..n_centers-1; neighbours index the full atom array (centres first,
+// then ghosts; periodic images of real atoms are represented through D), pairs of centre i
+// are offsets[i]..offsets[i+1]-1, D[p] is r_ij = x_j - x_i. One extension: species[k] = -1
+// marks an atom this model does not handle (a LAMMPS type mapped to NULL); it has no energy
+// and its pairs are skipped, as centre and as neighbour. The arrays are not owned and must
+// stay valid from forward() to the end of backward(). Forces are returned for every atom
+// index (0..n_atoms-1); the caller folds ghost forces back to their owners (LAMMPS reverse
+// communication).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "symmetry_functions.hpp"
 
 namespace mlipbias {
 
@@ -58,21 +64,12 @@ class Model {
   std::shared_ptr<const ModelData> data_;
 };
 
-// Neighbour data for one evaluation (not owned).
-struct NeighborsView {
-  int64_t n_centers = 0;        // atoms whose energy is computed (LAMMPS: local atoms)
-  int64_t n_atoms = 0;          // all atoms referenced by j (LAMMPS: local + ghost)
-  const int32_t* species = nullptr;   // [n_atoms], model element index of every atom; -1 marks
-                                      // an atom this model does not handle (LAMMPS type mapped
-                                      // to NULL): no energy, and it is nobody's neighbour
-  const int64_t* offsets = nullptr;   // [n_centers + 1]
-  const int32_t* neighbors = nullptr; // [n_pairs], j of every pair
-  const double* vectors = nullptr;    // [n_pairs][3], r_ij = x_j - x_i
-};
-
+// What an evaluation computes. The Evaluator checks the options against the model (the
+// method's data must be in the file; a gradient or per-atom U needs a method) and throws Error.
 struct EvaluatorOptions {
   Uncertainty uncertainty = Uncertainty::none;
-  bool uncertainty_gradient = false;   // compute grad_R U and its virial (needed for bias)
+  bool uncertainty_gradient = false;   // compute grad_R U and its virial (needed for bias);
+                                       // where U = 0 the gradient is 0 (a subgradient)
   bool atom_uncertainty = false;       // compute per-atom U_i
   double min_distance = 0.0;           // > 0: throw Error naming i, j, r when a pair is closer
 };
@@ -111,18 +108,18 @@ class Evaluator {
   Evaluator& operator=(Evaluator&&) noexcept;
 
   // Phase 1: descriptors, per-atom energies of every member, local sketch sums.
-  void forward(const NeighborsView& neighbors);
+  void forward(const NeighbourView& neighbors);
 
   // Local partial sums to be summed over ranks before backward(). Layout (documented so a
   // caller can print it): [E_m for each member] [Phi (K entries) when posterior/distance]
-  // [n_centers as a double].
+  // [number of centres of species >= 0, as a double]. Valid until the next forward().
   const std::vector<double>& local_sums() const;
 
   // Phase 2: with the globally summed local_sums(), compute U, grad U and forces/virials.
   void backward(const double* global_sums, EvaluationResult& result);
 
   // Convenience for serial callers: forward + backward with local sums as global.
-  void evaluate(const NeighborsView& neighbors, EvaluationResult& result);
+  void evaluate(const NeighbourView& neighbors, EvaluationResult& result);
 
   const EvaluatorOptions& options() const;
   // Change what the next evaluation computes (e.g. the uncertainty only every N steps);

@@ -372,13 +372,13 @@ void PairMLIPBias::compute(int eflag, int vflag)
   options.min_distance = min_distance;
   evaluator->set_options(options);
 
-  mlipbias::NeighborsView view;
+  mlipbias::NeighbourView view;
   view.n_centers = nlocal;
   view.n_atoms = nall;
   view.species = species.data();
   view.offsets = offsets.data();
-  view.neighbors = pair_j.data();
-  view.vectors = pair_d.data();
+  view.j = pair_j.data();
+  view.D = pair_d.data();
   try {
     evaluator->forward(view);
     const std::vector<double> &local = evaluator->local_sums();
@@ -562,6 +562,6 @@ double PairMLIPBias::memory_usage()
   bytes += static_cast<double>(fold_nmax) * fold_stride * sizeof(double);
   bytes += static_cast<double>(atom_uncertainty_nmax) * sizeof(double);
   bytes += static_cast<double>(pair_d.capacity()) * sizeof(double);
-  bytes += static_cast<double>(pair_j.capacity()) * sizeof(int32_t);
+  bytes += static_cast<double>(pair_j.capacity()) * sizeof(int64_t);
   return bytes;
 }

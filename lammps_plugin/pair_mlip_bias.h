@@ -46,9 +46,9 @@ class PairMLIPBias : public Pair {
   std::vector<int> type_to_element;    // [ntypes + 1], -1 for NULL
 
   // per-step work arrays
-  std::vector<int32_t> species;        // [nall]
+  std::vector<int64_t> species;        // [nall]
   std::vector<int64_t> offsets;        // [nlocal + 1]
-  std::vector<int32_t> pair_j;
+  std::vector<int64_t> pair_j;
   std::vector<double> pair_d;
   mlipbias::EvaluationResult result;
   std::vector<double> global_sums;

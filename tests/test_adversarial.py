@@ -18,6 +18,7 @@ from ase.calculators.morse import MorsePotential
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Icosahedron
 from ase.md.verlet import VelocityVerlet
+
 from mlipbias.adversarial import (
     AdversarialSettings,
     CalculationError,

@@ -15,11 +15,12 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.lammps import Prism
 from ase.geometry import get_distances
 from ase.spacegroup import crystal
+from scipy.spatial.transform import Rotation
+
 from mlipbias import _core, gpu
 from mlipbias.lammps import import_lammps
 from mlipbias.potentials import BKS
 from mlipbias.potentials.bks import _pairs
-from scipy.spatial.transform import Rotation
 
 RTOL = 1e-8  # agreement with LAMMPS, relative to the largest entry of each quantity
 

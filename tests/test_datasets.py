@@ -18,6 +18,8 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.io import write
+from scipy import stats
+
 from mlipbias.cli import main
 from mlipbias.datasets import (
     GenerationSettings,
@@ -32,7 +34,6 @@ from mlipbias.datasets import (
     summarize,
 )
 from mlipbias.oracles import OracleError, label, make_oracle
-from scipy import stats
 
 
 class CountingEMT(Calculator):

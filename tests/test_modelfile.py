@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from mlipbias import _core
 from mlipbias.modelfile import (
     FORMAT_VERSION,

@@ -11,6 +11,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
+
 from mlipbias import _core, gpu
 from mlipbias.neighbors import neighbor_list, neighbor_list_cuda
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlipbias.uq.selection import select_batch, select_max_det, select_max_dist, select_max_unc
 from scipy.spatial.distance import cdist
+
+from mlipbias.uq.selection import select_batch, select_max_det, select_max_dist, select_max_unc
 
 
 def posterior_matrix(rng, n_train: int, k: int, lam: float = 1e-2) -> np.ndarray:

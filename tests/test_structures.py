@@ -15,6 +15,7 @@ from ase.calculators.lj import LennardJones
 from ase.data import atomic_masses, atomic_numbers
 from ase.io import write
 from ase.neighborlist import neighbor_list
+
 from mlipbias.structures import (
     alpha_quartz,
     amorphous_sio2,

@@ -14,6 +14,7 @@ from ase.build import molecule
 from ase.neighborlist import neighbor_list
 from ase.spacegroup import crystal
 from dscribe.descriptors import ACSF
+
 from mlipbias import gpu
 from mlipbias.descriptors import (
     NeighbourData,

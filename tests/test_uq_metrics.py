@@ -7,6 +7,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from uncertainty_toolbox.metrics_calibration import miscalibration_area as toolbox_miscalibration_area
+
 from mlipbias.modelfile import read_model_file, write_model_file
 from mlipbias.uq.calibration import (
     ConformalCalibration,
@@ -26,9 +30,6 @@ from mlipbias.uq.metrics import (
     spearman,
     uncertainty_metrics,
 )
-from scipy import stats
-from sklearn.metrics import roc_auc_score
-from uncertainty_toolbox.metrics_calibration import miscalibration_area as toolbox_miscalibration_area
 
 
 def random_case(seed: int, n: int = 300, ties: bool = False):

@@ -15,6 +15,8 @@ import sys
 COMMAND_MODULES = [
     "mlipbias.cli.demo",
     "mlipbias.cli.data",
+    "mlipbias.cli.train",
+    "mlipbias.cli.evaluate",
     "mlipbias.cli.adversarial",
     "mlipbias.cli.info",
 ]

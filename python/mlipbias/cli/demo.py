@@ -26,11 +26,14 @@ class DemoContext:
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job on the embedded BKS silica (dataset, then later steps)",
+        help="run the main job on the embedded BKS silica (dataset, ensemble model, metrics)",
         description=(
             "Step 1 (dataset): relax the shipped 96-atom amorphous SiO2 cell with BKS and label "
             "N random displacements (total L2 norm uniform in [0, 1] A, as in seed 001) into "
-            "OUTPUT_DIR/dataset.db, then print its summary. Rerunning resumes."
+            "OUTPUT_DIR/dataset.db, then print its summary. Step 2 (model): train a 3-member BP-NN "
+            "ensemble with sketched gradient features on it (80/10/10 split), calibrate the "
+            "uncertainties on the validation split and print the metrics table of the test split "
+            "(OUTPUT_DIR/model/). Rerunning resumes."
         ),
     )
     p.add_argument(
@@ -64,8 +67,45 @@ def step_dataset(context: DemoContext) -> None:
     print(format_summary(summarize(path)))
 
 
-# Later steps (training, uncertainty metrics, ...) are appended here.
-STEPS = [("dataset", step_dataset)]
+# Smallest dataset the model step trains on: 80/10/10 splits need 10 structures for one of each.
+MIN_STRUCTURES_FOR_MODEL = 10
+
+
+def step_model(context: DemoContext) -> None:
+    """Train a 3-member ensemble (2 x 30 tanh, energies only, as seed 001) with sketched gradient
+    features on dataset.db, calibrate it on the validation split and print the test-split metrics."""
+    from mlipbias.cli.train import run_training
+    from mlipbias.datasets import open_dataset
+    from mlipbias.models import load_model
+    from mlipbias.models.config import config_from_dict
+
+    db = open_dataset(context.results["dataset"])
+    n = db.count()
+    if n < MIN_STRUCTURES_FOR_MODEL:
+        print(f"skipped: training needs at least {MIN_STRUCTURES_FOR_MODEL} structures, the dataset has {n}")
+        return
+    directory = context.output_dir / "model"
+    config = config_from_dict(
+        {
+            "data": {"path": str(context.results["dataset"]), "seed": context.seed},
+            "descriptor": {"preset": "SiO2"},
+            "model": {"hidden": [30, 30], "activation": "tanh"},
+            "uncertainty": {"methods": ["ensemble", "posterior", "distance"], "n_members": 3},
+            "training": {"epochs": 300, "batch_size": 16, "seed": context.seed, "device": "cpu"},
+            "output": {"directory": str(directory), "model": "model.mlip"},
+        }
+    )
+    if config.model_path.exists():
+        print(f"{config.model_path} exists; delete it to train again")
+        context.results["model"] = load_model(config.model_path)
+        return
+    model, _ = run_training(config, resume=True, progress=context.progress)
+    context.results["model"] = model
+    dataset = context.results["dataset"]
+    print(f"evaluate again with: mlipbias evaluate --model {config.model_path} --data {dataset}")
+
+
+STEPS = [("dataset", step_dataset), ("model", step_model)]
 
 
 def run_demo(args) -> int:

@@ -1,0 +1,101 @@
+// The contents of a loaded model file (private to model.cpp and evaluator.cpp).
+//
+// Everything is validated by Model::load (model.cpp) before it lands here, so the
+// evaluator reads these arrays without further checks. Layouts are row-major.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model.hpp"
+#include "symmetry_functions.hpp"
+
+namespace mlipbias {
+
+enum class Activation { tanh, silu };
+
+// act(z), act'(z) and act''(z). SiLU: z s(z) with the logistic s; s' = s (1 - s).
+inline void activation(Activation kind, double z, double* value, double* d1, double* d2) {
+  if (kind == Activation::tanh) {
+    const double t = std::tanh(z);
+    const double dt = 1.0 - t * t;
+    *value = t;
+    *d1 = dt;
+    *d2 = -2.0 * t * dt;
+    return;
+  }
+  const double s = 1.0 / (1.0 + std::exp(-z));
+  const double ds = s * (1.0 - s);
+  *value = z * s;
+  *d1 = s + z * ds;
+  *d2 = ds * (2.0 + z * (1.0 - 2.0 * s));
+}
+
+// One dense layer z = W h + b. W is kept in both layouts so that the forward (z += W[:, k] h_k)
+// and the backward (dh += W[o, :] g_o) passes are contiguous axpy loops the compiler vectorises.
+struct Layer {
+  int n_in = 0, n_out = 0;
+  std::vector<double> W;   // [n_out][n_in]
+  std::vector<double> WT;  // [n_in][n_out]
+  std::vector<double> b;   // [n_out]
+};
+
+// The network of one element in one ensemble member: layers 1..L (index 0..L-1).
+struct Network {
+  std::vector<Layer> layers;
+};
+
+struct Member {
+  std::vector<Network> networks;  // [n_elements]
+  double energy_scale = 1.0;      // s
+  std::vector<double> energy_shift;  // [n_elements]
+};
+
+// Sketch matrices of one element's layer l: R1 [k][n_out], R2 [k][n_in + 1].
+struct Sketch {
+  std::vector<double> R1, R2;
+};
+
+struct ModelData {
+  std::string path;
+  std::vector<std::string> elements;
+  SymmetryFunctions descriptor;
+  int n_features = 0;                     // n_sf
+  std::vector<std::vector<double>> mean;  // [n_elements][n_sf]
+  std::vector<std::vector<double>> inv_std;
+  Activation activation = Activation::tanh;
+  int n_layers = 0;
+  std::vector<Member> members;
+  int max_width = 0;  // largest n_in or n_out of any layer
+
+  // Uncertainty data; `methods` lists what the file declares (uq/methods).
+  std::vector<std::string> methods;
+  bool has_gradient_features = false;  // posterior or distance listed
+  int k = 0;                           // projections per layer
+  int n_sketch = 0;                    // K = n_elements * n_layers * k
+  std::vector<std::vector<Sketch>> sketches;  // [n_elements][n_layers], member 0's shapes
+  std::vector<double> precision_energy;       // [K][K] (posterior)
+  std::vector<double> precision_atom;         // [K][K] (posterior)
+  int64_t n_train_energy = 0, n_train_atom = 0;
+  std::vector<double> train_energy;  // [n_train_energy][K] (distance)
+  std::vector<double> train_atom;    // [n_train_atom][K] (distance)
+  // Per element e, squared norm of every train_atom row outside element e's block, so a
+  // distance needs only the block of the atom's own element.
+  std::vector<std::vector<double>> train_atom_rest_norm2;  // [n_elements][n_train_atom]
+
+  // Calibration factors c_E, c_F by Uncertainty (index static_cast<int>(u)); 1 when absent.
+  std::array<double, 4> energy_calibration{{1.0, 1.0, 1.0, 1.0}};
+  std::array<double, 4> force_calibration{{1.0, 1.0, 1.0, 1.0}};
+
+  explicit ModelData(SymmetryFunctions sf) : descriptor(std::move(sf)) {}
+
+  int n_elements() const { return static_cast<int>(elements.size()); }
+  int n_members() const { return static_cast<int>(members.size()); }
+  // Offset of (element, layer l in 0..L-1) in a K-vector of sketched features.
+  int sketch_offset(int element, int layer) const { return (element * n_layers + layer) * k; }
+};
+
+}  // namespace mlipbias

@@ -1,0 +1,317 @@
+// Python face of cpp/model.hpp: Model (a loaded .mlip file), ModelEvaluator (energies,
+// forces, virials, uncertainties and their gradients from numpy neighbour data), BiasState
+// (the bias policy of seed 002) and ensemble_atom_uncertainty. mlipbias.inference wraps these
+// for ase.Atoms; the shapes are checked here, the neighbour structure by the core.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "common.hpp"
+#include "model.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using IntArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) s += (k ? ", " : "") + std::to_string(a.shape(k));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+py::array_t<double> vector_array(const std::vector<double>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<double> out(shape);
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+// xx yy zz xy xz yz -> symmetric (3, 3)
+py::array_t<double> tensor(const double* w) {
+  py::array_t<double> out({3, 3});
+  double* o = out.mutable_data();
+  const int index[3][3] = {{0, 3, 4}, {3, 1, 5}, {4, 5, 2}};
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) o[3 * a + b] = w[index[a][b]];
+  return out;
+}
+
+// An evaluator with the neighbour arrays of its current evaluation kept alive from
+// forward() to backward(), and the result buffers reused across calls.
+struct PyEvaluator {
+  mlipbias::Model model;
+  mlipbias::Evaluator evaluator;
+  mlipbias::EvaluationResult result;
+  IntArray species, offsets, j;
+  DoubleArray D;
+  bool have_neighbours = false;
+
+  PyEvaluator(const mlipbias::Model& m, const mlipbias::EvaluatorOptions& o) : model(m), evaluator(m, o) {}
+
+  mlipbias::NeighbourView set_neighbours(IntArray species_, IntArray offsets_, IntArray j_, DoubleArray D_) {
+    if (species_.ndim() != 1)
+      throw mlipbias::Error("species must have shape (n_atoms,), got " + shape_of(species_));
+    if (offsets_.ndim() != 1 || offsets_.shape(0) < 1)
+      throw mlipbias::Error("offsets must have shape (n_centers + 1,), got " + shape_of(offsets_));
+    if (j_.ndim() != 1) throw mlipbias::Error("j must have shape (n_pairs,), got " + shape_of(j_));
+    const int64_t n_pairs = j_.shape(0);
+    if (D_.ndim() != 2 || D_.shape(0) != n_pairs || D_.shape(1) != 3)
+      throw mlipbias::Error("D must have shape (n_pairs, 3) = (" + std::to_string(n_pairs) + ", 3), got " +
+                            shape_of(D_));
+    const int64_t last = offsets_.data()[offsets_.shape(0) - 1];
+    if (last != n_pairs)
+      throw mlipbias::Error("offsets[-1] = " + std::to_string(last) + " must equal the number of pairs len(j) = " +
+                            std::to_string(n_pairs));
+    if (offsets_.shape(0) - 1 > species_.shape(0))
+      throw mlipbias::Error("offsets describe " + std::to_string(offsets_.shape(0) - 1) + " centres but species has " +
+                            std::to_string(species_.shape(0)) + " atoms (centres are the first atoms)");
+    species = std::move(species_);
+    offsets = std::move(offsets_);
+    j = std::move(j_);
+    D = std::move(D_);
+    have_neighbours = true;
+    mlipbias::NeighbourView view;
+    view.n_centers = offsets.shape(0) - 1;
+    view.n_atoms = species.shape(0);
+    view.species = species.data();
+    view.offsets = offsets.data();
+    view.j = j.data();
+    view.D = D.data();
+    return view;
+  }
+
+  py::dict result_dict() const {
+    const auto& r = result;
+    const mlipbias::EvaluatorOptions& o = evaluator.options();
+    const py::ssize_t n_atoms = species.shape(0), n_centers = offsets.shape(0) - 1;
+    py::dict out;
+    out["energy"] = r.energy;
+    out["atom_energies"] = vector_array(r.atom_energies, {n_centers});
+    out["forces"] = vector_array(r.forces, {n_atoms, 3});
+    out["virial"] = tensor(r.virial);
+    out["member_energies"] = vector_array(r.member_energies, {static_cast<py::ssize_t>(r.member_energies.size())});
+    if (o.uncertainty != mlipbias::Uncertainty::none) out["uncertainty"] = r.uncertainty;
+    if (o.uncertainty_gradient) {
+      out["uncertainty_gradient"] = vector_array(r.uncertainty_gradient, {n_atoms, 3});
+      out["uncertainty_virial"] = tensor(r.uncertainty_virial);
+    }
+    if (o.atom_uncertainty) out["atom_uncertainty"] = vector_array(r.atom_uncertainty, {n_centers});
+    if (!r.member_forces.empty())
+      out["member_forces"] =
+          vector_array(r.member_forces, {static_cast<py::ssize_t>(r.member_energies.size()), n_atoms, 3});
+    return out;
+  }
+};
+
+mlipbias::EvaluatorOptions make_options(const std::string& uncertainty, bool gradient, bool atom_uncertainty,
+                                        double min_distance) {
+  mlipbias::EvaluatorOptions o;
+  o.uncertainty = mlipbias::parse_uncertainty(uncertainty);
+  o.uncertainty_gradient = gradient;
+  o.atom_uncertainty = atom_uncertainty;
+  o.min_distance = min_distance;
+  return o;
+}
+
+const char* kNeighbourDoc =
+    "species (n_atoms,) int64 model element index of every atom, -1 for atoms the model does not handle; "
+    "offsets (n_centers + 1,) CSR pair offsets by centre (centres are atoms 0..n_centers-1); j (n_pairs,) "
+    "neighbour atom of each pair; D (n_pairs, 3) r_ij = x_j - x_i in A.";
+
+const char* kResultDoc =
+    "A dict: energy (eV, sum over centres of the ensemble-mean atomic energies), atom_energies (n_centers,), "
+    "forces (n_atoms, 3) eV/A, virial (3, 3) eV = -sum_ij r_ij (x) dE/dr_ij (stress = -virial / V), "
+    "member_energies (n_members,) (global sums); with an uncertainty method: uncertainty U (eV, calibrated); "
+    "with gradient: uncertainty_gradient dU/dx (n_atoms, 3) eV/A and uncertainty_virial (3, 3) = "
+    "+sum_ij r_ij (x) dU/dr_ij; with atom_uncertainty: atom_uncertainty U_i (n_centers,) eV/A; with ensemble and "
+    "atom_uncertainty: member_forces (n_members, n_atoms, 3).";
+
+}  // namespace
+
+MLIPBIAS_BINDINGS(model) {
+  using mlipbias::Model;
+  py::class_<Model>(m, "Model",
+                    "A loaded and validated .mlip model file (docs/model_file.md). ValueError names the file and "
+                    "the record at fault.")
+      .def(py::init(&Model::load), py::arg("path"))
+      .def_property_readonly("path", &Model::path)
+      .def_property_readonly("elements", &Model::elements, "element symbols; the position is the element index")
+      .def("element_index", &Model::element_index, py::arg("symbol"), "index of an element symbol, -1 if absent")
+      .def_property_readonly("cutoff", &Model::cutoff, "largest descriptor cutoff (A)")
+      .def_property_readonly("n_features", &Model::n_features)
+      .def_property_readonly("n_members", &Model::n_members)
+      .def(
+          "supports", [](const Model& model, const std::string& name) {
+            return model.supports(mlipbias::parse_uncertainty(name));
+          },
+          py::arg("uncertainty"), "whether C++ inference can evaluate this method with this file")
+      .def(
+          "energy_calibration",
+          [](const Model& model, const std::string& name) {
+            return model.energy_calibration(mlipbias::parse_uncertainty(name));
+          },
+          py::arg("uncertainty"), "conformal factor c_E (1 when the file has none)")
+      .def(
+          "force_calibration",
+          [](const Model& model, const std::string& name) {
+            return model.force_calibration(mlipbias::parse_uncertainty(name));
+          },
+          py::arg("uncertainty"), "conformal factor c_F (1 when the file has none)")
+      .def("__repr__", [](const Model& model) {
+        std::string els;
+        for (const auto& e : model.elements()) els += (els.empty() ? "" : " ") + e;
+        return "<mlipbias._core.Model " + model.path() + ": elements " + els + ", " +
+               std::to_string(model.n_members()) + " member(s), cutoff " + std::to_string(model.cutoff()) + " A>";
+      });
+
+  py::class_<PyEvaluator>(m, "ModelEvaluator",
+                          "Energies, forces, virials, uncertainties and their gradients of a Model. Buffers are "
+                          "reused across calls. Options: uncertainty 'none' | 'ensemble' | 'posterior' | "
+                          "'distance'; gradient (dU/dx and its virial); atom_uncertainty (U_i); min_distance (A, "
+                          "0 disables).")
+      .def(py::init([](const Model& model, const std::string& uncertainty, bool gradient, bool atom_uncertainty,
+                       double min_distance) {
+             return std::make_unique<PyEvaluator>(model,
+                                                  make_options(uncertainty, gradient, atom_uncertainty, min_distance));
+           }),
+           py::arg("model"), py::arg("uncertainty") = "none", py::arg("gradient") = false,
+           py::arg("atom_uncertainty") = false, py::arg("min_distance") = 0.0)
+      .def_property_readonly("options",
+                             [](const PyEvaluator& self) {
+                               const auto& o = self.evaluator.options();
+                               py::dict d;
+                               d["uncertainty"] = std::string(mlipbias::uncertainty_name(o.uncertainty));
+                               d["gradient"] = o.uncertainty_gradient;
+                               d["atom_uncertainty"] = o.atom_uncertainty;
+                               d["min_distance"] = o.min_distance;
+                               return d;
+                             })
+      .def(
+          "evaluate",
+          [](PyEvaluator& self, IntArray species, IntArray offsets, IntArray j, DoubleArray D) {
+            const mlipbias::NeighbourView view = self.set_neighbours(species, offsets, j, D);
+            {
+              py::gil_scoped_release release;
+              self.evaluator.evaluate(view, self.result);
+            }
+            return self.result_dict();
+          },
+          py::arg("species"), py::arg("offsets"), py::arg("j"), py::arg("D"),
+          (std::string("Evaluate one structure (serial: the local sums are the global ones). ") + kNeighbourDoc +
+           " Returns " + kResultDoc)
+              .c_str())
+      .def(
+          "forward",
+          [](PyEvaluator& self, IntArray species, IntArray offsets, IntArray j, DoubleArray D) {
+            const mlipbias::NeighbourView view = self.set_neighbours(species, offsets, j, D);
+            {
+              py::gil_scoped_release release;
+              self.evaluator.forward(view);
+            }
+            const auto& sums = self.evaluator.local_sums();
+            return vector_array(sums, {static_cast<py::ssize_t>(sums.size())});
+          },
+          py::arg("species"), py::arg("offsets"), py::arg("j"), py::arg("D"),
+          (std::string("Phase 1 of a parallel evaluation: returns the local sums [E_m for each member] [Phi (K) "
+                       "for posterior/distance] [number of centres], to be summed over all parts before "
+                       "backward(). ") +
+           kNeighbourDoc)
+              .c_str())
+      .def(
+          "backward",
+          [](PyEvaluator& self, DoubleArray global_sums) {
+            if (!self.have_neighbours) throw mlipbias::Error("backward() needs a forward() first");
+            const size_t expected = self.evaluator.local_sums().size();
+            if (global_sums.ndim() != 1 || static_cast<size_t>(global_sums.shape(0)) != expected)
+              throw mlipbias::Error("global_sums must have shape (" + std::to_string(expected) + ",) like the local "
+                                    "sums of forward(), got " + shape_of(global_sums));
+            {
+              py::gil_scoped_release release;
+              self.evaluator.backward(global_sums.data(), self.result);
+            }
+            return self.result_dict();
+          },
+          py::arg("global_sums"),
+          (std::string("Phase 2: with the local sums of every part added, returns ") + kResultDoc).c_str());
+
+  m.def(
+      "ensemble_atom_uncertainty",
+      [](DoubleArray member_forces, double c_F) {
+        if (member_forces.ndim() != 3 || member_forces.shape(2) != 3)
+          throw mlipbias::Error("member_forces must have shape (n_members, n_atoms, 3), got " +
+                                shape_of(member_forces));
+        const int64_t M = member_forces.shape(0), n = member_forces.shape(1);
+        py::array_t<double> out({n});
+        mlipbias::ensemble_atom_uncertainty(member_forces.data(), static_cast<int>(M), n, n, c_F, out.mutable_data());
+        return out;
+      },
+      py::arg("member_forces"), py::arg("c_F") = 1.0,
+      "U_i = c_F sqrt(sum_m |F_im - Fbar_i|^2 / (3 (M - 1))) (eV/A) of every atom.");
+
+  using mlipbias::BiasState;
+  py::class_<BiasState>(m, "BiasState",
+                        "Uncertainty-bias strengths of seed 002, shared with the LAMMPS plugin: E_biased = E - tau U, "
+                        "F_bias,i = tau_(Z_i) dU/dx_i, W_bias = tau_stress sum r_ij (x) dU/dr_ij; with rescale, "
+                        "tau_eff = tau sum_t |F_t| / sum_t |dU/dx_t| (Eq. 8) and likewise tau_stress with virial "
+                        "norms (0 until a nonzero gradient norm was recorded).")
+      .def(py::init([](double tau, std::optional<double> tau_stress, bool rescale, std::vector<double> species_tau) {
+             mlipbias::BiasSettings s;
+             s.tau = tau;
+             s.tau_stress = tau_stress ? *tau_stress : tau;
+             s.rescale = rescale;
+             s.species_tau = std::move(species_tau);
+             return BiasState(s);
+           }),
+           py::arg("tau") = 0.0, py::arg("tau_stress") = py::none(), py::arg("rescale") = false,
+           py::arg("species_tau") = std::vector<double>(),
+           "tau_stress defaults to tau (as in pair_style mlip/bias); species_tau: one strength per model element, "
+           "or empty for tau everywhere.")
+      .def("update", &BiasState::update, py::arg("force_norm2"), py::arg("gradient_norm2"), py::arg("virial_norm2"),
+           py::arg("gradient_virial_norm2"),
+           "Record one step: squared norms of the model forces and of dU/dx (3N-vectors), and squared Frobenius "
+           "norms of the model virial and of the uncertainty virial.")
+      .def(
+          "tau_effective",
+          [](const BiasState& b, std::optional<int> element) {
+            return element ? b.tau_effective(*element) : b.tau_effective();
+          },
+          py::arg("element") = py::none(),
+          "Strength for the bias energy (no element) or for the bias force on an atom of this element index.")
+      .def("tau_stress_effective", &BiasState::tau_stress_effective)
+      .def_property_readonly("steps", &BiasState::steps)
+      .def_property_readonly("settings",
+                             [](const BiasState& b) {
+                               const auto& s = b.settings();
+                               py::dict d;
+                               d["tau"] = s.tau;
+                               d["tau_stress"] = s.tau_stress;
+                               d["rescale"] = s.rescale;
+                               d["species_tau"] = s.species_tau;
+                               return d;
+                             })
+      .def_property("state", &BiasState::state, &BiasState::set_state,
+                    "Running sums [sum |F|, sum |dU/dx|, sum |W|, sum |W_U|, steps] (restarts).")
+      .def(py::pickle(
+          [](const BiasState& b) {
+            const auto& s = b.settings();
+            return py::make_tuple(s.tau, s.tau_stress, s.rescale, s.species_tau, b.state());
+          },
+          [](py::tuple t) {
+            if (t.size() != 5) throw mlipbias::Error("BiasState pickle: expected 5 entries");
+            mlipbias::BiasSettings s;
+            s.tau = t[0].cast<double>();
+            s.tau_stress = t[1].cast<double>();
+            s.rescale = t[2].cast<bool>();
+            s.species_tau = t[3].cast<std::vector<double>>();
+            BiasState b(s);
+            b.set_state(t[4].cast<std::vector<double>>());
+            return b;
+          }));
+}

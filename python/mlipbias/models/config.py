@@ -1,0 +1,291 @@
+"""The ``mlipbias train`` configuration: schema, defaults, validation and the commented template.
+
+One YAML file describes a run (sections ``data``, ``descriptor``, ``model``, ``uncertainty``,
+``training``, ``output``). :func:`load_config` checks it against the dataclasses below and the
+settings of :mod:`mlipbias.models.training`, and every problem is a ValueError naming the exact key,
+the value and what is allowed. ``mlipbias train --template`` writes :data:`TEMPLATE`, which is
+checked by the tests to load into the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlipbias.models.training import ModelSettings, TrainingSettings, UncertaintySettings, check_settings
+
+DESCRIPTOR_PRESETS = ("auto", "SiO2", "Si", "molecules")
+
+
+@dataclass
+class DataSettings:
+    """Where the labelled structures come from and how they are split."""
+
+    path: str = ""
+    selection: str | None = None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    validation_path: str | None = None
+    test_path: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class DescriptorSettings:
+    """Symmetry functions: a preset, or elements with explicit G2/G4/G5 parameters."""
+
+    preset: str | None = "auto"
+    elements: list[str] | None = None
+    g2: list[list[float]] = field(default_factory=list)
+    g4: list[list[float]] = field(default_factory=list)
+    g5: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class OutputSettings:
+    directory: str = "run"
+    model: str = "model.mlip"
+
+
+@dataclass
+class TrainConfig:
+    data: DataSettings = field(default_factory=DataSettings)
+    descriptor: DescriptorSettings = field(default_factory=DescriptorSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.output.directory) / self.output.model
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
+
+TEMPLATE = """\
+# mlipbias train configuration. Units: eV, Angstrom. Every key is optional except data.path;
+# the values shown are the defaults. Check with `mlipbias train CONFIG.yaml --check`.
+
+data:
+  path: dataset.db              # ase.db of labelled structures (`mlipbias data generate`)
+  selection: null               # ase.db selection, e.g. "mode=displacements"
+  validation_fraction: 0.1      # of data.path, for early stopping and calibration
+  test_fraction: 0.1            # of data.path, held out; its metrics are printed at the end
+  validation_path: null         # a separate validation database instead of the fraction
+  test_path: null               # a separate test database instead of the fraction
+  seed: 0                       # seed of the random split
+
+descriptor:
+  preset: auto                  # auto (from the data's elements), SiO2, Si or molecules
+  # or explicit symmetry functions (set preset: null):
+  # elements: [Si, O]
+  # g2: [[eta, rs, rc], ...]             # eta in 1/A^2, rs and rc in A
+  # g4: [[eta, zeta, lambda, rc], ...]
+  # g5: [[eta, zeta, lambda, rc], ...]
+
+model:
+  hidden: [30, 30]              # hidden layer widths of every element's network
+  activation: tanh              # tanh or silu
+
+uncertainty:
+  methods: [ensemble]           # any of: ensemble, mve, evidential, gmm, posterior, distance
+                                # (mve, evidential and ensemble exclude each other)
+  n_members: 3                  # ensemble size (used with ensemble)
+  sketch_size: 32               # k, random projections per layer (posterior, distance)
+  posterior_lambda: 1.0e-06     # regularisation of the posterior precision matrices
+  atom_subset: 512              # training atoms kept by greedy max-dist (distance, per atom)
+  gmm_max_components: 8         # largest mixture tried; the size is chosen by BIC
+  alpha: 0.1                    # conformal miscoverage: P(error <= c U) >= 1 - alpha
+  evidential_regularization: 0.2
+
+training:
+  epochs: 500
+  batch_size: 16                # structures per mini-batch
+  learning_rate: 0.001          # Adam
+  schedule: plateau             # plateau (on the validation loss), exponential or none
+  decay_factor: 0.5             # plateau: lr *= decay_factor ...
+  decay_patience: 25            # ... after this many epochs without improvement
+  decay_rate: 0.995             # exponential: lr *= decay_rate every epoch
+  min_learning_rate: 1.0e-05
+  early_stopping_patience: 80   # stop when no member improved for this many epochs
+  loss: mse                     # mse or mae
+  energy_weight: 1.0            # on the energy per atom (eV/atom)
+  force_weight: 0.0             # on force components (eV/A); > 0 costs ~100x more per epoch
+  stress_weight: 0.0            # on stress components (eV/A^3)
+  nll_weight: 1.0               # on the negative log-likelihood of mve / evidential heads
+  seed: 0
+  device: auto                  # auto (CUDA when torch sees it), cpu or cuda:N
+
+output:
+  directory: run                # metrics.jsonl, checkpoint.pt, best.mlip, split.json, test_metrics.json
+  model: model.mlip             # the final model, inside directory
+"""
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _convert(key: str, value, default, annotation: str):
+    """The value in the type of the default (int -> float allowed), or a ValueError naming the key."""
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {key}: null is not allowed (default {default!r})")
+    if "bool" in annotation:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key}: expected true or false, got {value!r}")
+        return value
+    if annotation.startswith(("int", "int |")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {key}: expected an integer, got {value!r}")
+        return value
+    if annotation.startswith(("float", "float |")):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key}: expected a string, got {value!r} ({_type_name(value)})")
+        return value
+    if annotation.startswith(("tuple", "list")):
+        if isinstance(value, str):
+            value = [value] if "str" in annotation else value
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key}: expected a list, got {value!r}")
+        return tuple(value) if annotation.startswith("tuple") else list(value)
+    return value
+
+
+def _section(name: str, values, factory):
+    settings = factory()
+    if values is None:
+        return settings
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {name} must be a mapping of keys to values, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(settings)}
+    for key, value in values.items():
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise ValueError(
+                f"config key {name}.{key} is unknown{suggestion}; allowed keys in {name}: {', '.join(known)}"
+            )
+        f = known[key]
+        setattr(settings, key, _convert(f"{name}.{key}", value, getattr(settings, key), str(f.type)))
+    return settings
+
+
+def config_from_dict(values: dict, base_dir: str | os.PathLike | None = None) -> TrainConfig:
+    """A validated :class:`TrainConfig`; relative paths are taken relative to ``base_dir``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"the configuration must be a mapping of sections, got {_type_name(values)}")
+    for name in values:
+        if name not in SECTIONS:
+            hint = difflib.get_close_matches(str(name), SECTIONS, n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise ValueError(f"config section {name} is unknown{suggestion}; allowed: {', '.join(SECTIONS)}")
+    config = TrainConfig(
+        **{name: _section(name, values.get(name), factory) for name, factory in SECTIONS.items()}
+    )
+    _check(config)
+    if base_dir is not None:
+        base = Path(base_dir)
+        for section, key in (
+            ("data", "path"),
+            ("data", "validation_path"),
+            ("data", "test_path"),
+            ("output", "directory"),
+        ):
+            obj = getattr(config, section)
+            value = getattr(obj, key)
+            if value and not Path(value).is_absolute():
+                setattr(obj, key, str(base / value))
+    return config
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a YAML configuration file."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such configuration file (`mlipbias train --template` writes one)"
+        )
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    try:
+        return config_from_dict(values or {}, base_dir=path.parent)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _check(config: TrainConfig) -> None:
+    d = config.data
+    if not d.path:
+        raise ValueError("config key data.path is required: the ase.db file of labelled structures")
+    for key in ("validation_fraction", "test_fraction"):
+        value = getattr(d, key)
+        if not 0 <= value < 1:
+            raise ValueError(f"config key data.{key} = {value}: expected 0 <= value < 1")
+    if d.validation_path is None and d.validation_fraction == 0:
+        raise ValueError(
+            "config key data.validation_fraction = 0: give a fraction > 0 or data.validation_path"
+        )
+    if d.validation_fraction + d.test_fraction >= 1:
+        raise ValueError(
+            f"config keys data.validation_fraction + data.test_fraction = "
+            f"{d.validation_fraction + d.test_fraction:g}: they must leave training data (sum < 1)"
+        )
+    desc = config.descriptor
+    if desc.preset is not None:
+        if desc.preset not in DESCRIPTOR_PRESETS:
+            raise ValueError(
+                f"config key descriptor.preset = {desc.preset!r}: expected one of "
+                f"{', '.join(DESCRIPTOR_PRESETS)} "
+                "or null with explicit elements and g2/g4/g5"
+            )
+        if desc.elements or desc.g2 or desc.g4 or desc.g5:
+            raise ValueError(
+                "config section descriptor: set preset: null to give elements and g2/g4/g5 yourself"
+            )
+    elif not desc.elements or not (desc.g2 or desc.g4 or desc.g5):
+        raise ValueError(
+            "config section descriptor: without a preset, give elements and at least one of g2, g4, g5"
+        )
+    for key, width in (("g2", 3), ("g4", 4), ("g5", 4)):
+        for row in getattr(desc, key):
+            if not isinstance(row, (list, tuple)) or len(row) != width:
+                raise ValueError(f"config key descriptor.{key}: every row needs {width} numbers, got {row!r}")
+    if not config.output.model:
+        raise ValueError("config key output.model is empty")
+    check_settings(config.model, config.uncertainty, config.training)
+
+
+def make_descriptor(settings: DescriptorSettings, elements_in_data):
+    """The symmetry functions of the settings; ``auto`` uses the data's elements (by atomic number)."""
+    from ase.data import atomic_numbers
+
+    from mlipbias.descriptors import SymmetryFunctions
+
+    if settings.preset is None:
+        return SymmetryFunctions.build(settings.elements, g2=settings.g2, g4=settings.g4, g5=settings.g5)
+    if settings.preset == "auto":
+        return SymmetryFunctions.defaults(sorted(set(elements_in_data), key=lambda e: atomic_numbers[e]))
+    return SymmetryFunctions.defaults(settings.preset)

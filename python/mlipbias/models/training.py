@@ -1,0 +1,653 @@
+"""Training a BP-NN with its uncertainty methods: loss, Adam, learning-rate decay, early stopping.
+
+:func:`train` does the whole job on prepared data:
+
+1. scales the inputs per element and fits the per-element energy shift by linear regression of the
+   training energies on composition (the output scale is that regression's RMSE per atom);
+2. trains all ensemble members at once (each has its own initial weights; they see the same
+   mini-batches) on ``w_E L(E/N) + w_F L(F) + w_S L(stress)`` with L the MSE or the MAE, plus the
+   Gaussian or NIG negative log-likelihood of the heads (MVE, evidential); Adam, a learning-rate
+   schedule on the validation loss, and early stopping that restores, for every member, the weights
+   of its best validation epoch;
+3. fits the post-hoc uncertainties on the training data (GMM on the last hidden layer, sketched
+   gradient features with their precision matrices and max-dist subset);
+4. calibrates every method on the validation data: the variance recalibration that turns a GMM
+   score into a standard deviation (seed 003 Eq. 13), and conformal factors c_E, c_F (seed 002) at
+   the miscoverage level ``alpha``.
+
+Every epoch appends a line to ``metrics.jsonl`` and writes ``checkpoint.pt`` (all state needed to
+resume) in the output folder; ``best.mlip`` holds the best network so far. A crashed or interrupted
+run keeps its history and continues with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlipbias.descriptors import atom_forces, pair_gradients, virial
+from mlipbias.models.data import AtomsData, Batch, structure_sum, voigt_stress
+from mlipbias.models.model import METHODS, MLIPModel, one_torch_thread, save_model
+from mlipbias.models.network import ACTIVATIONS, BPNN
+from mlipbias.uq import evidential, mve
+
+LOSSES = ("mse", "mae")
+SCHEDULES = ("plateau", "exponential", "none")
+CHECKPOINT_VERSION = 1
+
+
+def log_line(message: str) -> None:
+    """Print a progress message at once (also when stdout is a file)."""
+    print(message, flush=True)
+
+
+@dataclass
+class ModelSettings:
+    """Architecture: hidden layer widths and activation of every element's network."""
+
+    hidden: tuple[int, ...] = (30, 30)
+    activation: str = "tanh"
+
+
+@dataclass
+class UncertaintySettings:
+    """Which uncertainty methods to build, and their parameters.
+
+    ``methods``: any of ensemble, mve, evidential, gmm, posterior, distance (mve and evidential
+    change the network and exclude each other and the ensemble). ``n_members``: ensemble size.
+    ``sketch_size`` (k), ``posterior_lambda`` and ``atom_subset``: gradient features.
+    ``gmm_max_components``: largest mixture tried by BIC. ``alpha``: conformal miscoverage level.
+    ``evidential_regularization``: lambda of the evidence regulariser.
+    """
+
+    methods: tuple[str, ...] = ("ensemble",)
+    n_members: int = 3
+    sketch_size: int = 32
+    posterior_lambda: float = 1e-6
+    atom_subset: int = 512
+    gmm_max_components: int = 8
+    alpha: float = 0.1
+    evidential_regularization: float = evidential.DEFAULT_REGULARIZATION
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation. Weights multiply the energy-per-atom, force-component and stress-component losses."""
+
+    epochs: int = 500
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    schedule: str = "plateau"
+    decay_factor: float = 0.5
+    decay_patience: int = 25
+    decay_rate: float = 0.995
+    min_learning_rate: float = 1e-5
+    early_stopping_patience: int = 80
+    loss: str = "mse"
+    energy_weight: float = 1.0
+    force_weight: float = 0.0
+    stress_weight: float = 0.0
+    nll_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class TrainingResult:
+    """The trained model and what happened: the best epoch and validation loss of every member."""
+
+    model: MLIPModel
+    best_epoch: list[int]
+    best_loss: list[float]
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+def check_settings(model: ModelSettings, uq: UncertaintySettings, training: TrainingSettings) -> None:
+    """ValueError naming the setting, its value and what is allowed."""
+
+    def fail(name, value, allowed):
+        raise ValueError(f"setting {name} = {value!r}: {allowed}")
+
+    if model.activation not in ACTIVATIONS:
+        fail("model.activation", model.activation, f"expected one of {', '.join(ACTIVATIONS)}")
+    if not model.hidden or any(int(h) != h or h < 1 for h in model.hidden):
+        fail("model.hidden", list(model.hidden), "expected a list of positive layer widths, e.g. [30, 30]")
+    methods = list(uq.methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        fail("uncertainty.methods", methods, f"unknown {unknown}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        fail("uncertainty.methods", methods, "lists a method twice")
+    heads = [m for m in methods if m in ("mve", "evidential")]
+    if len(heads) > 1 or (heads and "ensemble" in methods):
+        fail(
+            "uncertainty.methods",
+            methods,
+            "mve, evidential and ensemble exclude each other (one network head)",
+        )
+    if "ensemble" in methods and (int(uq.n_members) != uq.n_members or uq.n_members < 2):
+        fail("uncertainty.n_members", uq.n_members, "an ensemble needs at least 2 members")
+    for name in ("sketch_size", "atom_subset", "gmm_max_components"):
+        value = getattr(uq, name)
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            fail(f"uncertainty.{name}", value, "expected a positive integer")
+    if not uq.posterior_lambda > 0:
+        fail("uncertainty.posterior_lambda", uq.posterior_lambda, "expected > 0")
+    if not 0 < uq.alpha < 1:
+        fail("uncertainty.alpha", uq.alpha, "expected 0 < alpha < 1")
+    if not uq.evidential_regularization >= 0:
+        fail("uncertainty.evidential_regularization", uq.evidential_regularization, "expected >= 0")
+    t = training
+    for name in ("epochs", "batch_size", "decay_patience", "early_stopping_patience"):
+        value = getattr(t, name)
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            fail(f"training.{name}", value, "expected a positive integer")
+    if t.schedule not in SCHEDULES:
+        fail("training.schedule", t.schedule, f"expected one of {', '.join(SCHEDULES)}")
+    if t.loss not in LOSSES:
+        fail("training.loss", t.loss, f"expected one of {', '.join(LOSSES)}")
+    for name in ("learning_rate", "min_learning_rate"):
+        if not getattr(t, name) > 0:
+            fail(f"training.{name}", getattr(t, name), "expected > 0")
+    if not 0 < t.decay_factor < 1:
+        fail("training.decay_factor", t.decay_factor, "expected 0 < decay_factor < 1")
+    if not 0 < t.decay_rate <= 1:
+        fail("training.decay_rate", t.decay_rate, "expected 0 < decay_rate <= 1")
+    for name in ("energy_weight", "force_weight", "stress_weight", "nll_weight"):
+        if not getattr(t, name) >= 0:
+            fail(f"training.{name}", getattr(t, name), "expected >= 0")
+    if t.energy_weight + t.force_weight + t.stress_weight == 0:
+        fail("training.energy_weight", t.energy_weight, "energy, force and stress weights are all 0")
+    if t.device not in ("auto", "cpu") and not str(t.device).startswith("cuda"):
+        fail("training.device", t.device, "expected auto, cpu or cuda[:N]")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def _residual_loss(residual: torch.Tensor, kind: str, dims) -> torch.Tensor:
+    """Mean of squared (mse) or absolute (mae) residuals over ``dims``."""
+    return (residual**2 if kind == "mse" else residual.abs()).mean(dim=dims)
+
+
+def batch_outputs(net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool):
+    """Member energies (M, S), atom outputs, and when asked member forces (M, n, 3), stresses (M, S, 6)."""
+    M = net.n_members
+    need_grad = forces or stress
+    G = batch.G.unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
+    out = net(G, batch.species, detach_head=True)
+    energies = structure_sum(out.energy, batch.structure, batch.n_structures)
+    F = S = None
+    if need_grad:
+        dEdG = torch.autograd.grad(energies.sum(), G, create_graph=create_graph)[0]
+        nb = batch.neighbours
+        grads = pair_gradients(dEdG, net.descriptor, nb)
+        F = atom_forces(grads, nb.i, nb.j, batch.G.shape[0])
+        if stress:
+            pair_structure = torch.as_tensor(nb.pair_structure, device=grads.device)
+            W = virial(grads, nb.D, pair_structure, batch.n_structures)
+            S = voigt_stress(W, batch.volume)
+    return energies, out, F, S
+
+
+def batch_loss(
+    net: BPNN, batch: Batch, settings: TrainingSettings, uq: UncertaintySettings, *, create_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(loss to minimise, per-member accuracy loss (M,), parts) for one batch.
+
+    The accuracy loss (what early stopping watches) is the weighted energy/force/stress loss; the
+    loss to minimise adds the heads' negative log-likelihood.
+    """
+    t = settings
+    use_forces = t.force_weight > 0 or (net.head is not None and batch.forces is not None)
+    use_stress = t.stress_weight > 0 and batch.stress is not None
+    energies, out, F, S = batch_outputs(
+        net, batch, forces=use_forces, stress=use_stress, create_graph=create_graph
+    )
+    parts = {}
+    e_res = (energies - batch.energy) / batch.n_atoms  # (M, S) per atom
+    per_member = t.energy_weight * _residual_loss(e_res, t.loss, 1)
+    parts["energy_rmse"] = torch.sqrt((e_res.detach() ** 2).mean(dim=1))
+    f_res = None
+    if F is not None and batch.forces is not None:
+        f_res = F - batch.forces
+        parts["force_rmse"] = torch.sqrt((f_res.detach() ** 2).mean(dim=(1, 2)))
+        if t.force_weight > 0:
+            per_member = per_member + t.force_weight * _residual_loss(f_res, t.loss, (1, 2))
+    if S is not None:
+        mask = batch.stress_mask
+        s_res = (S - batch.stress)[:, mask]
+        if s_res.shape[1]:
+            per_member = per_member + t.stress_weight * _residual_loss(s_res, t.loss, (1, 2))
+    total = per_member.sum()
+    if net.head is not None and t.nll_weight > 0:
+        raw, scale = out.head[0], net.head_scale[0]
+        total_res = e_res[0] * batch.n_atoms  # total-energy residual
+        force_res = None if f_res is None else f_res[0]
+        if net.head == "mve":
+            nll = mve.loss(raw, scale, batch.structure, batch.n_structures, total_res, force_res)
+        else:
+            nll = evidential.loss(
+                raw,
+                scale,
+                batch.structure,
+                batch.n_structures,
+                total_res,
+                force_res,
+                uq.evidential_regularization,
+            )
+        parts["nll"] = nll.detach()
+        total = total + t.nll_weight * nll
+    return total, per_member, parts
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def build_network(train_data: AtomsData, model: ModelSettings, uq: UncertaintySettings, seed: int) -> BPNN:
+    """A fresh network with scaling, shift and output scale fitted on the training data."""
+    head = next((m for m in uq.methods if m in ("mve", "evidential")), None)
+    n_members = int(uq.n_members) if "ensemble" in uq.methods else 1
+    net = BPNN(train_data.descriptor, model.hidden, model.activation, n_members, head=head, seed=seed)
+    net.fit_scaling(train_data.G, train_data.species)
+    _, scale = net.fit_energy_shift(train_data.energy, train_data.counts)
+    if head is not None:
+        if not train_data.has_forces:
+            raise ValueError(f"the {head} uncertainty learns force variances: the training data needs forces")
+        module = mve if head == "mve" else evidential
+        scales = module.initial_scales(scale, float(np.mean(train_data.forces**2)))
+        with torch.no_grad():
+            net.head_scale[:] = torch.tensor(scales, dtype=net.head_scale.dtype)
+            # Every softplus starts at 1: variances at their units, nu = alpha - 1 = 1.
+            for el in net.elements:
+                net.weights[f"{el}_head_b"][:] = mve.inverse_softplus(1.0)
+    return net
+
+
+def train(
+    train_data: AtomsData,
+    validation_data: AtomsData,
+    *,
+    model: ModelSettings | None = None,
+    uncertainty: UncertaintySettings | None = None,
+    training: TrainingSettings | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = log_line,
+    description: str = "",
+) -> TrainingResult:
+    """Train a model with its uncertainty methods (see the module docstring for the steps).
+
+    Both data sets need reference energies; forces and stresses are used when the weights ask for
+    them. ``output_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``best.mlip`` (nothing is
+    written without it); ``resume`` continues from its checkpoint. Torch runs on one intra-op thread
+    meanwhile (:func:`mlipbias.models.model.one_torch_thread`).
+    """
+    with one_torch_thread():
+        return _train(
+            train_data,
+            validation_data,
+            model or ModelSettings(),
+            uncertainty or UncertaintySettings(),
+            training or TrainingSettings(),
+            output_dir,
+            resume,
+            progress,
+            log,
+            description,
+        )
+
+
+def _train(train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description):
+    check_settings(model, uq, t)
+    _check_data(train_data, validation_data, t, uq)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    net = build_network(train_data, model, uq, t.seed).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
+    scheduler = _scheduler(optimizer, t)
+    M = net.n_members
+    state = {
+        "epoch": 0,
+        "best_loss": [math.inf] * M,
+        "best_epoch": [0] * M,
+        "best_params": copy.deepcopy(net.state_dict()),
+        "history": [],
+    }
+    out = Path(output_dir) if output_dir is not None else None
+    # A resumed run must use the same settings, except that it may run for more epochs.
+    training_key = {k: v for k, v in asdict(t).items() if k != "epochs"}
+    settings_key = json.dumps(
+        {"model": asdict(model), "uq": asdict(uq), "training": training_key}, sort_keys=True, default=list
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint = out / "checkpoint.pt"
+        if resume and checkpoint.exists():
+            state = _load_checkpoint(checkpoint, net, optimizer, scheduler, settings_key, device)
+            log(f"resuming from {checkpoint} after epoch {state['epoch']}")
+        elif checkpoint.exists() and not resume:
+            checkpoint.unlink()
+        _rewrite_log(out / "metrics.jsonl", state["history"])
+
+    need_pairs = t.force_weight > 0 or t.stress_weight > 0 or net.head is not None
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=t.epochs,
+        initial=state["epoch"],
+        desc="training",
+        unit="epoch",
+        file=sys.stderr,
+        disable=not progress,
+    )
+    start_epoch = state["epoch"]
+    if start_epoch and start_epoch - max(state["best_epoch"]) >= t.early_stopping_patience:
+        log(f"the run in {out} had stopped early after epoch {start_epoch}; nothing to continue")
+        start_epoch = t.epochs
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        started = time.perf_counter()
+        net.train()
+        train_sum, n_batches = 0.0, 0
+        # A pure function of (seed, epoch), so a resumed run sees the same batches.
+        order = np.random.default_rng([t.seed, epoch]).permutation(len(train_data))
+        for group in train_data.batches(t.batch_size, order):
+            batch = train_data.batch(group, device, neighbours=need_pairs)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = batch_loss(net, batch, t, uq, create_graph=True)
+            loss.backward()
+            optimizer.step()
+            train_sum += float(loss.detach())
+            n_batches += 1
+        net.eval()
+        val = _validation(net, validation_data, t, uq, device, need_pairs)
+        lr = optimizer.param_groups[0]["lr"]
+        improved = []
+        for m in range(M):
+            if val["loss"][m] < state["best_loss"][m]:
+                state["best_loss"][m] = float(val["loss"][m])
+                state["best_epoch"][m] = epoch
+                improved.append(m)
+        if improved:
+            _copy_members(state["best_params"], net.state_dict(), improved)
+        if t.schedule == "plateau":
+            scheduler.step(float(np.mean(val["loss"])))
+        elif t.schedule == "exponential":
+            scheduler.step()
+        record = {
+            "epoch": epoch,
+            "learning_rate": lr,
+            "train_loss": train_sum / max(n_batches, 1),
+            "validation_loss": [float(v) for v in val["loss"]],
+            "validation_energy_rmse": [float(v) for v in val["energy_rmse"]],
+            "seconds": time.perf_counter() - started,
+        }
+        if "force_rmse" in val:
+            record["validation_force_rmse"] = [float(v) for v in val["force_rmse"]]
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if out is not None:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if improved:
+                _save_best(net, state["best_params"], out / "best.mlip", description)
+            _save_checkpoint(out / "checkpoint.pt", net, optimizer, scheduler, state, settings_key)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{record['train_loss']:.3g}",
+            val_E=f"{1000 * np.mean(record['validation_energy_rmse']):.2f}meV/at",
+            lr=f"{lr:.2g}",
+        )
+        if not progress and (epoch % max(1, t.epochs // 10) == 0 or epoch == 1):
+            log(
+                f"epoch {epoch}/{t.epochs}: train loss {record['train_loss']:.4g}, validation energy RMSE "
+                f"{1000 * np.mean(record['validation_energy_rmse']):.3g} meV/atom, lr {lr:.3g}"
+            )
+        since_best = epoch - max(state["best_epoch"])
+        if since_best >= t.early_stopping_patience:
+            log(f"early stopping after epoch {epoch}: no member improved for {since_best} epochs")
+            break
+        if lr <= t.min_learning_rate * (1 + 1e-9) and t.schedule != "none" and since_best >= t.decay_patience:
+            log(f"stopping after epoch {epoch}: learning rate at its minimum and no improvement")
+            break
+    bar.close()
+    net.load_state_dict(state["best_params"])
+    net.eval()
+    for m in range(M):
+        log(f"member {m}: best validation loss {state['best_loss'][m]:.4g} at epoch {state['best_epoch'][m]}")
+    result_model = MLIPModel(net, description=description)
+    finish_uncertainty(result_model, train_data, validation_data, uq, seed=t.seed, log=log)
+    return TrainingResult(
+        result_model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
+    )
+
+
+def _check_data(train_data: AtomsData, validation_data: AtomsData, t: TrainingSettings, uq) -> None:
+    for name, data in (("training", train_data), ("validation", validation_data)):
+        if data.energy is None:
+            raise ValueError(f"the {name} data has no reference energies")
+        if t.force_weight > 0 and not data.has_forces:
+            raise ValueError(f"training.force_weight is {t.force_weight} but the {name} data has no forces")
+        heads = any(m in ("mve", "evidential") for m in uq.methods)
+        if (t.force_weight > 0 or t.stress_weight > 0 or heads) and data.neighbours is None:
+            raise ValueError(
+                f"the {name} data was prepared without neighbour pairs, needed for forces (force or stress "
+                "weights, mve and evidential heads)"
+            )
+    if t.stress_weight > 0 and not train_data.has_stress:
+        raise ValueError(
+            f"training.stress_weight is {t.stress_weight} but no training structure has a stress"
+        )
+    if train_data.descriptor != validation_data.descriptor:
+        raise ValueError("training and validation data were prepared with different descriptors")
+
+
+def _scheduler(optimizer, t: TrainingSettings):
+    if t.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=t.decay_factor, patience=t.decay_patience, min_lr=t.min_learning_rate
+        )
+    if t.schedule == "exponential":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: max(t.decay_rate**e, t.min_learning_rate / t.learning_rate)
+        )
+    return None
+
+
+def _validation(net, data: AtomsData, t, uq, device, need_pairs) -> dict:
+    """Per-member validation loss and RMSEs over the whole validation set (weighted by batch size)."""
+    sums: dict[str, torch.Tensor] = {}
+    total = 0
+    for group in data.batches(max(t.batch_size, 32)):
+        batch = data.batch(group, device, neighbours=need_pairs)
+        with torch.set_grad_enabled(need_pairs):
+            _, per_member, parts = batch_loss(net, batch, t, uq, create_graph=False)
+        w = len(group)
+        items = {"loss": per_member.detach(), **{k: v**2 for k, v in parts.items() if k.endswith("rmse")}}
+        for key, value in items.items():
+            sums[key] = sums.get(key, 0.0) + w * value.detach().cpu()
+        total += w
+    out = {key: (value / total).numpy() for key, value in sums.items()}
+    for key in list(out):
+        if key.endswith("rmse"):
+            out[key] = np.sqrt(out[key])
+    return out
+
+
+def _copy_members(target: dict, source: dict, members: list[int]) -> None:
+    """Copy the given members' slices (leading axis) of every parameter from ``source`` into ``target``."""
+    for name, value in source.items():
+        if name.startswith("weights."):
+            for m in members:
+                target[name][m] = value[m].detach().clone()
+
+
+def _save_best(net: BPNN, best_params: dict, path: Path, description: str) -> None:
+    save_model(MLIPModel(net.clone(best_params), description=description), path)
+
+
+def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, settings_key: str) -> None:
+    payload = {
+        "version": CHECKPOINT_VERSION,
+        "settings": settings_key,
+        "network": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "state": state,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
+    payload = torch.load(path, map_location=device, weights_only=False)
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {payload.get('version')} is not {CHECKPOINT_VERSION}")
+    if payload["settings"] != settings_key:
+        raise ValueError(
+            f"{path}: the checkpoint was written with other settings; resume with the same configuration "
+            "or start a new output folder"
+        )
+    net.load_state_dict(payload["network"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    return payload["state"]
+
+
+def _rewrite_log(path: Path, history: list[dict]) -> None:
+    """The metrics log holds exactly the epochs of the state we start from."""
+    with open(path, "w") as f:
+        for record in history:
+            f.write(json.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ uncertainty
+
+
+def network_features(
+    net: BPNN, data: AtomsData, *, hidden: bool = False, sketch=None, chunk: int = 20000
+) -> np.ndarray:
+    """Member 0's last hidden layer (``hidden``) or sketched gradient features of every atom of ``data``."""
+    device = net.energy_scale.device
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(data.G), chunk):
+            G = torch.as_tensor(data.G[start : start + chunk], device=device)
+            species = torch.as_tensor(data.species[start : start + chunk], device=device)
+            out = net(G, species, hidden=hidden, sketch=sketch)
+            rows.append((out.hidden[0] if hidden else out.features).cpu().numpy())
+    return np.concatenate(rows)
+
+
+def finish_uncertainty(
+    model: MLIPModel,
+    train_data: AtomsData,
+    validation_data: AtomsData,
+    uq: UncertaintySettings,
+    *,
+    seed: int = 0,
+    log: Callable[[str], None] = log_line,
+) -> None:
+    """Fit the post-hoc methods on the training data and calibrate all methods on validation data.
+
+    Sets ``model.methods`` (ensemble or head first, then gmm, posterior, distance), ``model.gmm``,
+    ``model.gradient`` and ``model.calibration``.
+    """
+    from mlipbias.uq.gmm import GMMUncertainty
+    from mlipbias.uq.gradient_features import GradientFeatures
+
+    net = model.network
+    methods = [m for m in METHODS if m in uq.methods]
+    if "gmm" in methods:
+        hidden = network_features(net, train_data, hidden=True)
+        model.gmm = GMMUncertainty.fit(
+            net.elements, hidden, train_data.species, max_components=uq.gmm_max_components, seed=seed
+        )
+        log(f"GMM components by BIC: {model.gmm.n_components}")
+    if "posterior" in methods or "distance" in methods:
+        gradient = GradientFeatures.random(net, uq.sketch_size, seed=seed, lam=uq.posterior_lambda)
+        sketch = gradient.sketch(net.energy_scale)
+        phi = network_features(net, train_data, sketch=sketch)
+        structure = np.repeat(np.arange(len(train_data)), train_data.n_atoms)
+        model.gradient = gradient.fit(phi, structure, train_data.n_atoms, uq.atom_subset)
+        log(
+            f"gradient features: K = {gradient.n_features}, "
+            f"{len(gradient.train_atom)} atoms in the max-dist subset"
+        )
+    calibrate(model, validation_data, methods, uq.alpha, log=log)
+
+
+def calibrate(
+    model: MLIPModel, data: AtomsData, methods, alpha: float, *, log: Callable[[str], None] = log_line
+) -> dict:
+    """Calibrate ``methods`` of ``model`` on labelled ``data``; sets ``model.methods``, ``model.calibration``.
+
+    GMM: the variance recalibration ``sigma^2 = a s + b`` of its scores (energy and force). Every
+    method: conformal factors c_E on |E - E_ref| against U, c_F on the per-atom force RMSE against
+    U_i (only with forces in the data). A quantity with too few points for ``alpha`` keeps factor 1
+    (a message says so). Returns the coverage of each factor on ``data``.
+    """
+    from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+
+    methods = list(methods)
+    forces = data.has_forces and data.neighbours is not None
+    calibration: dict[str, np.ndarray] = {}
+    if "gmm" in methods:  # placeholders, so that the scores can be computed before the fit
+        calibration.update(
+            {f"calibration/nll/{q}/gmm": np.array([0.0, 1.0, 1.0]) for q in ("energy", "force")}
+        )
+    model.calibration, model.methods = calibration, tuple(methods)
+    coverage, base = {}, None
+    for method in sorted(methods, key=lambda m: m != "ensemble"):  # the ensemble computes member forces
+        need_forces = forces and (base is None or method == "ensemble")
+        p = model.predict(data, method, forces=need_forces, atom_uncertainty=forces)
+        base = p if base is None and need_forces else base
+        U, U_i = p.uncertainty, p.atom_uncertainty
+        if method == "gmm":
+            fit = VarianceRecalibration("positive_variance").fit(p.energy - data.energy, p.score)
+            calibration.update(fit.to_records("energy", method))
+            U = fit.apply(p.score)
+            if forces:
+                fit = VarianceRecalibration("positive_variance").fit(base.forces - data.forces, p.atom_score)
+                calibration.update(fit.to_records("force", method))
+                U_i = fit.apply(p.atom_score)
+            else:
+                log("gmm: no reference forces, so the per-atom GMM uncertainty is not calibrated (U_i = 1)")
+        pairs = [("energy", np.abs(p.energy - data.energy), U)]
+        if forces:
+            pairs.append(("force", force_rmse_per_atom(base.forces, data.forces), U_i))
+        for quantity, errors, u in pairs:
+            try:
+                conformal = ConformalCalibration(alpha).fit(errors, u)
+            except ValueError as error:
+                log(f"{method}: {quantity} uncertainty not calibrated ({error})")
+                continue
+            calibration.update(conformal.to_records(quantity, method))
+            coverage[f"{quantity}/{method}"] = conformal.coverage(errors, u)
+            log(
+                f"{method}: conformal factor c_{quantity[0].upper()} = {conformal.factor:.4g} "
+                f"(alpha = {alpha:g})"
+            )
+    return coverage

@@ -1,0 +1,79 @@
+"""Mean-variance estimation (seed 003, "MVE"): a softplus variance head trained by Gaussian NLL.
+
+The network of each element has a head with two outputs per atom, ``raw = W_head h_(L-1) + b_head``
+(records ``member/0/El/head_W`` [2, H], ``head_b`` [2], ``model/head = "mve"``), and the member has
+two variance units ``c = member/0/head_scale`` (set at training to s^2, the squared output scale in
+eV^2, and to the mean square training force component in (eV/A)^2):
+
+    v_i^E = c_0 softplus(raw_i0)      atomic contribution to the energy variance (eV^2)
+    v_i^F = c_1 softplus(raw_i1)      variance of each force component of atom i ((eV/A)^2)
+
+    U   = sqrt( sum_i v_i^E )         energy standard deviation (eV; atomic variances add up)
+    U_i = sqrt( v_i^F )               force standard deviation per component (eV/A)
+
+Training adds the Gaussian negative log-likelihood of the residuals to the usual loss:
+``NLL_E = 1/2 [log(2 pi U^2) + (E - E_ref)^2 / U^2]`` per structure and ``NLL_F`` per force
+component. The NLL trains the heads only: they read a detached last hidden layer and the residuals
+are detached, so energies and forces are fitted by the same loss as any other model and keep its
+accuracy (seed 003 notes that fitting the mean through the NLL costs accuracy, and fits the energy
+by MAE for that reason); early stopping watches that accuracy loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+N_OUTPUTS = 2
+MIN_VARIANCE = 1e-12  # floor of every variance, (eV or eV/A)^2
+
+
+def inverse_softplus(y: float) -> float:
+    """x with softplus(x) = y (y > 0)."""
+    return y + math.log(-math.expm1(-y))
+
+
+def variances(raw: torch.Tensor, head_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-atom energy and force variances from raw head outputs (n_atoms, 2) and the units (2,)."""
+    return (
+        head_scale[0] * F.softplus(raw[..., 0]) + MIN_VARIANCE,
+        head_scale[1] * F.softplus(raw[..., 1]) + MIN_VARIANCE,
+    )
+
+
+def energy_variance(raw, head_scale, structure, n_structures) -> torch.Tensor:
+    """(n_structures,) total-energy variance ``sum_i v_i^E`` (eV^2)."""
+    v_energy, _ = variances(raw, head_scale)
+    return v_energy.new_zeros(n_structures).index_add(0, structure, v_energy)
+
+
+def energy_uncertainty(raw, head_scale, structure, n_structures) -> torch.Tensor:
+    """(n_structures,) U = sqrt(sum_i v_i^E) (eV)."""
+    return torch.sqrt(energy_variance(raw, head_scale, structure, n_structures))
+
+
+def atom_uncertainty(raw, head_scale) -> torch.Tensor:
+    """(n_atoms,) U_i = sqrt(v_i^F) (eV/A)."""
+    return torch.sqrt(variances(raw, head_scale)[1])
+
+
+def gaussian_nll(residual: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``1/2 [log(2 pi v) + r^2 / v]``."""
+    return 0.5 * (torch.log(2 * math.pi * variance) + residual**2 / variance)
+
+
+def loss(raw, head_scale, structure, n_structures, energy_residual, force_residual=None) -> torch.Tensor:
+    """Mean NLL of the detached total-energy residuals per structure plus the mean NLL per force component."""
+    variance = energy_variance(raw, head_scale, structure, n_structures)
+    value = gaussian_nll(energy_residual.detach(), variance).mean()
+    if force_residual is not None:
+        v_force = variances(raw, head_scale)[1]
+        value = value + gaussian_nll(force_residual.detach(), v_force[:, None]).mean()
+    return value
+
+
+def initial_scales(energy_scale: float, mean_square_force: float) -> list[float]:
+    """Variance units: s^2 for the energy, the mean square force component for the forces."""
+    return [energy_scale**2, mean_square_force]

@@ -1,0 +1,231 @@
+"""The ASE calculator: results of the model, conservative biased forces and stress, rescaling, MD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.md.verlet import VelocityVerlet
+from model_fixtures import evaluate_atoms, model_with_all_methods, quartz, strained
+
+from mlipbias.calculators import MLIPCalculator
+from mlipbias.models import save_model
+
+try:
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # ASE < 3.29
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    model, _ = model_with_all_methods()
+    return save_model(model, tmp_path_factory.mktemp("calc") / "model.mlip")
+
+
+def test_results_are_those_of_the_model(model_path):
+    from mlipbias.models import load_model
+
+    model = load_model(model_path)
+    atoms = quartz(4)
+    atoms.calc = MLIPCalculator(model_path, uncertainty="posterior")
+    p = evaluate_atoms(model, atoms, "posterior", atom_uncertainty=True)
+    assert atoms.get_potential_energy() == pytest.approx(p.energy[0], rel=1e-13)
+    np.testing.assert_allclose(atoms.get_forces(), p.forces, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(atoms.get_stress(), p.stress[0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(atoms.get_potential_energies().sum(), p.energy[0], rtol=1e-12)
+    results = atoms.calc.results
+    assert results["uncertainty"] == pytest.approx(p.uncertainty[0], rel=1e-13)
+    np.testing.assert_allclose(results["atom_uncertainty"], p.atom_uncertainty, rtol=1e-12)
+    assert results["bias_energy"] == 0.0 and "uncertainty_gradient" not in results
+    assert atoms.calc.get_property("uncertainty", atoms) == results["uncertainty"]
+    # The default method is the model's first; "none" switches uncertainties off.
+    assert MLIPCalculator(model_path).uncertainty == "ensemble"
+    plain = MLIPCalculator(model_path, uncertainty="none")
+    atoms.calc = plain
+    atoms.get_forces()
+    assert "uncertainty" not in plain.results
+
+
+@pytest.mark.parametrize("method", ["ensemble", "posterior", "gmm"])
+def test_biased_forces_and_stress_are_derivatives_of_the_biased_energy(model_path, method):
+    tau = 0.3
+    calc = MLIPCalculator(model_path, uncertainty=method, tau=tau)
+    atoms = quartz(5, rattle=0.1)
+
+    def energy(a):
+        a = a.copy()
+        a.calc = calc
+        return a.get_potential_energy()
+
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    r = dict(calc.results)
+    assert r["energy"] == pytest.approx(r["model_energy"] - tau * r["uncertainty"], rel=1e-13)
+    np.testing.assert_allclose(r["bias_forces"], tau * r["uncertainty_gradient"], rtol=1e-13)
+    assert np.abs(r["bias_forces"]).max() > 1e-3  # the bias is not trivially zero
+    h, rng = 1e-5, np.random.default_rng(0)
+    v = rng.normal(size=atoms.positions.shape)
+    plus, minus = atoms.copy(), atoms.copy()
+    plus.positions += h * v
+    minus.positions -= h * v
+    assert -np.sum(forces * v) == pytest.approx((energy(plus) - energy(minus)) / (2 * h), rel=1e-6, abs=1e-8)
+    eps = rng.normal(size=(3, 3))
+    eps = 0.5 * (eps + eps.T)
+    slope = (energy(strained(atoms, h * eps)) - energy(strained(atoms, -h * eps))) / (2 * h)
+    stress_matrix = np.array(
+        [
+            [stress[0], stress[5], stress[4]],
+            [stress[5], stress[1], stress[3]],
+            [stress[4], stress[3], stress[2]],
+        ]
+    )
+    assert np.sum(stress_matrix * eps) * atoms.get_volume() == pytest.approx(slope, rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("method", ["none", "ensemble", "posterior", "distance"])
+def test_cpp_and_torch_backends_agree(model_path, method):
+    """``auto`` runs the C++ inference of pair_style mlip/bias; it equals the torch model to 1e-10."""
+    settings = dict(uncertainty=method, tau=0.0 if method == "none" else 0.3, rescale=method != "none")
+    cpp = MLIPCalculator(model_path, **settings)
+    torch_calc = MLIPCalculator(model_path, backend="torch", **settings)
+    assert cpp.backend == "cpp" and torch_calc.backend == "torch"
+    for step in range(3):  # rescaling keeps running sums: the same on both backends
+        atoms = quartz(30 + step, rattle=0.1)
+        results = []
+        for calc in (cpp, torch_calc):
+            atoms.calc = calc
+            atoms.get_forces()
+            results.append(dict(calc.results))
+        a, b = results
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+def test_species_tau_and_tau_stress(model_path):
+    atoms = quartz(6)
+    base = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, tau_stress=0.0)
+    atoms.calc = base
+    atoms.get_forces()
+    r = dict(base.results)
+    np.testing.assert_allclose(r["bias_stress"], 0.0)
+    np.testing.assert_allclose(r["stress"], r["model_stress"])
+    species = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, species_tau={"O": 0.05})
+    atoms.calc = species
+    atoms.get_forces()
+    s = species.results
+    is_o = np.array(atoms.get_chemical_symbols()) == "O"
+    np.testing.assert_allclose(s["bias_forces"][is_o], 0.05 * r["uncertainty_gradient"][is_o], rtol=1e-12)
+    np.testing.assert_allclose(s["bias_forces"][~is_o], 0.2 * r["uncertainty_gradient"][~is_o], rtol=1e-12)
+    assert s["bias_energy"] == pytest.approx(-0.2 * r["uncertainty"], rel=1e-12)
+    # tau_stress defaults to tau: the bias stress is -(tau / V) dU/dstrain.
+    virial = species.results["bias_stress"]
+    assert np.abs(virial).max() > 0
+
+
+def test_rescaling_follows_the_running_force_ratio(model_path):
+    tau = 0.5
+    calc = MLIPCalculator(model_path, uncertainty="distance", tau=tau, rescale=True)
+    sums = np.zeros(4)
+    for k in range(3):
+        atoms = quartz(20 + k, rattle=0.1)
+        atoms.calc = calc
+        atoms.get_forces()
+        r = calc.results
+        free = MLIPCalculator(model_path, uncertainty="distance")
+        atoms.calc = free
+        atoms.get_forces()
+        virial_u = evaluate_atoms(
+            free.model, atoms, "distance", forces=False, gradient=True
+        ).uncertainty_virial[0]
+        virial = evaluate_atoms(free.model, atoms).virial[0]
+        sums += [
+            np.linalg.norm(r["model_forces"]),
+            np.linalg.norm(r["uncertainty_gradient"]),
+            np.linalg.norm(virial),
+            np.linalg.norm(virial_u),
+        ]
+        assert r["tau_effective"] == pytest.approx(tau * sums[0] / sums[1], rel=1e-12)
+        assert r["tau_stress_effective"] == pytest.approx(tau * sums[2] / sums[3], rel=1e-12)
+        np.testing.assert_allclose(
+            r["bias_forces"], r["tau_effective"] * r["uncertainty_gradient"], rtol=1e-12
+        )
+
+
+def test_biased_nve_conserves_the_biased_energy(model_path):
+    atoms = quartz(8, rattle=0.02)
+    atoms.calc = MLIPCalculator(model_path, uncertainty="posterior", tau=0.2, atom_uncertainty=False)
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(1))
+    totals, potentials, uncertainties = [], [], []
+
+    def record():
+        totals.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
+        potentials.append(atoms.get_potential_energy())
+        uncertainties.append(atoms.calc.results["uncertainty"])
+
+    dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
+    dyn.attach(record, interval=1)
+    dyn.run(40)
+    assert np.ptp(potentials) > 20 * np.ptp(totals)
+    assert np.ptp(uncertainties) > 0
+
+
+def test_npt_runs_with_the_bias_stress(model_path):
+    from ase.md.nptberendsen import NPTBerendsen
+
+    atoms = quartz(9, rattle=0.02)
+    atoms.calc = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.1, atom_uncertainty=False)
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(2))
+    volume = atoms.get_volume()
+    dyn = NPTBerendsen(
+        atoms,
+        timestep=0.5 * units.fs,
+        temperature_K=300,
+        pressure_au=0.0,
+        taut=50 * units.fs,
+        taup=100 * units.fs,
+        compressibility_au=1e-2 / units.GPa,
+    )
+    dyn.run(5)
+    assert atoms.get_volume() != volume
+    assert np.isfinite(atoms.calc.results["bias_stress"]).all()
+
+
+def test_non_periodic_structures_have_no_stress(model_path):
+    atoms = quartz(3)
+    atoms.pbc = False
+    atoms.calc = MLIPCalculator(model_path, tau=0.1)
+    atoms.get_forces()
+    assert "stress" not in atoms.calc.results
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+
+
+def test_bad_arguments_are_clear_errors(model_path):
+    with pytest.raises(ValueError, match="uncertainty 'mve' is not in this model; it has: ensemble, gmm"):
+        MLIPCalculator(model_path, uncertainty="mve")
+    with pytest.raises(ValueError, match="a bias .* needs an uncertainty method"):
+        MLIPCalculator(model_path, uncertainty="none", tau=0.1)
+    with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
+        MLIPCalculator(model_path, tau=-1.0)
+    with pytest.raises(ValueError, match=r"species_tau names element\(s\) \['H'\]"):
+        MLIPCalculator(model_path, species_tau={"H": 0.1})
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, cpp"):
+        MLIPCalculator(model_path, backend="jax")
+    with pytest.raises(
+        ValueError, match=r"backend='cpp' is not available: the C\+\+ inference implements ensemble"
+    ):
+        MLIPCalculator(model_path, uncertainty="gmm", backend="cpp")
+    with pytest.raises(ValueError, match="must be a .mlip path or an MLIPModel"):
+        MLIPCalculator(42)

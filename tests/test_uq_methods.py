@@ -1,0 +1,408 @@
+"""Uncertainty methods: ensemble, MVE, evidential, GMM, sketched gradient features, and their calibration.
+
+References: numpy formulas on known inputs, scipy distributions, direct scikit-learn calls, exact
+parameter gradients from torch autograd, numpy linear algebra, and finite differences of U for the
+uncertainty gradients (positions and strain).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from model_fixtures import (
+    evaluate_atoms,
+    labelled_quartz,
+    model_with_all_methods,
+    numpy_network,
+    quartz,
+    random_network,
+    small_descriptor,
+    strained,
+)
+from scipy.spatial.distance import cdist
+
+from mlipbias.models import AtomsData, MLIPModel, calibrate
+from mlipbias.models.training import network_features
+from mlipbias.uq import ensemble, evidential, mve
+from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+from mlipbias.uq.gmm import GMMUncertainty
+from mlipbias.uq.gradient_features import GradientFeatures
+from mlipbias.uq.selection import select_max_dist
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def all_methods():
+    return model_with_all_methods()
+
+
+def softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+# ------------------------------------------------------------------ ensemble
+
+
+def test_ensemble_formulas_match_numpy():
+    rng = np.random.default_rng(0)
+    energies = rng.normal(size=(4, 5))
+    forces = rng.normal(size=(4, 7, 3))
+    u = ensemble.energy_uncertainty(torch.as_tensor(energies)).numpy()
+    np.testing.assert_allclose(u, np.std(energies, axis=0, ddof=1), rtol=1e-13)
+    u_i = ensemble.atom_uncertainty(torch.as_tensor(forces)).numpy()
+    # seed 003 Eq. 5 per atom: the variance of the 3 components, averaged, with 1/(M - 1).
+    np.testing.assert_allclose(u_i, np.sqrt(np.var(forces, axis=0, ddof=1).mean(axis=1)), rtol=1e-13)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        ensemble.energy_uncertainty(torch.zeros(1, 3, dtype=torch.float64))
+
+
+def test_model_ensemble_uncertainty_is_the_calibrated_member_spread(all_methods):
+    model, data = all_methods
+    p = model.evaluate(data.batch([0, 1, 2]), "ensemble", atom_uncertainty=True)
+    np.testing.assert_allclose(p.energy, p.member_energies.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(p.uncertainty, 2.0 * np.std(p.member_energies, axis=0, ddof=1), rtol=1e-12)
+    spread = np.sqrt(np.var(p.member_forces, axis=0, ddof=1).mean(axis=1))
+    np.testing.assert_allclose(p.atom_uncertainty, 1.5 * spread, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ heads: MVE and evidential
+
+
+def _head_model(head):
+    sf = small_descriptor()
+    data = AtomsData([quartz(1), quartz(2)], sf, labels=False)
+    net = random_network(sf, data, n_members=1, head=head)
+    return MLIPModel(net, methods=(head,)), data
+
+
+def _raw_head(model, data):
+    """Head outputs written with numpy from the records: (n_atoms, n_head), and the units head_scale."""
+    records = model.to_records()
+    _, hidden = numpy_network(records, data.G, data.species)
+    elements = model.elements
+    raw = np.array(
+        [
+            records[f"member/0/{elements[e]}/head_W"] @ h + records[f"member/0/{elements[e]}/head_b"]
+            for h, e in zip(hidden[0], data.species, strict=True)
+        ]
+    )
+    return raw, records["member/0/head_scale"]
+
+
+def test_mve_uncertainties_follow_the_documented_formulas():
+    model, data = _head_model("mve")
+    p = model.evaluate(data.batch([0, 1]), "mve", forces=False, atom_uncertainty=True)
+    raw, s = _raw_head(model, data)
+    v_energy = s[0] * softplus(raw[:, 0]) + mve.MIN_VARIANCE
+    v_force = s[1] * softplus(raw[:, 1]) + mve.MIN_VARIANCE
+    np.testing.assert_allclose(
+        p.uncertainty, [np.sqrt(v_energy[:9].sum()), np.sqrt(v_energy[9:].sum())], rtol=1e-12
+    )
+    np.testing.assert_allclose(p.atom_uncertainty, np.sqrt(v_force), rtol=1e-12)
+    # Variances stay positive for any raw output.
+    extreme = torch.tensor([[-800.0, -800.0], [800.0, 800.0]], dtype=torch.float64)
+    v_e, v_f = mve.variances(extreme, torch.tensor([0.1, 0.1], dtype=torch.float64))
+    assert (v_e > 0).all() and (v_f > 0).all() and torch.isfinite(v_f).all()
+    r, v = np.array([0.3, -1.2, 2.0]), np.array([0.5, 2.0, 0.1])
+    np.testing.assert_allclose(
+        mve.gaussian_nll(torch.as_tensor(r), torch.as_tensor(v)).numpy(),
+        -scipy.stats.norm.logpdf(r, scale=np.sqrt(v)),
+        rtol=1e-12,
+    )
+
+
+def test_evidential_uncertainties_follow_the_documented_formulas():
+    model, data = _head_model("evidential")
+    p = model.evaluate(data.batch([0, 1]), "evidential", forces=False, atom_uncertainty=True)
+    raw, s = _raw_head(model, data)
+    nu, alpha, beta = softplus(raw[:, 3]), 1 + softplus(raw[:, 4]), s[5] * softplus(raw[:, 5])
+    np.testing.assert_allclose(p.atom_uncertainty, np.sqrt(beta / (nu * (alpha - 1))), rtol=1e-10)
+    for k, atoms in enumerate((slice(0, 9), slice(9, 18))):
+        nu_e = softplus(raw[atoms, 0]).mean()
+        alpha_e = 1 + softplus(raw[atoms, 1]).mean()
+        beta_e = s[2] * softplus(raw[atoms, 2]).sum()
+        assert p.uncertainty[k] == pytest.approx(np.sqrt(beta_e / (nu_e * (alpha_e - 1))), rel=1e-10)
+    # nu > 0, alpha > 1, beta > 0 for any raw output.
+    extreme = torch.full((2, 6), -30.0, dtype=torch.float64)
+    extreme[1] = 30.0
+    nu_t, alpha_t, beta_t = evidential.parameters_force(extreme, torch.full((6,), 0.1, dtype=torch.float64))
+    assert (nu_t > 0).all() and (alpha_t > 1).all() and (beta_t > 0).all()
+    # Without the regulariser the NIG NLL is the Student-t marginal (Amini et al. 2020, Eq. 8).
+    y, gamma = np.array([0.4, -1.0, 3.0]), np.array([0.1, 0.2, -0.5])
+    nu_n, alpha_n, beta_n = np.array([0.5, 2.0, 1.0]), np.array([1.5, 3.0, 1.1]), np.array([0.2, 1.0, 4.0])
+    nll = evidential.nig_nll(
+        *(torch.as_tensor(x) for x in (y - gamma, nu_n, alpha_n, beta_n)), regularization=0.0
+    )
+    scale = np.sqrt(beta_n * (1 + nu_n) / (nu_n * alpha_n))
+    np.testing.assert_allclose(nll.numpy(), -scipy.stats.t.logpdf(y, 2 * alpha_n, gamma, scale), rtol=1e-12)
+    reg = evidential.nig_nll(
+        *(torch.as_tensor(x) for x in (y - gamma, nu_n, alpha_n, beta_n)), regularization=0.2
+    )
+    np.testing.assert_allclose(
+        (reg - nll).numpy(), 0.2 * np.abs(y - gamma) * (2 * nu_n + alpha_n), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("head", ["mve", "evidential"])
+def test_heads_learn_the_size_of_the_residuals(head):
+    """Trained with their NLL, the heads' force variances move from their start to the residuals' size."""
+    from mlipbias.models import ModelSettings, TrainingSettings, UncertaintySettings, train
+
+    sf = small_descriptor()
+    data = AtomsData(labelled_quartz(8, rattle=0.05), sf)
+    settings = TrainingSettings(epochs=40, batch_size=4, learning_rate=0.02, force_weight=1.0, device="cpu")
+    uq = UncertaintySettings(methods=(head,))
+    result = train(
+        data,
+        data,
+        model=ModelSettings((6,)),
+        uncertainty=uq,
+        training=settings,
+        progress=False,
+        log=lambda _: None,
+    )
+    model = result.model
+    model.calibration = {}  # the raw head uncertainties
+    p = model.predict(data, head, atom_uncertainty=True)
+    assert (p.atom_uncertainty > 0).all() and (p.uncertainty > 0).all()
+    out = model.network(torch.as_tensor(data.G), torch.as_tensor(data.species))
+    raw, units = out.head[0].detach(), model.network.head_scale[0]
+    if head == "mve":
+        variance = mve.variances(raw, units)[1].numpy()
+    else:
+        _, alpha, beta = evidential.parameters_force(raw, units)
+        variance = evidential.aleatoric_variance(alpha, beta).numpy()
+    start = np.mean(data.forces**2)  # where the variances start
+    residual = np.mean((p.forces - data.forces) ** 2)
+    assert residual < 0.5 * start
+    assert 0.5 < np.mean(variance) / residual < 2.0
+
+
+# ------------------------------------------------------------------ GMM
+
+
+def test_gmm_matches_a_direct_scikit_learn_fit():
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(1)
+    hidden = np.concatenate(
+        [rng.normal(0, 1, (150, 3)), rng.normal(4, 0.5, (150, 3)), rng.normal(-3, 1, (60, 3))]
+    )
+    species = np.repeat([0, 1, 0], [150, 150, 60])
+    gmm = GMMUncertainty.fit(["Si", "O"], hidden, species, max_components=4, seed=2)
+    for e in range(2):
+        x = hidden[species == e]
+        fits = [
+            GaussianMixture(k, covariance_type="full", random_state=2, reg_covar=1e-6).fit(x)
+            for k in range(1, 5)
+        ]
+        best = fits[int(np.argmin([f.bic(x) for f in fits]))]
+        assert len(gmm.weights[e]) == best.n_components
+        test = rng.normal(1.0, 2.0, (20, 3))
+        scores = gmm.atom_scores(torch.as_tensor(test), torch.full((20,), e)).numpy()
+        np.testing.assert_allclose(scores, -best.score_samples(test), rtol=1e-10)
+    assert gmm.n_components == {"Si": 2, "O": 1}
+
+
+def test_gmm_uncertainty_is_the_recalibrated_mean_atom_score(all_methods):
+    model, data = all_methods
+    p = model.evaluate(data.batch([0, 1]), "gmm", forces=False, atom_uncertainty=True)
+    _, hidden = numpy_network(model.to_records(), data.G[:18], data.species[:18])
+    scores = np.zeros(18)
+    for e in range(2):
+        rows = data.species[:18] == e
+        scores[rows] = model.gmm.atom_scores(
+            torch.as_tensor(hidden[0][rows]), torch.full((rows.sum(),), e)
+        ).numpy()
+    np.testing.assert_allclose(p.atom_score, scores, rtol=1e-10)
+    np.testing.assert_allclose(p.score, [scores[:9].mean(), scores[9:].mean()], rtol=1e-10)
+    np.testing.assert_allclose(p.uncertainty, np.sqrt(np.maximum(0.3 * p.score + 2.0, 0.1)), rtol=1e-12)
+    np.testing.assert_allclose(p.atom_uncertainty, np.sqrt(np.maximum(0.1 * scores + 1.0, 0.1)), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ sketched gradient features
+
+
+def _exact_gradients(net, G, species, atoms):
+    """dE/d[W_l b_l] of member 0 for atomic energies (``atoms`` list) or the total energy (None)."""
+    params = [(net.layer(el, layer)) for el in net.elements for layer in range(1, net.n_layers + 1)]
+    flat = [p for pair in params for p in pair]
+    out = net(torch.as_tensor(G), torch.as_tensor(species))
+    targets = [out.energy[0].sum()] if atoms is None else [out.energy[0, i] for i in atoms]
+    result = []
+    for target in targets:
+        grads = torch.autograd.grad(target, flat, allow_unused=True, retain_graph=True)
+        blocks = {}
+        for k, (el, layer) in enumerate(
+            (el, layer) for el in net.elements for layer in range(1, net.n_layers + 1)
+        ):
+            gW, gb = grads[2 * k], grads[2 * k + 1]
+            blocks[(net.elements.index(el), layer)] = torch.cat([gW[0], gb[0][:, None]], dim=1).numpy()
+        result.append(blocks)
+    return result
+
+
+def test_structure_feature_is_the_sketch_of_the_total_gradient():
+    """Phi = sum_i phi_i equals the tensor sketch of dE/dtheta: diag(R1 g_l R2^T) / sqrt(k) per block."""
+    sf = small_descriptor()
+    data = AtomsData([quartz(3)], sf, labels=False)
+    net = random_network(sf, data, n_members=2, hidden=(5, 4))
+    gradient = GradientFeatures.random(net, 6, seed=4)
+    phi = net(
+        torch.as_tensor(data.G), torch.as_tensor(data.species), sketch=gradient.sketch(net.energy_scale)
+    )
+    Phi = phi.features.detach().numpy().sum(axis=0)
+    (total,) = _exact_gradients(net, data.G, data.species, None)
+    expected = []
+    for e in range(2):
+        for layer in range(1, net.n_layers + 1):
+            r1, r2 = gradient.R1[(e, layer)], gradient.R2[(e, layer)]
+            expected.append(np.diag(r1 @ total[(e, layer)] @ r2.T) / np.sqrt(gradient.k))
+    np.testing.assert_allclose(Phi, np.concatenate(expected), rtol=1e-10, atol=1e-12)
+
+
+def test_sketched_inner_products_approach_the_gradient_inner_products():
+    sf = small_descriptor()
+    data = AtomsData([quartz(3)], sf, labels=False)
+    net = random_network(sf, data, n_members=1, hidden=(5, 4))
+    atoms = [0, 1, 2]  # Si atoms (atoms of one element share the sketch block)
+    assert (data.species[atoms] == 0).all()
+    exact = _exact_gradients(net, data.G, data.species, atoms)
+    vectors = np.array([np.concatenate([b.ravel() for b in blocks.values()]) for blocks in exact])
+    gram = vectors @ vectors.T
+    errors = []
+    for k in (4, 64, 1024):
+        err = []
+        for seed in range(10):
+            gradient = GradientFeatures.random(net, k, seed=seed)
+            out = net(
+                torch.as_tensor(data.G),
+                torch.as_tensor(data.species),
+                sketch=gradient.sketch(net.energy_scale),
+            )
+            phi = out.features.detach().numpy()[atoms]
+            err.append(np.abs(phi @ phi.T - gram).max() / np.abs(gram).max())
+        errors.append(np.mean(err))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.1
+
+
+def test_posterior_and_distance_match_direct_numpy_computations(all_methods):
+    model, data = all_methods
+    g = model.gradient
+    phi_train = network_features(model.network, data, sketch=g.sketch(model.network.energy_scale))
+    structure = np.repeat(np.arange(len(data)), data.n_atoms)
+    Phi_train = np.zeros((len(data), phi_train.shape[1]))
+    np.add.at(Phi_train, structure, phi_train)
+    pbar = Phi_train / data.n_atoms[:, None]
+    K = phi_train.shape[1]
+    test = AtomsData([quartz(55, rattle=0.2)], model.descriptor, labels=False)
+    phi = network_features(model.network, test, sketch=g.sketch(model.network.energy_scale))
+    Phi = phi.sum(axis=0)
+    batch = test.batch([0])
+    p = model.evaluate(batch, "posterior", forces=False, atom_uncertainty=True)
+    u_energy = np.sqrt(Phi @ np.linalg.solve(pbar.T @ pbar + g.lam * np.eye(K), Phi))
+    assert p.uncertainty[0] == pytest.approx(0.7 * u_energy, rel=1e-8)
+    a_atom = phi_train.T @ phi_train + g.lam * np.eye(K)
+    u_atom = np.sqrt(np.einsum("ik,ik->i", phi, np.linalg.solve(a_atom, phi.T).T))
+    np.testing.assert_allclose(p.atom_uncertainty, u_atom, rtol=1e-8)
+    # Distance: the training features of the energy are pbar; of atoms the greedy max-dist subset.
+    np.testing.assert_allclose(g.train_atom, phi_train[select_max_dist(phi_train, 20)], rtol=1e-12)
+    p = model.evaluate(batch, "distance", forces=False, atom_uncertainty=True)
+    assert p.uncertainty[0] == pytest.approx(9 * cdist([Phi / 9], pbar).min(), rel=1e-10)
+    np.testing.assert_allclose(p.atom_uncertainty, cdist(phi, g.train_atom).min(axis=1), rtol=1e-10)
+    # On training data the energy distance is zero.
+    p = model.evaluate(data.batch([2]), "distance", forces=False)
+    assert p.uncertainty[0] < 1e-6
+
+
+# ------------------------------------------------------------------ uncertainty gradients
+
+
+@pytest.fixture(scope="module")
+def heads():
+    return {head: _head_model(head)[0] for head in ("mve", "evidential")}
+
+
+@pytest.mark.parametrize("method", ["ensemble", "mve", "evidential", "gmm", "posterior", "distance"])
+def test_uncertainty_gradients_match_finite_differences(all_methods, heads, method):
+    model = heads[method] if method in heads else all_methods[0]
+    atoms = quartz(9, rattle=0.1)
+    p = evaluate_atoms(model, atoms, method, forces=False, gradient=True)
+    rng = np.random.default_rng(5)
+    h = 1e-5
+
+    def u(a):
+        return evaluate_atoms(model, a, method, forces=False).uncertainty[0]
+
+    for _ in range(2):
+        v = rng.normal(size=atoms.positions.shape)
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions += h * v
+        minus.positions -= h * v
+        slope = (u(plus) - u(minus)) / (2 * h)
+        assert np.sum(p.uncertainty_gradient * v) == pytest.approx(slope, rel=1e-5, abs=1e-7)
+    eps = rng.normal(size=(3, 3))
+    slope = (u(strained(atoms, h * eps)) - u(strained(atoms, -h * eps))) / (2 * h)
+    # uncertainty_virial = +sum r (x) dU/dr, the strain derivative of U (transposed).
+    assert np.sum(p.uncertainty_virial[0].T * eps) == pytest.approx(slope, rel=1e-5, abs=1e-7)
+    assert np.abs(p.uncertainty_gradient.sum(axis=0)).max() < 1e-8 * max(
+        1.0, np.abs(p.uncertainty_gradient).max()
+    )
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_calibration_on_validation_data_matches_the_reference_classes():
+    sf = small_descriptor()
+    structures = labelled_quartz(14, seed=3)
+    data = AtomsData(structures, sf)
+    model, _ = model_with_all_methods()
+    messages = []
+    coverage = calibrate(model, data, ["ensemble", "gmm", "posterior"], alpha=0.2, log=messages.append)
+    raw = MLIPModel(model.network, ("ensemble", "posterior"), gradient=model.gradient)  # factors 1
+    p = raw.predict(data, "ensemble", atom_uncertainty=True)
+    e_err = np.abs(p.energy - data.energy)
+    f_err = force_rmse_per_atom(p.forces, data.forces)
+    expected = ConformalCalibration(0.2).fit(e_err, p.uncertainty).factor
+    assert model.factor("energy", "ensemble") == pytest.approx(expected, rel=1e-12)
+    expected = ConformalCalibration(0.2).fit(f_err, p.atom_uncertainty).factor
+    assert model.factor("force", "ensemble") == pytest.approx(expected, rel=1e-12)
+    p_post = raw.predict(data, "posterior", atom_uncertainty=True)
+    expected = ConformalCalibration(0.2).fit(e_err, p_post.uncertainty).factor
+    assert model.factor("energy", "posterior") == pytest.approx(expected, rel=1e-12)
+    for key, value in coverage.items():
+        assert value >= 0.8, key
+    # The GMM's scores are recalibrated with sigma^2 = a s + b fitted on the same data (seed 003 Eq. 13).
+    p_gmm = model.predict(data, "gmm", atom_uncertainty=True)
+    fit = VarianceRecalibration("positive_variance").fit(p_gmm.energy - data.energy, p_gmm.score)
+    np.testing.assert_allclose(
+        model.calibration["calibration/nll/energy/gmm"], [fit.a, fit.b, fit.min_variance]
+    )
+    c_e = model.factor("energy", "gmm")
+    np.testing.assert_allclose(p_gmm.uncertainty, c_e * fit.apply(p_gmm.score), rtol=1e-10)
+    assert any("conformal factor" in m for m in messages)
+
+
+def test_unavailable_methods_are_clear_errors(all_methods):
+    model, data = all_methods
+    batch = data.batch([0])
+    with pytest.raises(ValueError, match="'mve' is not available: the network has no mve head"):
+        model.evaluate(batch, "mve")
+    with pytest.raises(ValueError, match="unknown uncertainty method 'dropout'"):
+        model.evaluate(batch, "dropout")
+    with pytest.raises(ValueError, match="an uncertainty gradient needs an uncertainty method"):
+        model.evaluate(batch, None, gradient=True)
+    no_pairs = AtomsData([quartz(1)], model.descriptor, labels=False, keep_neighbours=False)
+    with pytest.raises(ValueError, match="need the neighbour pairs"):
+        model.evaluate(no_pairs.batch([0], neighbours=False), "ensemble")
