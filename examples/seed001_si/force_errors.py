@@ -1,6 +1,6 @@
 """Energy and force errors of the four Si models on work/test.db (README table).
 
-    python force_errors.py
+python force_errors.py
 """
 
 from __future__ import annotations
