@@ -9,4 +9,4 @@ mlipbias data generate -c data.yaml
 # the Newton step and gradient descent need new reference calls, so they run on subsets.
 mlipbias adversarial --approx bks --accurate gfn1-xtb --data work/sio2_xtb.db --out work/adv \
     --energy-offset per-element --use-dataset-labels \
-    --distortion-configs 10 --newton-configs 30 --gd-configs 3
+    --distortion-configs 10 --newton-configs 30 --gd-configs 3 --bin-size 20
