@@ -23,6 +23,7 @@ ELEMENTS = ("Si", "O")
 MASSES = {"Si": 28.0855, "O": 15.999}
 METHODS = ("ensemble", "posterior", "distance")
 NKTV2P = 1.6021765e6  # LAMMPS metal units: bar per eV/A^3
+THERMO = "step pe ke etotal econserve press pxx pyy pzz pxy pxz pyz vol c_unc[1] c_unc[2] c_unc[3] c_unc[4]"
 
 
 def write_model(path: Path, *, n_members: int = 3, methods=METHODS, seed: int = 0) -> Path:
@@ -80,8 +81,10 @@ def lammps():
         lmp.close()
 
 
-def setup(lmp, data: Path, pair: str, *, charges: bool = False, extra: str = "") -> None:
-    """Read ``data`` and define the pair style, a `compute pair` named unc and thermo output."""
+def setup(lmp, data: Path, pair: str, *, charges: bool = False, extra: str = "", unc: bool = True) -> None:
+    """Read ``data``, define the pair style and, with ``unc``, `compute unc all pair mlip/bias`;
+    thermo output with every digit."""
+    thermo = THERMO if unc else THERMO.split(" c_unc")[0]
     lmp.commands_string(
         f"""
         units metal
@@ -91,8 +94,8 @@ def setup(lmp, data: Path, pair: str, *, charges: bool = False, extra: str = "")
         box tilt large
         read_data {data}
         {pair}
-        compute unc all pair mlip/bias
-        thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz c_unc[1] c_unc[2] c_unc[3] c_unc[4]
+        {"compute unc all pair mlip/bias" if unc else ""}
+        thermo_style custom {thermo}
         thermo_modify format float %.17g
         {extra}
         """
@@ -131,7 +134,8 @@ def set_configuration(lmp, positions: np.ndarray, lattice: np.ndarray) -> None:
     lo, _, _, _, _, _, _ = lmp.extract_box()
     hi = [lo[a] + lattice[a, a] for a in range(3)]
     bounds = " ".join(f"{d} final {float(lo[a])!r} {float(hi[a])!r}" for a, d in enumerate("xyz"))
-    tilts = f"xy final {float(lattice[1, 0])!r} xz final {float(lattice[2, 0])!r} yz final {float(lattice[2, 1])!r}"
+    xy, xz, yz = (float(lattice[a, b]) for a, b in ((1, 0), (2, 0), (2, 1)))
+    tilts = f"xy final {xy!r} xz final {xz!r} yz final {yz!r}"
     lmp.command(f"change_box all {bounds} {tilts} units box")
     n = len(positions)
     x = (n * 3 * ctypes.c_double)(*np.ascontiguousarray(positions).ravel())

