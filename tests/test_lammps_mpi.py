@@ -75,8 +75,8 @@ def run_lammps(folder, model, data, options: str, ranks: int, newton: str) -> di
 def test_one_and_two_ranks_newton_on_and_off_agree(tmp_path, files, method):
     model, data = files
     results = {
-        (ranks, newton): run_lammps(tmp_path / f"np{ranks}_{newton}", model, data, OPTIONS[method], ranks, newton)
-        for ranks, newton in RUNS
+        (n, newton): run_lammps(tmp_path / f"np{n}_{newton}", model, data, OPTIONS[method], n, newton)
+        for n, newton in RUNS
     }
     reference = results[RUNS[0]]
     forces = reference["start"][:, 1:4]
