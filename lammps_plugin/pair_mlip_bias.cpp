@@ -468,8 +468,7 @@ void PairMLIPBias::compute(int eflag, int vflag)
   if (eflag_atom) {
     // The global bias energy is shared evenly so that compute pe/atom sums to the pe.
     const double share = atom->natoms > 0 ? bias_energy / static_cast<double>(atom->natoms) : 0.0;
-    for (int i = 0; i < nlocal; i++)
-      if (species[i] >= 0) eatom[i] += result.atom_energies[i] + share;
+    for (int i = 0; i < nlocal; i++) eatom[i] += (species[i] >= 0 ? result.atom_energies[i] : 0.0) + share;
   }
   if (vflag_global)
     for (int k = 0; k < 6; k++)
