@@ -104,12 +104,14 @@ def plot(summary: dict) -> None:
     fig.savefig(HERE / "nvt_uncertainty.png", dpi=120)
 
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    volumes = np.concatenate([np.loadtxt(HERE / f"{label}_npt.txt", ndmin=2)[:, 4] for label in colours])
+    bins = np.linspace(volumes.min(), volumes.max(), 30)
     for label in ("unbiased", "biased"):
         _, t, _, _, V, _, _ = np.loadtxt(HERE / f"{label}_npt.txt", ndmin=2).T
         s = summary["npt"][label]
         name = f"{label} (tau {s['tau']}, tau_stress {s['tau_stress']})"
         ax.plot(t, V, color=colours[label], label=name)
-        hist.hist(V[len(V) // 10 :], bins=30, color=colours[label], alpha=0.5, orientation="horizontal")
+        hist.hist(V[len(V) // 10 :], bins=bins, color=colours[label], alpha=0.5, orientation="horizontal")
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("volume (A^3)")
     ax.set_title("NPT 900 K, 0 bar")
@@ -146,7 +148,12 @@ def main(argv=None) -> int:
     walls = run_all(commands, args.jobs)
     for (kind, label), settings in runs.items():
         entry = summary[kind].setdefault(label, {})
-        entry.update({"tau": settings.get("tau", "0"), "tau_stress": settings.get("tau_stress", "0")})
+        entry.update(
+            {
+                "tau": settings.get("tau", "0"),
+                "tau_stress": settings.get("tau_stress", settings.get("tau", "0")),
+            }
+        )
         if (kind, label) in walls:
             entry.update({"wall_s": round(walls[kind, label], 1), "steps": args.steps, "ranks": args.ranks,
                           "concurrent_runs": min(args.jobs, len(commands))})  # fmt: skip
