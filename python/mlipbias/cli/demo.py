@@ -26,7 +26,7 @@ class DemoContext:
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job on the embedded BKS silica (dataset, ensemble model, metrics, adversarial diagnosis)",
+        help="the main job on the shipped BKS silica: dataset, ensemble, metrics, adversarial diagnosis",
         description=(
             "Step 1 (dataset): relax the shipped 96-atom amorphous SiO2 cell with BKS and label "
             "N random displacements (total L2 norm uniform in [0, 1] A, as in seed 001) into "
