@@ -7,21 +7,12 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 import yaml
 from ase.db import connect
 from model_fixtures import labelled_quartz
 
 from mlipbias.cli import main
 from mlipbias.models.config import TEMPLATE, TrainConfig, config_from_dict
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_template_loads_to_the_defaults():
