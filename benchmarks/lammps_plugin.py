@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+
+from machine_info import machine  # noqa: E402
 
 from mlipbias.lammps import environment, lmp_executable, mpirun_executable  # noqa: E402
 
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     cases = [c for c in CASES if args.cases is None or c.name in args.cases]
     meta = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "command": " ".join(sys.argv),
         "models": models,
     }
