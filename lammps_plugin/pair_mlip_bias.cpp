@@ -48,7 +48,7 @@ double norm2_sym(const double w[6]) {
 /* ---------------------------------------------------------------------- */
 
 PairMLIPBias::PairMLIPBias(LAMMPS *lmp) :
-    Pair(lmp), method(mlipbias::Uncertainty::none), every(1), min_distance(0.5), fold(nullptr),
+    Pair(lmp), method(mlipbias::Uncertainty::none), every(1), min_distance(0.5), bias_step(-1), fold(nullptr),
     fold_nmax(0), fold_stride(0), fold_stride_used_(0), atom_uncertainty(nullptr), atom_uncertainty_nmax(0),
     uncertainty_flag(0), uncertainty(0.0), bias_energy(0.0), tau_eff(0.0), tau_stress_eff(0.0),
     max_atom_uncertainty(0.0)
@@ -202,8 +202,13 @@ void PairMLIPBias::settings(int narg, char **arg)
                       "needs the uncertainty gradient on every step",
                every);
 
-  bias = std::make_unique<mlipbias::BiasState>(bias_settings);
-  evaluator = std::make_unique<mlipbias::Evaluator>(*model, mlipbias::EvaluatorOptions());
+  try {
+    bias = std::make_unique<mlipbias::BiasState>(bias_settings);
+    evaluator = std::make_unique<mlipbias::Evaluator>(*model, mlipbias::EvaluatorOptions());
+  } catch (std::exception &e) {
+    error->all(FLERR, "pair_style mlip/bias: {}", e.what());
+  }
+  bias_step = -1;
 
   // Reverse communication folds forces, uncertainty gradients and, for per-atom ensemble
   // uncertainties, every member's forces. Sized here: Comm sizes its buffers in init().
@@ -272,6 +277,9 @@ void PairMLIPBias::init_style()
 {
   if (!model || type_to_element.empty())
     error->all(FLERR, "pair_style mlip/bias needs pair_coeff * * with one element per type");
+  if (std::strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style mlip/bias needs 'units metal' (models are in eV and Angstrom), got "
+                      "'units {}'", update->unit_style);
   neighbor->add_request(this, NeighConst::REQ_FULL);
 }
 
@@ -303,7 +311,8 @@ void PairMLIPBias::build_neighbors()
   species.resize(nall);
   for (int i = 0; i < nall; i++) species[i] = type_to_element[type[i]];
 
-  std::vector<int> count(nlocal, 0);
+  neighbor_count.assign(nlocal, 0);
+  int *count = neighbor_count.data();
   const int inum = list->inum;
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
@@ -426,6 +435,12 @@ void PairMLIPBias::compute(int eflag, int vflag)
     }
     MPI_Allreduce(local_norms, global_norms, 2, MPI_DOUBLE, MPI_SUM, world);
     MPI_Allreduce(local_virials, global_virials, 12, MPI_DOUBLE, MPI_SUM, world);
+    if (update->ntimestep == bias_step) {
+      bias->set_state(bias_state_before);
+    } else {
+      bias_state_before = bias->state();
+      bias_step = update->ntimestep;
+    }
     bias->update(global_norms[0], global_norms[1], norm2_sym(global_virials),
                  norm2_sym(global_virials + 6));
     tau_eff = bias->tau_effective();
@@ -453,8 +468,7 @@ void PairMLIPBias::compute(int eflag, int vflag)
   if (eflag_atom) {
     // The global bias energy is shared evenly so that compute pe/atom sums to the pe.
     const double share = atom->natoms > 0 ? bias_energy / static_cast<double>(atom->natoms) : 0.0;
-    for (int i = 0; i < nlocal; i++)
-      if (species[i] >= 0) eatom[i] += result.atom_energies[i] + share;
+    for (int i = 0; i < nlocal; i++) eatom[i] += (species[i] >= 0 ? result.atom_energies[i] : 0.0) + share;
   }
   if (vflag_global)
     for (int k = 0; k < 6; k++)

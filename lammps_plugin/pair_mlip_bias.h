@@ -48,10 +48,15 @@ class PairMLIPBias : public Pair {
   // per-step work arrays
   std::vector<int64_t> species;        // [nall]
   std::vector<int64_t> offsets;        // [nlocal + 1]
+  std::vector<int> neighbor_count;     // [nlocal], pairs per centre
   std::vector<int64_t> pair_j;
   std::vector<double> pair_d;
   mlipbias::EvaluationResult result;
   std::vector<double> global_sums;
+  // rescale yes: one contribution to the running sums per timestep; a second evaluation of
+  // the same step (the setup of a following run, run 0) replaces it instead of adding to it.
+  bigint bias_step;                    // timestep of the last update, -1 before the first
+  std::vector<double> bias_state_before;  // running sums before that update
   double *fold;           // [nmax * fold_stride]: per-atom values folded from ghosts to owners
   int fold_nmax, fold_stride;          // allocated rows and row length
   int fold_stride_used_;               // row length of the current fold (pack/unpack)
