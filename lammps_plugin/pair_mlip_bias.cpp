@@ -216,6 +216,10 @@ void PairMLIPBias::settings(int narg, char **arg)
   comm_reverse = max_stride;
   comm_reverse_off = max_stride;
 
+  // pair_style issued again after pair_coeff: map the same element names onto the new model,
+  // whose element order may differ (an element it lacks is an error here, not a wrong species).
+  if (!type_names.empty()) map_types();
+
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "mlip/bias: model {} (elements {}, {} member(s), cutoff {} A), uncertainty {}, "
@@ -242,10 +246,18 @@ void PairMLIPBias::coeff(int narg, char **arg)
     error->all(FLERR, "pair_coeff for mlip/bias must be 'pair_coeff * * El1 El2 ...'");
   if (!allocated) allocate();
 
+  type_names.assign(ntypes + 1, "NULL");
+  for (int t = 1; t <= ntypes; t++) type_names[t] = arg[t + 1];
+  map_types();
+}
+
+void PairMLIPBias::map_types()
+{
+  const int ntypes = static_cast<int>(type_names.size()) - 1;
   type_to_element.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; t++) {
-    const char *name = arg[t + 1];
-    if (std::strcmp(name, "NULL") == 0) continue;
+    const std::string &name = type_names[t];
+    if (name == "NULL") continue;
     const int element = model->element_index(name);
     if (element < 0)
       error->all(FLERR,

@@ -28,6 +28,7 @@ class PairMLIPBias : public Pair {
   void init_style() override;
   double init_one(int, int) override;
   void *extract(const char *, int &) override;
+  void map_types();  // type_names -> type_to_element and setflag for the current model
   void *extract_peratom(const char *, int &) override;
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
@@ -43,7 +44,8 @@ class PairMLIPBias : public Pair {
   mlipbias::BiasSettings bias_settings;
   int every;              // evaluate U every this many steps when no bias is applied
   double min_distance;    // error when two atoms are closer (A)
-  std::vector<int> type_to_element;    // [ntypes + 1], -1 for NULL
+  std::vector<std::string> type_names;  // [ntypes + 1] from pair_coeff, "NULL" unmapped
+  std::vector<int> type_to_element;    // [ntypes + 1] model element index, -1 for NULL
 
   // per-step work arrays
   std::vector<int64_t> species;        // [nall]

