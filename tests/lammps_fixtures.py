@@ -26,9 +26,7 @@ NKTV2P = 1.6021765e6  # LAMMPS metal units: bar per eV/A^3
 THERMO = "step pe ke etotal econserve press pxx pyy pzz pxy pxz pyz vol c_unc[1] c_unc[2] c_unc[3] c_unc[4]"
 
 
-def write_model(
-    path: Path, *, n_members: int = 3, methods=METHODS, seed: int = 0, elements=ELEMENTS
-) -> Path:
+def write_model(path: Path, *, n_members: int = 3, methods=METHODS, seed: int = 0, elements=ELEMENTS) -> Path:
     """An untrained model file with the requested uncertainty methods and calibration factors."""
     from mlipbias.models import AtomsData, MLIPModel, save_model
     from mlipbias.models.training import network_features
