@@ -188,6 +188,36 @@ def test_heads_learn_the_size_of_the_residuals(head):
 
 
 @pytest.mark.parametrize("head", ["mve", "evidential"])
+def test_post_hoc_heads_fit_the_trained_networks_residuals(head):
+    """head_training post_hoc: the network trains on energies alone (no force pass per step), then the
+    heads alone learn the size of its force residuals."""
+    from mlipbias.models import ModelSettings, TrainingSettings, UncertaintySettings, train
+
+    data = AtomsData(labelled_quartz(8, rattle=0.05), small_descriptor())
+    settings = TrainingSettings(epochs=30, batch_size=4, learning_rate=0.02, device="cpu")
+    uq = UncertaintySettings(methods=(head,), head_training="post_hoc", head_epochs=200)
+    quiet = {"progress": False, "log": lambda _: None}
+    result = train(data, data, model=ModelSettings((6,)), uncertainty=uq, training=settings, **quiet)
+    model = result.model
+    # The accuracy part of the network never saw the head: its energies follow the energy loss alone.
+    history = [r["validation_energy_rmse"][0] for r in result.history]
+    assert min(history) < 0.5 * history[0]
+    model.calibration = {}  # the raw head uncertainties
+    p = model.predict(data, head, atom_uncertainty=True)
+    out = model.network(torch.as_tensor(data.G), torch.as_tensor(data.species))
+    raw, units = out.head[0].detach(), model.network.head_scale[0]
+    if head == "mve":
+        variance = mve.variances(raw, units)[1].numpy()
+    else:
+        _, alpha, beta = evidential.parameters_force(raw, units)
+        variance = evidential.aleatoric_variance(alpha, beta).numpy()
+    residual = np.mean((p.forces - data.forces) ** 2)
+    start = np.mean(data.forces**2)  # where the variances start
+    assert abs(np.log(np.mean(variance) / start)) > abs(np.log(residual / start)) / 2  # they moved ...
+    assert 0.5 < np.mean(variance) / residual < 2.0  # ... to the residuals' size
+
+
+@pytest.mark.parametrize("head", ["mve", "evidential"])
 def test_energy_only_head_training_skips_the_double_backward(head, monkeypatch):
     """With force weight 0 the heads see detached force residuals: the step's parameter gradients equal
     those of the fully differentiated force graph, and the forces are built without a graph."""
