@@ -111,6 +111,7 @@ def step_data() -> None:
             "generate",
             "-c",
             str(CONFIGS / f"data_{name}.yaml"),
+            "--no-progress",
             log=WORK / "logs" / f"data_{name}.log",
         )
 
@@ -185,7 +186,7 @@ def _cell(value, fmt: str) -> str:
 def results_markdown(metrics: dict) -> str:
     header = (
         "| method | E RMSE (meV/atom) | F RMSE (eV/A) | Spearman E | ROC-AUC E | miscal. area E | cNLL E "
-        "| Spearman F | ROC-AUC F | miscal. area F | cNLL F | in c*U (E / F) |"
+        "| Spearman F | ROC-AUC F | miscal. area F | cNLL F | inside U (E / F) |"
     )
     rule = "|---|" + "---:|" * 11
     blocks = []
@@ -204,11 +205,11 @@ def results_markdown(metrics: dict) -> str:
                         _cell(f.get("rmse"), ".3f"),
                         _cell(e.get("spearman"), ".2f"),
                         _cell(e.get("roc_auc"), ".2f"),
-                        _cell(e.get("miscalibration_area"), ".2f"),
+                        _cell(e.get("miscalibration_area_recalibrated"), ".2f"),
                         _cell(e.get("cnll"), ".2f"),
                         _cell(f.get("spearman"), ".2f"),
                         _cell(f.get("roc_auc"), ".2f"),
-                        _cell(f.get("miscalibration_area"), ".2f"),
+                        _cell(f.get("miscalibration_area_recalibrated"), ".2f"),
                         _cell(f.get("cnll"), ".2f"),
                         f"{_cell(c['energy'], '.2f')} / {_cell(c['forces'], '.2f')}",
                     ]
@@ -268,7 +269,6 @@ def figures(metrics: dict) -> None:
                 color=colors[k],
                 label=TEST_SETS[test_set][1],
             )
-        lo, hi = ax.get_xlim()
         ax.set(
             xscale="log",
             yscale="log",
