@@ -32,14 +32,6 @@ from mlipbias.uq.gradient_features import GradientFeatures
 from mlipbias.uq.selection import select_max_dist
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def all_methods():
     return model_with_all_methods()
