@@ -27,7 +27,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before the C++ core (OpenMP) is
 import argparse
 import datetime
 import json
-import platform
 import re
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import machine
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
@@ -158,22 +158,6 @@ def time_cuda(calc: BKS, types, i, j, D) -> dict:
         "s": best_time(checked),
         "kernel_s": best_time(kernels),
         "device": torch.cuda.get_device_name(),
-    }
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
     }
 
 

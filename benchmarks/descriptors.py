@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from ase.spacegroup import crystal
 from dscribe.descriptors import ACSF
+from machine_info import machine
 
 from mlipbias.descriptors import SymmetryFunctions
 from mlipbias.descriptors.torch_reference import symmetry_functions as reference
@@ -158,14 +158,7 @@ def main(argv=None):
         "benchmark": "descriptors",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": _cpu_name(),
-            "cpus": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": cuda_reason or torch.cuda.get_device_name(),
-        },
+        "machine": machine(),
         "descriptor": repr(SF),
         "results": [],
     }
@@ -202,16 +195,6 @@ def table(report) -> str:
                 entries.append(f"{seconds * 1e3:.1f} ms{ratio}")
         lines.append(f"| {name} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.io import read
+from machine_info import machine
 from tqdm import tqdm
 
 from mlipbias import _core
@@ -245,23 +246,6 @@ def interleaved_times(timers: dict, budget: float, min_rounds: int = 2, max_roun
             best[key] = (min(best[key][0], elapsed), min(best[key][1], instructions))
             spent += elapsed
     return best
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
 
 
 def check_torch_paths(files, torch_models, sf, atoms) -> None:

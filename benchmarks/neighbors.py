@@ -25,13 +25,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import machine
 
 SIO2_ATOMS_PER_A3 = 2.2 / 60.0843 * 0.602214076 * 3  # g/cm^3 -> SiO2 units/A^3 -> atoms/A^3
 
@@ -127,31 +127,6 @@ CUDA_CODES = {"mlipbias": mlipbias_cpp, "mlipbias-cuda": mlipbias_cuda}
 
 
 # ---------------------------------------------------------------- runner
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name()
-    except ImportError:
-        pass
-    return info
 
 
 def versions(codes) -> dict:

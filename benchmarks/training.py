@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import machine
 
 from mlipbias.datasets import generate, load_dataset
 from mlipbias.descriptors import SymmetryFunctions, atom_forces
@@ -176,8 +176,7 @@ def main(argv=None) -> int:
     RESULTS.parent.mkdir(exist_ok=True)
     payload = {
         "benchmark": "training throughput, BKS SiO2 96-atom cells, 2 x 30 tanh, 52 default SiO2 functions",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "descriptor_ms_per_structure": 1000 * descriptor_seconds,
         "rows": rows,

@@ -48,7 +48,7 @@ double norm2_sym(const double w[6]) {
 /* ---------------------------------------------------------------------- */
 
 PairMLIPBias::PairMLIPBias(LAMMPS *lmp) :
-    Pair(lmp), method(mlipbias::Uncertainty::none), every(1), min_distance(0.5), fold(nullptr),
+    Pair(lmp), method(mlipbias::Uncertainty::none), every(1), min_distance(0.5), bias_step(-1), fold(nullptr),
     fold_nmax(0), fold_stride(0), fold_stride_used_(0), atom_uncertainty(nullptr), atom_uncertainty_nmax(0),
     uncertainty_flag(0), uncertainty(0.0), bias_energy(0.0), tau_eff(0.0), tau_stress_eff(0.0),
     max_atom_uncertainty(0.0)
@@ -202,14 +202,23 @@ void PairMLIPBias::settings(int narg, char **arg)
                       "needs the uncertainty gradient on every step",
                every);
 
-  bias = std::make_unique<mlipbias::BiasState>(bias_settings);
-  evaluator = std::make_unique<mlipbias::Evaluator>(*model, mlipbias::EvaluatorOptions());
+  try {
+    bias = std::make_unique<mlipbias::BiasState>(bias_settings);
+    evaluator = std::make_unique<mlipbias::Evaluator>(*model, mlipbias::EvaluatorOptions());
+  } catch (std::exception &e) {
+    error->all(FLERR, "pair_style mlip/bias: {}", e.what());
+  }
+  bias_step = -1;
 
   // Reverse communication folds forces, uncertainty gradients and, for per-atom ensemble
   // uncertainties, every member's forces. Sized here: Comm sizes its buffers in init().
   const int max_stride = 6 + 3 * model->n_members();
   comm_reverse = max_stride;
   comm_reverse_off = max_stride;
+
+  // pair_style issued again after pair_coeff: map the same element names onto the new model,
+  // whose element order may differ (an element it lacks is an error here, not a wrong species).
+  if (!type_names.empty()) map_types();
 
   if (comm->me == 0)
     utils::logmesg(lmp,
@@ -237,10 +246,18 @@ void PairMLIPBias::coeff(int narg, char **arg)
     error->all(FLERR, "pair_coeff for mlip/bias must be 'pair_coeff * * El1 El2 ...'");
   if (!allocated) allocate();
 
+  type_names.assign(ntypes + 1, "NULL");
+  for (int t = 1; t <= ntypes; t++) type_names[t] = arg[t + 1];
+  map_types();
+}
+
+void PairMLIPBias::map_types()
+{
+  const int ntypes = static_cast<int>(type_names.size()) - 1;
   type_to_element.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; t++) {
-    const char *name = arg[t + 1];
-    if (std::strcmp(name, "NULL") == 0) continue;
+    const std::string &name = type_names[t];
+    if (name == "NULL") continue;
     const int element = model->element_index(name);
     if (element < 0)
       error->all(FLERR,
@@ -272,6 +289,9 @@ void PairMLIPBias::init_style()
 {
   if (!model || type_to_element.empty())
     error->all(FLERR, "pair_style mlip/bias needs pair_coeff * * with one element per type");
+  if (std::strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style mlip/bias needs 'units metal' (models are in eV and Angstrom), got "
+                      "'units {}'", update->unit_style);
   neighbor->add_request(this, NeighConst::REQ_FULL);
 }
 
@@ -303,7 +323,8 @@ void PairMLIPBias::build_neighbors()
   species.resize(nall);
   for (int i = 0; i < nall; i++) species[i] = type_to_element[type[i]];
 
-  std::vector<int> count(nlocal, 0);
+  neighbor_count.assign(nlocal, 0);
+  int *count = neighbor_count.data();
   const int inum = list->inum;
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
@@ -426,6 +447,12 @@ void PairMLIPBias::compute(int eflag, int vflag)
     }
     MPI_Allreduce(local_norms, global_norms, 2, MPI_DOUBLE, MPI_SUM, world);
     MPI_Allreduce(local_virials, global_virials, 12, MPI_DOUBLE, MPI_SUM, world);
+    if (update->ntimestep == bias_step) {
+      bias->set_state(bias_state_before);
+    } else {
+      bias_state_before = bias->state();
+      bias_step = update->ntimestep;
+    }
     bias->update(global_norms[0], global_norms[1], norm2_sym(global_virials),
                  norm2_sym(global_virials + 6));
     tau_eff = bias->tau_effective();
@@ -453,8 +480,7 @@ void PairMLIPBias::compute(int eflag, int vflag)
   if (eflag_atom) {
     // The global bias energy is shared evenly so that compute pe/atom sums to the pe.
     const double share = atom->natoms > 0 ? bias_energy / static_cast<double>(atom->natoms) : 0.0;
-    for (int i = 0; i < nlocal; i++)
-      if (species[i] >= 0) eatom[i] += result.atom_energies[i] + share;
+    for (int i = 0; i < nlocal; i++) eatom[i] += (species[i] >= 0 ? result.atom_energies[i] : 0.0) + share;
   }
   if (vflag_global)
     for (int k = 0; k < 6; k++)

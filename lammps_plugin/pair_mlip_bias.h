@@ -28,6 +28,7 @@ class PairMLIPBias : public Pair {
   void init_style() override;
   double init_one(int, int) override;
   void *extract(const char *, int &) override;
+  void map_types();  // type_names -> type_to_element and setflag for the current model
   void *extract_peratom(const char *, int &) override;
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
@@ -43,15 +44,21 @@ class PairMLIPBias : public Pair {
   mlipbias::BiasSettings bias_settings;
   int every;              // evaluate U every this many steps when no bias is applied
   double min_distance;    // error when two atoms are closer (A)
-  std::vector<int> type_to_element;    // [ntypes + 1], -1 for NULL
+  std::vector<std::string> type_names;  // [ntypes + 1] from pair_coeff, "NULL" unmapped
+  std::vector<int> type_to_element;    // [ntypes + 1] model element index, -1 for NULL
 
   // per-step work arrays
   std::vector<int64_t> species;        // [nall]
   std::vector<int64_t> offsets;        // [nlocal + 1]
+  std::vector<int> neighbor_count;     // [nlocal], pairs per centre
   std::vector<int64_t> pair_j;
   std::vector<double> pair_d;
   mlipbias::EvaluationResult result;
   std::vector<double> global_sums;
+  // rescale yes: one contribution to the running sums per timestep; a second evaluation of
+  // the same step (the setup of a following run, run 0) replaces it instead of adding to it.
+  bigint bias_step;                    // timestep of the last update, -1 before the first
+  std::vector<double> bias_state_before;  // running sums before that update
   double *fold;           // [nmax * fold_stride]: per-atom values folded from ghosts to owners
   int fold_nmax, fold_stride;          // allocated rows and row length
   int fold_stride_used_;               // row length of the current fold (pack/unpack)

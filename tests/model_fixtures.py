@@ -20,10 +20,10 @@ from mlipbias.uq.gmm import GMMUncertainty
 from mlipbias.uq.gradient_features import GradientFeatures
 
 
-def small_descriptor() -> SymmetryFunctions:
+def small_descriptor(elements=("Si", "O")) -> SymmetryFunctions:
     """12 symmetry functions (radial and angular) with a 4.5 A cutoff: cheap but complete."""
     return SymmetryFunctions.build(
-        ["Si", "O"],
+        list(elements),
         g2=[(0.5, 1.6, 4.5), (0.5, 2.6, 4.5), (0.5, 3.6, 4.5)],
         g4=[(0.05, 1.0, 1.0, 4.5)],
         g5=[(0.05, 2.0, -1.0, 4.5)],

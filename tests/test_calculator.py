@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from ase import units
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
@@ -17,14 +16,6 @@ try:
     from ase.md.velocitydistribution import thermalize_momenta
 except ImportError:  # ASE < 3.29
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

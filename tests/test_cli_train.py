@@ -7,21 +7,12 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 import yaml
 from ase.db import connect
 from model_fixtures import labelled_quartz
 
 from mlipbias.cli import main
 from mlipbias.models.config import TEMPLATE, TrainConfig, config_from_dict
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_template_loads_to_the_defaults():
@@ -198,17 +189,25 @@ def test_train_and_evaluate_end_to_end(tmp_path, capsys):
     assert "uncertainty 'mve' is not in this model" in capsys.readouterr().err
 
 
-def test_demo_trains_and_evaluates_an_ensemble(tmp_path, capsys):
+def test_demo_trains_evaluates_and_diagnoses_an_ensemble(tmp_path, capsys):
     from mlipbias.models import load_model
 
     args = ["demo", "--output-dir", str(tmp_path), "--n-samples", "12", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "== step 2/2: model ==" in out
+    assert "== step 2/3: model ==" in out and "== step 3/3: adversarial ==" in out
     for method in ("ensemble", "posterior", "distance"):
         assert f"uncertainty: {method}" in out
     model = load_model(tmp_path / "model" / "model.mlip")
     assert model.methods == ("ensemble", "posterior", "distance") and model.network.n_members == 3
-    # A rerun keeps the trained model.
+    # The diagnosis of the model against BKS covered the test split (random 80/10/10 of 12: 1 structure).
+    results = json.loads((tmp_path / "adversarial" / "results.json").read_text())
+    test_ids = json.loads((tmp_path / "model" / "split.json").read_text())["test"]
+    assert results["complete"] and results["summary"]["n_configs"] == len(test_ids) >= 1
+    assert "configurations: RMSE" in out and (tmp_path / "adversarial" / "fig1_alignment.png").is_file()
+    # A rerun keeps the trained model and reuses the diagnosis' evaluations (only the check that the
+    # cached models are the same ones evaluates each once).
     assert main(args) == 0
     assert "model.mlip exists" in capsys.readouterr().out
+    calls = json.loads((tmp_path / "adversarial" / "results.json").read_text())["calls"]
+    assert calls == {"approx": 1, "accurate": 1, "relaxations": 0}

@@ -29,15 +29,6 @@ C_E = {"ensemble": 1.3, "posterior": 0.8, "distance": 1.7}
 C_F = {"ensemble": 0.9, "posterior": 1.2, "distance": 0.6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The reference runs many small ops, which extra threads slow down on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------ model files
 
 

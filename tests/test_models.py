@@ -32,14 +32,6 @@ from mlipbias.models.network import BPNN
 from mlipbias.models.training import batch_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def labelled():
     return labelled_quartz(14)

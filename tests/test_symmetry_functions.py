@@ -29,15 +29,6 @@ from mlipbias.descriptors.torch_reference import symmetry_functions as reference
 TOL = 1e-10  # C++ against the torch reference, absolute
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The reference runs many small ops, which extra threads slow down on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quartz(repeat=(1, 1, 1), rattle=0.05, seed=0):
     """Alpha-quartz (P3_221, 9 atoms per cell), rattled; its cell is smaller than the cutoff."""
     atoms = crystal(

@@ -32,14 +32,6 @@ from mlipbias.uq.gradient_features import GradientFeatures
 from mlipbias.uq.selection import select_max_dist
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def all_methods():
     return model_with_all_methods()
@@ -185,6 +177,85 @@ def test_heads_learn_the_size_of_the_residuals(head):
     residual = np.mean((p.forces - data.forces) ** 2)
     assert residual < 0.5 * start
     assert 0.5 < np.mean(variance) / residual < 2.0
+
+
+@pytest.mark.parametrize("head", ["mve", "evidential"])
+def test_post_hoc_heads_fit_the_trained_networks_residuals(head):
+    """head_training post_hoc: the network trains on energies alone (no force pass per step), then the
+    heads alone learn the size of its force residuals."""
+    from mlipbias.models import ModelSettings, TrainingSettings, UncertaintySettings, train
+
+    data = AtomsData(labelled_quartz(8, rattle=0.05), small_descriptor())
+    settings = TrainingSettings(epochs=30, batch_size=4, learning_rate=0.02, device="cpu")
+    uq = UncertaintySettings(methods=(head,), head_training="post_hoc", head_epochs=200)
+    quiet = {"progress": False, "log": lambda _: None}
+    result = train(data, data, model=ModelSettings((6,)), uncertainty=uq, training=settings, **quiet)
+    model = result.model
+    # The accuracy part of the network never saw the head: its energies follow the energy loss alone.
+    history = [r["validation_energy_rmse"][0] for r in result.history]
+    assert min(history) < 0.5 * history[0]
+    model.calibration = {}  # the raw head uncertainties
+    p = model.predict(data, head, atom_uncertainty=True)
+    out = model.network(torch.as_tensor(data.G), torch.as_tensor(data.species))
+    raw, units = out.head[0].detach(), model.network.head_scale[0]
+    if head == "mve":
+        variance = mve.variances(raw, units)[1].numpy()
+    else:
+        _, alpha, beta = evidential.parameters_force(raw, units)
+        variance = evidential.aleatoric_variance(alpha, beta).numpy()
+    residual = np.mean((p.forces - data.forces) ** 2)
+    start = np.mean(data.forces**2)  # where the variances start
+    assert abs(np.log(np.mean(variance) / start)) > abs(np.log(residual / start)) / 2  # they moved ...
+    assert 0.5 < np.mean(variance) / residual < 2.0  # ... to the residuals' size
+
+
+@pytest.mark.parametrize("head", ["mve", "evidential"])
+def test_energy_only_head_training_skips_the_double_backward(head, monkeypatch):
+    """With force weight 0 the heads see detached force residuals: the step's parameter gradients equal
+    those of the fully differentiated force graph, and the forces are built without a graph."""
+    import mlipbias.models.training as training
+    from mlipbias.models import TrainingSettings, UncertaintySettings
+    from mlipbias.models.network import BPNN
+    from mlipbias.models.training import batch_loss, batch_outputs
+
+    differentiable = []  # whether dE/dG entered the C++ vjp with a graph (then the step runs the jvp too)
+
+    def recording(dEdG, *args):
+        differentiable.append(dEdG.requires_grad)
+        return pair_gradients(dEdG, *args)
+
+    pair_gradients = training.pair_gradients
+    monkeypatch.setattr(training, "pair_gradients", recording)
+
+    data = AtomsData(labelled_quartz(3, rattle=0.05), small_descriptor(), keep_neighbours=True)
+    net = BPNN(data.descriptor, (6,), "tanh", 1, head=head, seed=3)
+    net.fit_scaling(data.G, data.species)
+    net.fit_energy_shift(data.energy, data.counts)
+    batch = data.batch(np.arange(len(data)), torch.device("cpu"), neighbours=True)
+    settings, uq = TrainingSettings(force_weight=0.0), UncertaintySettings(methods=(head,))
+
+    loss, _, _ = batch_loss(net, batch, settings, uq, create_graph=True)
+    fast = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+    assert differentiable == [False]
+
+    energies, out, F, _ = batch_outputs(net, batch, forces=True, stress=False, create_graph=True)
+    assert differentiable == [False, True] and F.requires_grad  # the reference keeps the force graph
+    e_res = (energies - batch.energy) / batch.n_atoms
+    module = mve if head == "mve" else evidential
+    nll = module.loss(
+        out.head[0],
+        net.head_scale[0],
+        batch.structure,
+        batch.n_structures,
+        e_res[0] * batch.n_atoms,
+        (F - batch.forces)[0],
+    )
+    reference = torch.autograd.grad((e_res**2).mean() + nll, list(net.parameters()), allow_unused=True)
+    for a, b in zip(fast, reference, strict=True):
+        if b is None:
+            assert a is None or float(a.abs().max()) == 0.0
+        else:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-14)
 
 
 # ------------------------------------------------------------------ GMM

@@ -18,7 +18,8 @@ namespace bks = mlipbias::bks;
 
 namespace {
 
-using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using mlipbias_bindings::DoubleArray;
+
 using IndexArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 std::vector<double> square_matrix(const DoubleArray& a, size_t n, const char* name) {

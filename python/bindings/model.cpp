@@ -18,14 +18,11 @@ namespace py = pybind11;
 
 namespace {
 
-using IntArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using mlipbias_bindings::DoubleArray;
+using mlipbias_bindings::IntArray;
+using mlipbias_bindings::shape_of;
 
-std::string shape_of(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t k = 0; k < a.ndim(); ++k) s += (k ? ", " : "") + std::to_string(a.shape(k));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
+
 
 py::array_t<double> vector_array(const std::vector<double>& v, std::vector<py::ssize_t> shape) {
   py::array_t<double> out(shape);

@@ -16,14 +16,10 @@ namespace py = pybind11;
 
 namespace {
 
-using Doubles = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using mlipbias_bindings::shape_of;
+using Doubles = mlipbias_bindings::DoubleArray;
 using Bools = py::array_t<bool, py::array::c_style | py::array::forcecast>;
 
-std::string shape_of(const py::array& a) {
-  std::string text = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) text += (d ? ", " : "") + std::to_string(a.shape(d));
-  return text + (a.ndim() == 1 ? ",)" : ")");
-}
 
 void check_cell_and_pbc(const Doubles& cell, const Bools& pbc) {
   if (cell.ndim() != 2 || cell.shape(0) != 3 || cell.shape(1) != 3) {

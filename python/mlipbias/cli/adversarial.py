@@ -234,13 +234,14 @@ def run_adversarial(args) -> int:
         )
         return 1
     paths = write_report(results, args.out)
-    _print_summary(results)
+    print_summary(results)
     for path in paths.values():
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
-def _print_summary(results: dict) -> None:
+def print_summary(results: dict) -> None:
+    """The headline numbers of a diagnosis: RMSE, alignment, Table 1, gradient descent."""
     s = results["summary"]
     print(f"{s['n_configs']} configurations: RMSE {s['rmse']:.2f} meV/atom")
     print(
@@ -253,6 +254,10 @@ def _print_summary(results: dict) -> None:
         print("  eps          " + "".join(f"{e:>9g}" for e in d["eps"]))
         print("  random       " + "".join(f"{v:9.2f}" for v in d["random_rmse"]))
         print("  adversarial  " + "".join(f"{v:9.2f}" for v in d["adversarial_rmse"]))
+    failures = results.get("failures") or []
+    if failures:
+        stages = sorted({f["stage"] for f in failures})
+        print(f"{len(failures)} evaluations failed and were left out ({', '.join(stages)}); see results.json")
     g = results.get("gd")
     if g and g["rmse"]:
         print(

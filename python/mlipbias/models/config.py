@@ -104,6 +104,10 @@ uncertainty:
   gmm_max_components: 8         # largest mixture tried; the size is chosen by BIC
   alpha: 0.1                    # conformal miscoverage: P(error <= c U) >= 1 - alpha
   evidential_regularization: 0.2
+  head_training: joint          # mve/evidential heads: joint (NLL in every step, forces every step)
+                                # or post_hoc (fitted alone on the trained network's residuals: the
+                                # cost of an energy-only training plus one force pass)
+  head_epochs: 300              # post_hoc: most epochs of the head fit (early stopping on validation)
 
 training:
   epochs: 500

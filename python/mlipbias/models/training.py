@@ -42,6 +42,7 @@ from mlipbias.uq import evidential, mve
 
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
+HEAD_TRAINING = ("joint", "post_hoc")
 CHECKPOINT_VERSION = 1
 
 
@@ -66,7 +67,11 @@ class UncertaintySettings:
     change the network and exclude each other and the ensemble). ``n_members``: ensemble size.
     ``sketch_size`` (k), ``posterior_lambda`` and ``atom_subset``: gradient features.
     ``gmm_max_components``: largest mixture tried by BIC. ``alpha``: conformal miscoverage level.
-    ``evidential_regularization``: lambda of the evidence regulariser.
+    ``evidential_regularization``: lambda of the evidence regulariser. ``head_training``: ``joint``
+    fits the MVE/evidential heads by their NLL in every training step (forces of every structure in
+    every step); ``post_hoc`` trains the network as without a head, then fits the heads alone on the
+    final network's residuals, computed once (``head_epochs`` epochs at most, early stopping on the
+    validation NLL): the cost of an energy-only training plus one force pass.
     """
 
     methods: tuple[str, ...] = ("ensemble",)
@@ -77,6 +82,8 @@ class UncertaintySettings:
     gmm_max_components: int = 8
     alpha: float = 0.1
     evidential_regularization: float = evidential.DEFAULT_REGULARIZATION
+    head_training: str = "joint"
+    head_epochs: int = 300
 
 
 @dataclass
@@ -137,7 +144,9 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
         )
     if "ensemble" in methods and (int(uq.n_members) != uq.n_members or uq.n_members < 2):
         fail("uncertainty.n_members", uq.n_members, "an ensemble needs at least 2 members")
-    for name in ("sketch_size", "atom_subset", "gmm_max_components"):
+    if uq.head_training not in HEAD_TRAINING:
+        fail("uncertainty.head_training", uq.head_training, f"expected one of {', '.join(HEAD_TRAINING)}")
+    for name in ("sketch_size", "atom_subset", "gmm_max_components", "head_epochs"):
         value = getattr(uq, name)
         if isinstance(value, bool) or int(value) != value or value < 1:
             fail(f"uncertainty.{name}", value, "expected a positive integer")
@@ -198,7 +207,8 @@ def batch_outputs(net: BPNN, batch: Batch, *, forces: bool, stress: bool, create
     energies = structure_sum(out.energy, batch.structure, batch.n_structures)
     F = S = None
     if need_grad:
-        dEdG = torch.autograd.grad(energies.sum(), G, create_graph=create_graph)[0]
+        # The graph is kept for the energy loss's backward even when forces are not differentiated.
+        dEdG = torch.autograd.grad(energies.sum(), G, create_graph=create_graph, retain_graph=True)[0]
         nb = batch.neighbours
         grads = pair_gradients(dEdG, net.descriptor, nb)
         F = atom_forces(grads, nb.i, nb.j, batch.G.shape[0])
@@ -218,10 +228,14 @@ def batch_loss(
     loss to minimise adds the heads' negative log-likelihood.
     """
     t = settings
-    use_forces = t.force_weight > 0 or (net.head is not None and batch.forces is not None)
+    joint_head = net.head is not None and uq.head_training == "joint"
+    use_forces = t.force_weight > 0 or (joint_head and batch.forces is not None)
     use_stress = t.stress_weight > 0 and batch.stress is not None
+    # Forces that only feed the heads' NLL (detached residuals) need no double backward: with
+    # force_weight 0 an MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
+    differentiate = create_graph and (t.force_weight > 0 or use_stress)
     energies, out, F, S = batch_outputs(
-        net, batch, forces=use_forces, stress=use_stress, create_graph=create_graph
+        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate
     )
     parts = {}
     e_res = (energies - batch.energy) / batch.n_atoms  # (M, S) per atom
@@ -239,25 +253,28 @@ def batch_loss(
         if s_res.shape[1]:
             per_member = per_member + t.stress_weight * _residual_loss(s_res, t.loss, (1, 2))
     total = per_member.sum()
-    if net.head is not None and t.nll_weight > 0:
-        raw, scale = out.head[0], net.head_scale[0]
-        total_res = e_res[0] * batch.n_atoms  # total-energy residual
+    if joint_head and t.nll_weight > 0:
         force_res = None if f_res is None else f_res[0]
-        if net.head == "mve":
-            nll = mve.loss(raw, scale, batch.structure, batch.n_structures, total_res, force_res)
-        else:
-            nll = evidential.loss(
-                raw,
-                scale,
-                batch.structure,
-                batch.n_structures,
-                total_res,
-                force_res,
-                uq.evidential_regularization,
-            )
+        nll = head_nll(net, out.head[0], batch, e_res[0] * batch.n_atoms, force_res, uq)
         parts["nll"] = nll.detach()
         total = total + t.nll_weight * nll
     return total, per_member, parts
+
+
+def head_nll(net: BPNN, raw, batch: Batch, energy_residual, force_residual, uq: UncertaintySettings):
+    """The MVE or evidential NLL of member 0's raw head outputs for total-energy and force residuals."""
+    scale = net.head_scale[0]
+    if net.head == "mve":
+        return mve.loss(raw, scale, batch.structure, batch.n_structures, energy_residual, force_residual)
+    return evidential.loss(
+        raw,
+        scale,
+        batch.structure,
+        batch.n_structures,
+        energy_residual,
+        force_residual,
+        uq.evidential_regularization,
+    )
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -350,7 +367,9 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
             checkpoint.unlink()
         _rewrite_log(out / "metrics.jsonl", state["history"])
 
-    need_pairs = t.force_weight > 0 or t.stress_weight > 0 or net.head is not None
+    need_pairs = (
+        t.force_weight > 0 or t.stress_weight > 0 or (net.head is not None and uq.head_training == "joint")
+    )
     from tqdm import tqdm
 
     bar = tqdm(
@@ -435,11 +454,90 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
     net.eval()
     for m in range(M):
         log(f"member {m}: best validation loss {state['best_loss'][m]:.4g} at epoch {state['best_epoch'][m]}")
+    if net.head is not None and uq.head_training == "post_hoc":
+        fit_heads(net, train_data, validation_data, uq, t, device, progress=progress, log=log)
     result_model = MLIPModel(net, description=description)
     finish_uncertainty(result_model, train_data, validation_data, uq, seed=t.seed, log=log)
     return TrainingResult(
         result_model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
     )
+
+
+def _residuals(net: BPNN, data: AtomsData, device, batch_size: int):
+    """Member 0's total-energy residuals (S,) and force residuals (n_atoms, 3) on ``data`` (eV, eV/A)."""
+    energy, forces = [], []
+    for group in data.batches(max(batch_size, 32)):
+        batch = data.batch(group, device, neighbours=True)
+        energies, _, F, _ = batch_outputs(net, batch, forces=True, stress=False, create_graph=False)
+        energy.append((energies[0] - batch.energy).detach())
+        forces.append((F[0] - batch.forces).detach())
+    return torch.cat(energy), torch.cat(forces)
+
+
+def fit_heads(
+    net: BPNN,
+    train_data: AtomsData,
+    validation_data: AtomsData,
+    uq: UncertaintySettings,
+    t: TrainingSettings,
+    device,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = log_line,
+) -> None:
+    """Post-hoc heads: fit the MVE/evidential heads alone by their NLL on the trained network's residuals.
+
+    The residuals of the final network are computed once (one force pass over the training and the
+    validation data); then Adam trains the head weights only (mini-batches of ``t.batch_size``
+    structures, ``t.learning_rate``) for up to ``uq.head_epochs`` epochs and keeps the heads of the
+    epoch with the lowest validation NLL (early stopping after ``t.early_stopping_patience`` epochs).
+    """
+    from tqdm import tqdm
+
+    residuals = {}
+    for name, data in (("training", train_data), ("validation", validation_data)):
+        if not data.has_forces or data.neighbours is None:
+            raise ValueError(f"post-hoc {net.head} heads need forces and neighbour pairs in the {name} data")
+        residuals[name] = _residuals(net, data, device, t.batch_size)
+    params = {k: p for k, p in net.weights.items() if "_head_" in k}
+    optimizer = torch.optim.Adam(params.values(), lr=t.learning_rate)
+
+    def epoch_nll(data, res, order, train: bool) -> float:
+        total, count = 0.0, 0
+        for group in data.batches(t.batch_size if train else max(t.batch_size, 32), order):
+            batch = data.batch(group, device, neighbours=False)
+            idx = torch.as_tensor(group, device=device)
+            atoms = torch.as_tensor(data.atom_indices(group), device=device)
+            with torch.set_grad_enabled(train):
+                raw = net(batch.G, batch.species, detach_head=True).head[0]
+                nll = head_nll(net, raw, batch, res[0][idx], res[1][atoms], uq)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                nll.backward()
+                optimizer.step()
+            total, count = total + float(nll.detach()) * len(group), count + len(group)
+        return total / count
+
+    best, best_epoch, best_state = math.inf, 0, {k: p.detach().clone() for k, p in params.items()}
+    bar = tqdm(
+        total=uq.head_epochs, desc="post-hoc heads", unit="epoch", file=sys.stderr, disable=not progress
+    )
+    for epoch in range(1, uq.head_epochs + 1):
+        order = np.random.default_rng([t.seed, 10**6 + epoch]).permutation(len(train_data))
+        train_nll = epoch_nll(train_data, residuals["training"], order, True)
+        val_nll = epoch_nll(validation_data, residuals["validation"], None, False)
+        if val_nll < best:
+            best, best_epoch = val_nll, epoch
+            best_state = {k: p.detach().clone() for k, p in params.items()}
+        bar.update(1)
+        bar.set_postfix(train=f"{train_nll:.4g}", val=f"{val_nll:.4g}")
+        if epoch - best_epoch >= t.early_stopping_patience:
+            break
+    bar.close()
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(best_state[k])
+    log(f"post-hoc {net.head} heads: best validation NLL {best:.4g} at epoch {best_epoch} of {epoch}")
 
 
 def _check_data(train_data: AtomsData, validation_data: AtomsData, t: TrainingSettings, uq) -> None:
@@ -449,6 +547,10 @@ def _check_data(train_data: AtomsData, validation_data: AtomsData, t: TrainingSe
         if t.force_weight > 0 and not data.has_forces:
             raise ValueError(f"training.force_weight is {t.force_weight} but the {name} data has no forces")
         heads = any(m in ("mve", "evidential") for m in uq.methods)
+        if heads and uq.head_training == "post_hoc" and not data.has_forces:
+            raise ValueError(
+                f"post-hoc mve and evidential heads fit force residuals: the {name} data needs forces"
+            )
         if (t.force_weight > 0 or t.stress_weight > 0 or heads) and data.neighbours is None:
             raise ValueError(
                 f"the {name} data was prepared without neighbour pairs, needed for forces (force or stress "
