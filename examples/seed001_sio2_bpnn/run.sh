@@ -7,4 +7,4 @@ mlipbias data generate -c data_train.yaml
 mlipbias data generate -c data_test.yaml
 [ -f work/bpnn/bpnn.mlip ] || mlipbias train train.yaml
 mlipbias adversarial --approx work/bpnn/bpnn.mlip --accurate bks --data work/test.db --out work/adv \
-    --use-dataset-labels --distortion-configs 500 --newton-configs 500 --gd-configs 50 --skip-failed
+    --use-dataset-labels --gd-configs 50 --skip-failed
