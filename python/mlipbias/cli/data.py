@@ -22,11 +22,23 @@ RUN_OPTIONS = [
         "(sio2-amorphous-96, alpha-quartz, si-diamond-64)",
     ),
     ("repeat", None, "repeat the structure NX NY NZ times"),
-    ("oracle", "bks", "reference calculator: bks, gfn1-xtb, gfn2-xtb, emt"),
+    ("oracle", "bks", "reference calculator: bks, gfn1-xtb, gfn2-xtb, emt, lammps"),
     (
         "oracle_options",
         {},
         "options of the oracle, e.g. accuracy: 0.1 for xTB (flag: --oracle-option KEY=VALUE)",
+    ),
+    (
+        "md_driver",
+        None,
+        "mode md: a cheaper calculator (same names as oracle) that integrates the MD; the oracle then only "
+        "labels the snapshots. Default: the oracle drives the MD",
+    ),
+    (
+        "md_driver_options",
+        {},
+        "options of the MD driver, e.g. {pair_style: sw, pair_coeff: '* * Si.sw Si', elements: [Si]} for "
+        "lammps (flag: --md-driver-option KEY=VALUE)",
     ),
 ]
 
@@ -42,10 +54,11 @@ def register(sub) -> None:
         help="label structures with an oracle into an ase.db (resumable)",
         description=(
             "Make a dataset as in seed 001: `displacements` relaxes the structure with the oracle, then "
-            "displaces all atoms along a Gaussian direction by a total L2 norm uniform in [0, max_norm] A; "
-            "`md` samples Langevin NVT snapshots at each temperature. Each structure is labelled (energy, "
-            "forces, stress) and written as one row as soon as it is done; rerunning the same command "
-            "resumes without recomputing. Units: A, eV, K, fs."
+            "displaces all atoms along a Gaussian direction by a total L2 norm uniform in "
+            "[min_norm, max_norm] A; `md` samples Langevin NVT snapshots at each temperature, with the "
+            "oracle or a cheaper --md-driver integrating the trajectories. Each structure is labelled by "
+            "the oracle (energy, forces, stress) and written as one row as soon as it is done; rerunning "
+            "the same command resumes without recomputing. Units: A, eV, K, fs."
         ),
         argument_default=argparse.SUPPRESS,
     )
@@ -65,6 +78,14 @@ def register(sub) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="an oracle option (repeatable), VALUE read as YAML, e.g. --oracle-option accuracy=0.1",
+    )
+    gen.add_argument("--md-driver", help=_help(RUN_OPTIONS[5]))
+    gen.add_argument(
+        "--md-driver-option",
+        dest="md_driver_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an MD driver option (repeatable), VALUE read as YAML, e.g. --md-driver-option pair_style=sw",
     )
     for f in dataclasses.fields(GenerationSettings):
         flag = "--" + f.name.replace("_", "-")
@@ -115,14 +136,17 @@ def resolve_options(args: argparse.Namespace) -> dict:
     given = {
         k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "data_command", "debug")
     }
-    if "oracle_options" in given:
-        given["oracle_options"] = {**options["oracle_options"], **_parse_pairs(given["oracle_options"])}
+    for key in ("oracle_options", "md_driver_options"):
+        if key in given:
+            flag = "--" + key.replace("_", "-")[:-1]
+            given[key] = {**options[key], **_parse_pairs(given[key], flag)}
     given.pop("progress", None)
     options.update(given)
     if not options["output"]:
         raise ValueError("no output database: give -o/--output or `output:` in the config")
-    if not isinstance(options["oracle_options"], dict):
-        raise ValueError(f"oracle_options must be a mapping, got {options['oracle_options']!r}")
+    for key in ("oracle_options", "md_driver_options"):
+        if not isinstance(options[key], dict):
+            raise ValueError(f"{key} must be a mapping, got {options[key]!r}")
     return options
 
 
@@ -149,15 +173,18 @@ def _read_config(path: str, known: set[str]) -> dict:
     return config
 
 
-def _parse_pairs(pairs: list[str]) -> dict:
+def _parse_pairs(pairs: list[str], flag: str = "--oracle-option") -> dict:
     import yaml
 
     parsed = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--oracle-option expects KEY=VALUE, got {pair!r}")
-        parsed[key.strip()] = yaml.safe_load(value)
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed[key.strip()] = value  # e.g. a LAMMPS pair_coeff "* * Si.sw Si" is not YAML
     return parsed
 
 
@@ -180,6 +207,8 @@ def run_generate(args) -> int:
             options["oracle"],
             settings,
             oracle_options=options["oracle_options"],
+            md_driver=options["md_driver"],
+            md_driver_options=options["md_driver_options"] or None,
             structure_name=name,
             progress=getattr(args, "progress", True),
         )
