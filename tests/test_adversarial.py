@@ -31,6 +31,7 @@ from mlipbias.adversarial import (
     energy_above_minimum,
     evaluate_dataset,
     gradient_descent_rollout,
+    markdown_report,
     newton_step,
     newton_step_experiment,
     random_baseline,
@@ -520,7 +521,9 @@ def test_failed_evaluations_stop_the_run_or_are_skipped_and_listed():
         ("gd", 1),
     ]
     assert "SCF did not converge" in results["failures"][0]["error"]
-    assert results["distortion"]["excluded"] == [1] and results["distortion"]["n_configs"] == 2
+    assert results["distortion"]["failed"] == [1] and results["distortion"]["excluded"] == []
+    assert results["distortion"]["n_configs"] == 2
+    assert "1 configurations left out: an evaluation failed" in markdown_report(results)
     assert results["newton"]["index"] == [0, 2] and results["gd"]["index"] == [0, 2]
     assert results["summary"]["n_configs"] == 3
 

@@ -305,17 +305,19 @@ def distortion_table(
     ``[seed, dataset_index]``, the same for every eps).
 
     A configuration with A = 0 (the models agree exactly in energy or in forces) has no adversarial direction:
-    it is left out of both rows and listed in ``excluded``, as are configurations that failed.
+    it is left out of both rows and listed in ``excluded``; configurations whose evaluation failed are left out
+    and listed in ``failed`` (and in ``failures``).
     """
     eps = [float(e) for e in eps]
     kinds = ("adversarial", "random")
     errors = {kind: [[] for _ in eps] for kind in kinds}
-    excluded = []
+    excluded, failed = [], []
+    no_direction = "A = 0"
 
     def one(atoms: Atoms, i: int, where: str):
         a = configuration_quantities(ev, atoms, where)["a"]
         if not np.any(a):
-            return None
+            return no_direction
         rng = np.random.default_rng(np.random.SeedSequence([seed, _index(atoms, i)]))
         directions = {
             "adversarial": direction_sign * unit_vector(a),
@@ -331,6 +333,9 @@ def distortion_table(
     for i, atoms, where in _each(configs, "distortions", progress):
         found = _attempt(failures, "distortion", atoms, i, one, atoms, i, where)
         if found is None:
+            failed.append(_index(atoms, i))
+            continue
+        if found is no_direction:
             excluded.append(_index(atoms, i))
             continue
         for kind in kinds:
@@ -340,9 +345,10 @@ def distortion_table(
         "eps": eps,
         "direction_sign": direction_sign,
         "seed": seed,
-        "n_configs": len(configs) - len(excluded),
+        "n_configs": len(configs) - len(excluded) - len(failed),
         "n_excluded": len(excluded),
         "excluded": excluded,
+        "failed": failed,
         "adversarial_rmse": [rmse(e) for e in errors["adversarial"]],
         "random_rmse": [rmse(e) for e in errors["random"]],
         "adversarial_errors": errors["adversarial"],

@@ -113,6 +113,8 @@ def markdown_report(results: dict) -> str:
         lines += ["", f"{d['n_configs']} configurations; eps is the total L2 norm of the distortion over 3N."]
         if d["n_excluded"]:
             lines += [f"{d['n_excluded']} configurations with A = 0 left out."]
+        if d.get("failed"):  # absent in results written before failed evaluations were counted apart
+            lines += [f"{len(d['failed'])} configurations left out: an evaluation failed (listed in results.json)."]
     else:
         lines += ["not run"]
 
