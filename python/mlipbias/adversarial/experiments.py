@@ -305,8 +305,8 @@ def distortion_table(
     ``[seed, dataset_index]``, the same for every eps).
 
     A configuration with A = 0 (the models agree exactly in energy or in forces) has no adversarial direction:
-    it is left out of both rows and listed in ``excluded``; configurations whose evaluation failed are left out
-    and listed in ``failed`` (and in ``failures``).
+    it is left out of both rows and listed in ``excluded``; configurations whose evaluation failed are left
+    out and listed in ``failed`` (and in ``failures``).
     """
     eps = [float(e) for e in eps]
     kinds = ("adversarial", "random")

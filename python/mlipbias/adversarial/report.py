@@ -114,7 +114,8 @@ def markdown_report(results: dict) -> str:
         if d["n_excluded"]:
             lines += [f"{d['n_excluded']} configurations with A = 0 left out."]
         if d.get("failed"):  # absent in results written before failed evaluations were counted apart
-            lines += [f"{len(d['failed'])} configurations left out: an evaluation failed (listed in results.json)."]
+            n_failed = len(d["failed"])
+            lines += [f"{n_failed} configurations left out: an evaluation failed (listed in results.json)."]
     else:
         lines += ["not run"]
 
