@@ -128,7 +128,7 @@ def test_batch_equals_single_structures_and_elements_are_checked():
     start = 0
     for k, atoms in enumerate(structures):
         single = predict(net, atoms)
-        assert float(out["energy"][k]) == pytest.approx(single["energy"], abs=1e-10)
+        assert out["energy"][k].item() == pytest.approx(single["energy"], abs=1e-10)
         np.testing.assert_allclose(
             out["forces"][start : start + len(atoms)].detach(), single["forces"], atol=1e-10
         )
