@@ -46,48 +46,19 @@ struct PyEvaluator {
   mlipbias::Model model;
   mlipbias::Evaluator evaluator;
   mlipbias::EvaluationResult result;
-  IntArray species, offsets, j;
-  DoubleArray D;
-  bool have_neighbours = false;
+  std::optional<mlipbias_bindings::Neighbours> neighbours;  // of the last evaluate() or forward()
 
   PyEvaluator(const mlipbias::Model& m, const mlipbias::EvaluatorOptions& o) : model(m), evaluator(m, o) {}
 
-  mlipbias::NeighbourView set_neighbours(IntArray species_, IntArray offsets_, IntArray j_, DoubleArray D_) {
-    if (species_.ndim() != 1)
-      throw mlipbias::Error("species must have shape (n_atoms,), got " + shape_of(species_));
-    if (offsets_.ndim() != 1 || offsets_.shape(0) < 1)
-      throw mlipbias::Error("offsets must have shape (n_centers + 1,), got " + shape_of(offsets_));
-    if (j_.ndim() != 1) throw mlipbias::Error("j must have shape (n_pairs,), got " + shape_of(j_));
-    const int64_t n_pairs = j_.shape(0);
-    if (D_.ndim() != 2 || D_.shape(0) != n_pairs || D_.shape(1) != 3)
-      throw mlipbias::Error("D must have shape (n_pairs, 3) = (" + std::to_string(n_pairs) + ", 3), got " +
-                            shape_of(D_));
-    const int64_t last = offsets_.data()[offsets_.shape(0) - 1];
-    if (last != n_pairs)
-      throw mlipbias::Error("offsets[-1] = " + std::to_string(last) + " must equal the number of pairs len(j) = " +
-                            std::to_string(n_pairs));
-    if (offsets_.shape(0) - 1 > species_.shape(0))
-      throw mlipbias::Error("offsets describe " + std::to_string(offsets_.shape(0) - 1) + " centres but species has " +
-                            std::to_string(species_.shape(0)) + " atoms (centres are the first atoms)");
-    species = std::move(species_);
-    offsets = std::move(offsets_);
-    j = std::move(j_);
-    D = std::move(D_);
-    have_neighbours = true;
-    mlipbias::NeighbourView view;
-    view.n_centers = offsets.shape(0) - 1;
-    view.n_atoms = species.shape(0);
-    view.species = species.data();
-    view.offsets = offsets.data();
-    view.j = j.data();
-    view.D = D.data();
-    return view;
+  mlipbias::NeighbourView set_neighbours(IntArray species, IntArray offsets, IntArray j, DoubleArray D) {
+    neighbours.emplace(std::move(species), std::move(offsets), std::move(j), std::move(D));
+    return neighbours->view;
   }
 
   py::dict result_dict() const {
     const auto& r = result;
     const mlipbias::EvaluatorOptions& o = evaluator.options();
-    const py::ssize_t n_atoms = species.shape(0), n_centers = offsets.shape(0) - 1;
+    const py::ssize_t n_atoms = neighbours->view.n_atoms, n_centers = neighbours->view.n_centers;
     py::dict out;
     out["energy"] = r.energy;
     out["atom_energies"] = vector_array(r.atom_energies, {n_centers});
@@ -224,7 +195,7 @@ MLIPBIAS_BINDINGS(model) {
       .def(
           "backward",
           [](PyEvaluator& self, DoubleArray global_sums) {
-            if (!self.have_neighbours) throw mlipbias::Error("backward() needs a forward() first");
+            if (!self.neighbours) throw mlipbias::Error("backward() needs a forward() first");
             const size_t expected = self.evaluator.local_sums().size();
             if (global_sums.ndim() != 1 || static_cast<size_t>(global_sums.shape(0)) != expected)
               throw mlipbias::Error("global_sums must have shape (" + std::to_string(expected) + ",) like the local "

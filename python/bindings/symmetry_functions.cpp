@@ -16,38 +16,10 @@ namespace {
 
 using mlipbias_bindings::DoubleArray;
 using mlipbias_bindings::IntArray;
+using mlipbias_bindings::Neighbours;
 using mlipbias_bindings::shape_of;
 
 
-
-// The neighbour arrays of one call, kept alive while the core reads them.
-struct Neighbours {
-  IntArray species, offsets, j;
-  DoubleArray D;
-  mlipbias::NeighbourView view;
-
-  Neighbours(IntArray species_, IntArray offsets_, IntArray j_, DoubleArray D_)
-      : species(std::move(species_)), offsets(std::move(offsets_)), j(std::move(j_)), D(std::move(D_)) {
-    if (species.ndim() != 1) throw mlipbias::Error("species must have shape (n_atoms,), got " + shape_of(species));
-    if (offsets.ndim() != 1 || offsets.shape(0) < 1)
-      throw mlipbias::Error("offsets must have shape (n_centers + 1,), got " + shape_of(offsets));
-    if (j.ndim() != 1) throw mlipbias::Error("j must have shape (n_pairs,), got " + shape_of(j));
-    const int64_t n_pairs = j.shape(0);
-    if (D.ndim() != 2 || D.shape(0) != n_pairs || D.shape(1) != 3)
-      throw mlipbias::Error("D must have shape (n_pairs, 3) = (" + std::to_string(n_pairs) + ", 3), got " +
-                            shape_of(D));
-    const int64_t last = offsets.data()[offsets.shape(0) - 1];
-    if (last != n_pairs)
-      throw mlipbias::Error("offsets[-1] = " + std::to_string(last) + " must equal the number of pairs len(j) = " +
-                            std::to_string(n_pairs));
-    view.n_centers = offsets.shape(0) - 1;
-    view.n_atoms = species.shape(0);
-    view.species = species.data();
-    view.offsets = offsets.data();
-    view.j = j.data();
-    view.D = D.data();
-  }
-};
 
 // Reads a (rows, cols) or (n_rhs, rows, cols) array; returns n_rhs (0 for 2-D).
 int64_t rhs_count(const py::array& a, int64_t rows, int64_t cols, const char* name, const char* shape) {
