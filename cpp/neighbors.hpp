@@ -46,12 +46,25 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include "common.hpp"
 
 namespace mlipbias {
 
 // Atom indices, and 3 x atom indices for coordinates, are 32-bit integers inside the search.
 constexpr int64_t kMaxNeighborAtoms = 715827882;  // (2^31 - 1) / 3
+
+// The input checks shared by the CPU and CUDA searches (host pointers or device pointers alike).
+inline void check_search_input(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc) {
+  if (n_atoms < 0 || n_atoms > kMaxNeighborAtoms) {
+    throw Error("number of atoms must be between 0 and " + std::to_string(kMaxNeighborAtoms) + ", got " +
+                std::to_string(n_atoms));
+  }
+  if (n_atoms > 0 && positions == nullptr) throw Error("positions is a null pointer");
+  if (cell == nullptr || pbc == nullptr) throw Error("cell and pbc must not be null pointers");
+}
 // Largest number of bins the search visits around each atom: (2 n_a + 1)(2 n_b + 1)(2 n_c + 1)
 // where n_k is the number of bins (or, for a cell thinner than the cutoff, of periodic
 // images) within the cutoff along direction k. A cutoff of 10 A in a cell with 0.3 A

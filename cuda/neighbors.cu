@@ -193,12 +193,7 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   require_device();
   Impl& s = *impl_;
   s.n_atoms = -1;
-  if (n_atoms < 0 || n_atoms > kMaxNeighborAtoms) {
-    throw Error("number of atoms must be between 0 and " + std::to_string(kMaxNeighborAtoms) + ", got " +
-                std::to_string(n_atoms));
-  }
-  if (n_atoms > 0 && positions == nullptr) throw Error("positions is a null pointer");
-  if (cell == nullptr || pbc == nullptr) throw Error("cell and pbc must not be null pointers");
+  check_search_input(positions, n_atoms, cell, pbc);
   const DeviceGuard guard(device);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   cell_list::Grid grid = cell_list::make_grid(cell, pbc, options.cutoff);
