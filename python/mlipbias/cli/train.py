@@ -113,7 +113,10 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     # Validation and test keep their pairs when they have forces: force metrics and per-atom calibration.
     val_data = AtomsData(val_atoms, descriptor, progress=progress)
     test_data = AtomsData(test_atoms, descriptor, progress=progress) if test_atoms else None
-    description = json.dumps({"trained_with": config.to_dict()}, default=list)
+    from mlipbias.cli.inspect import training_data_summary
+
+    summary = training_data_summary({"train": train_atoms, "validation": val_atoms, "test": test_atoms})
+    description = json.dumps({"trained_with": config.to_dict(), "training_data": summary}, default=list)
     result = train(
         train_data,
         val_data,
