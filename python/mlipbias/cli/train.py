@@ -97,7 +97,7 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     }
     (out / "split.json").write_text(json.dumps({"data": config.data.path, **ids}) + "\n")
     elements = {s for atoms in train_atoms for s in atoms.get_chemical_symbols()}
-    descriptor = make_descriptor(config.descriptor, elements)
+    descriptor = make_descriptor(config.descriptor, elements, train_atoms, log)
     log(
         f"{len(train_atoms)} training, {len(val_atoms)} validation, {len(test_atoms)} test structures; "
         f"{descriptor}"
