@@ -122,3 +122,48 @@ def test_missing_corrupt_and_wrong_files_are_clear_errors(saved_model, tmp_path,
         assert str(target) in err and message in err, err
     assert main(["inspect", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_trained_run_describes_its_data_and_its_auto_descriptor(tmp_path, capsys):
+    """`mlipbias train` with the auto preset on EMT copper, then `mlipbias inspect` of its model."""
+    import yaml
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.db import connect
+
+    rng = np.random.default_rng(3)
+    with connect(tmp_path / "cu.db") as db:
+        for _ in range(10):
+            atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+            atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+            atoms.calc = EMT()
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces()
+            )
+            db.write(atoms)
+    config = {
+        "data": {"path": "cu.db", "validation_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"hidden": [4]},
+        "uncertainty": {"methods": []},
+        "training": {"epochs": 2, "batch_size": 4, "device": "cpu"},
+        "output": {"directory": "run"},
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "train.yaml"), "--no-progress", "--threads", "1"]) == 0
+    log = capsys.readouterr().out
+    assert "auto symmetry functions from 6 structures (48 atoms)" in log
+    assert main(["inspect", str(tmp_path / "run" / "model.mlip"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["elements"] == ["Cu"] and 5.0 < info["cutoff"] < 6.5
+    assert info["descriptor"]["radial_cutoffs"] == [info["cutoff"]]
+    assert info["descriptor"]["radial_shells"][0] < 2.3  # below the shortest Cu-Cu distance
+    data = info["training"]["data"]
+    assert {name: part["structures"] for name, part in data.items()} == {
+        "train": 6,
+        "validation": 2,
+        "test": 2,
+    }
+    assert data["train"]["elements"] == {"Cu": 48} and data["train"]["with_forces"] == 6
+    assert info["training"]["settings"]["descriptor.preset"] == "auto"
+    assert info["uncertainty"]["methods"] == [] and info["network"]["ensemble_members"] == 1
