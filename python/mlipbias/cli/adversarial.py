@@ -125,7 +125,15 @@ def register(sub) -> None:
     p.add_argument(
         "--data", required=True, metavar="DATASET", help="an ase.db file (*.db) or any file ase.io reads"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; reused to resume)")
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="output directory (created; reused to resume)",
+    )
     p.add_argument("--eps", type=float, nargs="+", default=list(defaults.eps), help="distortion norms (A)")
     p.add_argument(
         "--direction-sign",

@@ -68,7 +68,7 @@ def register(sub) -> None:
         help="YAML file with any of the options below (keys as the long flags, "
         "with _ for -); flags override it. See `mlipbias data template`",
     )
-    gen.add_argument("-o", "--output", help=_help(RUN_OPTIONS[0]))
+    gen.add_argument("-o", "--out", "--output", dest="output", help=_help(RUN_OPTIONS[0]))
     gen.add_argument("--structure", help=_help(RUN_OPTIONS[1]))
     gen.add_argument("--repeat", nargs=3, type=int, metavar=("NX", "NY", "NZ"), help=_help(RUN_OPTIONS[2]))
     gen.add_argument("--oracle", help=_help(RUN_OPTIONS[3]))

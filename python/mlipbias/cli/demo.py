@@ -40,7 +40,13 @@ def register(sub) -> None:
         ),
     )
     p.add_argument(
-        "--output-dir", default="demo_output", help="folder for all outputs (default: demo_output)"
+        "-o",
+        "--out",
+        "--output",
+        "--output-dir",
+        dest="output_dir",
+        default="demo_output",
+        help="folder for all outputs (default: demo_output)",
     )
     p.add_argument("--n-samples", type=int, default=200, help="number of labelled structures (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
