@@ -41,7 +41,8 @@ RESULTS = Path(__file__).parent / "results" / "training.json"
 
 
 def dataset(path: Path, n: int) -> list:
-    if not path.exists():
+    # Made when missing, extended (generate resumes) when an earlier, smaller run made it.
+    if not path.exists() or len(load_dataset(path, f"id<={n}")) < n:
         from mlipbias.structures import default_structure
 
         generate(
