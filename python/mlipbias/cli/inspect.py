@@ -78,7 +78,7 @@ def describe(path: str | Path) -> dict:
         "units": str(records["meta/units"]),
         "kind": kind,
         "elements": str(records["elements"]).split(),
-        "cutoff": float(records["descriptor/cutoff"][0]),
+        "cutoff": float(records["descriptor/cutoff"][0]) if "descriptor/cutoff" in records else None,
     }
     info.update(KIND_SECTIONS[kind](records))
     info["uncertainty"] = _uncertainty(records)
@@ -249,7 +249,7 @@ def format_description(info: dict) -> str:
         f"written by {info['written_by']}, units {info['units']}",
         f"kind          {info['kind']}: {d['name']} + {n['name']}",
         f"elements      {' '.join(info['elements'])}",
-        f"cutoff        {info['cutoff']:g} A (neighbour-list radius)",
+        f"cutoff        {_text(info['cutoff'])} A (neighbour-list radius)",
         "",
         "descriptor",
     ]
