@@ -103,7 +103,7 @@ def register(sub) -> None:
     defaults = AdversarialSettings()
     p = sub.add_parser(
         "adversarial",
-        help="adversarial directions of an approximate model against an accurate one (seed 001)",
+        help="adversarial directions of an approximate model against an accurate one (Cubuk & Schoenholz)",
         description=(
             "Compute, for every configuration of DATASET, the adversarial direction "
             "A = grad (E_acc - E_app)^2 and its cosine with the approximate model's force; the error "

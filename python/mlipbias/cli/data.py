@@ -53,7 +53,8 @@ def register(sub) -> None:
         "generate",
         help="label structures with an oracle into an ase.db (resumable)",
         description=(
-            "Make a dataset as in seed 001: `displacements` relaxes the structure with the oracle, then "
+            "Make a dataset as in Cubuk & Schoenholz (2020): `displacements` relaxes the structure with "
+            "the oracle, then "
             "displaces all atoms along a Gaussian direction by a total L2 norm uniform in "
             "[min_norm, max_norm] A; `md` samples Langevin NVT snapshots at each temperature, with the "
             "oracle or a cheaper --md-driver integrating the trajectories. Each structure is labelled by "

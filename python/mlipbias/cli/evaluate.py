@@ -18,7 +18,7 @@ def register(sub) -> None:
         help="metrics table (accuracy, Spearman, ROC-AUC, miscalibration, cNLL) and plots of a model",
         description=(
             "Evaluate a .mlip model on an ase.db of labelled structures: energies, forces and the "
-            "uncertainty of every method, the metrics table of seed 003, JSON and PNG plots."
+            "uncertainty of every method, the metrics table of Tan et al. (2023), JSON and PNG plots."
         ),
     )
     p.add_argument("--model", required=True, help="the .mlip model")
