@@ -7,7 +7,7 @@ install``; for an in-place build set ``PYTHONPATH=python``). One thread per code
 still run; the exit code is 1 when any failed.
 
     python benchmarks/run_all.py --quick       # small sizes, a few minutes: results/quick/*.json
-    python benchmarks/run_all.py               # the sizes of RESULTS.md (an hour or more): results/*.json
+    python benchmarks/run_all.py               # the sizes of RESULTS.md (tens of minutes): results/*.json
     python benchmarks/run_all.py --quick --only bks descriptors
 
 ``make bench`` runs the quick set; ``make bench BENCH_ARGS=`` the full one. Every script writes its
