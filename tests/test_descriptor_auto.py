@@ -127,3 +127,12 @@ def test_an_element_without_neighbours_is_a_clear_error():
         symmetry_functions_from_data(data)
     with pytest.raises(ValueError, match="at least one structure"):
         symmetry_functions_from_data([])
+
+
+def test_the_statistics_sample_is_bounded(monkeypatch):
+    from mlipbias.descriptors import from_data
+
+    monkeypatch.setattr(from_data, "MAX_ATOMS", 250)
+    data = rattled(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3), 10, 0.05)  # 108 atoms each
+    _, choice = symmetry_functions_from_data(data)
+    assert (choice.n_structures, choice.n_atoms) == (3, 324)

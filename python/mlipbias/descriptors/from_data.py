@@ -38,7 +38,8 @@ TARGET_NEIGHBOURS = 60  # mean neighbours within the cutoff (the SiO2 preset has
 PROBE_RADIUS = 8.0  # A, the largest cutoff this chooses
 MIN_CUTOFF = 4.0  # A
 MOLECULAR_CUTOFFS = (5.0, 4.0)  # radial, angular (A), as the molecules preset
-MAX_STRUCTURES = 200  # structures sampled for the statistics (evenly spaced)
+MAX_STRUCTURES = 200  # structures sampled for the statistics (evenly spaced) ...
+MAX_ATOMS = 20000  # ... until they hold this many atoms (an 8 A list of 20,000 atoms is ~4e6 pairs)
 SHELL_SPACING = 0.5  # A, target distance between radial shells
 
 
@@ -122,7 +123,12 @@ def symmetry_functions_from_data(structures: Sequence[Atoms], elements: Sequence
         elements = sorted(present, key=lambda e: atomic_numbers[e])
     elements = list(elements)
     step = max(1, math.ceil(len(structures) / MAX_STRUCTURES))
-    sample = list(structures)[::step]
+    sample, n_sampled = [], 0
+    for atoms in list(structures)[::step]:
+        if n_sampled >= MAX_ATOMS:
+            break
+        sample.append(atoms)
+        n_sampled += len(atoms)
     per_pair, distances, n_atoms = neighbour_statistics(sample, elements)
     name = {(a, b): f"{elements[a]}-{elements[b]}" for a, b in per_pair}
 
