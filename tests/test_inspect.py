@@ -168,3 +168,22 @@ def test_a_trained_run_describes_its_data_and_its_auto_descriptor(tmp_path, caps
     assert data["train"]["elements"] == {"Cu": 48} and data["train"]["with_forces"] == 6
     assert info["training"]["settings"]["descriptor.preset"] == "auto"
     assert info["uncertainty"]["methods"] == [] and info["network"]["ensemble_members"] == 1
+
+
+def test_a_single_network_with_an_mve_head(tmp_path):
+    from model_fixtures import random_network, small_descriptor
+
+    from mlipbias.models import AtomsData, MLIPModel
+
+    descriptor = small_descriptor()
+    data = AtomsData(labelled_quartz(2), descriptor, labels=False)
+    net = random_network(descriptor, data, n_members=1, head="mve", hidden=(5,))
+    path = save_model(MLIPModel(net, methods=("mve",)), tmp_path / "mve.mlip")
+    info = describe(path)
+    n = info["network"]
+    assert n["head"] == "mve" and n["ensemble_members"] == 1
+    assert n["layers"] == {"Si": [12, 5, 1], "O": [12, 5, 1]}
+    assert n["parameters_per_member"] == 2 * (12 * 5 + 5 + 5 + 1)  # the layers, the head apart
+    assert n["head_parameters_per_member"] == 2 * (2 * 5 + 2)  # 2 outputs on the 5 hidden units
+    assert info["uncertainty"] == {"methods": ["mve"]}
+    assert info["calibration"]["conformal_factors"] == {"mve": {"energy": None, "force": None}}

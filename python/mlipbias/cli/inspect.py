@@ -125,6 +125,10 @@ def _bpnn(records: Records) -> dict:
         "ensemble_members": n_members,
         "head": str(records.get("model/head", "none")),
     }
+    if "model/head" in records:  # MVE/evidential outputs on the last hidden layer, beside the layers above
+        network["head_parameters_per_member"] = int(
+            sum(records[f"member/0/{el}/head_{x}"].size for el in sf.elements for x in "Wb")
+        )
     return {"descriptor": descriptor, "network": network}
 
 
