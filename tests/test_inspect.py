@@ -87,10 +87,12 @@ def test_text_description_names_every_section(saved_model, capsys):
     assert "elements      Si O" in text
     for section in ("descriptor", "network", "uncertainty", "calibration", "training"):
         assert f"\n{section}\n" in text
-    assert "Si                     12-8-6-1" in text
-    assert "ensemble               energy 2, force 1.5" in text
-    assert "posterior              energy 0.7, force 1 (none stored)" in text
-    assert "methods                ensemble gmm posterior distance" in text
+    assert "Si                         12-8-6-1" in text
+    assert "ensemble                   energy 2, force 1.5" in text
+    assert "posterior                  energy 0.7, force 1 (none stored)" in text
+    assert "methods                    ensemble gmm posterior distance" in text
+    assert "radial shells              1.6, 3.6 A (first and last rs)" in text
+    assert "training.force_weight      0.1" in text
 
 
 def test_a_model_without_description_or_uncertainty(tmp_path):

@@ -279,15 +279,25 @@ def format_description(info: dict) -> str:
     return "\n".join(lines)
 
 
+# Units shown after a value in the text form.
+UNITS = {
+    "radial_cutoffs": "A",
+    "angular_cutoffs": "A",
+    "radial_shells": "A (first and last rs)",
+    "energy_per_atom_range": "eV/atom",
+}
+
+
 def _block(values: dict, indent: int = 2) -> list[str]:
     lines = []
     for key, value in values.items():
-        label = key.replace("_", " ")
+        label = key if "." in key else key.replace("_", " ")  # config keys keep their spelling
         if isinstance(value, dict):
             lines.append(" " * indent + f"{label}")
             lines += _block(value, indent + 2)
         else:
-            lines.append(" " * indent + f"{label:22s} {_text(value)}")
+            unit = f" {UNITS[key]}" if key in UNITS and value is not None else ""
+            lines.append(" " * indent + f"{label:26s} {_text(value)}{unit}")
     return lines
 
 
