@@ -169,6 +169,7 @@ def test_a_trained_run_describes_its_data_and_its_auto_descriptor(tmp_path, caps
     }
     assert data["train"]["elements"] == {"Cu": 48} and data["train"]["with_forces"] == 6
     assert info["training"]["settings"]["descriptor.preset"] == "auto"
+    assert info["training"]["descriptor_choice"].startswith("auto symmetry functions from 6 structures")
     assert info["uncertainty"]["methods"] == [] and info["network"]["ensemble_members"] == 1
 
 

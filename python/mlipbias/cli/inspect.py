@@ -202,6 +202,8 @@ def _training(records: Records) -> dict | None:
     out: dict = {}
     if isinstance(data := stored.get("training_data"), dict):
         out["data"] = data
+    if choice := stored.get("descriptor_choice"):
+        out["descriptor_choice"] = "\n".join(map(str, choice))
     if isinstance(config := stored.get("trained_with"), dict):
         settings = {}
         for section, keys in (
@@ -297,7 +299,8 @@ def _block(values: dict, indent: int = 2) -> list[str]:
             lines += _block(value, indent + 2)
         else:
             unit = f" {UNITS[key]}" if key in UNITS and value is not None else ""
-            lines.append(" " * indent + f"{label:26s} {_text(value)}{unit}")
+            text = _text(value).replace("\n", "\n" + " " * (indent + 27))  # multi-line text stays aligned
+            lines.append(" " * indent + f"{label:26s} {text}{unit}")
     return lines
 
 

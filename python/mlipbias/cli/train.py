@@ -97,7 +97,13 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     }
     (out / "split.json").write_text(json.dumps({"data": config.data.path, **ids}) + "\n")
     elements = {s for atoms in train_atoms for s in atoms.get_chemical_symbols()}
-    descriptor = make_descriptor(config.descriptor, elements, train_atoms, log)
+    choice: list[str] = []  # what the auto preset chose, logged and stored with the model
+
+    def log_choice(message: str) -> None:
+        log(message)
+        choice.append(message)
+
+    descriptor = make_descriptor(config.descriptor, elements, train_atoms, log_choice)
     log(
         f"{len(train_atoms)} training, {len(val_atoms)} validation, {len(test_atoms)} test structures; "
         f"{descriptor}"
@@ -116,7 +122,8 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     from mlipbias.cli.inspect import training_data_summary
 
     summary = training_data_summary({"train": train_atoms, "validation": val_atoms, "test": test_atoms})
-    description = json.dumps({"trained_with": config.to_dict(), "training_data": summary}, default=list)
+    stored = {"trained_with": config.to_dict(), "training_data": summary, "descriptor_choice": choice}
+    description = json.dumps(stored, default=list)
     result = train(
         train_data,
         val_data,
