@@ -18,7 +18,7 @@ help:
 	@echo "make test     create .venv, install with test extras, run the whole test suite"
 	@echo "make dev      build the extension in place (python/mlipbias) for development"
 	@echo "make lint     ruff over python, tests, benchmarks, examples"
-	@echo "make bench    run the benchmarks (writes benchmarks/results/*.json)"
+	@echo "make bench    run every benchmark at quick sizes (benchmarks/results/quick/; BENCH_ARGS= for full sizes)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,10 @@ lint: install
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
+# Quick sizes by default (a few minutes); `make bench BENCH_ARGS=` runs the sizes of benchmarks/RESULTS.md.
+BENCH_ARGS ?= --quick
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) python/mlipbias/_core*.so python/mlipbias/lammps/*plugin.so

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--e2e-max", type=int, default=768, help="largest N timed end to end (ASE pair list)")
     parser.add_argument("--cuda", action="store_true", help="time the CUDA kernels against the C++ core")
     parser.add_argument("--no-lammps", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", "--output", dest="out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if any(n % 3 for n in args.sizes):
         parser.error("sizes must be multiples of 3 (SiO2)")

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.io import read
 from machine_info import machine
 from tqdm import tqdm
 
@@ -49,9 +48,9 @@ from mlipbias.descriptors import SymmetryFunctions, pair_gradients
 from mlipbias.descriptors.torch_reference import symmetry_functions as torch_symmetry_functions
 from mlipbias.inference import CppModel
 from mlipbias.modelfile import validate_model_records, write_model_file
+from mlipbias.structures import default_structure
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
-DATA = Path(__file__).resolve().parents[1] / "python" / "mlipbias" / "data_files" / "sio2-amorphous-96.extxyz"
 HIDDEN = (64, 64)
 K_SKETCH = 16
 
@@ -349,12 +348,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ref-max", type=int, default=768, help="largest N for the all-torch reference")
     parser.add_argument("--torch-max", type=int, default=20000, help="largest N for the torch network")
     parser.add_argument("--budget", type=float, default=30.0, help="CPU seconds of timing per size")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", "--output", dest="out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.set_default_dtype(torch.float64)
 
-    cell = read(DATA)
+    cell = default_structure("sio2-amorphous-96")
     sf = SymmetryFunctions.defaults("SiO2")
     G0 = sf.compute(cell).G
     species0 = sf.species(cell)

@@ -25,12 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine_info import machine
+
+from mlipbias.lammps import environment, lmp_executable, mpirun_executable
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
-
-from machine_info import machine  # noqa: E402
-
-from mlipbias.lammps import environment, lmp_executable, mpirun_executable  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "lammps_plugin.json"
 SECONDS_PER_CASE = 3.0  # loop time to aim for per case (single rank); at least MIN_STEPS steps

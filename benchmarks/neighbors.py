@@ -204,7 +204,6 @@ def main(argv=None) -> int:
     threads = args.threads or (os.cpu_count() if args.cuda else 1)
     # OpenMP reads this when the runtime starts, i.e. before mlipbias._core is imported.
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
     if args.cuda:
         from mlipbias import gpu
 

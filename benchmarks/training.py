@@ -41,7 +41,8 @@ RESULTS = Path(__file__).parent / "results" / "training.json"
 
 
 def dataset(path: Path, n: int) -> list:
-    if not path.exists():
+    # Made when missing, extended (generate resumes) when an earlier, smaller run made it.
+    if not path.exists() or len(load_dataset(path, f"id<={n}")) < n:
         from mlipbias.structures import default_structure
 
         generate(
@@ -133,6 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed steps of mlipbias per repeat")
     parser.add_argument("--reference-steps", type=int, default=2, help="timed steps of the torch reference")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     path = Path(args.data)
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
             f"(CPU time: {result['torch-reference_cpu']:6.2f})   ratio {result['ratio']:.0f} "
             f"(CPU time: {result['ratio_cpu']:.0f})"
         )
-    RESULTS.parent.mkdir(exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "training throughput, BKS SiO2 96-atom cells, 2 x 30 tanh, 52 default SiO2 functions",
         "machine": machine(),
@@ -181,8 +183,8 @@ def main(argv=None) -> int:
         "descriptor_ms_per_structure": 1000 * descriptor_seconds,
         "rows": rows,
     }
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.output.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.output}")
     return 0
 
 

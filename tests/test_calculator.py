@@ -104,7 +104,7 @@ def test_cpp_and_torch_backends_agree(model_path, method):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
-def test_species_tau_and_tau_stress(model_path):
+def test_tau_species_and_tau_stress(model_path):
     atoms = quartz(6)
     base = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, tau_stress=0.0)
     atoms.calc = base
@@ -112,7 +112,7 @@ def test_species_tau_and_tau_stress(model_path):
     r = dict(base.results)
     np.testing.assert_allclose(r["bias_stress"], 0.0)
     np.testing.assert_allclose(r["stress"], r["model_stress"])
-    species = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, species_tau={"O": 0.05})
+    species = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, tau_species={"O": 0.05})
     atoms.calc = species
     atoms.get_forces()
     s = species.results
@@ -123,6 +123,13 @@ def test_species_tau_and_tau_stress(model_path):
     # tau_stress defaults to tau: the bias stress is -(tau / V) dU/dstrain.
     virial = species.results["bias_stress"]
     assert np.abs(virial).max() > 0
+    # species_tau, the old name, still works, with a DeprecationWarning naming the new one.
+    with pytest.warns(DeprecationWarning, match="use tau_species"):
+        old = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, species_tau={"O": 0.05})
+    atoms.calc = old
+    np.testing.assert_array_equal(atoms.get_forces(), species.results["forces"])
+    with pytest.raises(ValueError, match="give tau_species only"), pytest.warns(DeprecationWarning):
+        MLIPCalculator(model_path, uncertainty="ensemble", tau_species={"O": 0.1}, species_tau={"O": 0.1})
 
 
 def test_rescaling_follows_the_running_force_ratio(model_path):
@@ -210,8 +217,8 @@ def test_bad_arguments_are_clear_errors(model_path):
         MLIPCalculator(model_path, uncertainty="none", tau=0.1)
     with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
         MLIPCalculator(model_path, tau=-1.0)
-    with pytest.raises(ValueError, match=r"species_tau names element\(s\) \['H'\]"):
-        MLIPCalculator(model_path, species_tau={"H": 0.1})
+    with pytest.raises(ValueError, match=r"tau_species names element\(s\) \['H'\]"):
+        MLIPCalculator(model_path, tau_species={"H": 0.1})
     with pytest.raises(ValueError, match="backend must be one of auto, torch, cpp"):
         MLIPCalculator(model_path, backend="jax")
     with pytest.raises(

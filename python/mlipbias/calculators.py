@@ -25,6 +25,7 @@ running sums over every call of this calculator (one call per MD step).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -49,7 +50,8 @@ class MLIPCalculator(Calculator):
         tau: bias strength for energy and forces (dimensionless; U in eV).
         tau_stress: strength of the bias stress (default: ``tau``).
         rescale: rescale both strengths by seed 002 Eq. 8.
-        species_tau: ``{symbol: tau}`` bias-force strength per element (elements not listed keep tau).
+        tau_species: ``{symbol: tau}`` bias-force strength per element (elements not listed keep tau),
+            as ``pair_style mlip/bias ... tau_species El T``; ``species_tau`` is its deprecated name.
         atom_uncertainty: compute U_i at every call.
         device: torch device of the torch backend.
     """
@@ -74,11 +76,20 @@ class MLIPCalculator(Calculator):
         tau: float = 0.0,
         tau_stress: float | None = None,
         rescale: bool = False,
-        species_tau: Mapping[str, float] | None = None,
+        tau_species: Mapping[str, float] | None = None,
         atom_uncertainty: bool = True,
         device: str = "cpu",
         **kwargs,
     ):
+        if "species_tau" in kwargs:  # the name before the LAMMPS keyword was adopted
+            warnings.warn(
+                "MLIPCalculator(species_tau=...) is deprecated: use tau_species=..., the LAMMPS keyword",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if tau_species is not None:
+                raise ValueError("give tau_species only (species_tau is its deprecated name)")
+            tau_species = kwargs.pop("species_tau")
         super().__init__(**kwargs)
         from mlipbias.models import MLIPModel, load_model
 
@@ -103,19 +114,19 @@ class MLIPCalculator(Calculator):
             if value is not None and not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         tau_stress = tau if tau_stress is None else tau_stress
-        if (tau > 0 or tau_stress > 0 or species_tau) and uncertainty is None:
-            raise ValueError("a bias (tau, tau_stress or species_tau > 0) needs an uncertainty method")
+        if (tau > 0 or tau_stress > 0 or tau_species) and uncertainty is None:
+            raise ValueError("a bias (tau, tau_stress or tau_species > 0) needs an uncertainty method")
         species = None
-        if species_tau:
-            unknown = [el for el in species_tau if el not in self.model.elements]
+        if tau_species:
+            unknown = [el for el in tau_species if el not in self.model.elements]
             if unknown:
                 raise ValueError(
-                    f"species_tau names element(s) {unknown} that the model does not have "
+                    f"tau_species names element(s) {unknown} that the model does not have "
                     f"({list(self.model.elements)})"
                 )
-            species = np.array([float(species_tau.get(el, tau)) for el in self.model.elements])
+            species = np.array([float(tau_species.get(el, tau)) for el in self.model.elements])
             if not (np.isfinite(species).all() and (species >= 0).all()):
-                raise ValueError(f"species_tau values must be finite and >= 0, got {dict(species_tau)}")
+                raise ValueError(f"tau_species values must be finite and >= 0, got {dict(tau_species)}")
         self.bias = BiasState(tau, tau_stress, rescale, [] if species is None else list(species))
         self.want_atom_uncertainty = bool(atom_uncertainty)
         self.backend = _select_backend(backend, self.uncertainty, self.model_path)

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "mlipbias.cli.data",
     "mlipbias.cli.train",
     "mlipbias.cli.evaluate",
+    "mlipbias.cli.inspect",
     "mlipbias.cli.adversarial",
     "mlipbias.cli.info",
 ]

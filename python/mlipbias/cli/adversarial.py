@@ -103,7 +103,7 @@ def register(sub) -> None:
     defaults = AdversarialSettings()
     p = sub.add_parser(
         "adversarial",
-        help="adversarial directions of an approximate model against an accurate one (seed 001)",
+        help="adversarial directions of an approximate model against an accurate one (Cubuk & Schoenholz)",
         description=(
             "Compute, for every configuration of DATASET, the adversarial direction "
             "A = grad (E_acc - E_app)^2 and its cosine with the approximate model's force; the error "
@@ -125,7 +125,15 @@ def register(sub) -> None:
     p.add_argument(
         "--data", required=True, metavar="DATASET", help="an ase.db file (*.db) or any file ase.io reads"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; reused to resume)")
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="output directory (created; reused to resume)",
+    )
     p.add_argument("--eps", type=float, nargs="+", default=list(defaults.eps), help="distortion norms (A)")
     p.add_argument(
         "--direction-sign",

@@ -53,7 +53,8 @@ def register(sub) -> None:
         "generate",
         help="label structures with an oracle into an ase.db (resumable)",
         description=(
-            "Make a dataset as in seed 001: `displacements` relaxes the structure with the oracle, then "
+            "Make a dataset as in Cubuk & Schoenholz (2020): `displacements` relaxes the structure with "
+            "the oracle, then "
             "displaces all atoms along a Gaussian direction by a total L2 norm uniform in "
             "[min_norm, max_norm] A; `md` samples Langevin NVT snapshots at each temperature, with the "
             "oracle or a cheaper --md-driver integrating the trajectories. Each structure is labelled by "
@@ -68,7 +69,7 @@ def register(sub) -> None:
         help="YAML file with any of the options below (keys as the long flags, "
         "with _ for -); flags override it. See `mlipbias data template`",
     )
-    gen.add_argument("-o", "--output", help=_help(RUN_OPTIONS[0]))
+    gen.add_argument("-o", "--out", "--output", dest="output", help=_help(RUN_OPTIONS[0]))
     gen.add_argument("--structure", help=_help(RUN_OPTIONS[1]))
     gen.add_argument("--repeat", nargs=3, type=int, metavar=("NX", "NY", "NZ"), help=_help(RUN_OPTIONS[2]))
     gen.add_argument("--oracle", help=_help(RUN_OPTIONS[3]))

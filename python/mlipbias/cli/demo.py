@@ -29,18 +29,25 @@ def register(sub) -> None:
         help="the main job on the shipped BKS silica: dataset, ensemble, metrics, adversarial diagnosis",
         description=(
             "Step 1 (dataset): relax the shipped 96-atom amorphous SiO2 cell with BKS and label "
-            "N random displacements (total L2 norm uniform in [0, 1] A, as in seed 001) into "
+            "N random displacements (total L2 norm uniform in [0, 1] A, as in Cubuk & Schoenholz 2020) into "
             "OUTPUT_DIR/dataset.db, then print its summary. Step 2 (model): train a 3-member BP-NN "
             "ensemble with sketched gradient features on it (80/10/10 split), calibrate the "
             "uncertainties on the validation split and print the metrics table of the test split "
-            "(OUTPUT_DIR/model/). Step 3 (adversarial): seed 001's diagnosis of that model against BKS "
+            "(OUTPUT_DIR/model/). Step 3 (adversarial): the diagnosis of Cubuk & Schoenholz (2020) of "
+            "that model against BKS "
             "on test structures: how well its forces align with the direction in which its error grows, "
             "and the error after distortions along that direction and along random ones "
             "(OUTPUT_DIR/adversarial/). Rerunning resumes."
         ),
     )
     p.add_argument(
-        "--output-dir", default="demo_output", help="folder for all outputs (default: demo_output)"
+        "-o",
+        "--out",
+        "--output",
+        "--output-dir",
+        dest="output_dir",
+        default="demo_output",
+        help="folder for all outputs (default: demo_output)",
     )
     p.add_argument("--n-samples", type=int, default=200, help="number of labelled structures (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

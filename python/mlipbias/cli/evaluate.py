@@ -18,7 +18,7 @@ def register(sub) -> None:
         help="metrics table (accuracy, Spearman, ROC-AUC, miscalibration, cNLL) and plots of a model",
         description=(
             "Evaluate a .mlip model on an ase.db of labelled structures: energies, forces and the "
-            "uncertainty of every method, the metrics table of seed 003, JSON and PNG plots."
+            "uncertainty of every method, the metrics table of Tan et al. (2023), JSON and PNG plots."
         ),
     )
     p.add_argument("--model", required=True, help="the .mlip model")
@@ -37,7 +37,14 @@ def register(sub) -> None:
         help="ase.db of labelled structures (e.g. the validation split) to fit the cNLL variance a U^2 + b",
     )
     p.add_argument("--no-forces", dest="forces", action="store_false", help="energies only (much faster)")
-    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        default="evaluation",
+        help="output folder (default: evaluation)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 

@@ -97,7 +97,13 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     }
     (out / "split.json").write_text(json.dumps({"data": config.data.path, **ids}) + "\n")
     elements = {s for atoms in train_atoms for s in atoms.get_chemical_symbols()}
-    descriptor = make_descriptor(config.descriptor, elements)
+    choice: list[str] = []  # what the auto preset chose, logged and stored with the model
+
+    def log_choice(message: str) -> None:
+        log(message)
+        choice.append(message)
+
+    descriptor = make_descriptor(config.descriptor, elements, train_atoms, log_choice)
     log(
         f"{len(train_atoms)} training, {len(val_atoms)} validation, {len(test_atoms)} test structures; "
         f"{descriptor}"
@@ -113,7 +119,11 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     # Validation and test keep their pairs when they have forces: force metrics and per-atom calibration.
     val_data = AtomsData(val_atoms, descriptor, progress=progress)
     test_data = AtomsData(test_atoms, descriptor, progress=progress) if test_atoms else None
-    description = json.dumps({"trained_with": config.to_dict()}, default=list)
+    from mlipbias.cli.inspect import training_data_summary
+
+    summary = training_data_summary({"train": train_atoms, "validation": val_atoms, "test": test_atoms})
+    stored = {"trained_with": config.to_dict(), "training_data": summary, "descriptor_choice": choice}
+    description = json.dumps(stored, default=list)
     result = train(
         train_data,
         val_data,

@@ -7,6 +7,7 @@ when first used. See ``docs/descriptors.md``.
 
 from __future__ import annotations
 
+from mlipbias.descriptors.from_data import DataDescriptorChoice, symmetry_functions_from_data
 from mlipbias.descriptors.symmetry_functions import (
     COLUMNS,
     Descriptors,
@@ -16,7 +17,15 @@ from mlipbias.descriptors.symmetry_functions import (
 
 _TORCH_HELPERS = ("pair_gradients", "descriptor_tangents", "atom_forces", "virial")
 
-__all__ = ["COLUMNS", "Descriptors", "NeighbourData", "SymmetryFunctions", *_TORCH_HELPERS]
+__all__ = [
+    "COLUMNS",
+    "DataDescriptorChoice",
+    "Descriptors",
+    "NeighbourData",
+    "SymmetryFunctions",
+    "symmetry_functions_from_data",
+    *_TORCH_HELPERS,
+]
 
 
 def __getattr__(name: str):

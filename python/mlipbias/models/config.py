@@ -83,7 +83,7 @@ data:
   seed: 0                       # seed of the random split
 
 descriptor:
-  preset: auto                  # auto (from the data's elements), SiO2, Si or molecules
+  preset: auto                  # auto (shells and cutoffs from the data's distances), SiO2, Si or molecules
   # or explicit symmetry functions (set preset: null):
   # elements: [Si, O]
   # g2: [[eta, rs, rc], ...]             # eta in 1/A^2, rs and rc in A
@@ -282,14 +282,25 @@ def _check(config: TrainConfig) -> None:
     check_settings(config.model, config.uncertainty, config.training)
 
 
-def make_descriptor(settings: DescriptorSettings, elements_in_data):
-    """The symmetry functions of the settings; ``auto`` uses the data's elements (by atomic number)."""
+def make_descriptor(settings: DescriptorSettings, elements_in_data, structures=None, log=None):
+    """The symmetry functions of the settings.
+
+    ``auto`` derives shells and cutoffs from the neighbour distances of ``structures`` (the training
+    data; ``mlipbias.descriptors.from_data``) and passes what it chose to ``log``; without
+    structures it falls back to the recipe of ``SymmetryFunctions.defaults`` for the elements.
+    """
     from ase.data import atomic_numbers
 
-    from mlipbias.descriptors import SymmetryFunctions
+    from mlipbias.descriptors import SymmetryFunctions, symmetry_functions_from_data
 
     if settings.preset is None:
         return SymmetryFunctions.build(settings.elements, g2=settings.g2, g4=settings.g4, g5=settings.g5)
     if settings.preset == "auto":
-        return SymmetryFunctions.defaults(sorted(set(elements_in_data), key=lambda e: atomic_numbers[e]))
+        elements = sorted(set(elements_in_data), key=lambda e: atomic_numbers[e])
+        if structures is None:
+            return SymmetryFunctions.defaults(elements)
+        descriptor, choice = symmetry_functions_from_data(structures, elements)
+        if log is not None:
+            log(choice.summary())
+        return descriptor
     return SymmetryFunctions.defaults(settings.preset)
