@@ -228,16 +228,19 @@ def _check_min_distance(atoms, min_distance: float) -> None:
         )
 
 
+# Results with a row per atom, checked first so that the message names the atom.
+_PER_ATOM = ("energies", "model_forces", "forces", "atom_uncertainty", "uncertainty_gradient", "bias_forces")
+
+
 def _check_finite(results: Mapping) -> None:
     """ValueError naming the quantity (and atom index) of the first NaN or infinite result."""
-    for name, value in results.items():
-        value = np.asarray(value, dtype=np.float64)
+    names = [n for n in _PER_ATOM if n in results] + [n for n in results if n not in _PER_ATOM]
+    for name in names:
+        value = np.asarray(results[name], dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(value))
         if bad.size == 0:
             continue
-        per_atom = value.ndim >= 1 and name in ("energies", "forces", "atom_uncertainty", "uncertainty_gradient",
-                                                "bias_forces", "model_forces")
-        where = f" on the atom with index {bad[0] // (value.size // len(value))}" if per_atom else ""
+        where = f" on the atom with index {bad[0] // (value.size // len(value))}" if name in _PER_ATOM else ""
         raise ValueError(
             f"the model gives a non-finite {name}{where} ({value.flat[bad[0]]}): its weights overflow for "
             "this structure, which is far outside what it was trained on"
