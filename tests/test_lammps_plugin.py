@@ -20,6 +20,7 @@ MPI runs (1 vs 2 ranks, newton on/off) are in tests/test_lammps_mpi.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -601,3 +602,72 @@ def test_bad_input_to_lmp_exits_with_an_error_not_a_crash(tmp_path, model_path, 
     assert (
         "ERROR: pair_style mlip/bias:" in out.stdout + out.stderr and "truncated" in out.stdout + out.stderr
     )
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+
+def test_too_close_atoms_are_named_by_their_ids(tmp_path, model_path):
+    """The error names LAMMPS atom IDs and the step, not indices local to a rank."""
+    atoms = structure(seed=2)
+    atoms.positions[7] = atoms.positions[3] + [0.3, 0.0, 0.0]
+    data = write_data(tmp_path / "close.data", atoms)
+    with lammps() as lmp:
+        setup(lmp, data, pair_lines(model_path))
+        with pytest.raises(
+            Exception, match=r"step 0: atoms with IDs 4 and 8 are 0\.3 A apart, closer than min_distance = 0\.5 A"
+        ):
+            lmp.command("run 0")
+
+
+def test_non_finite_model_outputs_stop_the_run_naming_step_and_atom_id(tmp_path, data_path):
+    """A model file whose numbers are in range but overflow in evaluation: the `lmp` binary
+    stops with an error and a non-zero exit status instead of integrating NaN positions."""
+    from model_fixtures import write_overflowing_model
+
+    from mlipbias.lammps import environment, lmp_executable
+
+    model = write_overflowing_model(tmp_path / "overflow.mlip")
+    (tmp_path / "in.lmp").write_text(
+        f"units metal\natom_style atomic\nread_data {data_path}\n{pair_lines(model, 'uncertainty none')}\n"
+        "reset_timestep 40\nfix nve all nve\nrun 10\n"
+    )
+    out = subprocess.run(
+        [lmp_executable(), "-in", "in.lmp", "-log", "none", "-nocite"],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert re.search(
+        r"ERROR on proc 0: pair_style mlip/bias: step 40: the model gives a non-finite atom energy on the atom "
+        r"with ID \d+ \(inf\)",
+        text,
+    ), text
+
+
+def test_a_mass_far_from_the_mapped_element_is_a_warning(tmp_path, model_path, data_path):
+    """Masses Si O in the data file with `pair_coeff * * O Si` (swapped): a warning per type
+    that names the type, both masses and the nearest element; the right order is silent."""
+    from mlipbias.lammps import import_lammps, load_plugin
+
+    logs = {}
+    for elements in ("O Si", "Si O"):
+        log = tmp_path / f"{elements.replace(' ', '_')}.log"
+        lmp = import_lammps().lammps(cmdargs=["-log", str(log), "-screen", "none", "-nocite"])
+        try:
+            load_plugin(lmp)
+            setup(lmp, data_path, pair_lines(model_path, elements=elements), unc=False)
+            lmp.command("run 0")
+            lmp.command("run 0")  # warned once, not at every run
+        finally:
+            lmp.close()
+        logs[elements] = log.read_text()
+    swapped = logs["O Si"]
+    assert re.search(r"WARNING: pair_style mlip/bias: atom type 1 has mass 28\.08\d* but pair_coeff maps it to O "
+                     r"\(mass 15\.999\); the mass is nearest to Si", swapped), swapped
+    assert re.search(r"atom type 2 has mass 15\.99\d* but pair_coeff maps it to Si .*nearest to O", swapped)
+    assert swapped.count("WARNING: pair_style mlip/bias") == 2
+    assert "WARNING: pair_style mlip/bias" not in logs["Si O"]
