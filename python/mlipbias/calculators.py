@@ -153,9 +153,8 @@ class MLIPCalculator(Calculator):
         gradient = method is not None and (self.bias_active or "uncertainty_gradient" in properties)
         atom_u = method is not None and (self.want_atom_uncertainty or "atom_uncertainty" in properties)
         if self.cpp is not None:
-            p = self.cpp.evaluate(
-                atoms, method or "none", gradient=gradient, atom_uncertainty=atom_u, min_distance=self.min_distance
-            )
+            options = dict(gradient=gradient, atom_uncertainty=atom_u, min_distance=self.min_distance)
+            p = self.cpp.evaluate(atoms, method or "none", **options)
             species = self.cpp.species(atoms)
             energy, atom_energies, virial = p.energy, p.atom_energies, p.virial
             member_energies, U, atom_U = p.member_energies, p.uncertainty, p.atom_uncertainty
