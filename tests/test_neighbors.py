@@ -403,3 +403,18 @@ def test_max_neighbors_is_settable_per_call_and_globally(monkeypatch):
         neighbor_list("i", atoms, 6.0)
     with pytest.raises(ValueError, match="max_neighbors must be >= 0"):
         neighbor_list("i", atoms, 6.0, max_neighbors=-1)
+
+
+def test_the_cpp_core_includes_no_cuda_header():
+    """cpp/ is the framework-free core: cuda/ builds on it, never the reverse (device dispatch
+    lives in cuda/ and the bindings)."""
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "cpp"
+    offending = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted(core.glob("*.[ch]pp"))
+        for line in path.read_text().splitlines()
+        if line.startswith("#include") and ("cuda" in line or "device.hpp" in line)
+    ]
+    assert offending == []
