@@ -6,9 +6,6 @@
 #include <sstream>
 #include <string>
 
-#include "../cuda/bks_cuda.hpp"
-#include "../cuda/device.hpp"
-
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -232,17 +229,4 @@ Totals compute(const Table& t, int64_t n_atoms, const int64_t* types, int64_t n_
 }
 
 }  // namespace bks
-
-#ifndef MLIPBIAS_WITH_CUDA
-namespace cuda {
-
-// Builds without CUDA kernels: asking for the GPU is a clear error.
-void bks_compute(const bks::Table&, int, void*, int64_t, const int64_t*, int64_t, const int64_t*, const int64_t*,
-                 const double*, double*, double*, double*, double*) {
-  require_device();
-}
-
-}  // namespace cuda
-#endif
-
 }  // namespace mlipbias

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <string>
 
+#include "evaluation_checks.hpp"
 #include "model.hpp"
 #include "model_data.hpp"
 
@@ -317,9 +318,7 @@ void Evaluator::Impl::prepare_neighbours(const NeighbourView& in) {
     if (in.species[i] < 0 || in.species[j] < 0) return false;
     const double* D = in.D + 3 * p;
     const double r2 = dot3(D, D);
-    if (r2 < min2)
-      throw Error("atoms " + std::to_string(i) + " and " + std::to_string(j) + " are " + fmt(std::sqrt(r2)) +
-                  " A apart, closer than min_distance = " + fmt(opt.min_distance) + " A");
+    if (r2 < min2) throw TooCloseError(i, j, std::sqrt(r2), opt.min_distance);
     return true;
   };
   if (!any_unhandled) {

@@ -20,9 +20,14 @@ namespace {
 // ensemble/posterior/distance, the others are Python-only (mlipbias.uq).
 const char* const kFileMethods[] = {"ensemble", "mve", "evidential", "gmm", "posterior", "distance"};
 
-std::string fmt(double x) {
+// No number of a model is larger in magnitude (weights, scales, shifts, precisions of lambda
+// >= 1e-12, ...), and no scaling std smaller than its inverse: beyond it a file is damaged
+// and evaluating it would overflow to inf/NaN. The same limit as mlipbias.modelfile.
+constexpr double kMaxModelValue = 1e12;  // the messages below name it
+
+std::string fmt(double x, const char* format = "%.17g") {
   char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%.17g", x);
+  std::snprintf(buffer, sizeof(buffer), format, x);
   return buffer;
 }
 
@@ -56,8 +61,12 @@ class Loader {
 
   std::vector<double> f64(const std::string& name, const std::vector<long long>& shape) const {
     const ArrayView<double> view = file_.f64(name, shape);
-    for (std::size_t k = 0; k < view.size(); ++k)
+    for (std::size_t k = 0; k < view.size(); ++k) {
       if (!std::isfinite(view[k])) fail(name, "contains NaN or infinite values (entry " + std::to_string(k) + ")");
+      if (std::fabs(view[k]) > kMaxModelValue)
+        fail(name, "has entry " + std::to_string(k) + " = " + fmt(view[k], "%.6g") + ", beyond the limit of 1e12 for any model "
+                       "number (a damaged or hand-edited file?)");
+    }
     return std::vector<double>(view.data, view.data + view.size());
   }
   std::vector<uint64_t> shape(const std::string& name) const { return file_.record(name).shape; }
@@ -331,9 +340,9 @@ Model Model::load(const std::string& path) {
     data->mean.push_back(in.f64(base + "mean", {data->n_features}));
     std::vector<double> std_dev = in.f64(base + "std", {data->n_features});
     for (int f = 0; f < data->n_features; ++f) {
-      if (!(std_dev[f] > 0))
-        in.fail(base + "std", "has entry " + std::to_string(f) + " = " + fmt(std_dev[f]) +
-                                  " <= 0 (constant features get 1)");
+      if (!(std_dev[f] >= 1.0 / kMaxModelValue))
+        in.fail(base + "std", "has entry " + std::to_string(f) + " = " + fmt(std_dev[f], "%.6g") + " below 1e-12 (constant "
+                                  "features get 1)");
       std_dev[f] = 1.0 / std_dev[f];
     }
     data->inv_std.push_back(std::move(std_dev));

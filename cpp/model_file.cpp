@@ -71,6 +71,11 @@ std::string shape_to_string(const std::vector<long long>& shape) {
   return s.str();
 }
 
+bool checksum_matches(const std::vector<unsigned char>& bytes) {
+  const std::size_t n = bytes.size();
+  return read_le(bytes.data() + n - kHashSize, 8) == fnv1a64(bytes.data(), n - kHashSize);
+}
+
 }  // namespace
 
 const char* dtype_name(DType dtype) {
@@ -137,6 +142,13 @@ ModelFile ModelFile::parse(const std::vector<unsigned char>& bytes, const std::s
   }
   file.version_ = static_cast<std::uint32_t>(read_le(bytes.data() + kMagicSize, 4));
   if (file.version_ > format_version) {
+    // Every version ends in the same checksum: a file that fails it is damaged (random
+    // bytes after the magic), not one written by a newer mlipbias.
+    if (!checksum_matches(bytes)) {
+      throw Error(origin + ": corrupt file: checksum mismatch, and the format version field reads " +
+                  std::to_string(file.version_) + " (this mlipbias writes " + std::to_string(format_version) +
+                  "); the bytes after the header are damaged");
+    }
     throw Error(origin + ": format version " + std::to_string(file.version_) +
                 " is newer than this mlipbias (" + std::to_string(format_version) +
                 "); upgrade mlipbias to read it");

@@ -11,13 +11,15 @@
 #include "neighbors.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#include "../cuda/device.hpp"
 #include "common.hpp"
 #include "neighbors_math.hpp"
 
@@ -37,6 +39,14 @@ int thread_count(int n_threads, int64_t n_atoms) {
   (void)n_atoms;
   return 1;
 #endif
+}
+
+[[noreturn]] void throw_too_many_neighbors(int atom, int64_t count, int64_t n_atoms, const NeighborOptions& options) {
+  throw Error("atom " + std::to_string(atom) + " has " + std::to_string(count) + (options.half ? " half-list" : "") +
+              " neighbours within the cutoff of " + cell_list::format_number(options.cutoff) + " A (" +
+              std::to_string(n_atoms) + " atoms), more than max_neighbors = " + std::to_string(options.max_neighbors) +
+              ": the structure is far denser than matter (atoms on top of each other, or positions not in "
+              "Angstrom?) or the cutoff is too large; raise max_neighbors (0: no limit) if it is meant");
 }
 
 }  // namespace
@@ -119,14 +129,27 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   int64_t* offsets = s.offsets.data();
   offsets[0] = 0;
   const bool half = options.half, self_interaction = options.self_interaction;
+  if (options.max_neighbors < 0)
+    throw Error("max_neighbors must be >= 0 (0: no limit), got " + std::to_string(options.max_neighbors));
+  const int64_t max_neighbors = options.max_neighbors > 0 ? options.max_neighbors : INT64_MAX;
+  // The first atom found over the limit; every thread stops once one is.
+  std::atomic<bool> too_many{false};
+  int over_atom = -1;
+  int64_t over_count = 0;
   // Atoms in bin order: consecutive atoms search the same bins, which stay in cache.
 #pragma omp parallel for schedule(dynamic, 256) num_threads(threads) if (threads > 1)
   for (int slot = 0; slot < n; ++slot) {
+    if (too_many.load(std::memory_order_relaxed)) continue;
     const int i = s.atom[slot];
     cell_list::CountPairs pairs;
     cell_list::visit_neighbors(grid, bins, i, half, self_interaction, pairs);
     offsets[i + 1] = pairs.n;
+    if (pairs.n > max_neighbors && !too_many.exchange(true)) {
+      over_atom = i;
+      over_count = pairs.n;
+    }
   }
+  if (too_many) throw_too_many_neighbors(over_atom, over_count, n_atoms, options);
   for (int i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
 
   s.grid = grid;
@@ -174,24 +197,5 @@ NeighborList neighbor_list(const double* positions, int64_t n_atoms, const doubl
   search.compute(positions, n_atoms, cell, pbc, options, out);
   return out;
 }
-
-#ifndef MLIPBIAS_WITH_CUDA
-// Builds without CUDA kernels: the GPU search exists but reports why it cannot run.
-namespace cuda {
-
-struct NeighborSearch::Impl {};
-NeighborSearch::NeighborSearch() = default;
-NeighborSearch::~NeighborSearch() = default;
-
-int64_t NeighborSearch::count(const double*, int64_t, const double*, const bool*, const NeighborOptions&, int,
-                              void*) {
-  require_device();
-  return 0;
-}
-
-void NeighborSearch::fill(int64_t*, int64_t*, int64_t*, double*, double*, int64_t*) { require_device(); }
-
-}  // namespace cuda
-#endif
 
 }  // namespace mlipbias

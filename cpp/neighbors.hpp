@@ -41,7 +41,8 @@
 // writes them into arrays of the exact size; OpenMP threads share the atoms.
 //
 // Errors: invalid input throws mlipbias::Error naming the problem (non-finite position,
-// cutoff <= 0 or not finite, singular periodic cell, a search wider than the limits below).
+// cutoff <= 0 or not finite, singular periodic cell, a search wider than the limits below,
+// an atom with more than NeighborOptions::max_neighbors neighbours).
 #pragma once
 
 #include <cstdint>
@@ -70,6 +71,10 @@ inline void check_search_input(const double* positions, int64_t n_atoms, const d
 // images) within the cutoff along direction k. A cutoff of 10 A in a cell with 0.3 A
 // between faces needs 67^3 ~ 3e5; beyond this limit, build a supercell first.
 constexpr int64_t kMaxNeighborSearchBins = 1000000;
+// Default largest number of neighbours of one atom (NeighborOptions::max_neighbors). Dense
+// liquids and solids at cutoffs of 10-15 A have a few hundred; thousands mean atoms on top
+// of each other or wrong units, and would make the search and its output quadratic.
+constexpr int64_t kDefaultMaxNeighbors = 5000;
 // Largest distance of an atom from the cell along a periodic direction, in cell lengths.
 constexpr double kMaxNeighborWrap = 536870912.0;  // 2^29
 
@@ -83,6 +88,10 @@ struct NeighborOptions {
   bool return_distances = true;   // fill NeighborList::distances (d)
   int n_threads = 0;              // OpenMP threads; 0: OMP_NUM_THREADS (or all cores) from
                                   // 2000 atoms on, 1 below (threads cost more than they save)
+  int64_t max_neighbors = kDefaultMaxNeighbors;  // count() throws, naming the atom and the
+                                  // numbers, when an atom has more pairs; 0: no limit. The
+                                  // search stops at the first such atom, so a structure
+                                  // far too dense fails in milliseconds, not hours. CPU only.
 };
 
 // The pairs, as plain arrays (n_pairs = first.size()). Vectors that were not requested
@@ -141,47 +150,4 @@ class NeighborSearch {
 NeighborList neighbor_list(const double* positions, int64_t n_atoms, const double* cell,
                            const bool* pbc, const NeighborOptions& options);
 
-namespace cuda {
-
-// The same neighbor list on a CUDA device, with the same pairs in the same order as the
-// C++ version (up to rounding of r_ij in the last bits). Two stages, so that the caller
-// allocates the outputs (for example as torch tensors) once their size is known:
-//
-//   cuda::NeighborSearch search;
-//   int64_t n_pairs = search.count(positions_on_device, n_atoms, cell, pbc, options,
-//                                  device, stream);
-//   ... allocate first, second [n_pairs], shifts, vectors [n_pairs * 3] on the device ...
-//   search.fill(first, second, shifts, vectors, nullptr, nullptr);
-//
-// count() bins the atoms, counts the pairs of each atom and their prefix sum (this is the
-// only host synchronisation); fill() runs the same search again and writes each atom's
-// pairs at its offset. The scratch memory (bins, counts) stays allocated on the device
-// for the next call. Without a usable device (or in a build without CUDA kernels) count()
-// throws mlipbias::Error("no CUDA device: ...").
-class NeighborSearch {
- public:
-  NeighborSearch();
-  ~NeighborSearch();
-  NeighborSearch(const NeighborSearch&) = delete;
-  NeighborSearch& operator=(const NeighborSearch&) = delete;
-
-  // positions: device pointer, [n_atoms * 3] float64. cell [9] and pbc [3]: host memory.
-  // device: CUDA device index the positions live on; stream: a cudaStream_t (nullptr for
-  // the default stream). options.return_* and options.n_threads are ignored (fill()
-  // decides what to write). Returns the number of pairs.
-  int64_t count(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
-                const NeighborOptions& options, int device, void* stream);
-
-  // Writes the pairs found by the last count() into device arrays; a null pointer skips
-  // that quantity. first, second, distances: [n_pairs]; shifts, vectors: [n_pairs * 3];
-  // offsets: [n_atoms + 1]. Returns once the data is written.
-  void fill(int64_t* first, int64_t* second, int64_t* shifts, double* vectors, double* distances,
-            int64_t* offsets);
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
-
-}  // namespace cuda
 }  // namespace mlipbias

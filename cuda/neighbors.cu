@@ -1,4 +1,4 @@
-// Cell-list neighbor search on a CUDA device (API in cpp/neighbors.hpp).
+// Cell-list neighbor search on a CUDA device (API in cuda/neighbors_cuda.hpp).
 //
 // The same algorithm as cpp/neighbors.cpp, with the per-atom math of
 // cpp/neighbors_math.hpp; this file holds launches, memory and reductions only.
@@ -23,7 +23,7 @@
 
 #include "common.hpp"
 #include "device.hpp"
-#include "neighbors.hpp"
+#include "neighbors_cuda.hpp"
 #include "neighbors_math.hpp"
 
 namespace mlipbias {

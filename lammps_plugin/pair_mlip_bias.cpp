@@ -12,7 +12,10 @@
 
 #include "pair_mlip_bias.h"
 
+#include "element_masses.h"
+
 #include "atom.h"
+#include "evaluation_checks.hpp"
 #include "comm.h"
 #include "error.h"
 #include "force.h"
@@ -51,7 +54,7 @@ PairMLIPBias::PairMLIPBias(LAMMPS *lmp) :
     Pair(lmp), method(mlipbias::Uncertainty::none), every(1), min_distance(0.5), bias_step(-1), fold(nullptr),
     fold_nmax(0), fold_stride(0), fold_stride_used_(0), atom_uncertainty(nullptr), atom_uncertainty_nmax(0),
     uncertainty_flag(0), uncertainty(0.0), bias_energy(0.0), tau_eff(0.0), tau_stress_eff(0.0),
-    max_atom_uncertainty(0.0)
+    max_atom_uncertainty(0.0), masses_checked(false)
 {
   if (std::strcmp(lmp->version, MLIPBIAS_LAMMPS_VERSION) != 0)
     error->all(FLERR,
@@ -246,6 +249,7 @@ void PairMLIPBias::coeff(int narg, char **arg)
     error->all(FLERR, "pair_coeff for mlip/bias must be 'pair_coeff * * El1 El2 ...'");
   if (!allocated) allocate();
 
+  masses_checked = false;
   type_names.assign(ntypes + 1, "NULL");
   for (int t = 1; t <= ntypes; t++) type_names[t] = arg[t + 1];
   map_types();
@@ -293,6 +297,7 @@ void PairMLIPBias::init_style()
     error->all(FLERR, "pair_style mlip/bias needs 'units metal' (models are in eV and Angstrom), got "
                       "'units {}'", update->unit_style);
   neighbor->add_request(this, NeighConst::REQ_FULL);
+  check_masses();
 }
 
 double PairMLIPBias::init_one(int, int)
@@ -407,9 +412,15 @@ void PairMLIPBias::compute(int eflag, int vflag)
     MPI_Allreduce(local.data(), global_sums.data(), static_cast<int>(local.size()), MPI_DOUBLE,
                   MPI_SUM, world);
     evaluator->backward(global_sums.data(), result);
+  } catch (mlipbias::TooCloseError &e) {
+    error->one(FLERR,
+               "pair_style mlip/bias: step {}: atoms with IDs {} and {} are {:.6g} A apart, closer than "
+               "min_distance = {:.6g} A (pair_style keyword min_distance)",
+               update->ntimestep, atom->tag[e.i], atom->tag[e.j], e.r, e.min_distance);
   } catch (std::exception &e) {
     error->one(FLERR, "pair_style mlip/bias: {}", e.what());
   }
+  check_finite();
 
   // Fold every per-atom quantity of ghost atoms into their owners.
   const int n_members = model->n_members();
@@ -518,6 +529,46 @@ void PairMLIPBias::compute(int eflag, int vflag)
     pvector[PV_TAU] = tau_eff;
     pvector[PV_TAU_STRESS] = tau_stress_eff;
     pvector[PV_MAX_ATOM_U] = max_atom_uncertainty;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   Stop before NaN or inf reaches the integrator (one pass over this rank's outputs).
+------------------------------------------------------------------------- */
+
+void PairMLIPBias::check_finite()
+{
+  mlipbias::NonFiniteOutput bad;
+  if (!mlipbias::find_non_finite(result, bad)) return;
+  const std::string where =
+      bad.atom >= 0 ? fmt::format(" on the atom with ID {}", atom->tag[bad.atom]) : std::string();
+  error->one(FLERR,
+             "pair_style mlip/bias: step {}: the model gives a non-finite {}{} ({}): its weights overflow "
+             "for this structure, which is far outside what model {} was trained on",
+             update->ntimestep, bad.quantity, where, bad.value, model_path);
+}
+
+/* ----------------------------------------------------------------------
+   Warn when a type's mass is far from the mass of the element pair_coeff maps it to:
+   "pair_coeff * * O Si" on a data file whose Masses say Si O runs, but with swapped elements.
+------------------------------------------------------------------------- */
+
+void PairMLIPBias::check_masses()
+{
+  if (masses_checked || comm->me != 0 || atom->rmass_flag || !atom->mass) return;
+  masses_checked = true;
+  for (int t = 1; t < static_cast<int>(type_to_element.size()); t++) {
+    if (type_to_element[t] < 0 || !atom->mass_setflag[t]) continue;
+    const std::string &symbol = model->elements()[type_to_element[t]];
+    const double expected = mlipbias_plugin::element_mass(symbol.c_str());
+    const double mass = atom->mass[t];
+    // Isotopes (D: 2.01 for H 1.008) stay within this; another element almost never does.
+    if (expected > 0.0 && std::fabs(mass - expected) > 0.1 * expected + 0.5)
+      error->warning(FLERR,
+                     "pair_style mlip/bias: atom type {} has mass {:.6g} but pair_coeff maps it to {} "
+                     "(mass {:.6g}); the mass is nearest to {}: check the order of the elements in "
+                     "pair_coeff against the Masses of the data file (ignore this for an isotope)",
+                     t, mass, symbol, expected, mlipbias_plugin::nearest_element(mass));
   }
 }
 

@@ -77,6 +77,9 @@ class PairMLIPBias : public Pair {
   bool bias_active() const;
   void grow_fold(int stride);
   void fold_ghosts(int stride);
+  void check_finite();    // error->one naming the step and atom ID of a NaN/inf output
+  void check_masses();    // warn once when a type's mass is far from its element's
+  bool masses_checked;
 };
 
 }    // namespace LAMMPS_NS

@@ -138,3 +138,21 @@ def strained(atoms: Atoms, eps: np.ndarray) -> Atoms:
     out = atoms.copy()
     out.set_cell(atoms.cell.array @ (np.eye(3) + eps).T, scale_atoms=True)
     return out
+
+
+def write_overflowing_model(path):
+    """A model every reader accepts (all numbers finite and within 1e12) whose energy overflows:
+    26 silu layers of width 1, each multiplying by 1e12 (1e12^26 > 1.8e308). Evaluating it gives
+    inf energies and NaN forces for any structure; nothing may integrate them."""
+    from mlipbias.models import save_model
+
+    descriptor = small_descriptor()
+    data = AtomsData([quartz(100)], descriptor, labels=False)
+    net = BPNN(descriptor, (1,) * 26, "silu", 1)
+    net.fit_scaling(data.G, data.species)
+    with torch.no_grad():
+        for name, w in net.weights.items():
+            w.fill_(0.0 if name.endswith("_W1") else 1e12 if "_W" in name else 0.0)
+            if name.endswith("_b1"):
+                w.fill_(1e12)
+    return save_model(MLIPModel(net), path)

@@ -7,7 +7,7 @@ import pytest
 from ase import units
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
-from model_fixtures import evaluate_atoms, model_with_all_methods, quartz, strained
+from model_fixtures import evaluate_atoms, model_with_all_methods, quartz, strained, write_overflowing_model
 
 from mlipbias.calculators import MLIPCalculator
 from mlipbias.models import save_model
@@ -120,9 +120,24 @@ def test_tau_species_and_tau_stress(model_path):
     np.testing.assert_allclose(s["bias_forces"][is_o], 0.05 * r["uncertainty_gradient"][is_o], rtol=1e-12)
     np.testing.assert_allclose(s["bias_forces"][~is_o], 0.2 * r["uncertainty_gradient"][~is_o], rtol=1e-12)
     assert s["bias_energy"] == pytest.approx(-0.2 * r["uncertainty"], rel=1e-12)
-    # tau_stress defaults to tau: the bias stress is -(tau / V) dU/dstrain.
-    virial = species.results["bias_stress"]
-    assert np.abs(virial).max() > 0
+    # tau_stress defaults to tau: the bias stress is -(tau / V) dU/dstrain (central differences of
+    # U under symmetric strains, Voigt order xx yy zz yz xz xy).
+    free = MLIPCalculator(model_path, uncertainty="ensemble")
+    h, volume = 1e-5, atoms.get_volume()
+    expected = []
+    for a, b in ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)):
+        eps = np.zeros((3, 3))
+        eps[a, b] = eps[b, a] = h if a == b else h / 2
+        u = []
+        for sign in (1, -1):
+            deformed = strained(atoms, sign * eps)
+            deformed.calc = free
+            deformed.get_potential_energy()
+            u.append(free.results["uncertainty"])
+        expected.append(-0.2 / volume * (u[0] - u[1]) / (2 * h))
+    bias_stress = s["bias_stress"]
+    assert np.abs(bias_stress).max() > 1e-4 * np.abs(s["model_stress"]).max()
+    np.testing.assert_allclose(bias_stress, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
     # species_tau, the old name, still works, with a DeprecationWarning naming the new one.
     with pytest.warns(DeprecationWarning, match="use tau_species"):
         old = MLIPCalculator(model_path, uncertainty="ensemble", tau=0.2, species_tau={"O": 0.05})
@@ -227,3 +242,61 @@ def test_bad_arguments_are_clear_errors(model_path):
         MLIPCalculator(model_path, uncertainty="gmm", backend="cpp")
     with pytest.raises(ValueError, match="must be a .mlip path or an MLIPModel"):
         MLIPCalculator(42)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_non_finite_outputs_stop_the_dynamics_naming_the_call_and_the_atom(tmp_path, backend):
+    """A model whose numbers are all in range but overflow in evaluation: the first call raises
+    instead of handing inf/NaN to the integrator."""
+    path = write_overflowing_model(tmp_path / "overflow.mlip")
+    atoms = quartz(3)
+    atoms.calc = MLIPCalculator(path, backend=backend, uncertainty="none")
+    with pytest.raises(
+        ValueError,
+        match=r"MLIPCalculator call 1: the model gives a non-finite (atom energy|energies) on the atom "
+        r"with index 0",
+    ):
+        atoms.get_forces()
+
+
+def test_min_distance_default_and_option_match_pair_style_mlip_bias(model_path):
+    """0.5 A by default, as pair_style mlip/bias; atoms are named by their indices; 0 turns it off."""
+    atoms = quartz(5)
+    atoms.positions[4] = atoms.positions[2] + [0.01, 0.0, 0.0]
+    for backend in ("torch", "cpp"):
+        calc = MLIPCalculator(model_path, backend=backend, uncertainty="ensemble")
+        assert calc.min_distance == 0.5
+        atoms.calc = calc
+        with pytest.raises(
+            ValueError,
+            match=r"MLIPCalculator call 1: atoms with indices 2 and 4 are 0\.01 A apart, closer than "
+            r"min_distance = 0\.5 A",
+        ):
+            atoms.get_potential_energy()
+        atoms.calc = MLIPCalculator(model_path, backend=backend, uncertainty="ensemble", min_distance=0.0)
+        assert np.isfinite(atoms.get_potential_energy())
+    with pytest.raises(ValueError, match="min_distance must be a finite number >= 0"):
+        MLIPCalculator(model_path, min_distance=-1.0)
+
+
+def test_empty_atoms_are_a_clear_error(model_path):
+    from ase import Atoms
+
+    for backend in ("torch", "cpp"):
+        atoms = Atoms(cell=np.eye(3) * 5.0, pbc=True)
+        atoms.calc = MLIPCalculator(model_path, backend=backend, uncertainty="ensemble", tau=0.1)
+        with pytest.raises(ValueError, match="MLIPCalculator call 1: the structure has no atoms"):
+            atoms.get_potential_energy()
+
+
+def test_a_structure_far_too_dense_fails_at_once(model_path):
+    """100,000 atoms in a 5 A cube: the neighbour search refuses it (both backends) instead of
+    counting ~7e10 pairs for an hour."""
+    from ase import Atoms
+
+    positions = np.random.default_rng(0).uniform(0.0, 5.0, (100_000, 3))
+    for backend in ("torch", "cpp"):
+        atoms = Atoms("Si100000", positions=positions, cell=5.0 * np.eye(3), pbc=True)
+        atoms.calc = MLIPCalculator(model_path, backend=backend, uncertainty="none", min_distance=0.0)
+        with pytest.raises(ValueError, match=r"neighbours within the cutoff .*than max_neighbors = 5000"):
+            atoms.get_potential_energy()

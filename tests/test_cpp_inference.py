@@ -486,7 +486,7 @@ def test_min_distance_names_the_atoms(model):
     atoms = structure(seed=12)
     atoms.positions[7] = atoms.positions[3] + [0.3, 0.0, 0.0]
     with pytest.raises(
-        ValueError, match=r"atoms 3 and 7 are 0\.3 A apart, closer than min_distance = 0\.5 A"
+        ValueError, match=r"atoms with indices 3 and 7 are 0\.3 A apart, closer than min_distance = 0\.5 A"
     ):
         model.evaluate(atoms, min_distance=0.5)
     assert np.isfinite(model.evaluate(atoms, min_distance=0.2).energy)  # allowed below the threshold
@@ -635,7 +635,11 @@ SCHEMA_ERRORS = [
         r"record descriptor/functions has shape \[4, 7\], expected \[\*, 8\]",
     ),
     (_drop("scaling/O/std"), r"missing record scaling/O/std"),
-    (_scale("scaling/Si/std", -1.0), r"record scaling/Si/std has entry 0 = .* <= 0"),
+    (_scale("scaling/Si/std", -1.0), r"record scaling/Si/std has entry 0 = .* below 1e-12"),
+    (
+        _scale("member/0/energy_scale", 1e307),
+        r"record member/0/energy_scale has entry 0 = \S+e\+30\d, beyond the limit of 1e12",
+    ),
     (_set("scaling/Si/mean", np.zeros(3)), r"record scaling/Si/mean has shape \[3\], expected \[18\]"),
     (_set("model/activation", "relu"), r"record model/activation is 'relu', expected 'tanh' or 'silu'"),
     (_set("model/n_members", np.array([4])), r"missing record member/3/energy_scale"),
@@ -716,12 +720,18 @@ def test_python_only_records_are_ignored(tmp_path):
     assert model.methods() == ["none", "ensemble", "posterior"]
 
 
+def _rehashed(body: bytes) -> bytes:
+    """A container with a valid checksum over ``body``."""
+    return body + _core.fnv1a64(body).to_bytes(8, "little")
+
+
 def test_corrupt_files_are_clear_errors(tmp_path, model_path):
     data = model_path.read_bytes()
     cases = {
         "truncated": (data[: len(data) // 2], "truncated"),
         "flipped": (data[:200] + bytes([data[200] ^ 1]) + data[201:], "checksum mismatch"),
-        "newer": (data[:8] + (7).to_bytes(4, "little") + data[12:], "format version 7 is newer"),
+        "newer": (_rehashed(data[:8] + (7).to_bytes(4, "little") + data[12:-8]), "format version 7 is newer"),
+        "newer_damaged": (data[:8] + (7).to_bytes(4, "little") + data[12:], "corrupt file: checksum"),
         "text": (b"Si O\n1.0 2.0\n", "not an mlipbias model file"),
     }
     for name, (content, message) in cases.items():

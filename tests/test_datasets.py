@@ -414,9 +414,6 @@ def test_append_labelled_writes_one_committed_row_with_provenance(tmp_path):
 
 
 def test_demo_labels_the_shipped_silica_with_bks(tmp_path, capsys):
-    pytest.importorskip(
-        "mlipbias.potentials", reason="mlipbias.potentials.BKS is not merged on this branch yet"
-    )
     from mlipbias.potentials import BKS
 
     assert main(["demo", "--output-dir", str(tmp_path), "--n-samples", "3", "--no-progress"]) == 0

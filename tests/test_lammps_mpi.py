@@ -94,3 +94,26 @@ def test_one_and_two_ranks_newton_on_and_off_agree(tmp_path, files, method):
             scale = np.abs(want[:, columns]).max()
             np.testing.assert_allclose(end[:, columns], want[:, columns], rtol=0, atol=1e-8 * scale)
         np.testing.assert_allclose(got["thermo"][1], reference["thermo"][1], rtol=1e-8)
+
+
+def test_too_close_atoms_on_the_second_rank_stop_both_naming_their_ids(tmp_path, files):
+    """The pair sits in the upper half of the cell, owned by rank 1, whose local indices start at 0
+    again: the error names the atom IDs and the step, and the whole job stops (error->one aborts)."""
+    model, _ = files
+    atoms = structure(3, (1, 2, 2))
+    top = int(np.argmax(atoms.positions[:, 2]))
+    other = int(np.argsort(np.linalg.norm(atoms.positions - atoms.positions[top], axis=1))[1])
+    atoms.positions[other] = atoms.positions[top] + [0.2, 0.0, 0.0]
+    data = write_data(tmp_path / "close.data", atoms)
+    (tmp_path / "in.lmp").write_text(
+        f"units metal\natom_style atomic\nread_data {data}\npair_style mlip/bias {model}\n"
+        "pair_coeff * * Si O\nreset_timestep 7\nrun 0\n"
+    )
+    command = [mpirun_executable(), "-np", "2", lmp_executable(), "-in", "in.lmp", "-nocite", "-log", "none"]
+    out = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=99)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    ids = sorted((top + 1, other + 1))
+    pattern = rf"step 7: atoms with IDs ({ids[0]} and {ids[1]}|{ids[1]} and {ids[0]}) are 0\.2 A apart"
+    assert re.search(pattern, text), text
+    assert "ERROR on proc 1:" in text, text

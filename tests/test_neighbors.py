@@ -370,3 +370,51 @@ def test_cuda_equals_cpp(half, self_interaction):
         neighbor_list_cuda(bad, np.eye(3) * 5, True, 2.0)
     with pytest.raises(ValueError, match="cutoff must be a positive"):
         neighbor_list_cuda(bad[:1], np.eye(3) * 5, True, -1.0)
+
+
+def test_a_structure_far_denser_than_matter_fails_at_once_with_the_numbers():
+    """100,000 atoms in a 5 A cube would be ~4e10 pairs (an hour of counting); the search stops
+    at the first atom over max_neighbors and says how many it has."""
+    positions = np.random.default_rng(3).uniform(0.0, 5.0, (100_000, 3))
+    message = r"atom \d+ has \d{5,} neighbours within the cutoff of 5 A \(100000 atoms\), more than max_"
+    with pytest.raises(ValueError, match=message):
+        neighbor_list("ijD", (positions, 5.0 * np.eye(3), True), 5.0)
+    with pytest.raises(ValueError, match=message):
+        neighbor_list("ij", Atoms("Si100000", positions=positions, cell=5.0 * np.eye(3), pbc=True), 5.0)
+
+
+def test_max_neighbors_is_settable_per_call_and_globally(monkeypatch):
+    """The limit counts the listed pairs of one atom; 0 lifts it; the module default applies to
+    every caller (descriptors, calculators) and can be changed there."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    n = np.bincount(ase_neighbor_list("i", atoms, 6.0), minlength=len(atoms))
+    assert n.min() == n.max() == 78  # 12 + 6 + 24 + 12 + 24 fcc neighbours within 6 A
+    i = neighbor_list("i", atoms, 6.0, max_neighbors=78)
+    assert len(i) == n.sum()
+    with pytest.raises(ValueError, match=r"has 78 neighbours .* more than max_neighbors = 77"):
+        neighbor_list("i", atoms, 6.0, max_neighbors=77)
+    with pytest.raises(ValueError, match=r"has \d+ half-list neighbours .* more than max_neighbors = 38"):
+        neighbor_list("i", atoms, 6.0, half=True, max_neighbors=38)
+    assert len(neighbor_list("i", atoms, 6.0, max_neighbors=0)) == n.sum()
+    import mlipbias.neighbors
+
+    monkeypatch.setattr(mlipbias.neighbors, "MAX_NEIGHBORS", 50)
+    with pytest.raises(ValueError, match="more than max_neighbors = 50"):
+        neighbor_list("i", atoms, 6.0)
+    with pytest.raises(ValueError, match="max_neighbors must be >= 0"):
+        neighbor_list("i", atoms, 6.0, max_neighbors=-1)
+
+
+def test_the_cpp_core_includes_no_cuda_header():
+    """cpp/ is the framework-free core: cuda/ builds on it, never the reverse (device dispatch
+    lives in cuda/ and the bindings)."""
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "cpp"
+    offending = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted(core.glob("*.[ch]pp"))
+        for line in path.read_text().splitlines()
+        if line.startswith("#include") and ("cuda" in line or "device.hpp" in line)
+    ]
+    assert offending == []

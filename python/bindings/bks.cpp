@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "../../cuda/bks_cuda.hpp"
+#include "bks_cuda.hpp"
 #include "bindings.hpp"
 #include "bks.hpp"
 #include "common.hpp"

@@ -1,7 +1,7 @@
 // Whether this build has CUDA kernels and whether a device is usable right now.
 #include <string>
 
-#include "../../cuda/device.hpp"
+#include "device.hpp"
 #include "bindings.hpp"
 
 MLIPBIAS_BINDINGS(cuda) {

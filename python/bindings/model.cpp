@@ -12,6 +12,7 @@
 
 #include "bindings.hpp"
 #include "common.hpp"
+#include "evaluation_checks.hpp"
 #include "model.hpp"
 
 namespace py = pybind11;
@@ -101,6 +102,15 @@ const char* kResultDoc =
     "+sum_ij r_ij (x) dU/dr_ij; with atom_uncertainty: atom_uncertainty U_i (n_centers,) eV/A; with ensemble and "
     "atom_uncertainty: member_forces (n_members, n_atoms, 3).";
 
+// Stops NaN before it reaches Python dynamics; names the atom by its index.
+void throw_if_not_finite(const mlipbias::EvaluationResult& result) {
+  mlipbias::NonFiniteOutput bad;
+  if (!mlipbias::find_non_finite(result, bad)) return;
+  std::string where = bad.atom >= 0 ? " on the atom with index " + std::to_string(bad.atom) : std::string();
+  throw mlipbias::Error("the model gives a non-finite " + bad.quantity + where + " (" + std::to_string(bad.value) +
+                        "): its weights overflow for this structure, which is far outside what it was trained on");
+}
+
 }  // namespace
 
 MLIPBIAS_BINDINGS(model) {
@@ -169,6 +179,7 @@ MLIPBIAS_BINDINGS(model) {
               py::gil_scoped_release release;
               self.evaluator.evaluate(view, self.result);
             }
+            throw_if_not_finite(self.result);
             return self.result_dict();
           },
           py::arg("species"), py::arg("offsets"), py::arg("j"), py::arg("D"),
@@ -204,6 +215,7 @@ MLIPBIAS_BINDINGS(model) {
               py::gil_scoped_release release;
               self.evaluator.backward(global_sums.data(), self.result);
             }
+            throw_if_not_finite(self.result);
             return self.result_dict();
           },
           py::arg("global_sums"),

@@ -11,6 +11,7 @@
 #include "bindings.hpp"
 #include "common.hpp"
 #include "neighbors.hpp"
+#include "neighbors_cuda.hpp"
 
 namespace py = pybind11;
 
@@ -31,10 +32,11 @@ void check_cell_and_pbc(const Doubles& cell, const Bools& pbc) {
 }  // namespace
 
 MLIPBIAS_BINDINGS(neighbors) {
+  m.attr("default_max_neighbors") = mlipbias::kDefaultMaxNeighbors;
   m.def(
       "neighbor_list",
       [](Doubles positions, Doubles cell, Bools pbc, double cutoff, bool self_interaction, bool half,
-         bool distances, bool vectors, bool shifts, int n_threads) {
+         bool distances, bool vectors, bool shifts, int n_threads, int64_t max_neighbors) {
         if (positions.ndim() != 2 || positions.shape(1) != 3) {
           throw mlipbias::Error("positions must have shape (n_atoms, 3), got " + shape_of(positions));
         }
@@ -47,6 +49,7 @@ MLIPBIAS_BINDINGS(neighbors) {
         options.return_vectors = vectors;
         options.return_shifts = shifts;
         options.n_threads = n_threads;
+        options.max_neighbors = max_neighbors;
         // Count, then let the search write straight into uninitialised numpy arrays.
         mlipbias::NeighborSearch search;
         int64_t n_pairs = 0;
@@ -75,9 +78,10 @@ MLIPBIAS_BINDINGS(neighbors) {
       },
       py::arg("positions"), py::arg("cell"), py::arg("pbc"), py::arg("cutoff"), py::arg("self_interaction") = false,
       py::arg("half") = false, py::arg("distances") = true, py::arg("vectors") = true, py::arg("shifts") = true,
-      py::arg("n_threads") = 0,
+      py::arg("n_threads") = 0, py::arg("max_neighbors") = mlipbias::kDefaultMaxNeighbors,
       "Neighbor list of positions (n, 3) in a cell (3, 3) with periodicity pbc (3,), cutoff in A. Returns a dict "
       "with i, j (int64), d (float64), D (float64, (n_pairs, 3)), S (int64, (n_pairs, 3)) and offsets (n + 1). "
+      "ValueError when an atom has more than max_neighbors neighbours (0: no limit). "
       "Conventions: cpp/neighbors.hpp; use mlipbias.neighbors.neighbor_list.");
 
   // The C++ MD-loop form (NeighborSearch::compute into a NeighborList that is reused

@@ -54,6 +54,13 @@ class MLIPCalculator(Calculator):
             as ``pair_style mlip/bias ... tau_species El T``; ``species_tau`` is its deprecated name.
         atom_uncertainty: compute U_i at every call.
         device: torch device of the torch backend.
+        min_distance: ValueError naming the atom indices when two atoms are closer than this (A),
+            as ``pair_style mlip/bias min_distance`` (same default, 0.5 A); 0 turns the check off.
+
+    Every call raises ValueError, prefixed with the call number (one call per MD step), when the
+    structure is empty, atoms are too close, or an output (energy, force, stress, uncertainty) is
+    NaN or infinite, naming the atom index where one is at fault: non-finite numbers never reach
+    the integrator.
     """
 
     implemented_properties = [
@@ -79,6 +86,7 @@ class MLIPCalculator(Calculator):
         tau_species: Mapping[str, float] | None = None,
         atom_uncertainty: bool = True,
         device: str = "cpu",
+        min_distance: float = 0.5,
         **kwargs,
     ):
         if "species_tau" in kwargs:  # the name before the LAMMPS keyword was adopted
@@ -128,6 +136,10 @@ class MLIPCalculator(Calculator):
             if not (np.isfinite(species).all() and (species >= 0).all()):
                 raise ValueError(f"tau_species values must be finite and >= 0, got {dict(tau_species)}")
         self.bias = BiasState(tau, tau_stress, rescale, [] if species is None else list(species))
+        if not (np.isfinite(min_distance) and min_distance >= 0):
+            raise ValueError(f"min_distance must be a finite number >= 0 (A), got {min_distance}")
+        self.min_distance = float(min_distance)
+        self.n_calls = 0
         self.want_atom_uncertainty = bool(atom_uncertainty)
         self.backend = _select_backend(backend, self.uncertainty, self.model_path)
         self.cpp = CppModel(self.model_path) if self.backend == "cpp" else None
@@ -139,17 +151,27 @@ class MLIPCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
+        self.n_calls += 1
+        try:
+            self._calculate(self.atoms, properties)
+        except ValueError as error:
+            raise ValueError(f"MLIPCalculator call {self.n_calls}: {error}") from error
+
+    def _calculate(self, atoms, properties) -> None:
+        if len(atoms) == 0:
+            raise ValueError("the structure has no atoms")
         method = self.uncertainty
         gradient = method is not None and (self.bias_active or "uncertainty_gradient" in properties)
         atom_u = method is not None and (self.want_atom_uncertainty or "atom_uncertainty" in properties)
         if self.cpp is not None:
-            p = self.cpp.evaluate(atoms, method or "none", gradient=gradient, atom_uncertainty=atom_u)
+            options = dict(gradient=gradient, atom_uncertainty=atom_u, min_distance=self.min_distance)
+            p = self.cpp.evaluate(atoms, method or "none", **options)
             species = self.cpp.species(atoms)
             energy, atom_energies, virial = p.energy, p.atom_energies, p.virial
             member_energies, U, atom_U = p.member_energies, p.uncertainty, p.atom_uncertainty
             grad, grad_virial = p.uncertainty_gradient, p.uncertainty_virial
         else:
+            _check_min_distance(atoms, self.min_distance)
             data = self.model.prepare([atoms], labels=False)
             batch = data.batch([0], self.model.device)
             p = self.model.evaluate(batch, method, forces=True, atom_uncertainty=atom_u, gradient=gradient)
@@ -197,7 +219,42 @@ class MLIPCalculator(Calculator):
         r["forces"] = forces + bias_forces
         if periodic:
             r["stress"] = r["model_stress"] + r["bias_stress"]
+        _check_finite(r)
         self.results = r
+
+
+def _check_min_distance(atoms, min_distance: float) -> None:
+    """ValueError naming the first pair of atoms closer than min_distance (the C++ evaluator's check)."""
+    if min_distance <= 0:
+        return
+    from mlipbias.neighbors import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, min_distance, half=True)
+    if len(i):
+        k = int(np.argmin(d))
+        raise ValueError(
+            f"atoms with indices {i[k]} and {j[k]} are {d[k]:.6g} A apart, closer than "
+            f"min_distance = {min_distance:g} A"
+        )
+
+
+# Results with a row per atom, checked first so that the message names the atom.
+_PER_ATOM = ("energies", "model_forces", "forces", "atom_uncertainty", "uncertainty_gradient", "bias_forces")
+
+
+def _check_finite(results: Mapping) -> None:
+    """ValueError naming the quantity (and atom index) of the first NaN or infinite result."""
+    names = [n for n in _PER_ATOM if n in results] + [n for n in results if n not in _PER_ATOM]
+    for name in names:
+        value = np.asarray(results[name], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(value))
+        if bad.size == 0:
+            continue
+        where = f" on the atom with index {bad[0] // (value.size // len(value))}" if name in _PER_ATOM else ""
+        raise ValueError(
+            f"the model gives a non-finite {name}{where} ({value.flat[bad[0]]}): its weights overflow for "
+            "this structure, which is far outside what it was trained on"
+        )
 
 
 def _select_backend(backend: str, method: str | None, path: str | None) -> str:

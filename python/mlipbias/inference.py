@@ -166,7 +166,12 @@ class CppModel:
             uncertainty: "none", "ensemble", "posterior" or "distance"; the file must hold its data.
             gradient: also compute ``dU/dx`` and the uncertainty virial (for bias forces and stress).
             atom_uncertainty: also compute the per-atom ``U_i``.
-            min_distance: raise ValueError naming the atoms when two are closer than this (A).
+            min_distance: raise ValueError naming the atom indices when two are closer than this (A).
+
+        Raises:
+            ValueError: also when an output (energy, force, uncertainty, gradient, virial) is NaN or
+                infinite, naming the quantity and the atom index; an atom with more neighbours than
+                ``mlipbias.neighbors.MAX_NEIGHBORS``.
         """
         return self.evaluate_neighbours(
             *self.neighbours(atoms),

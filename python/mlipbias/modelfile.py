@@ -32,6 +32,10 @@ RecordValue = np.ndarray | str | float | int
 
 ACTIVATIONS = ("tanh", "silu")
 UQ_METHODS = ("ensemble", "mve", "evidential", "gmm", "posterior", "distance")
+# No number of a model is larger in magnitude, and no scaling std smaller than its inverse:
+# beyond it a file is damaged and evaluating it would overflow (the limit of cpp/model.cpp;
+# the messages name it).
+MAX_VALUE = 1e12
 SYMMETRY_FUNCTION_COLUMNS = ("kind", "a", "b", "eta", "rs", "zeta", "lambda", "rc")
 
 
@@ -185,8 +189,16 @@ def validate_model_records(records: Mapping[str, RecordValue]) -> None:
     methods = _check_uq(c, elements, n_members, layers)
     _check_calibration(c, methods)
     for name, (dtype, value) in c.records.items():
-        if dtype == "float64" and not np.all(np.isfinite(value)):
+        if dtype != "float64":
+            continue
+        if not np.all(np.isfinite(value)):
             c.problem(f"record {name} contains NaN or infinite values")
+        elif value.size and np.abs(value).max() > MAX_VALUE:
+            k = int(np.argmax(np.abs(value)))
+            c.problem(
+                f"record {name} has entry {k} = {value.flat[k]:.6g}, beyond the limit of 1e12 "
+                "for any model number (a damaged or hand-edited file?)"
+            )
     if c.problems:
         raise ValueError("invalid model records:\n  " + "\n  ".join(c.problems))
 
@@ -233,8 +245,8 @@ def _check_descriptor(c: _Checker, elements: list[str]) -> int | None:
     for el in elements:
         c.get(f"scaling/{el}/mean", "float64", (n_sf,))
         std = c.get(f"scaling/{el}/std", "float64", (n_sf,))
-        if std is not None and np.any(~(std > 0)):
-            c.problem(f"record scaling/{el}/std has entries <= 0 (constant features get 1)")
+        if std is not None and np.any(~(std >= 1 / MAX_VALUE)):
+            c.problem(f"record scaling/{el}/std has entries below 1e-12 (constant features get 1)")
     return n_sf
 
 

@@ -33,6 +33,11 @@ import numpy as np
 from mlipbias import _core
 
 QUANTITIES = "ijdDS"
+# Default of ``max_neighbors``: the most neighbours one atom may have (``_core`` default,
+# cpp/neighbors.hpp). Dense matter at cutoffs of 10-15 A has a few hundred; more means atoms
+# on top of each other or positions not in Angstrom, and a search that would run for hours.
+# Set it here to change it for every caller (the calculators, descriptors, BKS).
+MAX_NEIGHBORS: int = _core.default_max_neighbors
 
 
 def _system(a: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,6 +83,7 @@ def neighbor_list(
     cutoff: float,
     self_interaction: bool = False,
     half: bool = False,
+    max_neighbors: int | None = None,
 ):
     """Neighbor list of an atomic structure, as ``ase.neighborlist.neighbor_list``.
 
@@ -92,6 +98,9 @@ def neighbor_list(
         cutoff: one spherical cutoff in A; pairs with ``d < cutoff``.
         self_interaction: also return each atom as its own neighbour (``S = 0``, ``d = 0``).
         half: return each pair once instead of in both directions.
+        max_neighbors: the most neighbours one atom may have (None: :data:`MAX_NEIGHBORS`,
+            5000; 0: no limit). The search stops at the first atom over it, so a structure far
+            denser than matter fails at once instead of counting ~N^2 pairs.
 
     Returns:
         One array for a one-letter ``quantities``, otherwise a tuple in the order asked.
@@ -100,7 +109,8 @@ def neighbor_list(
         ValueError: unknown quantities; positions that are NaN or infinite or of the wrong
             shape; a cutoff that is not a positive finite number; a singular cell along
             periodic directions; a cutoff so large against the cell that the search would
-            exceed ``kMaxNeighborSearchBins`` (10^6) bins or images (build a supercell).
+            exceed ``kMaxNeighborSearchBins`` (10^6) bins or images (build a supercell); an
+            atom with more than ``max_neighbors`` neighbours (the message gives the numbers).
     """
     _check_quantities(quantities)
     cutoff = _check_cutoff(cutoff)
@@ -115,6 +125,7 @@ def neighbor_list(
         distances="d" in quantities,
         vectors="D" in quantities,
         shifts="S" in quantities,
+        max_neighbors=MAX_NEIGHBORS if max_neighbors is None else int(max_neighbors),
     )
     values = tuple(result[q] for q in quantities)
     return values[0] if len(values) == 1 else values
