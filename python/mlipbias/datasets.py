@@ -789,31 +789,157 @@ def append_labelled(
 # reading
 
 
-def load_dataset(path: str | Path, selection=None, require_labels: bool = True) -> list[Atoms]:
-    """All structures of ``path`` (in row order) matching the ase.db ``selection``.
+@dataclass(frozen=True)
+class LabelKeys:
+    """Where a structure file keeps its reference labels, as MACE and apax name them.
+
+    ``energy_key`` (eV) and ``stress_key`` (eV/A^3, ASE sign and Voigt order, or 3x3) are looked
+    up in ``atoms.info`` (extxyz comment line; key-value pairs of an ase.db row), ``forces_key``
+    (eV/A) in ``atoms.arrays`` (extxyz columns; the data of an ase.db row). A key named
+    ``energy``, ``forces`` or ``stress`` also finds the results that ASE stores in the frame's
+    calculator (what ``ase.io`` makes of those names, and of an ase.db row's labels).
+    """
+
+    energy: str = "energy"
+    forces: str = "forces"
+    stress: str = "stress"
+
+
+def read_labelled(
+    path: str | Path,
+    selection=None,
+    *,
+    keys: LabelKeys | None = None,
+    require_forces: bool = True,
+) -> list[Atoms]:
+    """Labelled structures from an ase.db file or any file ``ase.io.read`` reads (extxyz, ...).
+
+    Each Atoms carries its labels (mapped by ``keys``) in a SinglePointCalculator, its provenance
+    in ``info``, and where it came from: ``info["db_id"]`` (ase.db row id) or ``info["frame"]``
+    (0-based frame of a structure file). Every structure needs an energy, and forces with
+    ``require_forces``; a missing label names the frame and the keys it has; non-finite positions,
+    cells or labels are a ValueError naming the file and the row or frame. ``selection`` (an ase.db
+    query) applies to ase.db files only.
+    """
+    path = Path(path)
+    keys = keys or LabelKeys()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, expected an ase.db file or a structure file (extxyz, ...)")
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    with open(path, "rb") as handle:
+        sqlite = handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    if sqlite:
+        return load_dataset(path, selection, keys=keys, require_forces=require_forces)
+    if selection is not None:
+        raise ValueError(f"{path}: a selection ({selection!r}) applies to ase.db files only")
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ase.io raises many kinds for unknown or broken formats
+        raise ValueError(
+            f"cannot read {path} with ase.io ({type(exc).__name__}: {exc}); give an ase.db file or a "
+            "format ase.io reads (extxyz, ...)"
+        ) from exc
+    structures = []
+    for k, atoms in enumerate(frames):
+        where = f"{path}: frame {k} ({atoms.get_chemical_formula()})"
+        labels = _labels(atoms, atoms.info, atoms.arrays, keys, where, require_forces)
+        structure = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        _check_finite(structure, where)
+        structure.info.update({k: v for k, v in atoms.info.items() if k not in (keys.energy, keys.stress)})
+        structure.info["frame"] = k
+        structures.append(attach_results(structure, labels))
+    return structures
+
+
+def _labels(atoms: Atoms, info, arrays, keys: LabelKeys, where: str, require_forces: bool) -> dict:
+    """The labels of one structure (energy, forces, stress in ASE's Voigt order), checked."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    n = len(atoms)
+    shapes = {"energy": ((),), "forces": ((n, 3),), "stress": ((6,), (3, 3), (9,))}
+    labels = {}
+    for quantity, key, source in (
+        ("energy", keys.energy, info),
+        ("forces", keys.forces, arrays),
+        ("stress", keys.stress, info),
+    ):
+        if key in source:
+            value = source[key]
+        elif key == quantity and quantity in results:
+            value = results[quantity]
+        else:
+            continue
+        try:
+            value = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {quantity} (key {key!r}) is not numeric: {value!r}") from None
+        if value.shape not in shapes[quantity]:
+            raise ValueError(
+                f"{where}: {quantity} (key {key!r}) has shape {value.shape}, expected "
+                + " or ".join(str(s) for s in shapes[quantity])
+            )
+        if not np.isfinite(value).all():
+            raise ValueError(f"{where}: non-finite (NaN or inf) {quantity} (key {key!r})")
+        if quantity == "stress":
+            if not atoms.pbc.all():
+                continue  # a stress needs a volume
+            if value.shape != (6,):
+                value = value.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        labels[quantity] = float(value) if quantity == "energy" else value
+    wanted = [("energy", keys.energy, "info")]
+    if require_forces:
+        wanted.append(("forces", keys.forces, "arrays"))
+    for quantity, key, place in wanted:
+        if quantity not in labels:
+            found = sorted(info if place == "info" else set(arrays) - {"numbers", "positions"})
+            found += sorted(results)
+            raise ValueError(
+                f"{where} has no {quantity} under the key {key!r} (it has: {', '.join(found) or 'nothing'}); "
+                f"name the key with data.{quantity}_key"
+            )
+    return labels
+
+
+def _check_finite(atoms: Atoms, where: str) -> None:
+    for name, value in (("positions", atoms.positions), ("cell", atoms.cell.array)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"{where}: non-finite (NaN or inf) {name}")
+
+
+def load_dataset(
+    path: str | Path,
+    selection=None,
+    require_labels: bool = True,
+    *,
+    keys: LabelKeys | None = None,
+    require_forces: bool = True,
+) -> list[Atoms]:
+    """All structures of the ase.db ``path`` (in row order) matching the ase.db ``selection``.
 
     Each Atoms carries its labels in a SinglePointCalculator (``get_potential_energy()``,
     ``get_forces()``, ``get_stress()``) and its provenance key-value pairs in ``info`` (plus
-    ``info["db_id"]``). With ``require_labels`` a row without energy or forces is a ValueError.
+    ``info["db_id"]``). With ``require_labels`` a row without energy (or, with ``require_forces``,
+    forces) is a ValueError; ``keys`` maps labels stored under other names (see :class:`LabelKeys`).
     """
     db = open_dataset(path)
+    keys = keys or LabelKeys()
     structures = []
     try:
         rows = list(db.select(selection))
     except (ValueError, KeyError, sqlite3.DatabaseError) as exc:
         raise ValueError(f"{path}: bad selection {selection!r}: {exc}") from exc
     for row in rows:
-        if require_labels and (row.get("energy") is None or row.get("forces") is None):
-            raise ValueError(f"{path}: row {row.id} ({row.formula}) has no energy or forces")
         atoms = row.toatoms()
+        where = f"{path}: row {row.id} ({row.formula})"
         # SQLite has no checksums over the stored arrays: refuse silent NaN from a damaged file.
-        for key, value in (
-            ("positions", atoms.positions),
-            ("energy", row.get("energy")),
-            ("forces", row.get("forces")),
-        ):
-            if value is not None and not np.isfinite(value).all():
-                raise ValueError(f"{path}: row {row.id} ({row.formula}) has non-finite {key}")
+        _check_finite(atoms, where)
+        if require_labels:
+            labels = _labels(atoms, row.key_value_pairs, row.data, keys, where, require_forces)
+            atoms = attach_results(atoms, labels, row.get("calculator"))
+        elif atoms.calc is not None:
+            _labels(atoms, {}, {}, LabelKeys(), where, require_forces=False)
         atoms.info.update(row.key_value_pairs)
         atoms.info["db_id"] = row.id
         structures.append(atoms)

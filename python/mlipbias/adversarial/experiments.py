@@ -95,7 +95,7 @@ def _where(atoms: Atoms, position: int) -> str:
 
 def _each(configs: Sequence[Atoms], desc: str, progress: bool):
     """(position, atoms, name for messages) over configs, with a progress bar."""
-    bar = tqdm(configs, desc=desc, unit="config", disable=not progress, leave=False)
+    bar = tqdm(configs, desc=desc, unit="config", disable=None if progress else True, leave=False)
     return ((i, atoms, _where(atoms, i)) for i, atoms in enumerate(bar))
 
 

@@ -158,6 +158,8 @@ def _read_config(path: str, known: set[str]) -> dict:
             config = yaml.safe_load(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not a text (UTF-8) YAML file") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"config {path} is not valid YAML: {exc}") from exc
     if config is None:
