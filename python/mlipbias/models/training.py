@@ -101,8 +101,10 @@ class TrainingSettings:
     early_stopping_patience: int = 80
     loss: str = "mse"
     energy_weight: float = 1.0
-    force_weight: float = 0.0
-    stress_weight: float = 0.0
+    # Forces and stresses by default: a model fitted to energies alone is unfit for MD (see
+    # docs/models.md, "Loss weights", for where these values come from and what they cost).
+    force_weight: float = 1.0
+    stress_weight: float = 1.0
     nll_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
