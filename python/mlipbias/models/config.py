@@ -133,9 +133,14 @@ training:
   min_learning_rate: 1.0e-05
   early_stopping_patience: 80   # stop when no member improved for this many epochs
   loss: mse                     # mse or mae
+  # Loss weights (docs/models.md, "Loss weights"): energy per atom and force components 1:1, as
+  # nequip's examples and DeePMD-kit's final prefactors (MACE: 1:100; Tan et al. 2023: 0.1:1 on
+  # MAEs of total energies). Forces make a model fit for MD; they cost ~80x an energy-only epoch
+  # (benchmarks/RESULTS.md). Energy-only data: set force_weight: 0.
   energy_weight: 1.0            # on the energy per atom (eV/atom)
-  force_weight: 0.0             # on force components (eV/A); > 0 costs ~100x more per epoch
-  stress_weight: 0.0            # on stress components (eV/A^3)
+  force_weight: 1.0             # on force components (eV/A)
+  stress_weight: 1.0            # on stress components (eV/A^3), as MACE; used for the periodic
+                                # structures that have a stress, ignored when none has
   nll_weight: 1.0               # on the negative log-likelihood of mve / evidential heads
   seed: 0
   device: auto                  # auto (CUDA when torch sees it), cpu or cuda:N
