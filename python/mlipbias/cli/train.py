@@ -177,7 +177,7 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     t = config.training
     pairs_for_training = (
         t.force_weight > 0
-        or t.stress_weight > 0
+        or (t.stress_weight > 0 and any(a.pbc.all() and "stress" in a.calc.results for a in train_atoms))
         or any(m in config.uncertainty.methods for m in ("mve", "evidential"))
     )
     log("computing descriptors")

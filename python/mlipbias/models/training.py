@@ -387,7 +387,9 @@ def _train(
     history_log.start(state["history"])
 
     need_pairs = (
-        t.force_weight > 0 or t.stress_weight > 0 or (net.head is not None and uq.head_training == "joint")
+        t.force_weight > 0
+        or (t.stress_weight > 0 and train_data.has_stress)
+        or (net.head is not None and uq.head_training == "joint")
     )
     from tqdm import tqdm
 
@@ -574,7 +576,8 @@ def _check_data(train_data: AtomsData, validation_data: AtomsData, t: TrainingSe
             raise ValueError(
                 f"post-hoc mve and evidential heads fit force residuals: the {name} data needs forces"
             )
-        if (t.force_weight > 0 or t.stress_weight > 0 or heads) and data.neighbours is None:
+        stress = t.stress_weight > 0 and data.has_stress
+        if (t.force_weight > 0 or stress or heads) and data.neighbours is None:
             raise ValueError(
                 f"the {name} data was prepared without neighbour pairs, needed for forces (force or stress "
                 "weights, mve and evidential heads)"
