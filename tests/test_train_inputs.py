@@ -258,6 +258,8 @@ def test_logs_csv_learning_curve_and_no_carriage_returns_in_redirected_output(tm
     stderr = (tmp_path / "err.log").read_text()
     assert code == 0, stderr
     assert "\r" not in stderr and "\r" not in (tmp_path / "out.log").read_text()
+    # Without a bar the log still has the epochs' lines.
+    assert "epoch 2/2: train loss" in (tmp_path / "out.log").read_text()
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     with open(run / "metrics.csv") as f:

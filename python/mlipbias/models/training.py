@@ -454,7 +454,8 @@ def _train(
             _save_checkpoint(out / "checkpoint.pt", net, optimizer, scheduler, state, settings_key)
         bar.update(1)
         bar.set_postfix_str(f"loss {record['train_loss']:.3g}, val RMSE {rmse_text(record)}, lr {lr:.2g}")
-        if not progress and (epoch % max(1, t.epochs // 10) == 0 or epoch == 1):
+        # Without a bar (--no-progress, or output that is not a terminal) a line every tenth of the run.
+        if bar.disable and (epoch % max(1, t.epochs // 10) == 0 or epoch == 1):
             log(
                 f"epoch {epoch}/{t.epochs}: train loss {record['train_loss']:.4g}, validation RMSE "
                 f"{rmse_text(record)}, lr {lr:.3g}"
