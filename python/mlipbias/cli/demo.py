@@ -95,7 +95,7 @@ def step_model(context: DemoContext) -> None:
             "model": {"hidden": [30, 30], "activation": "tanh"},
             "uncertainty": {"methods": ["ensemble", "posterior", "distance"], "n_members": 3},
             # Energies only, unlike `mlipbias train`'s defaults: seed 001 diagnoses BP-NNs fitted to
-            # energies (its Section 4), and an epoch costs ~80x less (benchmarks/RESULTS.md, "Cost of
+            # energies (its Section 4), and an epoch costs ~100x less (benchmarks/RESULTS.md, "Cost of
             # force training"), so the demo ends in minutes. The model is for that diagnosis, not for MD.
             "training": {
                 "epochs": 300,
