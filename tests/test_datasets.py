@@ -415,6 +415,13 @@ def test_append_labelled_writes_one_committed_row_with_provenance(tmp_path):
     with pytest.raises(ValueError, match="candidate 1: atoms 0 .* and 1"):
         append_labelled(path, close, "emt", name="candidate 1", mode="al")
     assert len(load_dataset(path)) == 1
+    # With a sample key a repeated labelling writes nothing and does not call the oracle again.
+    calc = CountingEMT()
+    key = "al/generation=2/candidate=5"
+    first = append_labelled(path, copper(rattle=0.07), calc, name="candidate 5", key=key, mode="al")
+    assert append_labelled(path, copper(rattle=0.07), calc, name="candidate 5", key=key, mode="al") is None
+    assert len(calc.calls) == 1 and len(load_dataset(path)) == 2
+    assert load_dataset(path, f"id={first}")[0].info["sample_key"] == key
 
 
 def test_demo_labels_the_shipped_silica_with_bks(tmp_path, capsys):
