@@ -811,15 +811,17 @@ def read_labelled(
     *,
     keys: LabelKeys | None = None,
     require_forces: bool = True,
+    require_energy: bool = True,
 ) -> list[Atoms]:
     """Labelled structures from an ase.db file or any file ``ase.io.read`` reads (extxyz, ...).
 
     Each Atoms carries its labels (mapped by ``keys``) in a SinglePointCalculator, its provenance
-    in ``info``, and where it came from: ``info["db_id"]`` (ase.db row id) or ``info["frame"]``
-    (0-based frame of a structure file). Every structure needs an energy, and forces with
-    ``require_forces``; a missing label names the frame and the keys it has; non-finite positions,
-    cells or labels are a ValueError naming the file and the row or frame. ``selection`` (an ase.db
-    query) applies to ase.db files only.
+    in ``info`` and the file's other per-atom arrays (e.g. momenta), and where it came from:
+    ``info["db_id"]`` (ase.db row id) or ``info["frame"]`` (0-based frame of a structure file).
+    Every structure needs an energy (with ``require_energy``) and forces (with ``require_forces``);
+    a missing label names the frame and the keys it has; non-finite positions, cells or labels are
+    a ValueError naming the file and the row or frame. ``selection`` (an ase.db query) applies to
+    ase.db files only.
     """
     path = Path(path)
     keys = keys or LabelKeys()
@@ -830,7 +832,9 @@ def read_labelled(
     with open(path, "rb") as handle:
         sqlite = handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
     if sqlite:
-        return load_dataset(path, selection, keys=keys, require_forces=require_forces)
+        return load_dataset(
+            path, selection, keys=keys, require_forces=require_forces, require_energy=require_energy
+        )
     if selection is not None:
         raise ValueError(f"{path}: a selection ({selection!r}) applies to ase.db files only")
     import ase.io
@@ -845,16 +849,22 @@ def read_labelled(
     structures = []
     for k, atoms in enumerate(frames):
         where = f"{path}: frame {k} ({atoms.get_chemical_formula()})"
-        labels = _labels(atoms, atoms.info, atoms.arrays, keys, where, require_forces)
-        structure = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        labels = _labels(atoms, atoms.info, atoms.arrays, keys, where, require_forces, require_energy)
+        structure = atoms.copy()  # keeps info and arrays (momenta, ...) but not the labels
+        structure.calc = None
+        for key in (keys.energy, keys.stress):
+            structure.info.pop(key, None)
+        if keys.forces in structure.arrays:
+            del structure.arrays[keys.forces]
         _check_finite(structure, where)
-        structure.info.update({k: v for k, v in atoms.info.items() if k not in (keys.energy, keys.stress)})
         structure.info["frame"] = k
-        structures.append(attach_results(structure, labels))
+        structures.append(attach_results(structure, labels) if labels else structure)
     return structures
 
 
-def _labels(atoms: Atoms, info, arrays, keys: LabelKeys, where: str, require_forces: bool) -> dict:
+def _labels(
+    atoms: Atoms, info, arrays, keys: LabelKeys, where: str, require_forces: bool, require_energy: bool = True
+) -> dict:
     """The labels of one structure (energy, forces, stress in ASE's Voigt order), checked."""
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     n = len(atoms)
@@ -888,7 +898,7 @@ def _labels(atoms: Atoms, info, arrays, keys: LabelKeys, where: str, require_for
             if value.shape != (6,):
                 value = value.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         labels[quantity] = float(value) if quantity == "energy" else value
-    wanted = [("energy", keys.energy, "info")]
+    wanted = [("energy", keys.energy, "info")] if require_energy else []
     if require_forces:
         wanted.append(("forces", keys.forces, "arrays"))
     for quantity, key, place in wanted:
@@ -915,6 +925,7 @@ def load_dataset(
     *,
     keys: LabelKeys | None = None,
     require_forces: bool = True,
+    require_energy: bool = True,
 ) -> list[Atoms]:
     """All structures of the ase.db ``path`` (in row order) matching the ase.db ``selection``.
 
@@ -936,7 +947,9 @@ def load_dataset(
         # SQLite has no checksums over the stored arrays: refuse silent NaN from a damaged file.
         _check_finite(atoms, where)
         if require_labels:
-            labels = _labels(atoms, row.key_value_pairs, row.data, keys, where, require_forces)
+            labels = _labels(
+                atoms, row.key_value_pairs, row.data, keys, where, require_forces, require_energy
+            )
             atoms = attach_results(atoms, labels, row.get("calculator"))
         elif atoms.calc is not None:
             _labels(atoms, {}, {}, LabelKeys(), where, require_forces=False)
