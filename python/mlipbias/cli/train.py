@@ -1,11 +1,14 @@
 """``mlipbias train CONFIG.yaml``: train a BP-NN with uncertainties from a YAML configuration.
 
 ``mlipbias train --template`` prints a commented configuration with every default; ``--check``
-validates a configuration without training; ``--resume`` continues an interrupted run from the
-checkpoint in its output folder. The run writes into ``output.directory``: ``split.json`` (database
-ids of the training, validation and test structures), ``metrics.jsonl`` (one line per epoch),
-``checkpoint.pt``, ``best.mlip``, the final model, and ``test_metrics.json`` with the metrics table
-of the test split, which is also printed.
+validates a configuration and that its data files exist, without training; ``--resume`` continues an
+interrupted run from the checkpoint in its output folder; a folder that holds a run is refused
+unless ``--resume`` or ``--overwrite`` is given. The data are an ase.db or any file ase.io reads,
+labels found under ``data.energy_key``, ``forces_key``, ``stress_key``. The run writes into
+``output.directory``: ``split.json`` (the files and the row ids or frames of the training,
+validation and test structures), ``metrics.jsonl`` and ``metrics.csv`` (one line per epoch),
+``learning_curve.png``, ``checkpoint.pt``, ``best.mlip``, the final model, and
+``test_metrics.json`` with the metrics table of the test split, which is also printed.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ def register(sub) -> None:
         "train",
         help="train a BP-NN with uncertainties (ensemble, MVE, evidential, GMM, gradient features)",
         description=(
-            "Train a Behler-Parrinello network with the uncertainty methods of the configuration, calibrate "
-            "them on the validation split, save the .mlip model and print the metrics of the test split. "
+            "Train a Behler-Parrinello network on energies, forces and stresses (an ase.db or any file "
+            "ase.io reads) with the uncertainty methods of the configuration, calibrate them on the "
+            "validation split, save the .mlip model and print the metrics of the test split. "
             "Start from `mlipbias train --template > train.yaml`."
         ),
     )
