@@ -75,7 +75,7 @@ def written(outputs, mode):
 def test_two_concurrent_displacement_runs_write_every_sample_once(tmp_path):
     structure = tmp_path / "cu.extxyz"
     write(structure, copper())
-    n = 60
+    n = 40
     db_path = tmp_path / "same.db"
     args = ["data", "generate", "-o", str(db_path), "--structure", str(structure), "--oracle", "emt"]
     args += ["--n-samples", str(n), "--max-norm", "0.3", "--relax-fmax", "0.05", "--no-progress"]
