@@ -523,6 +523,11 @@ def _relaxed_minimum(db, path, structure, calc, settings, run, progress) -> dict
     """The run record with its relaxed minimum: relaxed here, or by the process that claimed it."""
     from mlipbias.structures import relax
 
+    def stored_minimum(run: dict) -> dict:
+        with db.managed_connection() as con:
+            stored = _fresh_metadata(con).get("mlipbias", {}).get("runs", {}).get("displacements", {})
+        return {**run, "minimum": stored["minimum"]} if "minimum" in stored else run
+
     key = f"displacements/seed={settings.seed}/minimum"
     told = False
     while "minimum" not in run:
@@ -531,11 +536,12 @@ def _relaxed_minimum(db, path, structure, calc, settings, run, progress) -> dict
                 _tell(f"{path}: another process is relaxing the input structure; waiting for its minimum")
                 told = True
             time.sleep(WAIT_POLL)
-            with db.managed_connection() as con:
-                stored = _fresh_metadata(con).get("mlipbias", {}).get("runs", {}).get("displacements", {})
-            if "minimum" in stored:
-                run = {**run, "minimum": stored["minimum"]}
+            run = stored_minimum(run)
             continue
+        run = stored_minimum(run)  # stored by a process that held the claim until just now
+        if "minimum" in run:
+            sample_claims.release(db, key)
+            break
         try:
             minimum = structure.copy()
             minimum.calc = None
