@@ -199,7 +199,11 @@ def test_extxyz_with_label_keys_trains_and_evaluate_scores_the_test_split(tmp_pa
     assert "validation RMSE E " in out and " meV/atom, F " in out and " meV/A, S " in out and "meV/A^3" in out
     run = tmp_path / "run"
     split = json.loads((run / "split.json").read_text())
-    assert split["ids"] == "0-based frames of the files"
+    assert split["ids"] == {
+        "train": "0-based frames",
+        "validation": "0-based frames",
+        "test": "0-based frames",
+    }
     assert sorted(split["train"] + split["validation"] + split["test"]) == list(range(12))
     test_metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert set(test_metrics) == {"energy ensemble", "forces ensemble", "stress ensemble"}

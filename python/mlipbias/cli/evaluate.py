@@ -89,7 +89,8 @@ def run_split(run: Path, part: str, keys=None, require_forces: bool = True):
         raise ValueError(f"the {part} split of {run} is empty (see {split_path})")
     keys = keys or LabelKeys(**split.get("label_keys", {}))
     structures = read_labelled(path, split.get("selection"), keys=keys, require_forces=require_forces)
-    id_key = "frame" if split.get("ids", "").startswith("0-based") else "db_id"
+    kinds = split.get("ids", {})  # absent in runs of older versions: ase.db row ids
+    id_key = "frame" if isinstance(kinds, dict) and kinds.get(part, "").startswith("0-based") else "db_id"
     by_id = {a.info[id_key]: a for a in structures}
     missing = [i for i in ids if i not in by_id]
     if missing:
@@ -97,9 +98,7 @@ def run_split(run: Path, part: str, keys=None, require_forces: bool = True):
             f"{path} no longer holds {len(missing)} structures of the run's {part} split (e.g. {id_key} "
             f"{missing[0]}); it changed since the run"
         )
-    what = (
-        f"the run's {part} split: {len(ids)} structures of {path} ({split.get('ids', 'ids')} in {split_path})"
-    )
+    what = f"the run's {part} split: {len(ids)} structures of {path} ({id_key} listed in {split_path})"
     return [by_id[i] for i in ids], what
 
 

@@ -137,13 +137,15 @@ def split_record(config, train_atoms, val_atoms, test_atoms) -> dict:
     def ids(part):
         return [a.info["db_id"] if "db_id" in a.info else a.info["frame"] for a in part]
 
-    first = train_atoms[0].info
+    def kind(part):
+        return "ase.db row ids" if not part or "db_id" in part[0].info else "0-based frames"
+
     return {
         "data": d.path,
         "validation_data": d.validation_path or d.path,
         "test_data": d.test_path or d.path,
         "selection": d.selection,
-        "ids": "row ids of the ase.db files" if "db_id" in first else "0-based frames of the files",
+        "ids": {"train": kind(train_atoms), "validation": kind(val_atoms), "test": kind(test_atoms)},
         "label_keys": {"energy": d.energy_key, "forces": d.forces_key, "stress": d.stress_key},
         "model": config.output.model,
         "train": ids(train_atoms),
