@@ -136,38 +136,33 @@ def test_a_claim_left_by_a_killed_run_is_taken_over_and_a_live_one_waited_for(tm
         )
     result = generate(db_path, copper(), "emt", n_samples=4, relax=False, progress=False)
     assert result.n_written == 1 and sample_claims.state(db, key).done
-    # A live other process holds sample 4: the run says so, waits, and returns once it is written.
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        key = "displacements/seed=0/index=4"
-        with sample_claims.transaction(db) as con:
-            con.execute(
-                f"INSERT INTO {sample_claims.TABLE} VALUES (?, NULL, ?, 1e12)",
-                (key, f"{host}:{holder.pid}:0"),
-            )
-        writer = subprocess.Popen(  # the holder "finishes": its row appears after 1.5 s
-            [
-                sys.executable,
-                "-c",
-                "import sys, time; sys.path.insert(0, sys.argv[1]); time.sleep(1.5)\n"
-                "from ase.build import bulk\nfrom ase.calculators.singlepoint import SinglePointCalculator\n"
-                "from mlipbias import sample_claims\nfrom mlipbias.datasets import open_dataset\n"
-                "a = bulk('Cu', 'fcc', a=3.6, cubic=True)\n"
-                "a.calc = SinglePointCalculator(a, energy=0.0, forces=a.positions * 0)\n"
-                "sample_claims.write_once(open_dataset(sys.argv[2]), sys.argv[3], a, {'mode': 'other'})",
-                PYTHON_DIR,
-                str(db_path),
-                key,
-            ]
+    # A live other process holds sample 4 and writes it 1.5 s later: the run says so, waits, and returns
+    # once the row is there. (Were the writer to die instead, its claim would be taken over: no hang.)
+    key = "displacements/seed=0/index=4"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1]); time.sleep(1.5)\n"
+            "from ase.build import bulk\nfrom ase.calculators.singlepoint import SinglePointCalculator\n"
+            "from mlipbias import sample_claims\nfrom mlipbias.datasets import open_dataset\n"
+            "a = bulk('Cu', 'fcc', a=3.6, cubic=True)\n"
+            "a.calc = SinglePointCalculator(a, energy=0.0, forces=a.positions * 0)\n"
+            "sample_claims.write_once(open_dataset(sys.argv[2]), sys.argv[3], a, {'mode': 'other'})",
+            PYTHON_DIR,
+            str(db_path),
+            key,
+        ]
+    )
+    with sample_claims.transaction(db) as con:
+        con.execute(
+            f"INSERT INTO {sample_claims.TABLE} VALUES (?, NULL, ?, 1e12)", (key, f"{host}:{writer.pid}:0")
         )
-        started = time.perf_counter()
-        result = generate(db_path, copper(), "emt", n_samples=5, relax=False, progress=False)
-        assert writer.wait(30) == 0
-        assert result.n_written == 0 and time.perf_counter() - started > 1.0
-        assert "1 displacements are being computed by another process" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
+    started = time.perf_counter()
+    result = generate(db_path, copper(), "emt", n_samples=5, relax=False, progress=False)
+    assert writer.wait(60) == 0
+    assert result.n_written == 0 and time.perf_counter() - started > 1.0
+    assert "1 displacements are being computed by another process" in capsys.readouterr().err
 
 
 def test_summary_reports_duplicate_samples_of_older_files(tmp_path, capsys):
