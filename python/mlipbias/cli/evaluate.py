@@ -70,9 +70,10 @@ def register(sub) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def run_split(run: Path, part: str, keys=None, require_forces: bool = True):
+def run_split(run: Path, part: str, key_names: dict | None = None, require_forces: bool = True):
     """The structures of ``part`` (train, validation or test) of the training run in folder ``run``,
-    in the order of its ``split.json``, and a sentence saying what they are."""
+    in the order of its ``split.json``, and a sentence saying what they are. Labels are read under the
+    run's label keys, except those named in ``key_names`` (e.g. ``{"energy": "REF_energy"}``)."""
     from mlipbias.datasets import LabelKeys, read_labelled
 
     split_path = run / "split.json"
@@ -87,7 +88,7 @@ def run_split(run: Path, part: str, keys=None, require_forces: bool = True):
         raise ValueError(f"{split_path} names no file or ids for the {part} split")
     if not ids:
         raise ValueError(f"the {part} split of {run} is empty (see {split_path})")
-    keys = keys or LabelKeys(**split.get("label_keys", {}))
+    keys = LabelKeys(**{**split.get("label_keys", {}), **(key_names or {})})
     structures = read_labelled(path, split.get("selection"), keys=keys, require_forces=require_forces)
     kinds = split.get("ids", {})  # absent in runs of older versions: ase.db row ids
     id_key = "frame" if isinstance(kinds, dict) and kinds.get(part, "").startswith("0-based") else "db_id"
@@ -128,17 +129,17 @@ def run_evaluate(args) -> int:
             raise ValueError(f"--uncertainty none cannot be combined with methods, got {methods}")
         methods = []
     given = {q: getattr(args, f"{q}_key") for q in ("energy", "forces", "stress")}
-    keys = LabelKeys(**{q: k for q, k in given.items() if k}) if any(given.values()) else None
-    read = {"keys": keys or LabelKeys(), "require_forces": args.forces}
+    given = {q: k for q, k in given.items() if k}
+    read = {"keys": LabelKeys(**given), "require_forces": args.forces}
     calibration_structures = None
     if args.data is None:
         if run is None:
             raise ValueError("give --data, or a training run's folder as --model to score its test split")
         if args.selection is not None:
             raise ValueError("--selection applies to --data; the run's split has its own selection")
-        structures, what = run_split(run, args.split, keys, args.forces)
+        structures, what = run_split(run, args.split, given, args.forces)
         if args.calibration_data is None:
-            calibration_structures, _ = run_split(run, "validation", keys, args.forces)
+            calibration_structures, _ = run_split(run, "validation", given, args.forces)
             what += "; calibrated on the run's validation split"
         data_name = str(run / "split.json")
     else:
