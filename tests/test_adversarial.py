@@ -472,6 +472,47 @@ def test_dataset_labels_replace_the_undistorted_reference_calls():
         run_diagnosis(LennardJones(**CU_LJ), None, labelled, None, settings, use_dataset_labels=True)
 
 
+def test_dataset_labels_of_an_extxyz_file_are_read_under_their_names(tmp_path):
+    from ase.io import read, write
+
+    from mlipbias.datasets import LabelKeys
+
+    path = tmp_path / "ref.extxyz"
+    write(path, dataset_with_minimum(3))
+    frames = read(path, ":")  # the positions as the file stores them
+    for atoms in frames:
+        reference = atoms.copy()
+        reference.calc = EMT()
+        atoms.info["REF_energy"] = reference.get_potential_energy()
+        atoms.arrays["REF_forces"] = reference.get_forces()
+    write(path, frames)
+    settings = diagnosis_settings(experiments=("energy",))
+    plain = [read(path, i) for i in range(3)]
+    for atoms in plain:
+        atoms.calc = None
+    direct = run_diagnosis(LennardJones(**CU_LJ), EMT(), plain, None, settings, progress=False)
+    keys = LabelKeys(energy="REF_energy", forces="REF_forces")
+    reused = run_diagnosis(
+        LennardJones(**CU_LJ),
+        None,
+        path,
+        None,
+        settings,
+        use_dataset_labels=True,
+        label_keys=keys,
+        progress=False,
+    )
+    assert reused["calls"]["accurate"] == 0
+    # extxyz keeps 8 decimals of the force columns: the same numbers to ~1e-9.
+    for key, value in direct["configs"].items():
+        if isinstance(value, list) and value and isinstance(value[0], float):
+            np.testing.assert_allclose(reused["configs"][key], value, rtol=1e-7, atol=1e-9, err_msg=key)
+    with pytest.raises(ValueError, match="configuration 0 has no stored energy and forces"):
+        run_diagnosis(
+            LennardJones(**CU_LJ), None, path, None, settings, use_dataset_labels=True, progress=False
+        )
+
+
 def test_settings_name_the_bad_value():
     with pytest.raises(ValueError, match="gd_step_size = -1.0 is invalid"):
         AdversarialSettings(gd_step_size=-1.0)

@@ -256,6 +256,8 @@ def test_early_stopping_and_resume_reproduce_an_uninterrupted_run(labelled, tmp_
         learning_rate=0.05,
         early_stopping_patience=10,
         schedule="none",
+        force_weight=0.0,
+        stress_weight=0.0,
         device="cpu",
     )
     full = train(train_data, val_data, training=settings, output_dir=tmp_path / "full", **quiet)

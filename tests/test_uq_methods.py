@@ -186,7 +186,9 @@ def test_post_hoc_heads_fit_the_trained_networks_residuals(head):
     from mlipbias.models import ModelSettings, TrainingSettings, UncertaintySettings, train
 
     data = AtomsData(labelled_quartz(8, rattle=0.05), small_descriptor())
-    settings = TrainingSettings(epochs=30, batch_size=4, learning_rate=0.02, device="cpu")
+    settings = TrainingSettings(
+        epochs=30, batch_size=4, learning_rate=0.02, force_weight=0.0, stress_weight=0.0, device="cpu"
+    )
     uq = UncertaintySettings(methods=(head,), head_training="post_hoc", head_epochs=200)
     quiet = {"progress": False, "log": lambda _: None}
     result = train(data, data, model=ModelSettings((6,)), uncertainty=uq, training=settings, **quiet)
@@ -232,7 +234,8 @@ def test_energy_only_head_training_skips_the_double_backward(head, monkeypatch):
     net.fit_scaling(data.G, data.species)
     net.fit_energy_shift(data.energy, data.counts)
     batch = data.batch(np.arange(len(data)), torch.device("cpu"), neighbours=True)
-    settings, uq = TrainingSettings(force_weight=0.0), UncertaintySettings(methods=(head,))
+    settings = TrainingSettings(force_weight=0.0, stress_weight=0.0)
+    uq = UncertaintySettings(methods=(head,))
 
     loss, _, _ = batch_loss(net, batch, settings, uq, create_graph=True)
     fast = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)

@@ -6,8 +6,8 @@ cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
 mlipbias data generate -c data.yaml
 [ -f work/test.db ] || python prepare.py
-[ -f work/bpnn_energy/bpnn.mlip ] || mlipbias train bpnn_energy.yaml
-[ -f work/bpnn_forces/bpnn.mlip ] || mlipbias train bpnn_forces.yaml
+[ -f work/bpnn_energy/bpnn.mlip ] || mlipbias train bpnn_energy.yaml --resume
+[ -f work/bpnn_forces/bpnn.mlip ] || mlipbias train bpnn_forces.yaml --resume
 # train_gnn.py writes its best model after every improving epoch; the final save adds "valid".
 [ -f work/gnn_energy.done ] || { python train_gnn.py gnn_energy.yaml && touch work/gnn_energy.done; }
 [ -f work/gnn_forces.done ] || { python train_gnn.py gnn_forces.yaml && touch work/gnn_forces.done; }

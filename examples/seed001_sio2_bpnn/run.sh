@@ -5,6 +5,6 @@ cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
 mlipbias data generate -c data_train.yaml
 mlipbias data generate -c data_test.yaml
-[ -f work/bpnn/bpnn.mlip ] || mlipbias train train.yaml
+[ -f work/bpnn/bpnn.mlip ] || mlipbias train train.yaml --resume
 mlipbias adversarial --approx work/bpnn/bpnn.mlip --accurate bks --data work/test.db --out work/adv \
     --use-dataset-labels --gd-configs 50 --skip-failed

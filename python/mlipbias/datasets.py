@@ -18,6 +18,14 @@ run resumes by rerunning the same call: done samples are skipped, the rest come 
 as in an uninterrupted run, and nothing written is lost, because each row is committed to
 SQLite as soon as it is labelled.
 
+Several processes may write one file at once (e.g. two jobs started with the same command): each
+row has a sample key (``displacements/seed=0/index=17``, ``md/seed=0/T=300000mK/index=4``) that
+is claimed before its oracle call and written once (:mod:`mlipbias.sample_claims`), so no sample
+is computed twice or lost. An MD temperature is one chain (snapshot j continues from j - 1): a
+process claims the whole chain, and a second one takes another temperature or waits. A run that
+finds samples held by another live process says so and waits until they are written; a claim
+whose process died is taken over.
+
 Rows carry energy (eV), forces (eV/A), stress (eV/A^3, periodic structures) and the
 provenance keys ``mode``, ``index``, ``seed``, ``oracle``, ``structure``, ``mlipbias_version``
 and ``norm``/``energy_above_minimum`` (displacements) or ``temperature``/``md_step``/
@@ -32,6 +40,8 @@ import dataclasses
 import json
 import math
 import sqlite3
+import sys
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -41,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 
-from mlipbias import __version__
+from mlipbias import __version__, sample_claims
 from mlipbias.oracles import OracleError, attach_results, describe_oracle, label, make_oracle
 from mlipbias.structures import check_structure, fingerprint, maxwell_boltzmann_momenta
 
@@ -49,6 +59,8 @@ MODES = ("displacements", "md")
 FORMAT = "mlipbias-dataset"
 FORMAT_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+LOCK_TIMEOUT = 20.0  # s an open waits for another process's write lock before it says "locked"
+WAIT_POLL = 0.5  # s between looks at samples that another live process is computing
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,12 +232,19 @@ def open_dataset(path: str | Path, create: bool = False):
                 f"{path} is not an SQLite database (ase.db); it may be another format or damaged"
             )
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_TIMEOUT)
             try:
                 check = con.execute("PRAGMA quick_check").fetchone()[0]
                 tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             finally:
                 con.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise ValueError(
+                    f"{path} is locked by another process (still locked after {LOCK_TIMEOUT:g} s): "
+                    "wait for it to finish and retry; the file is not damaged"
+                ) from exc
+            raise ValueError(f"{path} is a damaged SQLite database: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{path} is a damaged SQLite database: {exc}") from exc
         if check != "ok":
@@ -239,7 +258,13 @@ def open_dataset(path: str | Path, create: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
     # No ase lock file: SQLite locks itself, and a stale lock left by a killed run would make
     # the next one wait forever.
-    return ase.db.connect(str(path), type="db", use_lock_file=False, append=True)
+    db = ase.db.connect(str(path), type="db", use_lock_file=False, append=True)
+    if create:
+        # ase creates its tables in autocommit statements: two processes creating one new file at
+        # once would both try. Holding the write lock makes the second find them made.
+        with sample_claims.transaction(db):
+            pass
+    return db
 
 
 def _mlipbias_metadata(db) -> dict:
@@ -254,10 +279,28 @@ def _mlipbias_metadata(db) -> dict:
     return meta
 
 
-def _store_run(db, mode: str, run: dict) -> None:
-    metadata = db.metadata
-    meta = metadata.get("mlipbias") or {"format": FORMAT, "format_version": FORMAT_VERSION, "runs": {}}
-    meta.setdefault("runs", {})[mode] = run
+def _fresh_metadata(con) -> dict:
+    """The metadata as stored now (``db.metadata`` is cached when the connection opens, and
+    another process may have written since)."""
+    row = con.execute("SELECT value FROM information WHERE name='metadata'").fetchone()
+    return json.loads(row[0]) if row else {}
+
+
+def _store_run(db, mode: str, run: dict) -> dict:
+    """Store the record of a run; a relaxed minimum already stored (by another process) is kept.
+    Read, merge and write are one transaction. Returns the record as stored."""
+    with sample_claims.transaction(db) as con:
+        metadata = _fresh_metadata(con)
+        meta = metadata.get("mlipbias") or {"format": FORMAT, "format_version": FORMAT_VERSION, "runs": {}}
+        stored = meta.setdefault("runs", {}).get(mode) or {}
+        if "minimum" in stored and "minimum" not in run:
+            run = {**run, "minimum": stored["minimum"]}
+        meta["runs"][mode] = run
+        _write_metadata(db, metadata, meta)
+    return run
+
+
+def _write_metadata(db, metadata: dict, meta: dict) -> None:
     metadata["mlipbias"] = meta
     metadata.setdefault("title", "mlipbias dataset")
     metadata.setdefault("key_descriptions", {})
@@ -272,6 +315,7 @@ def _store_run(db, mode: str, run: dict) -> None:
             "kinetic_temperature": ("T_kin", "instantaneous kinetic temperature", "K"),
             "md_step": ("Step", "MD steps after equilibration", ""),
             "md_driver": ("Driver", "calculator that integrated the MD (the oracle labelled it)", ""),
+            "sample_key": ("Key", "names the sample; a key is written once (mlipbias.sample_claims)", ""),
         }
     )
     metadata.setdefault("default_columns", ["id", "formula", "mode", "index", "energy", "fmax", "oracle"])
@@ -429,55 +473,142 @@ def displacement(
     return direction * (norm / np.linalg.norm(direction)), norm
 
 
+def _sample_key(mode: str, seed: int, index: int, temperature: float | None = None) -> str:
+    """The sample key of a row (see :mod:`mlipbias.sample_claims`): what it is, completely."""
+    chain = "" if temperature is None else f"/T={_millikelvin(temperature)}mK"
+    return f"{mode}/seed={seed}{chain}/index={index}"
+
+
+def _millikelvin(temperature: float) -> int:
+    return int(round(temperature * 1000))
+
+
+def _tell(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _claimed(db, path, keys, compute, what: str) -> None:
+    """Compute every key of ``keys`` exactly once across the processes that write ``path``.
+
+    A key this process claims is computed by ``compute(key)`` (which writes its row with
+    :func:`sample_claims.write_once`); a key another live process holds is waited for, so that
+    every run returns with all keys done. A claim whose owner died is taken over. A failure gives
+    the claim back before it propagates."""
+    pending, told = list(keys), False
+    while pending:
+        held = []
+        for key in pending:
+            if sample_claims.claim(db, key):
+                try:
+                    compute(key)
+                finally:
+                    sample_claims.release(db, key)  # a no-op once the row is written
+                continue
+            state = sample_claims.state(db, key)
+            if not state.done:
+                held.append(state)
+        if held:
+            if not told:
+                owners = ", ".join(sorted({s.owner or "?" for s in held}))
+                _tell(
+                    f"{path}: {len(held)} {what} are being computed by another process ({owners}); "
+                    "waiting for them (a claim whose process ends is taken over)"
+                )
+                told = True
+            time.sleep(WAIT_POLL)
+        pending = [s.key for s in held]
+
+
+def _relaxed_minimum(db, path, structure, calc, settings, run, progress) -> dict:
+    """The run record with its relaxed minimum: relaxed here, or by the process that claimed it."""
+    from mlipbias.structures import relax
+
+    def stored_minimum(run: dict) -> dict:
+        with db.managed_connection() as con:
+            stored = _fresh_metadata(con).get("mlipbias", {}).get("runs", {}).get("displacements", {})
+        return {**run, "minimum": stored["minimum"]} if "minimum" in stored else run
+
+    key = f"displacements/seed={settings.seed}/minimum"
+    told = False
+    while "minimum" not in run:
+        if not sample_claims.claim(db, key):
+            if not told:
+                _tell(f"{path}: another process is relaxing the input structure; waiting for its minimum")
+                told = True
+            time.sleep(WAIT_POLL)
+            run = stored_minimum(run)
+            continue
+        run = stored_minimum(run)  # stored by a process that held the claim until just now
+        if "minimum" in run:
+            sample_claims.release(db, key)
+            break
+        try:
+            minimum = structure.copy()
+            minimum.calc = None
+            converged = True
+            if settings.relax:
+                try:
+                    fmax = relax(
+                        minimum, calc, fmax=settings.relax_fmax, steps=settings.relax_steps, progress=progress
+                    )
+                except Exception as exc:
+                    raise OracleError(
+                        f"oracle failed while relaxing the input structure: {type(exc).__name__}: {exc}"
+                    ) from exc
+                converged = fmax <= settings.relax_fmax
+                if not converged:
+                    warnings.warn(
+                        f"relaxation stopped after {settings.relax_steps} steps at max |F| = {fmax:.3g} "
+                        f"eV/A (> relax_fmax {settings.relax_fmax}); displacing about this structure anyway",
+                        stacklevel=4,
+                    )
+            results = label(minimum, calc, name="relaxed minimum", min_distance=settings.min_distance)
+            run = _store_run(
+                db,
+                "displacements",
+                {
+                    **run,
+                    "minimum": {
+                        "numbers": minimum.numbers.tolist(),
+                        "positions": minimum.positions.tolist(),
+                        "cell": minimum.cell.array.tolist(),
+                        "pbc": minimum.pbc.tolist(),
+                        "energy": results["energy"],
+                        "forces": results["forces"].tolist(),
+                        "converged": converged,
+                    },
+                },
+            )
+        finally:
+            sample_claims.release(db, key)
+    return run
+
+
 def _generate_displacements(db, path, structure, calc, settings, run, common, progress) -> GenerationResult:
     from tqdm.auto import tqdm
 
-    from mlipbias.structures import relax
-
-    if "minimum" not in run:
-        minimum = structure.copy()
-        minimum.calc = None
-        converged = True
-        if settings.relax:
-            try:
-                fmax = relax(
-                    minimum, calc, fmax=settings.relax_fmax, steps=settings.relax_steps, progress=progress
-                )
-            except Exception as exc:
-                raise OracleError(
-                    f"oracle failed while relaxing the input structure: {type(exc).__name__}: {exc}"
-                ) from exc
-            converged = fmax <= settings.relax_fmax
-            if not converged:
-                warnings.warn(
-                    f"relaxation stopped after {settings.relax_steps} steps at max |F| = {fmax:.3g} eV/A "
-                    f"(> relax_fmax {settings.relax_fmax}); displacing about this structure anyway",
-                    stacklevel=3,
-                )
-        results = label(minimum, calc, name="relaxed minimum", min_distance=settings.min_distance)
-        run["minimum"] = {
-            "numbers": minimum.numbers.tolist(),
-            "positions": minimum.positions.tolist(),
-            "cell": minimum.cell.array.tolist(),
-            "pbc": minimum.pbc.tolist(),
-            "energy": results["energy"],
-            "forces": results["forces"].tolist(),
-            "converged": converged,
-        }
-    _store_run(db, "displacements", run)
+    run = _store_run(db, "displacements", run)
+    run = _relaxed_minimum(db, path, structure, calc, settings, run, progress)
     minimum = _minimum_atoms(run["minimum"])
     e_min = run["minimum"]["energy"]
+    # Rows of files written before sample keys existed are found by their index.
     done = {kv["index"] for kv in _done(db, "displacements")}
-    todo = [i for i in range(settings.n_samples) if i not in done]
+    todo = {
+        _sample_key("displacements", settings.seed, i): i for i in range(settings.n_samples) if i not in done
+    }
     n_existing = settings.n_samples - len(todo)
+    written = 0
     with tqdm(
         total=settings.n_samples,
         initial=n_existing,
         desc="displacements",
         unit="structure",
-        disable=not progress,
+        disable=None if progress else True,
     ) as bar:
-        for i in todo:
+
+        def compute(key: str) -> None:
+            nonlocal written
+            i = todo[key]
             delta, norm = displacement(len(minimum), settings.seed, i, settings.max_norm, settings.min_norm)
             atoms = Atoms(
                 minimum.numbers, positions=minimum.positions + delta, cell=minimum.cell, pbc=minimum.pbc
@@ -485,7 +616,9 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
             results = label(
                 atoms, calc, name=f"displacement {i} (norm {norm:.4f} A)", min_distance=settings.min_distance
             )
-            db.write(
+            row = sample_claims.write_once(
+                db,
+                key,
                 attach_results(atoms, results, common["oracle"]),
                 key_value_pairs={
                     **common,
@@ -496,20 +629,28 @@ def _generate_displacements(db, path, structure, calc, settings, run, common, pr
                     "e_min": e_min,
                 },
             )
+            written += row is not None
             bar.update(1)
-    return GenerationResult(path, "displacements", settings.n_samples, n_existing, len(todo))
+
+        _claimed(db, path, todo, compute, "displacements")
+        bar.update(settings.n_samples - bar.n)  # those that another process wrote
+    return GenerationResult(path, "displacements", settings.n_samples, n_existing, written)
+
+
+def _md_done(db, temperature: float) -> set[int]:
+    """Indices of the stored snapshots at ``temperature``."""
+    return {int(kv["index"]) for kv in _done(db, "md") if float(kv["temperature"]) == temperature}
 
 
 def _generate_md(db, path, structure, calc, driver, settings, run, common, progress) -> GenerationResult:
+    """Each temperature's snapshots form a chain (snapshot j continues from j - 1), so a process
+    claims a whole chain; a second process takes another temperature or waits for the chain."""
     from ase.md.langevin import Langevin
     from tqdm.auto import tqdm
 
     _store_run(db, "md", run)
-    rows = {}
-    for kv in _done(db, "md"):
-        rows[(float(kv["temperature"]), int(kv["index"]))] = kv
     n_total = settings.n_samples * len(settings.temperatures)
-    n_existing = sum(1 for t in settings.temperatures for j in range(settings.n_samples) if (t, j) in rows)
+    n_existing = sum(len(_md_done(db, t) & set(range(settings.n_samples))) for t in settings.temperatures)
     dt = settings.timestep * units.fs
 
     def run_md(atoms: Atoms, temperature: float, steps: int, rng, what: str) -> None:
@@ -524,14 +665,27 @@ def _generate_md(db, path, structure, calc, driver, settings, run, common, progr
             raise OracleError(f"{who} failed during {what}: {type(exc).__name__}: {exc}") from exc
 
     written = 0
+    chains = {
+        f"md/seed={settings.seed}/T={_millikelvin(t)}mK/chain": t
+        for t in settings.temperatures
+        if len(_md_done(db, t) & set(range(settings.n_samples))) < settings.n_samples
+    }
     with tqdm(
-        total=n_total, initial=n_existing, desc="md snapshots", unit="snapshot", disable=not progress
+        total=n_total,
+        initial=n_existing,
+        desc="md snapshots",
+        unit="snapshot",
+        disable=None if progress else True,
     ) as bar:
-        for temperature in settings.temperatures:
-            key = int(round(temperature * 1000))  # mK: the random stream of this temperature
+
+        def run_chain(chain_key: str) -> None:
+            nonlocal written
+            temperature = chains[chain_key]
+            key = _millikelvin(temperature)  # the random stream of this temperature
+            done = _md_done(db, temperature)  # read after the claim: another process may have added
             state, state_index = None, None
             for j in range(settings.n_samples):
-                if (temperature, j) in rows:
+                if j in done:
                     continue
                 if state_index == j - 1:
                     pass  # continue the trajectory held in memory
@@ -566,7 +720,9 @@ def _generate_md(db, path, structure, calc, driver, settings, run, common, progr
                     name=f"MD snapshot {j} at {temperature:g} K",
                     min_distance=settings.min_distance,
                 )
-                db.write(
+                row = sample_claims.write_once(
+                    db,
+                    _sample_key("md", settings.seed, j, temperature),
                     attach_results(snapshot, results, common["oracle"]),
                     key_value_pairs={
                         **common,
@@ -576,8 +732,12 @@ def _generate_md(db, path, structure, calc, driver, settings, run, common, progr
                         "kinetic_temperature": float(snapshot.get_temperature()),
                     },
                 )
-                written += 1
+                written += row is not None
                 bar.update(1)
+                sample_claims.claim(db, chain_key)  # renews this process's lease on the chain
+
+        _claimed(db, path, chains, run_chain, "MD temperature chains")
+        bar.update(n_total - bar.n)  # chains that another process finished
     return GenerationResult(path, "md", n_total, n_existing, written)
 
 
@@ -603,54 +763,202 @@ def append_labelled(
     name: str = "structure",
     min_distance: float = 0.5,
     oracle_options: dict | None = None,
+    key: str | None = None,
     **provenance,
-) -> int:
+) -> int | None:
     """Label ``atoms`` with ``oracle`` and append it to ``path`` as one committed row.
 
     For code that labels structures one at a time (active learning): the row carries energy,
     forces, stress (periodic), the keys ``oracle`` and ``mlipbias_version``, and ``provenance``
     (ase.db key-value pairs: str, int, float or bool values, e.g. ``mode="al", generation=3``).
     ``oracle`` is a name or a calculator, as for :func:`generate`. Returns the new row id.
+    With a sample ``key`` (see :mod:`mlipbias.sample_claims`) the row is written only if that key
+    has none yet, checked in the transaction that writes it: the oracle is not called for a done
+    key, and None is returned when the key is (or meanwhile became) done.
     Raises ValueError for an invalid structure and OracleError for a failed label; nothing is
     written then.
     """
+    db = open_dataset(path, create=True)
+    if key is not None and sample_claims.state(db, key).done:
+        return None
     calc = make_oracle(oracle, **(oracle_options or {}))
     results = label(atoms, calc, name=name, min_distance=min_distance)
-    db = open_dataset(path, create=True)
     oracle_label = describe_oracle(oracle, oracle_options)[0]
     pairs = {"oracle": oracle_label, "mlipbias_version": __version__, **provenance}
-    return db.write(attach_results(atoms, results, oracle_label), key_value_pairs=pairs)
+    labelled = attach_results(atoms, results, oracle_label)
+    if key is not None:
+        return sample_claims.write_once(db, key, labelled, key_value_pairs=pairs)
+    return db.write(labelled, key_value_pairs=pairs)
 
 
 # --------------------------------------------------------------------------------------------
 # reading
 
 
-def load_dataset(path: str | Path, selection=None, require_labels: bool = True) -> list[Atoms]:
-    """All structures of ``path`` (in row order) matching the ase.db ``selection``.
+@dataclass(frozen=True)
+class LabelKeys:
+    """Where a structure file keeps its reference labels, as MACE and apax name them.
+
+    ``energy_key`` (eV) and ``stress_key`` (eV/A^3, ASE sign and Voigt order, or 3x3) are looked
+    up in ``atoms.info`` (extxyz comment line; key-value pairs of an ase.db row), ``forces_key``
+    (eV/A) in ``atoms.arrays`` (extxyz columns; the data of an ase.db row). A key named
+    ``energy``, ``forces`` or ``stress`` also finds the results that ASE stores in the frame's
+    calculator (what ``ase.io`` makes of those names, and of an ase.db row's labels).
+    """
+
+    energy: str = "energy"
+    forces: str = "forces"
+    stress: str = "stress"
+
+
+def read_labelled(
+    path: str | Path,
+    selection=None,
+    *,
+    keys: LabelKeys | None = None,
+    require_forces: bool = True,
+    require_energy: bool = True,
+) -> list[Atoms]:
+    """Labelled structures from an ase.db file or any file ``ase.io.read`` reads (extxyz, ...).
+
+    Each Atoms carries its labels (mapped by ``keys``) in a SinglePointCalculator, its provenance
+    in ``info`` and the file's other per-atom arrays (e.g. momenta), and where it came from:
+    ``info["db_id"]`` (ase.db row id) or ``info["frame"]`` (0-based frame of a structure file).
+    Every structure needs an energy (with ``require_energy``) and forces (with ``require_forces``);
+    a missing label names the frame and the keys it has; non-finite positions, cells or labels are
+    a ValueError naming the file and the row or frame. ``selection`` (an ase.db query) applies to
+    ase.db files only.
+    """
+    path = Path(path)
+    keys = keys or LabelKeys()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, expected an ase.db file or a structure file (extxyz, ...)")
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    with open(path, "rb") as handle:
+        sqlite = handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    if sqlite:
+        return load_dataset(
+            path, selection, keys=keys, require_forces=require_forces, require_energy=require_energy
+        )
+    if selection is not None:
+        raise ValueError(f"{path}: a selection ({selection!r}) applies to ase.db files only")
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ase.io raises many kinds for unknown or broken formats
+        raise ValueError(
+            f"cannot read {path} with ase.io ({type(exc).__name__}: {exc}); give an ase.db file or a "
+            "format ase.io reads (extxyz, ...)"
+        ) from exc
+    structures = []
+    for k, atoms in enumerate(frames):
+        where = f"{path}: frame {k} ({atoms.get_chemical_formula()})"
+        labels = _labels(atoms, atoms.info, atoms.arrays, keys, where, require_forces, require_energy)
+        structure = atoms.copy()  # keeps info and arrays (momenta, ...) but not the labels
+        structure.calc = None
+        for key in (keys.energy, keys.stress):
+            structure.info.pop(key, None)
+        if keys.forces in structure.arrays:
+            del structure.arrays[keys.forces]
+        _check_finite(structure, where)
+        structure.info["frame"] = k
+        structures.append(attach_results(structure, labels) if labels else structure)
+    return structures
+
+
+def _labels(
+    atoms: Atoms, info, arrays, keys: LabelKeys, where: str, require_forces: bool, require_energy: bool = True
+) -> dict:
+    """The labels of one structure (energy, forces, stress in ASE's Voigt order), checked."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    n = len(atoms)
+    shapes = {"energy": ((),), "forces": ((n, 3),), "stress": ((6,), (3, 3), (9,))}
+    labels = {}
+    for quantity, key, source in (
+        ("energy", keys.energy, info),
+        ("forces", keys.forces, arrays),
+        ("stress", keys.stress, info),
+    ):
+        if key in source:
+            value = source[key]
+        elif key == quantity and quantity in results:
+            value = results[quantity]
+        else:
+            continue
+        try:
+            value = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {quantity} (key {key!r}) is not numeric: {value!r}") from None
+        if value.shape not in shapes[quantity]:
+            raise ValueError(
+                f"{where}: {quantity} (key {key!r}) has shape {value.shape}, expected "
+                + " or ".join(str(s) for s in shapes[quantity])
+            )
+        if not np.isfinite(value).all():
+            raise ValueError(f"{where}: non-finite (NaN or inf) {quantity} (key {key!r})")
+        if quantity == "stress":
+            if not atoms.pbc.all():
+                continue  # a stress needs a volume
+            if value.shape != (6,):
+                value = value.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        labels[quantity] = float(value) if quantity == "energy" else value
+    wanted = [("energy", keys.energy, "info")] if require_energy else []
+    if require_forces:
+        wanted.append(("forces", keys.forces, "arrays"))
+    for quantity, key, place in wanted:
+        if quantity not in labels:
+            found = sorted(info if place == "info" else set(arrays) - {"numbers", "positions"})
+            found += sorted(results)
+            raise ValueError(
+                f"{where} has no {quantity} under the key {key!r} (it has: {', '.join(found) or 'nothing'}); "
+                f"name the key with data.{quantity}_key"
+            )
+    return labels
+
+
+def _check_finite(atoms: Atoms, where: str) -> None:
+    for name, value in (("positions", atoms.positions), ("cell", atoms.cell.array)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"{where}: non-finite (NaN or inf) {name}")
+
+
+def load_dataset(
+    path: str | Path,
+    selection=None,
+    require_labels: bool = True,
+    *,
+    keys: LabelKeys | None = None,
+    require_forces: bool = True,
+    require_energy: bool = True,
+) -> list[Atoms]:
+    """All structures of the ase.db ``path`` (in row order) matching the ase.db ``selection``.
 
     Each Atoms carries its labels in a SinglePointCalculator (``get_potential_energy()``,
     ``get_forces()``, ``get_stress()``) and its provenance key-value pairs in ``info`` (plus
-    ``info["db_id"]``). With ``require_labels`` a row without energy or forces is a ValueError.
+    ``info["db_id"]``). With ``require_labels`` a row without energy (or, with ``require_forces``,
+    forces) is a ValueError; ``keys`` maps labels stored under other names (see :class:`LabelKeys`).
     """
     db = open_dataset(path)
+    keys = keys or LabelKeys()
     structures = []
     try:
         rows = list(db.select(selection))
     except (ValueError, KeyError, sqlite3.DatabaseError) as exc:
         raise ValueError(f"{path}: bad selection {selection!r}: {exc}") from exc
     for row in rows:
-        if require_labels and (row.get("energy") is None or row.get("forces") is None):
-            raise ValueError(f"{path}: row {row.id} ({row.formula}) has no energy or forces")
         atoms = row.toatoms()
+        where = f"{path}: row {row.id} ({row.formula})"
         # SQLite has no checksums over the stored arrays: refuse silent NaN from a damaged file.
-        for key, value in (
-            ("positions", atoms.positions),
-            ("energy", row.get("energy")),
-            ("forces", row.get("forces")),
-        ):
-            if value is not None and not np.isfinite(value).all():
-                raise ValueError(f"{path}: row {row.id} ({row.formula}) has non-finite {key}")
+        _check_finite(atoms, where)
+        if require_labels:
+            labels = _labels(
+                atoms, row.key_value_pairs, row.data, keys, where, require_forces, require_energy
+            )
+            atoms = attach_results(atoms, labels, row.get("calculator"))
+        elif atoms.calc is not None:
+            _labels(atoms, {}, {}, LabelKeys(), where, require_forces=False)
         atoms.info.update(row.key_value_pairs)
         atoms.info["db_id"] = row.id
         structures.append(atoms)
@@ -695,8 +1003,15 @@ def summarize(path: str | Path, selection=None) -> dict:
     formulas, elements, atoms_per_structure = Counter(), Counter(), Counter()
     provenance = {key: Counter() for key in ("mode", "oracle", "temperature", "structure")}
     energies, force_sq, force_max, n_components = [], 0.0, 0.0, 0
+    samples = {}  # sample key -> row ids; more than one only in files of older versions
     for row in db.select(selection):
         count += 1
+        kv = row.key_value_pairs
+        if "sample_key" in kv:
+            samples.setdefault(kv["sample_key"], []).append(row.id)
+        elif kv.get("mode") in MODES and "index" in kv:
+            key = _sample_key(kv["mode"], kv.get("seed", 0), kv["index"], kv.get("temperature"))
+            samples.setdefault(key, []).append(row.id)
         formulas[row.formula] += 1
         atoms_per_structure[row.natoms] += 1
         for symbol, n in Counter(row.symbols).items():
@@ -725,6 +1040,7 @@ def summarize(path: str | Path, selection=None) -> dict:
         "force_component_max_abs": force_max if n_components else None,
         "n_with_energy": int(energies.size),
         "n_with_stress": n_stress,
+        "duplicates": {key: ids for key, ids in sorted(samples.items()) if len(ids) > 1},
         "provenance": {key: dict(counter) for key, counter in provenance.items() if counter},
         "runs": {
             mode: {
@@ -772,6 +1088,16 @@ def format_summary(summary: dict) -> str:
             f"max |F_a| {summary['force_component_max_abs']:.4f} eV/A"
         )
     lines.append(f"  stress          {summary['n_with_stress']} structures")
+    duplicates = summary.get("duplicates") or {}
+    if duplicates:
+        extra = [i for ids in duplicates.values() for i in ids[1:]]
+        shown = ", ".join(f"{k} (rows {', '.join(map(str, ids))})" for k, ids in list(duplicates.items())[:3])
+        more = f" and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
+        lines.append(
+            f"  DUPLICATES      {len(duplicates)} samples are stored more than once, {len(extra)} extra rows "
+            f"(written by concurrent runs of an older mlipbias): {shown}{more}. Remove the extra rows, "
+            f"e.g. `ase db FILE id={extra[0]} --delete`, before training"
+        )
     for key, counts in summary["provenance"].items():
         shown = ", ".join(f"{v}: {n}" for v, n in sorted(counts.items(), key=lambda x: _sort_key(x[0])))
         lines.append(f"  {key:15s} {shown}")

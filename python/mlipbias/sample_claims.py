@@ -106,6 +106,13 @@ def _immediate(db):
     return _Transaction()
 
 
+def transaction(db):
+    """``with transaction(db) as con:`` one SQLite transaction holding the write lock, committed on
+    exit and rolled back on error; ase calls on ``db`` inside it (``db.write``, ``db.metadata = ...``)
+    join it. For read-modify-write of shared state (e.g. the dataset's metadata)."""
+    return _immediate(db)
+
+
 def state(db, key: str) -> KeyState:
     """The state of ``key`` in ``db`` (an ase.db SQLite connection)."""
     _initialized(db)

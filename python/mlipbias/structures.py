@@ -276,7 +276,7 @@ def melt_quench(
     )
     total = melt_steps + quench_steps
     done = 0
-    with tqdm(total=total, desc="melt-quench MD", unit="step", disable=not progress) as bar:
+    with tqdm(total=total, desc="melt-quench MD", unit="step", disable=None if progress else True) as bar:
         while done < total:
             chunk = min(ramp_every, total - done)
             if done >= melt_steps:
@@ -328,7 +328,7 @@ def relax(
     atoms.calc = calculator
     method = BFGS if optimizer == "bfgs" else FIRE
     opt = method(atoms, logfile=None, maxstep=0.1)
-    with tqdm(desc=f"relax ({optimizer})", unit="step", disable=not progress) as bar:
+    with tqdm(desc=f"relax ({optimizer})", unit="step", disable=None if progress else True) as bar:
         for _ in opt.irun(fmax=fmax, steps=steps):
             bar.update(1)
             bar.set_postfix(fmax=f"{np.linalg.norm(atoms.get_forces(), axis=1).max():.2e} eV/A")

@@ -44,12 +44,14 @@ from .settings import ENERGY_OFFSETS, ENERGY_REFERENCES, NEWTON_VELOCITIES, Adve
 RESULTS_FORMAT = "mlipbias-adversarial-results"
 
 
-def read_configurations(path: str | Path, max_configs: int | None = None) -> list[Atoms]:
+def read_configurations(path: str | Path, max_configs: int | None = None, keys=None) -> list[Atoms]:
     """The configurations of an ase.db file (``*.db``) or of any file ``ase.io.read`` understands.
 
     Key-value pairs of db rows are merged into ``atoms.info`` (extxyz files put theirs there already), stored
     energies and forces stay attached as a SinglePointCalculator, and ``atoms.info["dataset_index"]`` records
-    the position in the file (0-based) so results can be traced back to rows.
+    the position in the file (0-based) so results can be traced back to rows. Labels of other files are read
+    by :func:`mlipbias.datasets.read_labelled` under the names of ``keys`` (a ``LabelKeys``; default
+    ``energy``, ``forces``), which also refuses non-finite numbers naming the frame; labels are optional.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,13 +70,10 @@ def read_configurations(path: str | Path, max_configs: int | None = None) -> lis
             atoms.info.update(row.key_value_pairs)
             configs.append(atoms)
     else:
-        import ase.io
+        from mlipbias.datasets import read_labelled
 
-        index = f":{max_configs}" if max_configs else ":"
-        try:
-            configs = ase.io.read(path, index=index)
-        except Exception as exc:  # ase.io raises many kinds for unknown or broken formats
-            raise ValueError(f"cannot read {path} with ase.io: {exc}") from exc
+        configs = read_labelled(path, keys=keys, require_energy=False, require_forces=False)
+        configs = configs[:max_configs] if max_configs else configs
     if not configs:
         raise ValueError(f"dataset {path} holds no configurations")
     for i, atoms in enumerate(configs):
@@ -95,7 +94,7 @@ def _where(atoms: Atoms, position: int) -> str:
 
 def _each(configs: Sequence[Atoms], desc: str, progress: bool):
     """(position, atoms, name for messages) over configs, with a progress bar."""
-    bar = tqdm(configs, desc=desc, unit="config", disable=not progress, leave=False)
+    bar = tqdm(configs, desc=desc, unit="config", disable=None if progress else True, leave=False)
     return ((i, atoms, _where(atoms, i)) for i, atoms in enumerate(bar))
 
 
@@ -506,6 +505,7 @@ def run_diagnosis(
     settings: AdversarialSettings | None = None,
     labels: dict | None = None,
     progress: bool = True,
+    label_keys=None,
     **overrides,
 ) -> dict:
     """Run seed 001's diagnosis of an approximate model against an accurate one on a dataset.
@@ -519,6 +519,8 @@ def run_diagnosis(
     settings / overrides: an ``AdversarialSettings``, and/or its fields as keywords (``gd_steps=10``).
     labels: names of the two models for the cache ({"approx": ..., "accurate": ...}); a rerun must give
         the same.
+    label_keys: a ``mlipbias.datasets.LabelKeys``: where a dataset file that is not an ase.db keeps its
+        reference energies and forces (for ``use_dataset_labels``).
 
     Returns the results dict (all numbers, units in ``results["units"]``).
     """
@@ -528,7 +530,7 @@ def run_diagnosis(
     data_path = None
     if isinstance(configs, str | Path):
         data_path = str(configs)
-        configs = read_configurations(configs, settings.max_configs)
+        configs = read_configurations(configs, settings.max_configs, label_keys)
     configs = [_numbered(atoms, i) for i, atoms in enumerate(_first(configs, settings.max_configs))]
     if not configs:
         raise ValueError("the dataset holds no configurations")

@@ -173,6 +173,17 @@ def register(sub) -> None:
     )
     p.add_argument("--e-min-key", default=defaults.e_min_key, help="dataset key of the minimum's energy (eV)")
     p.add_argument(
+        "--energy-key",
+        default="energy",
+        help="name of the reference energy (eV) in atoms.info of a --data file that is not an ase.db, e.g. "
+        "REF_energy (default: energy, also ASE's stored results)",
+    )
+    p.add_argument(
+        "--forces-key",
+        default="forces",
+        help="name of the reference forces (eV/A) in atoms.arrays of such a file (default: forces)",
+    )
+    p.add_argument(
         "--minimum-key",
         default=defaults.minimum_key,
         help="dataset key naming the minimum a configuration was displaced from (relax one per value)",
@@ -219,6 +230,7 @@ def run_adversarial(args) -> int:
     from mlipbias.adversarial.evaluator import CalculationError
     from mlipbias.adversarial.experiments import run_diagnosis
     from mlipbias.adversarial.report import write_report
+    from mlipbias.datasets import LabelKeys
 
     names = {f.name for f in fields(AdversarialSettings)}
     settings = AdversarialSettings(**{key: value for key, value in vars(args).items() if key in names})
@@ -228,8 +240,16 @@ def run_adversarial(args) -> int:
     accurate = _calculator_from_spec(args.accurate)
     labels = {"approx": args.approx.strip(), "accurate": args.accurate.strip()}
     try:
+        keys = LabelKeys(energy=args.energy_key, forces=args.forces_key)
         results = run_diagnosis(
-            approx, accurate, args.data, args.out, settings, labels=labels, progress=not args.no_progress
+            approx,
+            accurate,
+            args.data,
+            args.out,
+            settings,
+            labels=labels,
+            progress=not args.no_progress,
+            label_keys=keys,
         )
     except CalculationError as exc:
         if args.debug:

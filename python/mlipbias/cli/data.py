@@ -159,6 +159,8 @@ def _read_config(path: str, known: set[str]) -> dict:
             config = yaml.safe_load(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not a text (UTF-8) YAML file") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"config {path} is not valid YAML: {exc}") from exc
     if config is None:
@@ -217,9 +219,12 @@ def run_generate(args) -> int:
         print(f"mlipbias data generate: oracle error: {exc}", file=sys.stderr)
         print("rows labelled so far are kept; rerun the same command to resume", file=sys.stderr)
         return 1
+    by_others = result.n_requested - result.n_existing - result.n_written
     print(
         f"{result.path}: {result.n_written} new {result.mode} structures labelled, "
-        f"{result.n_existing} already present, {result.n_requested} requested"
+        f"{result.n_existing} already present, "
+        + (f"{by_others} labelled meanwhile by another process, " if by_others else "")
+        + f"{result.n_requested} requested"
     )
     print(format_summary(summarize(result.path)))
     return 0

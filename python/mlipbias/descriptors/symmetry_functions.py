@@ -378,7 +378,7 @@ class SymmetryFunctions:
         from tqdm import tqdm
 
         show = len(structures) >= 200 if progress is None else progress
-        bar = tqdm(structures, desc="neighbour lists", disable=not show, file=sys.stderr)
+        bar = tqdm(structures, desc="neighbour lists", disable=None if show else True, file=sys.stderr)
         parts = [self.neighbours(atoms, f"structure {k}") for k, atoms in enumerate(bar)]
         return self.compute_neighbours(NeighbourData.concatenate(parts), derivatives)
 

@@ -31,6 +31,15 @@ class DataSettings:
     validation_path: str | None = None
     test_path: str | None = None
     seed: int = 0
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+
+    @property
+    def label_keys(self):
+        from mlipbias.datasets import LabelKeys
+
+        return LabelKeys(self.energy_key, self.forces_key, self.stress_key)
 
 
 @dataclass
@@ -48,6 +57,7 @@ class DescriptorSettings:
 class OutputSettings:
     directory: str = "run"
     model: str = "model.mlip"
+    tensorboard: bool = False
 
 
 @dataclass
@@ -74,13 +84,16 @@ TEMPLATE = """\
 # the values shown are the defaults. Check with `mlipbias train CONFIG.yaml --check`.
 
 data:
-  path: dataset.db              # ase.db of labelled structures (`mlipbias data generate`)
-  selection: null               # ase.db selection, e.g. "mode=displacements"
+  path: dataset.db              # ase.db (`mlipbias data generate`) or any file ase.io reads (extxyz, ...)
+  selection: null               # ase.db selection, e.g. "mode=displacements" (ase.db files only)
   validation_fraction: 0.1      # of data.path, for early stopping and calibration
   test_fraction: 0.1            # of data.path, held out; its metrics are printed at the end
-  validation_path: null         # a separate validation database instead of the fraction
-  test_path: null               # a separate test database instead of the fraction
-  seed: 0                       # seed of the random split
+  validation_path: null         # a separate validation file instead of the fraction
+  test_path: null               # a separate test file instead of the fraction
+  seed: 0                       # seed of the random split (ids in output.directory/split.json)
+  energy_key: energy            # label names in the files: energy (eV) and stress (eV/A^3) in
+  forces_key: forces            # atoms.info, forces (eV/A) in atoms.arrays; e.g. REF_energy,
+  stress_key: stress            # REF_forces, REF_stress for MACE-style extxyz
 
 descriptor:
   preset: auto                  # auto (shells and cutoffs from the data's distances), SiO2, Si or molecules
@@ -120,16 +133,25 @@ training:
   min_learning_rate: 1.0e-05
   early_stopping_patience: 80   # stop when no member improved for this many epochs
   loss: mse                     # mse or mae
+  # Loss weights (docs/models.md, "Loss weights"): energy per atom and force components 1:1, as
+  # nequip's examples and DeePMD-kit's final prefactors (MACE: 1:100; Tan et al. 2023: 0.1:1 on
+  # absolute errors of total energies and forces). Forces make a model fit for MD; an epoch costs
+  # ~100x the CPU time of an energy-only one (benchmarks/RESULTS.md). Energies only:
+  # force_weight: 0 and stress_weight: 0.
   energy_weight: 1.0            # on the energy per atom (eV/atom)
-  force_weight: 0.0             # on force components (eV/A); > 0 costs ~100x more per epoch
-  stress_weight: 0.0            # on stress components (eV/A^3)
+  force_weight: 1.0             # on force components (eV/A)
+  stress_weight: 1.0            # on stress components (eV/A^3), as MACE; used for the periodic
+                                # structures that have a stress, ignored when none has
   nll_weight: 1.0               # on the negative log-likelihood of mve / evidential heads
   seed: 0
   device: auto                  # auto (CUDA when torch sees it), cpu or cuda:N
 
 output:
-  directory: run                # metrics.jsonl, checkpoint.pt, best.mlip, split.json, test_metrics.json
+  directory: run                # metrics.jsonl, metrics.csv, learning_curve.png, checkpoint.pt, best.mlip,
+                                # split.json, test_metrics.json
   model: model.mlip             # the final model, inside directory
+  tensorboard: false            # also write TensorBoard events to directory/tensorboard (needs the
+                                # tensorboard package; metrics.csv and learning_curve.png are always written)
 """
 
 
@@ -231,7 +253,9 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
             f"{path}: no such configuration file (`mlipbias train --template` writes one)"
         )
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (UTF-8) YAML file; is it the configuration?") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from None
     try:
@@ -244,6 +268,11 @@ def _check(config: TrainConfig) -> None:
     d = config.data
     if not d.path:
         raise ValueError("config key data.path is required: the ase.db file of labelled structures")
+    if d.seed < 0:
+        raise ValueError(f"config key data.seed = {d.seed}: expected an integer >= 0")
+    for key in ("energy_key", "forces_key", "stress_key"):
+        if not getattr(d, key):
+            raise ValueError(f"config key data.{key} is empty")
     for key in ("validation_fraction", "test_fraction"):
         value = getattr(d, key)
         if not 0 <= value < 1:

@@ -35,7 +35,8 @@ UNCERTAINTY_KEYS = (
 class Evaluation:
     """Predictions per method on the test data (and the calibration data), and the metrics table.
 
-    ``table`` maps ``"energy"``/``"forces"`` + method (e.g. ``"energy ensemble"``) to its metrics;
+    ``table`` maps ``"energy"``/``"forces"``/``"stress"`` + method (e.g. ``"energy ensemble"``) to its
+    metrics (stress: RMSE and MAE only, over the structures with a reference stress);
     ``coverage`` the fraction of test errors inside the model's calibrated ``U`` (energy) and
     ``U_i`` (forces) per method.
     """
@@ -132,12 +133,23 @@ def evaluate_methods(
         table[f"energy{suffix}"] = result["energy"]
         if "forces" in result:
             table[f"forces{suffix}"] = result["forces"]
+        stress = stress_accuracy(p, data) if forces else None
+        if stress is not None:
+            table[f"stress{suffix}"] = stress
         if method is not None:
             coverage[f"energy {method}"] = float(np.mean(np.abs(p.energy - data.energy) <= p.uncertainty))
             if forces:
                 errors = force_rmse_per_atom(p.forces, data.forces)
                 coverage[f"forces {method}"] = float(np.mean(errors <= p.atom_uncertainty))
     return Evaluation(predictions, table, coverage)
+
+
+def stress_accuracy(p: Predictions, data: AtomsData) -> dict[str, float] | None:
+    """RMSE and MAE of the stress components (eV/A^3) over the structures with a reference stress."""
+    if p.stress is None or not data.has_stress:
+        return None
+    residuals = (p.stress - data.stress)[data.stress_mask]
+    return {"rmse": float(np.sqrt(np.mean(residuals**2))), "mae": float(np.mean(np.abs(residuals)))}
 
 
 def format_evaluation(evaluation: Evaluation) -> str:
@@ -147,7 +159,7 @@ def format_evaluation(evaluation: Evaluation) -> str:
         suffix = f" {method}" if method else ""
         columns = {
             q: evaluation.table[f"{q}{suffix}"]
-            for q in ("energy", "forces")
+            for q in ("energy", "forces", "stress")
             if f"{q}{suffix}" in evaluation.table
         }
         text = f"uncertainty: {method or 'none'}\n" + format_table(columns)
@@ -159,7 +171,10 @@ def format_evaluation(evaluation: Evaluation) -> str:
         if cells:
             text += "\nfraction of errors within the calibrated U: " + ", ".join(cells)
         blocks.append(text)
-    units = "(rmse, mae: eV/atom for energy, eV/A per component for forces; cnll needs calibration data)"
+    units = (
+        "(rmse, mae: eV/atom for energy, eV/A per component for forces, eV/A^3 per component for stress; "
+        "cnll needs calibration data)"
+    )
     return "\n\n".join(blocks) + "\n" + units
 
 

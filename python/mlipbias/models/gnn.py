@@ -548,7 +548,7 @@ def train_gnn(
 
     history, best = [], math.inf
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    bar = tqdm(range(training.epochs), desc="GNN training", unit="epoch", disable=not progress)
+    bar = tqdm(range(training.epochs), desc="GNN training", unit="epoch", disable=None if progress else True)
     for epoch in bar:
         model.train()
         order = rng.permutation(len(train_items))

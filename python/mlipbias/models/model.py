@@ -325,7 +325,7 @@ class MLIPModel:
         parts = []
         groups = data.batches(batch_size, indices)
         with one_torch_thread():
-            for group in tqdm(groups, desc="evaluating", disable=not progress, unit="batch"):
+            for group in tqdm(groups, desc="evaluating", disable=None if progress else True, unit="batch"):
                 batch = data.batch(group, self.device, neighbours=need_pairs)
                 parts.append(
                     self.evaluate(

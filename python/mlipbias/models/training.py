@@ -101,8 +101,10 @@ class TrainingSettings:
     early_stopping_patience: int = 80
     loss: str = "mse"
     energy_weight: float = 1.0
-    force_weight: float = 0.0
-    stress_weight: float = 0.0
+    # Forces and stresses by default: a model fitted to energies alone is unfit for MD (see
+    # docs/models.md, "Loss weights", for where these values come from and what they cost).
+    force_weight: float = 1.0
+    stress_weight: float = 1.0
     nll_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -157,6 +159,8 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
     if not uq.evidential_regularization >= 0:
         fail("uncertainty.evidential_regularization", uq.evidential_regularization, "expected >= 0")
     t = training
+    if isinstance(t.seed, bool) or int(t.seed) != t.seed or t.seed < 0:
+        fail("training.seed", t.seed, "expected an integer >= 0")
     for name in ("epochs", "batch_size", "decay_patience", "early_stopping_patience"):
         value = getattr(t, name)
         if isinstance(value, bool) or int(value) != value or value < 1:
@@ -252,6 +256,7 @@ def batch_loss(
         s_res = (S - batch.stress)[:, mask]
         if s_res.shape[1]:
             per_member = per_member + t.stress_weight * _residual_loss(s_res, t.loss, (1, 2))
+            parts["stress_rmse"] = torch.sqrt((s_res.detach() ** 2).mean(dim=(1, 2)))
     total = per_member.sum()
     if joint_head and t.nll_weight > 0:
         force_res = None if f_res is None else f_res[0]
@@ -312,13 +317,17 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = log_line,
     description: str = "",
+    tensorboard: bool = False,
 ) -> TrainingResult:
     """Train a model with its uncertainty methods (see the module docstring for the steps).
 
     Both data sets need reference energies; forces and stresses are used when the weights ask for
-    them. ``output_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``best.mlip`` (nothing is
-    written without it); ``resume`` continues from its checkpoint. Torch runs on one intra-op thread
-    meanwhile (:func:`mlipbias.models.model.one_torch_thread`).
+    them (stresses of the structures that have one). ``output_dir`` receives ``metrics.jsonl``,
+    ``metrics.csv``, ``learning_curve.png``, ``checkpoint.pt`` and ``best.mlip`` (nothing is written
+    without it), and with ``tensorboard`` TensorBoard events in ``tensorboard/`` when
+    ``torch.utils.tensorboard`` imports (:mod:`mlipbias.models.training_log`); ``resume``
+    continues from its checkpoint. Torch runs on one intra-op thread meanwhile
+    (:func:`mlipbias.models.model.one_torch_thread`).
     """
     with one_torch_thread():
         return _train(
@@ -332,12 +341,19 @@ def train(
             progress,
             log,
             description,
+            tensorboard,
         )
 
 
-def _train(train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description):
+def _train(
+    train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description, tensorboard
+):
+    from mlipbias.models.training_log import TrainingLog, rmse_text
+
     check_settings(model, uq, t)
     _check_data(train_data, validation_data, t, uq)
+    if t.stress_weight > 0 and not train_data.has_stress:
+        log(f"training.stress_weight is {t.stress_weight}, but no training structure has a stress: not used")
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     net = build_network(train_data, model, uq, t.seed).to(device)
@@ -365,10 +381,15 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
             log(f"resuming from {checkpoint} after epoch {state['epoch']}")
         elif checkpoint.exists() and not resume:
             checkpoint.unlink()
-        _rewrite_log(out / "metrics.jsonl", state["history"])
+        elif resume:
+            log(f"no checkpoint in {out}: starting at epoch 1")
+    history_log = TrainingLog(out, tensorboard, log)
+    history_log.start(state["history"])
 
     need_pairs = (
-        t.force_weight > 0 or t.stress_weight > 0 or (net.head is not None and uq.head_training == "joint")
+        t.force_weight > 0
+        or (t.stress_weight > 0 and train_data.has_stress)
+        or (net.head is not None and uq.head_training == "joint")
     )
     from tqdm import tqdm
 
@@ -378,7 +399,7 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
         desc="training",
         unit="epoch",
         file=sys.stderr,
-        disable=not progress,
+        disable=None if progress else True,
     )
     start_epoch = state["epoch"]
     if start_epoch and start_epoch - max(state["best_epoch"]) >= t.early_stopping_patience:
@@ -421,26 +442,23 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
             "validation_energy_rmse": [float(v) for v in val["energy_rmse"]],
             "seconds": time.perf_counter() - started,
         }
-        if "force_rmse" in val:
-            record["validation_force_rmse"] = [float(v) for v in val["force_rmse"]]
+        for key in ("force_rmse", "stress_rmse"):
+            if key in val:
+                record[f"validation_{key}"] = [float(v) for v in val[key]]
         state["history"].append(record)
         state["epoch"] = epoch
+        history_log.add(record, state["history"])
         if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
             if improved:
                 _save_best(net, state["best_params"], out / "best.mlip", description)
             _save_checkpoint(out / "checkpoint.pt", net, optimizer, scheduler, state, settings_key)
         bar.update(1)
-        bar.set_postfix(
-            loss=f"{record['train_loss']:.3g}",
-            val_E=f"{1000 * np.mean(record['validation_energy_rmse']):.2f}meV/at",
-            lr=f"{lr:.2g}",
-        )
-        if not progress and (epoch % max(1, t.epochs // 10) == 0 or epoch == 1):
+        bar.set_postfix_str(f"loss {record['train_loss']:.3g}, val RMSE {rmse_text(record)}, lr {lr:.2g}")
+        # Without a bar (--no-progress, or output that is not a terminal) a line every tenth of the run.
+        if bar.disable and (epoch % max(1, t.epochs // 10) == 0 or epoch == 1):
             log(
-                f"epoch {epoch}/{t.epochs}: train loss {record['train_loss']:.4g}, validation energy RMSE "
-                f"{1000 * np.mean(record['validation_energy_rmse']):.3g} meV/atom, lr {lr:.3g}"
+                f"epoch {epoch}/{t.epochs}: train loss {record['train_loss']:.4g}, validation RMSE "
+                f"{rmse_text(record)}, lr {lr:.3g}"
             )
         since_best = epoch - max(state["best_epoch"])
         if since_best >= t.early_stopping_patience:
@@ -450,6 +468,7 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
             log(f"stopping after epoch {epoch}: learning rate at its minimum and no improvement")
             break
     bar.close()
+    history_log.close(state["history"])
     net.load_state_dict(state["best_params"])
     net.eval()
     for m in range(M):
@@ -520,7 +539,11 @@ def fit_heads(
 
     best, best_epoch, best_state = math.inf, 0, {k: p.detach().clone() for k, p in params.items()}
     bar = tqdm(
-        total=uq.head_epochs, desc="post-hoc heads", unit="epoch", file=sys.stderr, disable=not progress
+        total=uq.head_epochs,
+        desc="post-hoc heads",
+        unit="epoch",
+        file=sys.stderr,
+        disable=None if progress else True,
     )
     for epoch in range(1, uq.head_epochs + 1):
         order = np.random.default_rng([t.seed, 10**6 + epoch]).permutation(len(train_data))
@@ -545,21 +568,21 @@ def _check_data(train_data: AtomsData, validation_data: AtomsData, t: TrainingSe
         if data.energy is None:
             raise ValueError(f"the {name} data has no reference energies")
         if t.force_weight > 0 and not data.has_forces:
-            raise ValueError(f"training.force_weight is {t.force_weight} but the {name} data has no forces")
+            raise ValueError(
+                f"training.force_weight is {t.force_weight} but the {name} data has no forces (for every "
+                "structure); set training.force_weight: 0 to train on energies only"
+            )
         heads = any(m in ("mve", "evidential") for m in uq.methods)
         if heads and uq.head_training == "post_hoc" and not data.has_forces:
             raise ValueError(
                 f"post-hoc mve and evidential heads fit force residuals: the {name} data needs forces"
             )
-        if (t.force_weight > 0 or t.stress_weight > 0 or heads) and data.neighbours is None:
+        stress = t.stress_weight > 0 and data.has_stress
+        if (t.force_weight > 0 or stress or heads) and data.neighbours is None:
             raise ValueError(
                 f"the {name} data was prepared without neighbour pairs, needed for forces (force or stress "
                 "weights, mve and evidential heads)"
             )
-    if t.stress_weight > 0 and not train_data.has_stress:
-        raise ValueError(
-            f"training.stress_weight is {t.stress_weight} but no training structure has a stress"
-        )
     if train_data.descriptor != validation_data.descriptor:
         raise ValueError("training and validation data were prepared with different descriptors")
 
@@ -579,17 +602,18 @@ def _scheduler(optimizer, t: TrainingSettings):
 def _validation(net, data: AtomsData, t, uq, device, need_pairs) -> dict:
     """Per-member validation loss and RMSEs over the whole validation set (weighted by batch size)."""
     sums: dict[str, torch.Tensor] = {}
-    total = 0
+    totals: dict[str, int] = {}
     for group in data.batches(max(t.batch_size, 32)):
         batch = data.batch(group, device, neighbours=need_pairs)
         with torch.set_grad_enabled(need_pairs):
             _, per_member, parts = batch_loss(net, batch, t, uq, create_graph=False)
-        w = len(group)
         items = {"loss": per_member.detach(), **{k: v**2 for k, v in parts.items() if k.endswith("rmse")}}
         for key, value in items.items():
+            # Structures weigh equally; the stress RMSE averages over those with a stress.
+            w = int(batch.stress_mask.sum()) if key == "stress_rmse" else len(group)
             sums[key] = sums.get(key, 0.0) + w * value.detach().cpu()
-        total += w
-    out = {key: (value / total).numpy() for key, value in sums.items()}
+            totals[key] = totals.get(key, 0) + w
+    out = {key: (value / totals[key]).numpy() for key, value in sums.items()}
     for key in list(out):
         if key.endswith("rmse"):
             out[key] = np.sqrt(out[key])
@@ -608,6 +632,21 @@ def _save_best(net: BPNN, best_params: dict, path: Path, description: str) -> No
     save_model(MLIPModel(net.clone(best_params), description=description), path)
 
 
+def _plain(value):
+    """``value`` as tensors and plain Python types only, what ``torch.load(weights_only=True)`` reads."""
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (torch.Tensor, bool, int, float, str)):
+        return value
+    raise TypeError(f"checkpoint entry of type {type(value).__name__} is not a tensor or plain type")
+
+
 def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, settings_key: str) -> None:
     payload = {
         "version": CHECKPOINT_VERSION,
@@ -618,12 +657,32 @@ def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, setting
         "state": state,
     }
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
+    torch.save(_plain(payload), tmp)
     tmp.replace(path)
 
 
 def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
-    payload = torch.load(path, map_location=device, weights_only=False)
+    import pickle
+    import zipfile
+
+    # weights_only: a checkpoint holds tensors and plain types only, so no object in it is ever built
+    # (a crafted pickle that would run code is refused before anything of it runs).
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: refused to load: the checkpoint holds objects other than tensors and plain types "
+            f"(not one mlipbias wrote; it may be crafted to run code): {str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path}: the checkpoint is truncated or damaged ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); delete it to start the run "
+            "again with --overwrite"
+        ) from None
+    keys = ("version", "settings", "network", "optimizer", "scheduler", "state")
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise ValueError(f"{path}: not an mlipbias training checkpoint (expected entries {', '.join(keys)})")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {payload.get('version')} is not {CHECKPOINT_VERSION}")
     if payload["settings"] != settings_key:
@@ -636,13 +695,6 @@ def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, d
     if scheduler is not None and payload["scheduler"] is not None:
         scheduler.load_state_dict(payload["scheduler"])
     return payload["state"]
-
-
-def _rewrite_log(path: Path, history: list[dict]) -> None:
-    """The metrics log holds exactly the epochs of the state we start from."""
-    with open(path, "w") as f:
-        for record in history:
-            f.write(json.dumps(record) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ uncertainty
