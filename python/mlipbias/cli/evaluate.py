@@ -23,7 +23,8 @@ def register(sub) -> None:
         description=(
             "Evaluate a .mlip model on labelled structures (an ase.db or any file ase.io reads): energies, "
             "forces, stresses and the uncertainty of every method, the metrics table of Tan et al. (2023), "
-            "JSON and PNG plots. Given a training run's folder as --model, scores the run's held-out test split."
+            "JSON and PNG plots. Given a training run's folder as --model, scores the run's held-out test "
+            "split."
         ),
     )
     p.add_argument(
