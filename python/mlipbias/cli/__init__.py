@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "mlipbias.cli.train",
     "mlipbias.cli.evaluate",
     "mlipbias.cli.adversarial",
+    "mlipbias.cli.al",
     "mlipbias.cli.info",
 ]
 

@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--check", action="store_true", help="validate the configuration and exit")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     p.add_argument(
+        "--init-model",
+        metavar="M.mlip",
+        default=None,
+        help="warm start: begin from the weights of this model (same descriptor and architecture)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch and OpenMP threads (default: torch's choice)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -54,7 +60,9 @@ def run_train(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    run_training(config, resume=args.resume, progress=args.progress)
+    if args.init_model and not Path(args.init_model).is_file():
+        raise FileNotFoundError(f"--init-model {args.init_model}: no such model file")
+    run_training(config, resume=args.resume, progress=args.progress, init_model=args.init_model)
     return 0
 
 
@@ -79,8 +87,9 @@ def _split(config, progress: bool):
     return train, validation, test
 
 
-def run_training(config, *, resume: bool = False, progress: bool = True, log=None):
-    """Train, save and evaluate as the configuration says; returns (model, evaluation or None)."""
+def run_training(config, *, resume: bool = False, progress: bool = True, log=None, init_model=None):
+    """Train, save and evaluate as the configuration says; returns (model, evaluation or None).
+    ``init_model``: warm start from this model's weights (:func:`mlipbias.models.train`)."""
     from mlipbias.models import AtomsData, save_model, train
     from mlipbias.models.training import log_line
 
@@ -125,6 +134,7 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
         progress=progress,
         log=log,
         description=description,
+        init_model=init_model,
     )
     path = save_model(result.model, config.model_path)
     log(f"model written to {path} (uncertainty methods: {' '.join(result.model.methods) or 'none'})")

@@ -312,13 +312,16 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = log_line,
     description: str = "",
+    init_model: str | Path | MLIPModel | None = None,
 ) -> TrainingResult:
     """Train a model with its uncertainty methods (see the module docstring for the steps).
 
     Both data sets need reference energies; forces and stresses are used when the weights ask for
     them. ``output_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``best.mlip`` (nothing is
     written without it); ``resume`` continues from its checkpoint. Torch runs on one intra-op thread
-    meanwhile (:func:`mlipbias.models.model.one_torch_thread`).
+    meanwhile (:func:`mlipbias.models.model.one_torch_thread`). ``init_model`` (a model or a
+    ``.mlip`` path of the same architecture) warm-starts from its weights, input scaling and energy
+    shift instead of fresh ones (active learning); a checkpoint being resumed takes precedence.
     """
     with one_torch_thread():
         return _train(
@@ -332,15 +335,19 @@ def train(
             progress,
             log,
             description,
+            init_model,
         )
 
 
-def _train(train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description):
+def _train(train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description, init_model):
     check_settings(model, uq, t)
     _check_data(train_data, validation_data, t, uq)
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     net = build_network(train_data, model, uq, t.seed).to(device)
+    if init_model is not None:
+        warm_start(net, init_model)
+        log(f"warm start from {init_model if isinstance(init_model, (str, Path)) else 'the given model'}")
     optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
     M = net.n_members
@@ -461,6 +468,25 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
     return TrainingResult(
         result_model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
     )
+
+
+def warm_start(net: BPNN, init_model) -> None:
+    """Copy the parameters and buffers of ``init_model`` (MLIPModel or .mlip path) into ``net``;
+    a ValueError names what differs when the architectures do not match."""
+    from mlipbias.models.model import load_model
+
+    source = init_model if isinstance(init_model, MLIPModel) else load_model(init_model)
+    state, target = source.network.state_dict(), net.state_dict()
+    if tuple(source.network.elements) != tuple(net.elements):
+        raise ValueError(f"init model has elements {source.network.elements}, the data {net.elements}")
+    missing = sorted(set(target) ^ set(state))
+    shapes = sorted(k for k in set(target) & set(state) if tuple(target[k].shape) != tuple(state[k].shape))
+    if missing or shapes:
+        raise ValueError(
+            "init model does not match the configured architecture (descriptor, hidden layers, members, heads): "
+            f"differing parameters {', '.join((missing + shapes)[:6])}"
+        )
+    net.load_state_dict({k: v.to(target[k].device, target[k].dtype) for k, v in state.items()})
 
 
 def _residuals(net: BPNN, data: AtomsData, device, batch_size: int):
