@@ -121,8 +121,9 @@ class ActiveLearning:
             )
             if changed:
                 raise ValueError(
-                    f"{self.directory} holds a run with another configuration (changed: {', '.join(changed)}); "
-                    "use another output.directory, or restore the configuration to resume"
+                    f"{self.directory} holds a run with another configuration "
+                    f"(changed: {', '.join(changed)}); use another output.directory, or restore the "
+                    "configuration to resume"
                 )
         self._state = {"version": STATE_VERSION, "config": current, "generation": 0, "phase": "initial"}
         write_json(path, self._state)
@@ -242,8 +243,8 @@ class ActiveLearning:
             self._label_tasks(tasks)
         if self.dataset_size() < 2:
             raise ValueError(
-                f"{self.dataset_path}: generation 0 left {self.dataset_size()} labelled structure(s), training "
-                f"needs at least 2 (see {self.rejects_path} for rejected ones)"
+                f"{self.dataset_path}: generation 0 left {self.dataset_size()} labelled structure(s), "
+                f"training needs at least 2 (see {self.rejects_path} for rejected ones)"
             )
 
     # ---------------------------------------------------------------- train
@@ -413,7 +414,8 @@ class ActiveLearning:
         pool, _ = self.candidates(generation)
         done = self.done_keys()
         tasks = []
-        for index, walker, key in zip(selection["indices"], selection["walkers"], selection["keys"]):
+        chosen = zip(selection["indices"], selection["walkers"], selection["keys"], strict=True)
+        for index, walker, key in chosen:
             if key in done:
                 continue
             atoms = pool[index]

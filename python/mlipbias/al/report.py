@@ -70,7 +70,7 @@ def format_table(rows: list[dict]) -> str:
                 line.append(fmt.format(1000 * value if key == "test_energy_rmse" else value))
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table)
 
 
 def write_plots(rows: list[dict], path: Path) -> None:

@@ -16,12 +16,12 @@ def register(sub) -> None:
         "al",
         help="active learning: train, explore with (biased) MD walkers, select, label, retrain",
         description=(
-            "Generations of train -> calibrate -> explore with K walkers (uncertainty-biased or plain MD in "
-            "ASE or LAMMPS, or random perturbations) -> batch selection -> oracle labels -> retrain, until the "
-            "dataset reaches stop.max_size or the test error stop.force_rmse (Zaverkin et al. 2024). Walkers "
-            "and labels run as dask.distributed tasks. Every label is written the moment it exists; rerun "
-            "the same command to resume after an interruption. Start from `mlipbias al --template > al.yaml`; "
-            "docs/active_learning.md explains the keys."
+            "Generations of train -> calibrate -> explore with K walkers (uncertainty-biased or plain MD "
+            "in ASE or LAMMPS, or random perturbations) -> batch selection -> oracle labels -> retrain, "
+            "until the dataset reaches stop.max_size or the test error stop.force_rmse (Zaverkin et al. "
+            "2024). Walkers and labels run as dask.distributed tasks. Every label is written the moment it "
+            "exists; rerun the same command to resume after an interruption. Start from "
+            "`mlipbias al --template > al.yaml`; docs/active_learning.md explains the keys."
         ),
     )
     p.add_argument("config", nargs="?", help="the YAML configuration")

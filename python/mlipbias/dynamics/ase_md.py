@@ -37,7 +37,7 @@ def make_integrator(atoms: Atoms, settings: ExplorerSettings, rng: np.random.Gen
         )
     if not atoms.pbc.all():
         raise ValueError("explore.ensemble = npt needs a cell periodic in all three directions")
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
+    from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 
     integrator = IsotropicMTKNPT if s.cell_fluctuations == "iso" else MTKNPT
     return integrator(

@@ -94,7 +94,8 @@ def explore_lammps_md(model_path: str, start: Atoms, settings: ExplorerSettings,
                 couple = "iso" if s.cell_fluctuations == "iso" else "tri"
                 p = s.pressure * BAR_PER_GPA
                 integrate = (
-                    f"fix integrate all npt temp {s.temperature!r} {s.temperature!r} {s.thermostat_time / 1000!r} "
+                    f"fix integrate all npt temp {s.temperature!r} {s.temperature!r} "
+                    f"{s.thermostat_time / 1000!r} "
                     f"{couple} {p!r} {p!r} {s.barostat_time / 1000!r}"
                 )
             lmp.commands_string(

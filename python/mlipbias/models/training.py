@@ -339,7 +339,9 @@ def train(
         )
 
 
-def _train(train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description, init_model):
+def _train(
+    train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description, init_model
+):
     check_settings(model, uq, t)
     _check_data(train_data, validation_data, t, uq)
     device = resolve_device(t.device)
@@ -483,8 +485,8 @@ def warm_start(net: BPNN, init_model) -> None:
     shapes = sorted(k for k in set(target) & set(state) if tuple(target[k].shape) != tuple(state[k].shape))
     if missing or shapes:
         raise ValueError(
-            "init model does not match the configured architecture (descriptor, hidden layers, members, heads): "
-            f"differing parameters {', '.join((missing + shapes)[:6])}"
+            "init model does not match the configured architecture (descriptor, hidden layers, members, "
+            f"heads): differing parameters {', '.join((missing + shapes)[:6])}"
         )
     net.load_state_dict({k: v.to(target[k].device, target[k].dtype) for k, v in state.items()})
 
