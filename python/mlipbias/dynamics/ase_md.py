@@ -53,7 +53,7 @@ def make_integrator(atoms: Atoms, settings: ExplorerSettings, rng: np.random.Gen
 def explore_ase_md(model_path: str, start: Atoms, settings: ExplorerSettings, seed: int) -> Exploration:
     """Run MD from ``start`` until max_i U_i >= threshold or ``max_steps``; candidates every
     ``record_interval`` steps and at the stop (see :class:`ExplorerSettings`)."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     from mlipbias.calculators import MLIPCalculator
     from mlipbias.structures import check_structure
@@ -72,7 +72,7 @@ def explore_ase_md(model_path: str, start: Atoms, settings: ExplorerSettings, se
     )
     if atoms.calc.uncertainty is None:
         raise ValueError(f"{model_path}: the model has no uncertainty method, so no walker can stop on it")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=s.temperature, rng=rng)
+    thermalize_momenta(atoms, temperature_K=s.temperature, rng=rng)
     Stationary(atoms)
     dynamics = make_integrator(atoms, s, rng)
     candidates: list[Atoms] = []

@@ -82,8 +82,8 @@ def explore_lammps_md(model_path: str, start: Atoms, settings: ExplorerSettings,
             bias.append(f"rescale {'yes' if s.rescale and s.biased else 'no'}")
             if s.min_distance > 0:
                 bias.append(f"min_distance {s.min_distance!r}")
-            velocity_seed = int(rng.integers(1, 2**30))
-            thermostat_seed = int(rng.integers(1, 2**30))
+            velocity_seed = int(rng.integers(1, 900_000_000))
+            thermostat_seed = int(rng.integers(1, 900_000_000))
             if s.ensemble == "nvt":
                 integrate = (
                     f"fix integrate all nve\n"
