@@ -235,3 +235,46 @@ def test_warm_start_copies_the_model_and_refuses_another_architecture():
     other = build_network(data, ModelSettings(hidden=(7,)), UncertaintySettings(), seed=2)
     with pytest.raises(ValueError, match="does not match the configured architecture"):
         warm_start(other, MLIPModel(source))
+
+
+def test_cli_template_and_check(tmp_path, capsys):
+    from mlipbias.cli import main
+
+    assert main(["al", "--template"]) == 0
+    template = capsys.readouterr().out
+    assert template == TEMPLATE
+    good = _config(tmp_path)
+    assert main(["al", str(good), "--check"]) == 0
+    assert "configuration is valid" in capsys.readouterr().out
+    bad = _config(tmp_path, explore={"walkers": 0})
+    assert main(["al", str(bad), "--check"]) == 2
+    assert "explore.walkers" in capsys.readouterr().err
+
+
+def test_selection_wiring_matches_the_models_uncertainties(tmp_path):
+    """The first pick of max-det is the candidate of largest posterior U, of max-dist the one of largest
+    distance U (same atom count), as MLIPCalculator computes them; max-unc ranks the recorded U."""
+    from lammps_fixtures import structure, write_model
+
+    from mlipbias.al.loop import select_candidates
+    from mlipbias.calculators import MLIPCalculator
+    from mlipbias.dynamics.perturb import perturbed
+
+    model = str(write_model(tmp_path / "m.mlip"))
+    rng = np.random.default_rng(5)
+    pool = [perturbed(structure(0), 0.15, 0.03, rng) for _ in range(12)]
+    uncertainty = {}
+    for method in ("posterior", "distance"):
+        calc = MLIPCalculator(model, uncertainty=method, backend="torch")
+        uncertainty[method] = [calc.get_property("uncertainty", a.copy()) for a in pool]
+    for atoms, u in zip(pool, uncertainty["posterior"], strict=True):
+        atoms.info["uncertainty"] = u
+    det = select_candidates(pool, "max_det", 4, model)
+    dist = select_candidates(pool, "max_dist", 4, model)
+    assert det[0] == int(np.argmax(uncertainty["posterior"])) and len(set(det)) == 4
+    assert dist[0] == int(np.argmax(uncertainty["distance"])) and len(set(dist)) == 4
+    np.testing.assert_array_equal(
+        select_candidates(pool, "max_unc", 3, model), np.argsort(uncertainty["posterior"])[::-1][:3]
+    )
+    chosen = select_candidates(pool, "random", 5, model, rng=np.random.default_rng(0))
+    assert len(set(chosen)) == 5 and chosen.max() < len(pool)

@@ -392,6 +392,7 @@ class ActiveLearning:
                 size,
                 model_path,
                 noise=s.max_det_noise,
+                log=self.log,
                 rng=rng_for(self.config.seed, generation, 3),
             )
             if size > 0
@@ -507,7 +508,7 @@ def _get(section, key):
 
 
 def select_candidates(
-    pool: list[Atoms], method: str, size: int, model_path, *, noise: float = 0.0, rng=None
+    pool: list[Atoms], method: str, size: int, model_path, *, noise: float = 0.0, rng=None, log=log_line
 ) -> np.ndarray:
     """Indices of ``size`` candidates of ``pool`` by ``method`` (:mod:`mlipbias.uq.selection`).
 
@@ -536,9 +537,15 @@ def select_candidates(
     np.add.at(features, structure, phi)
     features /= data.n_atoms[:, None]
     if method == "max_det":
-        return select_batch(
-            "max_det", size, features=features, precision=model.gradient.precision_energy, noise=noise
-        )
+        precision = model.gradient.precision_energy
+        try:
+            return select_batch("max_det", size, features=features, precision=precision, noise=noise)
+        except ValueError as error:
+            # Near-duplicate candidates leave no posterior variance for a full batch: regularise, and say so.
+            variance = np.einsum("ij,jk,ik->i", features, precision, features)
+            noise = max(noise, 1e-6 * float(variance.max()))
+            log(f"max_det: {error}; selecting again with max_det_noise = {noise:.3g}")
+            return select_batch("max_det", size, features=features, precision=precision, noise=noise)
     return select_batch("max_dist", size, features=features, train_features=model.gradient.train_energy)
 
 

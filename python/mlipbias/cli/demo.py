@@ -165,8 +165,9 @@ HARD_SAMPLES = 40
 
 
 def demo_al_config(context: DemoContext, start: Path, hard: Path):
-    """Seed 002's loop, one generation at demo scale: 2 walkers of biased NVT MD at 1200 K in LAMMPS
-    (posterior uncertainty, stop at 1.5 eV/A or 1,000 steps), max-det batch of 16, BKS labels, and a
+    """Seed 002's loop, one generation at demo scale: 4 walkers of biased NVT MD at 1200 K in LAMMPS
+    (posterior uncertainty, stop at 3 eV/A or 1,000 steps; the demo model is trained on energies only, so its
+    calibrated force uncertainty is near seed 002's 1.5 eV/A already at equilibrium), max-det batch of 16, BKS labels, and a
     warm-started energy-only retraining with the demo model's settings."""
     from mlipbias.al.config import al_config_from_dict
 
@@ -189,12 +190,13 @@ def demo_al_config(context: DemoContext, start: Path, hard: Path):
             },
             "explore": {
                 "engine": "lammps",
-                "walkers": 2,
+                "walkers": 4,
                 "temperature": 1200.0,
                 "tau": 0.5,
                 "uncertainty": "posterior",
+                "threshold": 3.0,
                 "max_steps": 1000,
-                "record_interval": 20,
+                "record_interval": 5,
             },
             "select": {"method": "max_det", "batch_size": 16},
             "stop": {"max_size": 100000, "max_generations": 1},
