@@ -26,7 +26,10 @@ class DemoContext:
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="the main job on the shipped BKS silica: dataset, ensemble, metrics, adversarial diagnosis, active learning",
+        help=(
+            "the main job on the shipped BKS silica: dataset, ensemble, metrics, adversarial diagnosis, "
+            "active learning"
+        ),
         description=(
             "Step 1 (dataset): relax the shipped 96-atom amorphous SiO2 cell with BKS and label "
             "N random displacements (total L2 norm uniform in [0, 1] A, as in seed 001) into "
@@ -36,10 +39,10 @@ def register(sub) -> None:
             "(OUTPUT_DIR/model/). Step 3 (adversarial): seed 001's diagnosis of that model against BKS "
             "on test structures: how well its forces align with the direction in which its error grows, "
             "and the error after distortions along that direction and along random ones "
-            "(OUTPUT_DIR/adversarial/). Step 4 (active learning): one generation of seed 002's loop from that "
-            "model: biased MD walkers in LAMMPS, max-det selection, BKS labels, retraining, and the error on a "
-            "held-out set of larger displacements before and after (OUTPUT_DIR/active_learning/). Rerunning "
-            "resumes."
+            "(OUTPUT_DIR/adversarial/). Step 4 (active learning): one generation of seed 002's loop from "
+            "that model: biased MD walkers in LAMMPS, max-det selection, BKS labels, retraining, and the "
+            "error on a held-out set of larger displacements before and after (OUTPUT_DIR/active_learning/). "
+            "Rerunning resumes."
         ),
     )
     p.add_argument(
@@ -166,9 +169,9 @@ HARD_SAMPLES = 40
 
 def demo_al_config(context: DemoContext, start: Path, hard: Path):
     """Seed 002's loop, one generation at demo scale: 4 walkers of biased NVT MD at 1200 K in LAMMPS
-    (posterior uncertainty, stop at 3 eV/A or 1,000 steps; the demo model is trained on energies only, so its
-    calibrated force uncertainty is near seed 002's 1.5 eV/A already at equilibrium), max-det batch of 16, BKS labels, and a
-    warm-started energy-only retraining with the demo model's settings."""
+    (posterior uncertainty, stop at 3 eV/A or 1,000 steps: the demo model is trained on energies only,
+    so its calibrated force uncertainty is near seed 002's 1.5 eV/A already at equilibrium), a max-det
+    batch of 16, BKS labels, and a warm-started energy-only retraining with the demo model's settings."""
     from mlipbias.al.config import al_config_from_dict
 
     return al_config_from_dict(
@@ -253,7 +256,8 @@ def step_active_learning(context: DemoContext) -> None:
     before, after = rows[0], rows[-1]
     print(
         f"active learning: hard held-out set ({HARD_SAMPLES} structures, displacements of 1-2 A): "
-        f"energy RMSE {1000 * before['test_energy_rmse']:.3g} -> {1000 * after['test_energy_rmse']:.3g} meV/atom, "
+        f"energy RMSE {1000 * before['test_energy_rmse']:.3g} -> "
+        f"{1000 * after['test_energy_rmse']:.3g} meV/atom, "
         f"force RMSE {before['test_force_rmse']:.3g} -> {after['test_force_rmse']:.3g} eV/A "
         f"with {after['dataset_size'] - before['dataset_size']} labelled structures added"
     )
