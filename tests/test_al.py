@@ -16,6 +16,7 @@ from ase import Atoms
 
 from mlipbias import sample_claims
 from mlipbias.al.config import TEMPLATE, ALConfig, al_config_from_dict, load_al_config
+from mlipbias.al.report import read_summary
 from mlipbias.al.tasks import LABELLED, REJECTED, SKIPPED, label_candidate
 from mlipbias.datasets import open_dataset
 
@@ -127,6 +128,9 @@ def _check_run(directory: Path, max_size: int) -> None:
     assert len(labelled) == max_size
     done = sample_claims.done_keys(open_dataset(directory / "dataset.db"))
     assert set(done) == set(labelled)
+    # Each generation reports the data its model was trained on, also when it was resumed.
+    sizes = [row["dataset_size"] for row in read_summary(directory)]
+    assert sizes == list(range(6, max_size + 1, 2))
 
 
 def test_loop_runs_to_the_maximum_size_with_warm_starts(tmp_path, capsys):
@@ -197,7 +201,7 @@ def test_kill_9_at_random_points_then_resume(tmp_path):
     state = tmp_path / "run" / "state.json"
     rng = np.random.default_rng(11)
     phases = []
-    for delay in rng.uniform(0.0, 3.0, size=4):
+    for delay in rng.uniform(0.0, 3.0, size=3):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Random points after the start-up (imports, Dask), which is where the work is.
         started = time.time()
@@ -278,3 +282,21 @@ def test_selection_wiring_matches_the_models_uncertainties(tmp_path):
     )
     chosen = select_candidates(pool, "random", 5, model, rng=np.random.default_rng(0))
     assert len(set(chosen)) == 5 and chosen.max() < len(pool)
+
+
+def test_a_dataset_left_mid_transaction_by_a_killed_writer_opens(tmp_path):
+    """kill -9 inside a write transaction leaves a hot journal; the next open rolls it back."""
+    path = tmp_path / "data.db"
+    label_candidate(str(path), str(tmp_path / "rejects.db"), "k/0", Atoms("Cu"), "emt", {}, 20.0)
+    script = (
+        "import sqlite3, os, signal\n"
+        f"con = sqlite3.connect({str(path)!r})\n"
+        "con.execute('BEGIN IMMEDIATE')\n"
+        "con.execute('DELETE FROM systems')\n"
+        "con.execute('CREATE TABLE filler (x)')\n"
+        "con.executemany('INSERT INTO filler VALUES (?)', [(b'x' * 4000,)] * 2000)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=False)
+    assert Path(str(path) + "-journal").stat().st_size > 0
+    assert _keys(path) == ["k/0"]  # the uncommitted delete is rolled back

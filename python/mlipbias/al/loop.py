@@ -138,12 +138,17 @@ class ActiveLearning:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def dataset_size(self) -> int:
+    def dataset_size(self, before_generation: int | None = None) -> int:
+        """Labelled structures, or those of generations before ``before_generation`` (what that
+        generation's model is trained on, also when a resumed run has labelled more since)."""
         from mlipbias.datasets import open_dataset
 
         if not self.dataset_path.exists():
             return 0
-        return open_dataset(self.dataset_path).count()
+        db = open_dataset(self.dataset_path)
+        if before_generation is None:
+            return db.count()
+        return db.count(f"al_generation<{int(before_generation)}")
 
     def done_keys(self) -> set[str]:
         from mlipbias import sample_claims
@@ -172,7 +177,7 @@ class ActiveLearning:
             model_path = self.train(generation)
             errors = self.test_errors(generation, model_path)
             timings["train"] = time.perf_counter() - started
-            size = self.dataset_size()
+            size = self.dataset_size(before_generation=generation)
             reason = self.stop_reason(generation, size, errors)
             if reason:
                 self.record(generation, size, errors, timings, {}, {}, final=True, stop=reason)
