@@ -123,3 +123,21 @@ def test_lammps_walker_refuses_a_molecule(model_path):
     molecule.pbc = False
     with pytest.raises(ValueError, match="periodic"):
         get_explorer("md")(model_path, molecule, ExplorerSettings(engine="lammps"), seed=0)
+
+
+def test_lammps_npt_with_full_cell_fluctuations_runs_on_an_orthogonal_box(model_path):
+    # `fix npt ... tri` needs a triclinic box: the walker writes one even for a cubic cell.
+    from ase import Atoms
+
+    grid = np.array([[i, j, k] for i in range(3) for j in range(3) for k in range(3)], float) * 2.0 + 0.3
+    cubic = Atoms(["Si"] * 9 + ["O"] * 18, positions=grid, cell=[6, 6, 6], pbc=True)
+    settings = ExplorerSettings(
+        engine="lammps",
+        ensemble="npt",
+        uncertainty="posterior",
+        threshold=1e6,
+        max_steps=10,
+        record_interval=5,
+    )
+    result = get_explorer("md")(model_path, cubic, settings, seed=0)
+    assert result.stop_reason == STOP_MAX_STEPS and len(result.candidates) == 2

@@ -73,7 +73,16 @@ def explore_lammps_md(model_path: str, start: Atoms, settings: ExplorerSettings,
         load_plugin(lmp)
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "start.data"
-            write(data, atoms, format="lammps-data", specorder=elements, masses=True, atom_style="atomic")
+            # force_skew: a triclinic box even for orthogonal cells, so that `fix npt ... tri` works.
+            write(
+                data,
+                atoms,
+                format="lammps-data",
+                specorder=elements,
+                masses=True,
+                atom_style="atomic",
+                force_skew=True,
+            )
             bias = [f"tau {s.tau!r}"]
             if s.tau_stress is not None:
                 bias.append(f"tau_stress {s.tau_stress!r}")
