@@ -96,6 +96,10 @@ def write_plots(rows: list[dict], path: Path) -> None:
         [r["generation"] for r in explored], [r["explore_max_atom_uncertainty"] for r in explored], "o-"
     )
     axes[2].set(xlabel="generation", ylabel="largest U_i explored (eV/A)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (axes[0], axes[2]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
