@@ -19,6 +19,7 @@ from mlipbias.dynamics.explorer import Exploration, Explorer, ExplorerSettings
 
 def explore_md(model_path: str, start, settings: ExplorerSettings, seed: int) -> Exploration:
     """MD in the engine of ``settings`` (ase or lammps)."""
+    settings.check("settings")
     if settings.engine == "lammps":
         from mlipbias.dynamics.lammps_md import explore_lammps_md
 
@@ -30,6 +31,7 @@ def explore_md(model_path: str, start, settings: ExplorerSettings, seed: int) ->
 
 def explore_perturbations(model_path: str, start, settings: ExplorerSettings, seed: int) -> Exploration:
     """Random perturbations (seed 002 Eqs. 32-34)."""
+    settings.check("settings")
     from mlipbias.dynamics.perturb import explore_perturbations as run
 
     return run(model_path, start, settings, seed)
