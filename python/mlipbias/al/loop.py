@@ -167,6 +167,8 @@ class ActiveLearning:
         from mlipbias.al.report import read_summary
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        for path in (self.dataset_path, self.rejects_path):
+            create_database(path)
         self._check_state()
         self.initial_generation()
         generation = 1
@@ -502,6 +504,22 @@ class ActiveLearning:
             "stop": stop,
         }
         append_summary(self.directory, row, log=self.log)
+
+
+def create_database(path: Path) -> None:
+    """Create an empty ase.db (with the sample-key table) at ``path`` unless it exists, atomically:
+    ase creates its tables in several commits, and a run killed among them would leave a file that
+    is not an ase.db. It is built under a temporary name and renamed."""
+    import ase.db
+
+    from mlipbias import sample_claims
+
+    if path.exists():
+        return
+    tmp = path.with_name(path.name + ".creating")
+    tmp.unlink(missing_ok=True)
+    sample_claims.done_keys(ase.db.connect(str(tmp), type="db", use_lock_file=False, append=True))
+    os.replace(tmp, path)
 
 
 def _keys(section) -> set:
