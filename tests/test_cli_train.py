@@ -195,7 +195,10 @@ def test_demo_trains_evaluates_and_diagnoses_an_ensemble(tmp_path, capsys):
     args = ["demo", "--output-dir", str(tmp_path), "--n-samples", "12", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "== step 2/3: model ==" in out and "== step 3/3: adversarial ==" in out
+    assert "== step 2/4: model ==" in out and "== step 3/4: adversarial ==" in out
+    assert "== step 4/4: active learning ==" in out and "active learning: hard held-out set" in out
+    al_rows = json.loads((tmp_path / "active_learning" / "summary.json").read_text())
+    assert [r["generation"] for r in al_rows] == [1, 2] and al_rows[1]["dataset_size"] > 12
     for method in ("ensemble", "posterior", "distance"):
         assert f"uncertainty: {method}" in out
     model = load_model(tmp_path / "model" / "model.mlip")

@@ -232,7 +232,11 @@ def open_dataset(path: str | Path, create: bool = False):
                 f"{path} is not an SQLite database (ase.db); it may be another format or damaged"
             )
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_TIMEOUT)
+            # A writer killed mid-transaction leaves a hot journal, which SQLite rolls back on the
+            # next read: that needs write access, so the check opens read-write then.
+            journal = path.with_name(path.name + "-journal")
+            mode = "rw" if journal.exists() and journal.stat().st_size > 0 else "ro"
+            con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=LOCK_TIMEOUT)
             try:
                 check = con.execute("PRAGMA quick_check").fetchone()[0]
                 tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "mlipbias.cli.evaluate",
     "mlipbias.cli.inspect",
     "mlipbias.cli.adversarial",
+    "mlipbias.cli.al",
     "mlipbias.cli.info",
 ]
 

@@ -39,6 +39,12 @@ def register(sub) -> None:
         help="replace the run in the output folder (without it, a folder holding a run is refused)",
     )
     p.add_argument(
+        "--init-model",
+        metavar="M.mlip",
+        default=None,
+        help="warm start: begin from the weights of this model (same descriptor and architecture)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch and OpenMP threads (default: torch's choice)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -76,7 +82,9 @@ def run_train(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    run_training(config, resume=args.resume, progress=args.progress)
+    if args.init_model and not Path(args.init_model).is_file():
+        raise FileNotFoundError(f"--init-model {args.init_model}: no such model file")
+    run_training(config, resume=args.resume, progress=args.progress, init_model=args.init_model)
     return 0
 
 
@@ -154,8 +162,9 @@ def split_record(config, train_atoms, val_atoms, test_atoms) -> dict:
     }
 
 
-def run_training(config, *, resume: bool = False, progress: bool = True, log=None):
-    """Train, save and evaluate as the configuration says; returns (model, evaluation or None)."""
+def run_training(config, *, resume: bool = False, progress: bool = True, log=None, init_model=None):
+    """Train, save and evaluate as the configuration says; returns (model, evaluation or None).
+    ``init_model``: warm start from this model's weights (:func:`mlipbias.models.train`)."""
     from mlipbias.models import AtomsData, save_model, train
     from mlipbias.models.training import log_line
 
@@ -214,6 +223,7 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
         log=log,
         description=description,
         tensorboard=config.output.tensorboard,
+        init_model=init_model,
     )
     path = save_model(result.model, config.model_path)
     log(f"model written to {path} (uncertainty methods: {' '.join(result.model.methods) or 'none'})")

@@ -318,6 +318,7 @@ def train(
     log: Callable[[str], None] = log_line,
     description: str = "",
     tensorboard: bool = False,
+    init_model: str | Path | MLIPModel | None = None,
 ) -> TrainingResult:
     """Train a model with its uncertainty methods (see the module docstring for the steps).
 
@@ -327,7 +328,9 @@ def train(
     without it), and with ``tensorboard`` TensorBoard events in ``tensorboard/`` when
     ``torch.utils.tensorboard`` imports (:mod:`mlipbias.models.training_log`); ``resume``
     continues from its checkpoint. Torch runs on one intra-op thread meanwhile
-    (:func:`mlipbias.models.model.one_torch_thread`).
+    (:func:`mlipbias.models.model.one_torch_thread`). ``init_model`` (a model or a ``.mlip`` path of
+    the same architecture) warm-starts from its weights, input scaling and energy shift instead of
+    fresh ones (active learning); a checkpoint being resumed takes precedence.
     """
     with one_torch_thread():
         return _train(
@@ -342,11 +345,23 @@ def train(
             log,
             description,
             tensorboard,
+            init_model,
         )
 
 
 def _train(
-    train_data, validation_data, model, uq, t, output_dir, resume, progress, log, description, tensorboard
+    train_data,
+    validation_data,
+    model,
+    uq,
+    t,
+    output_dir,
+    resume,
+    progress,
+    log,
+    description,
+    tensorboard,
+    init_model,
 ):
     from mlipbias.models.training_log import TrainingLog, rmse_text
 
@@ -357,6 +372,9 @@ def _train(
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     net = build_network(train_data, model, uq, t.seed).to(device)
+    if init_model is not None:
+        warm_start(net, init_model)
+        log(f"warm start from {init_model if isinstance(init_model, (str, Path)) else 'the given model'}")
     optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
     M = net.n_members
@@ -480,6 +498,25 @@ def _train(
     return TrainingResult(
         result_model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
     )
+
+
+def warm_start(net: BPNN, init_model) -> None:
+    """Copy the parameters and buffers of ``init_model`` (MLIPModel or .mlip path) into ``net``;
+    a ValueError names what differs when the architectures do not match."""
+    from mlipbias.models.model import load_model
+
+    source = init_model if isinstance(init_model, MLIPModel) else load_model(init_model)
+    state, target = source.network.state_dict(), net.state_dict()
+    if tuple(source.network.elements) != tuple(net.elements):
+        raise ValueError(f"init model has elements {source.network.elements}, the data {net.elements}")
+    missing = sorted(set(target) ^ set(state))
+    shapes = sorted(k for k in set(target) & set(state) if tuple(target[k].shape) != tuple(state[k].shape))
+    if missing or shapes:
+        raise ValueError(
+            "init model does not match the configured architecture (descriptor, hidden layers, members, "
+            f"heads): differing parameters {', '.join((missing + shapes)[:6])}"
+        )
+    net.load_state_dict({k: v.to(target[k].device, target[k].dtype) for k, v in state.items()})
 
 
 def _residuals(net: BPNN, data: AtomsData, device, batch_size: int):

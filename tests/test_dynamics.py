@@ -1,0 +1,143 @@
+"""Explorers (mlipbias.dynamics): MD walkers in ASE and LAMMPS with one stop rule, perturbations.
+
+Each walker's recorded U and U_i are checked against an independent evaluation of the candidate
+with MLIPCalculator (for LAMMPS: the plugin against the Python calculator, which also checks the
+frame and the atom order), and the stop rule against the recorded values.
+"""
+
+import numpy as np
+import pytest
+from lammps_fixtures import structure, write_model
+
+from mlipbias.calculators import MLIPCalculator
+from mlipbias.dynamics import EXPLORERS, ExplorerSettings, get_explorer
+from mlipbias.dynamics.explorer import STOP_DONE, STOP_MAX_STEPS, STOP_THRESHOLD
+from mlipbias.dynamics.perturb import perturbed
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return str(write_model(tmp_path_factory.mktemp("dyn") / "model.mlip"))
+
+
+def _reference(model_path, atoms):
+    calc = MLIPCalculator(model_path, uncertainty="posterior", backend="torch")
+    calc.calculate(atoms.copy(), ["energy", "forces"])
+    return calc.results["uncertainty"], calc.results["atom_uncertainty"]
+
+
+@pytest.mark.parametrize("engine", ["ase", "lammps"])
+@pytest.mark.parametrize("ensemble", ["nvt", "npt"])
+def test_walker_records_the_model_uncertainty_until_the_step_limit(model_path, engine, ensemble):
+    settings = ExplorerSettings(
+        engine=engine,
+        ensemble=ensemble,
+        uncertainty="posterior",
+        threshold=1e6,
+        max_steps=30,
+        record_interval=10,
+        tau=0.5,
+        temperature=500.0,
+        barostat_time=50.0,
+        thermostat_time=20.0,
+    )
+    start = structure(1)
+    result = get_explorer("md")(model_path, start, settings, seed=4)
+    assert result.stop_reason == STOP_MAX_STEPS and result.steps == 30
+    assert [c.info["step"] for c in result.candidates] == [10, 20, 30]
+    for c in result.candidates:
+        U, U_i = _reference(model_path, c)
+        assert c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
+        np.testing.assert_allclose(c.arrays["atom_uncertainty"], U_i, rtol=1e-6, atol=1e-9)
+    moved = np.abs(result.candidates[-1].positions - result.candidates[0].positions).max()
+    assert moved > 1e-3
+    volumes = [c.get_volume() for c in result.candidates]
+    if ensemble == "npt":
+        assert np.ptp(volumes) > 1e-6 * volumes[0]
+    else:
+        np.testing.assert_allclose(volumes, start.get_volume(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["ase", "lammps"])
+def test_walker_stops_at_the_first_step_over_the_threshold(model_path, engine):
+    # Threshold a little above the start's largest U_i: the biased walker crosses it within a few steps.
+    start = structure(2)
+    _, U_i = _reference(model_path, start)
+    threshold = 1.2 * float(U_i.max())
+    settings = ExplorerSettings(
+        engine=engine,
+        uncertainty="posterior",
+        threshold=threshold,
+        max_steps=2000,
+        record_interval=1,
+        tau=1.0,
+        temperature=800.0,
+    )
+    result = get_explorer("md")(model_path, start, settings, seed=1)
+    assert result.stop_reason == STOP_THRESHOLD
+    peaks = [c.arrays["atom_uncertainty"].max() for c in result.candidates]
+    assert peaks[-1] >= threshold and all(p < threshold for p in peaks[:-1])
+    assert result.candidates[-1].info["step"] == result.steps
+    assert result.max_atom_uncertainty == pytest.approx(peaks[-1])
+
+
+def test_perturbations_follow_eqs_32_to_34():
+    start = structure(0)
+    rng = np.random.default_rng(0)
+    a, s = 0.07, 0.04
+    for _ in range(5):
+        atoms = perturbed(start, a, s, rng)
+        deformation = np.linalg.solve(start.cell.array, atoms.cell.array)  # cell' = cell (I + eps)
+        eps = deformation - np.eye(3)
+        assert np.abs(eps).max() <= s and np.abs(eps).max() > 0.1 * s
+        shifts = np.linalg.solve(deformation.T, atoms.positions.T).T - start.positions  # Eq. 34 undone
+        assert np.abs(shifts).max() <= a + 1e-12 and np.abs(shifts).max() > 0.5 * a
+    molecule = start.copy()
+    molecule.pbc = False
+    moved = perturbed(molecule, a, s, rng)
+    np.testing.assert_array_equal(moved.cell.array, molecule.cell.array)  # no cell strain without periodicity
+
+
+def test_perturbation_explorer_ranks_its_samples(model_path):
+    settings = ExplorerSettings(uncertainty="posterior", n_samples=4, position_amplitude=0.1)
+    result = EXPLORERS["perturb"](model_path, structure(0), settings, seed=3)
+    again = EXPLORERS["perturb"](model_path, structure(0), settings, seed=3)
+    assert result.stop_reason == STOP_DONE and len(result.candidates) == 4
+    for c, d in zip(result.candidates, again.candidates, strict=True):
+        np.testing.assert_array_equal(c.positions, d.positions)  # a pure function of the seed
+        U, _ = _reference(model_path, c)
+        assert c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
+
+
+def test_settings_errors_name_the_key():
+    with pytest.raises(ValueError, match="explore.ensemble"):
+        ExplorerSettings(ensemble="nve").check()
+    with pytest.raises(ValueError, match="explore.threshold"):
+        ExplorerSettings(threshold=0.0).check()
+    with pytest.raises(ValueError, match="unknown explorer 'adversarial'"):
+        get_explorer("adversarial")
+
+
+def test_lammps_walker_refuses_a_molecule(model_path):
+    molecule = structure(0)
+    molecule.pbc = False
+    with pytest.raises(ValueError, match="periodic"):
+        get_explorer("md")(model_path, molecule, ExplorerSettings(engine="lammps"), seed=0)
+
+
+def test_lammps_npt_with_full_cell_fluctuations_runs_on_an_orthogonal_box(model_path):
+    # `fix npt ... tri` needs a triclinic box: the walker writes one even for a cubic cell.
+    from ase import Atoms
+
+    grid = np.array([[i, j, k] for i in range(3) for j in range(3) for k in range(3)], float) * 2.0 + 0.3
+    cubic = Atoms(["Si"] * 9 + ["O"] * 18, positions=grid, cell=[6, 6, 6], pbc=True)
+    settings = ExplorerSettings(
+        engine="lammps",
+        ensemble="npt",
+        uncertainty="posterior",
+        threshold=1e6,
+        max_steps=10,
+        record_interval=5,
+    )
+    result = get_explorer("md")(model_path, cubic, settings, seed=0)
+    assert result.stop_reason == STOP_MAX_STEPS and len(result.candidates) == 2
