@@ -235,6 +235,7 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
         for (size_t k = 0; k < n_keys; ++k)
           if (rjk_slot_[k] >= 0) ws.triplets.insert(ws.triplets.end(), {ws.S[k], ws.dS[k]});
       }
+      if (!Sink::kTerms) continue;  // recording only
       for (size_t s = 0; s < n_shapes; ++s) {
         const Shape& sh = shapes_[s];
         ws.A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &ws.dA[s]);
@@ -284,6 +285,7 @@ namespace {
 
 // Adds values to row i of G; ignores derivatives.
 struct ValueSink {
+  static constexpr bool kTerms = true;  // false: the traversal only records (RecordSink)
   double* G;
   int64_t n_sf;
   double* row = nullptr;
@@ -296,6 +298,12 @@ struct ValueSink {
   void triplet_begin(int64_t, const double*, int64_t, const double*) {}
   void triplet_term(int64_t, double, double, double) {}
   void triplet_end() {}
+};
+
+// Nothing: the traversal records the geometry for contract_center.
+struct RecordSink : ValueSink {
+  static constexpr bool kTerms = false;
+  void value(int64_t, double) {}
 };
 
 // Values and the full derivative array dG [n_pairs][n_sf][3].
@@ -323,6 +331,7 @@ struct DerivativeSink : ValueSink {
 // out[r][i][f] = sum_p dG_if/dD_p . t[r][p], via the dot products of t with D_p and D_q.
 template <int kRhs>
 struct JvpSink {
+  static constexpr bool kTerms = true;
   int64_t n_rhs, n_centers, n_sf, n_pairs;
   const double* t;
   double* out;
@@ -374,6 +383,11 @@ void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, Centre
   std::fill(G_i, G_i + n_sf_, 0.0);
   ValueSink sink{G_i, n_sf_};
   sink.start(0);
+  visit_center<false, true>(nb, i, ws, sink);
+}
+
+void SymmetryFunctions::centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const {
+  RecordSink sink{{nullptr, n_sf_}};
   visit_center<false, true>(nb, i, ws, sink);
 }
 
@@ -512,12 +526,12 @@ void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double
 #pragma omp parallel
   {
     CentreWorkspace ws;
-    std::vector<double> G_i(n_sf_), w(n_rhs * n_sf_);
+    std::vector<double> w(n_rhs * n_sf_);
 #pragma omp for schedule(dynamic, 16)
     for (int64_t i = 0; i < nb.n_centers; ++i) {
       for (int64_t r = 0; r < n_rhs; ++r)
         std::copy(dLdG + (r * nb.n_centers + i) * n_sf_, dLdG + (r * nb.n_centers + i + 1) * n_sf_, &w[r * n_sf_]);
-      centre_values(nb, i, ws, G_i.data());
+      centre_record(nb, i, ws);
       centre_vjp(nb, i, ws, n_rhs, w.data(), out, 3 * n_pairs);
     }
   }

@@ -132,8 +132,8 @@ class SymmetryFunctions {
   void compute_with_derivatives(const NeighbourView& nb, double* G, double* dG) const;
 
   // out[r][p] = sum_f dLdG[r][i(p)][f] dG_i(p),f / dD_p for n_rhs right-hand sides:
-  // dLdG [n_rhs][n_centers][n_sf] -> out [n_rhs][n_pairs][3]. Per centre: centre_values,
-  // then centre_vjp (nothing of size n_pairs x n_sf is stored).
+  // dLdG [n_rhs][n_centers][n_sf] -> out [n_rhs][n_pairs][3]. Per centre: one traversal
+  // recording the geometry, then centre_vjp (nothing of size n_pairs x n_sf is stored).
   void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const;
 
   // ---- the fused pass of one centre (what the evaluator runs per atom, see vjp)
@@ -202,6 +202,8 @@ class SymmetryFunctions {
   void visit_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, Sink& sink) const;
   template <bool kGrad, class MakeSink>
   void for_each_center(const NeighbourView& nb, MakeSink make_sink) const;
+  // centre_values without the values: what a vjp of given weights needs.
+  void centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const;
   template <int kRhs>
   void contract_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs, double* out,
                        int64_t out_stride) const;
