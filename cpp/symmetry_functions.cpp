@@ -147,6 +147,8 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
     ws.d.insert(ws.d.end(), d, d + 3);
     ws.r.push_back(std::sqrt(r2));
   }
+  ws.inv_r.resize(ws.r.size());
+  for (size_t a = 0; a < ws.r.size(); ++a) ws.inv_r[a] = 1.0 / ws.r[a];
   const size_t n = ws.r.size();
   ws.fc.resize(n * n_cut);
   ws.dfc.resize(n * n_cut);
@@ -201,18 +203,21 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
   ws.A.resize(n_shapes);
   ws.dA.resize(n_shapes);
   const size_t n_ang = ws.angular.size();
+  const size_t stride = record_stride();
+  if (kRecord) ws.triplets.resize(n_ang * (n_ang - (n_ang > 0)) / 2 * stride);  // at most every pair
+  double* record = ws.triplets.data();
   for (size_t ia = 0; ia < n_ang; ++ia) {
     const int a = ws.angular[ia];
     const double* dij = &ws.d[3 * a];
-    const double rij = ws.r[a], inv_rij = 1.0 / rij;
+    const double inv_rij = ws.inv_r[a];
     const double* Rij = &ws.R[a * n_keys];
     const double* dRij = &ws.dR[a * n_keys];
     for (size_t ib = ia + 1; ib < n_ang; ++ib) {
       const int b = ws.angular[ib];
-      const auto& fns = angular_by_pair_[ws.z[a] * n_elements_ + ws.z[b]];
-      if (fns.empty()) continue;
+      const size_t element_pair = ws.z[a] * n_elements_ + ws.z[b];
+      if (angular_by_pair_[element_pair].empty()) continue;
       const double* dik = &ws.d[3 * b];
-      const double rik = ws.r[b], inv_rik = 1.0 / rik;
+      const double inv_rik = ws.inv_r[b];
       const double* Rik = &ws.R[b * n_keys];
       const double* dRik = &ws.dR[b * n_keys];
       const double c = dot3(dij, dik) * inv_rij * inv_rik;
@@ -230,35 +235,49 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
         ws.S[k] = e * fc;
         ws.dS[k] = e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
       }
-      if (kRecord) {
-        ws.triplets.push_back(c);
+      double* A = ws.A.data();
+      double* dA = ws.dA.data();
+      if (kRecord) {  // c, S and dS of the keys at r_jk, then A and dA of every shape
+        record[0] = c;
         for (size_t k = 0; k < n_keys; ++k)
-          if (rjk_slot_[k] >= 0) ws.triplets.insert(ws.triplets.end(), {ws.S[k], ws.dS[k]});
+          if (rjk_slot_[k] >= 0) {
+            record[1 + 2 * rjk_slot_[k]] = ws.S[k];
+            record[2 + 2 * rjk_slot_[k]] = ws.dS[k];
+          }
+        A = record + 1 + 2 * n_rjk_keys_;
+        dA = A + n_shapes;
+        record += stride;
       }
-      if (!Sink::kTerms) continue;  // recording only
       for (size_t s = 0; s < n_shapes; ++s) {
         const Shape& sh = shapes_[s];
-        ws.A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &ws.dA[s]);
+        A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &dA[s]);
       }
-      if (kGrad) sink.triplet_begin(ws.pair[a], dij, ws.pair[b], dik);
-      for (const Angular& fn : fns) {
+      if (!Sink::kTerms) continue;  // recording only
+      if (!kGrad) {  // values: the radial part once per group of functions
+        for (const AngularGroup& g : groups_by_pair_[element_pair]) {
+          const double rjk_part = g.g4 ? ws.S[g.key] : 1.0;
+          const double radial = Rij[g.key] * Rik[g.key] * rjk_part;
+          if (radial == 0.0) continue;  // beyond the cutoff
+          for (const auto& [f, shape] : g.terms) sink.value(f, A[shape] * radial);
+        }
+        continue;
+      }
+      sink.triplet_begin(ws.pair[a], dij, ws.pair[b], dik);
+      for (const Angular& fn : angular_by_pair_[element_pair]) {
         const double rij_part = Rij[fn.key], rik_part = Rik[fn.key];
         const double rjk_part = fn.g4 ? ws.S[fn.key] : 1.0;
         if (rij_part == 0.0 || rik_part == 0.0 || rjk_part == 0.0) continue;  // beyond the cutoff
-        const double A = ws.A[fn.shape];
         const double radial = rij_part * rik_part * rjk_part;
-        sink.value(fn.f, A * radial);
-        if (kGrad) {
-          const double f_c = ws.dA[fn.shape] * radial;
-          const double f_rij = A * dRij[fn.key] * rik_part * rjk_part;
-          const double f_rik = A * rij_part * dRik[fn.key] * rjk_part;
-          const double f_rjk_over_rjk = fn.g4 ? A * rij_part * rik_part * ws.dS[fn.key] : 0.0;
-          double alpha, beta, delta;
-          sf_triplet_coefficients(f_c, f_rij, f_rik, f_rjk_over_rjk, c, inv_rij, inv_rik, &alpha, &beta, &delta);
-          sink.triplet_term(fn.f, alpha, beta, delta);
-        }
+        sink.value(fn.f, A[fn.shape] * radial);
+        const double f_c = dA[fn.shape] * radial;
+        const double f_rij = A[fn.shape] * dRij[fn.key] * rik_part * rjk_part;
+        const double f_rik = A[fn.shape] * rij_part * dRik[fn.key] * rjk_part;
+        const double f_rjk_over_rjk = fn.g4 ? A[fn.shape] * rij_part * rik_part * ws.dS[fn.key] : 0.0;
+        double alpha, beta, delta;
+        sf_triplet_coefficients(f_c, f_rij, f_rik, f_rjk_over_rjk, c, inv_rij, inv_rik, &alpha, &beta, &delta);
+        sink.triplet_term(fn.f, alpha, beta, delta);
       }
-      if (kGrad) sink.triplet_end();
+      sink.triplet_end();
     }
   }
 }
@@ -393,15 +412,18 @@ void SymmetryFunctions::centre_record(const NeighbourView& nb, int64_t i, Centre
 
 void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs,
                                    const double* w, double* out, int64_t out_stride) const {
-  ws.wt.resize(n_sf_ * n_rhs);
-  for (int64_t r = 0; r < n_rhs; ++r)
-    for (int64_t f = 0; f < n_sf_; ++f) ws.wt[f * n_rhs + r] = w[r * n_sf_ + f];
-  ws.acc.resize(6 * n_rhs);
-  // The common cases (energy; an ensemble of 4) get unrolled loops.
-  if (n_rhs == 1) contract_center<1>(nb, i, ws, n_rhs, out, out_stride);
-  else if (n_rhs == 2) contract_center<2>(nb, i, ws, n_rhs, out, out_stride);
-  else if (n_rhs == 4) contract_center<4>(nb, i, ws, n_rhs, out, out_stride);
-  else contract_center<0>(nb, i, ws, n_rhs, out, out_stride);
+  // Rows in chunks of up to 4, each with its accumulators in registers.
+  for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {
+    const int64_t nr = std::min<int64_t>(4, n_rhs - r0);
+    ws.wt.resize(n_sf_ * nr);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf_; ++f) ws.wt[f * nr + r] = w[(r0 + r) * n_sf_ + f];
+    double* o = out + r0 * out_stride;
+    if (nr == 1) contract_center<1>(nb, i, ws, o, out_stride);
+    else if (nr == 2) contract_center<2>(nb, i, ws, o, out_stride);
+    else if (nr == 3) contract_center<3>(nb, i, ws, o, out_stride);
+    else contract_center<4>(nb, i, ws, o, out_stride);
+  }
 }
 
 // Walks the neighbours and triplets in visit_center's order, reading what it recorded. Per
@@ -409,15 +431,11 @@ void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWor
 //   sum_f w_f dG_f = (sum_f w_f A_f) d(radial) + (sum_f w_f dA_f/dc) radial dc,
 // so the per-function work is two multiply-adds; the pair-vector algebra runs once per triplet.
 template <int kRhs>
-void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs,
-                                        double* out, int64_t out_stride) const {
-  const int64_t nr = kRhs > 0 ? kRhs : n_rhs;
+void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, const CentreWorkspace& ws, double* out,
+                                        int64_t out_stride) const {
   const double* wt = ws.wt.data();
-  for (int64_t r = 0; r < nr; ++r)
+  for (int r = 0; r < kRhs; ++r)
     for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) std::fill_n(out + r * out_stride + 3 * p, 3, 0.0);
-  double* acc = ws.acc.data();  // [4][nr] derivative sums, then P and dP/dc [nr] each
-  double* P = acc + 4 * nr;
-  double* dP = acc + 5 * nr;
 
   // Radial: g_p = (sum_f w_f (dG_f/dr) / r) D_p.
   const size_t n = ws.r.size();
@@ -425,14 +443,14 @@ void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, Cent
   for (size_t a = 0; a < n; ++a) {
     const auto& fns = radial_by_element_[ws.z[a]];
     if (fns.empty()) continue;
-    std::fill_n(acc, nr, 0.0);
+    double acc[kRhs] = {};
     for (const Radial& fn : fns) {
       const double coef = *dg++;
-      const double* wf = wt + fn.f * nr;
-      for (int64_t r = 0; r < nr; ++r) acc[r] += wf[r] * coef;
+      const double* wf = wt + fn.f * kRhs;
+      for (int r = 0; r < kRhs; ++r) acc[r] += wf[r] * coef;
     }
     const double* d = &ws.d[3 * a];
-    for (int64_t r = 0; r < nr; ++r) {
+    for (int r = 0; r < kRhs; ++r) {
       double* o = out + r * out_stride + 3 * ws.pair[a];
       for (int x = 0; x < 3; ++x) o[x] += acc[r] * d[x];
     }
@@ -440,33 +458,32 @@ void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, Cent
   const size_t n_keys = radial_keys_.size(), n_shapes = shapes_.size();
   if (n_keys == 0) return;
 
-  const size_t stride = 1 + 2 * static_cast<size_t>(n_rjk_keys_);
-  const double* t = ws.triplets.data();
+  const size_t stride = record_stride();
+  const double* record = ws.triplets.data();
   const size_t n_ang = ws.angular.size();
-  double* A = ws.A.data();
-  double* dA = ws.dA.data();
   for (size_t ia = 0; ia < n_ang; ++ia) {
     const int a = ws.angular[ia];
     const double* dij = &ws.d[3 * a];
-    const double inv_rij = 1.0 / ws.r[a];
+    const double inv_rij = ws.inv_r[a];
     const double* Rij = &ws.R[a * n_keys];
     const double* dRij = &ws.dR[a * n_keys];
+    double* op[kRhs];
+    for (int r = 0; r < kRhs; ++r) op[r] = out + r * out_stride + 3 * ws.pair[a];
     for (size_t ib = ia + 1; ib < n_ang; ++ib) {
       const int b = ws.angular[ib];
       const auto& groups = groups_by_pair_[ws.z[a] * n_elements_ + ws.z[b]];
       if (groups.empty()) continue;
-      const double c = t[0];
-      const double* rjk_terms = t + 1;
-      t += stride;
+      const double c = record[0];
+      const double* rjk_terms = record + 1;
+      const double* A = record + 1 + 2 * n_rjk_keys_;
+      const double* dA = A + n_shapes;
+      record += stride;
       const double* dik = &ws.d[3 * b];
-      const double inv_rik = 1.0 / ws.r[b];
+      const double inv_rik = ws.inv_r[b];
       const double* Rik = &ws.R[b * n_keys];
       const double* dRik = &ws.dR[b * n_keys];
-      for (size_t s = 0; s < n_shapes; ++s) {
-        const Shape& sh = shapes_[s];
-        A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &dA[s]);
-      }
-      std::fill_n(acc, 4 * nr, 0.0);
+      // derivative sums over the groups: d/dc, d/dr_ij, d/dr_ik, (d/dr_jk) / r_jk
+      double f_c[kRhs] = {}, f_rij[kRhs] = {}, f_rik[kRhs] = {}, f_rjk[kRhs] = {};
       for (const AngularGroup& g : groups) {
         const double rij_part = Rij[g.key], rik_part = Rik[g.key];
         const double rjk_part = g.g4 ? rjk_terms[2 * rjk_slot_[g.key]] : 1.0;
@@ -475,30 +492,29 @@ void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, Cent
         const double c_rij = dRij[g.key] * rik_part * rjk_part;
         const double c_rik = rij_part * dRik[g.key] * rjk_part;
         const double c_rjk = g.g4 ? rij_part * rik_part * rjk_terms[2 * rjk_slot_[g.key] + 1] : 0.0;
-        std::fill_n(P, 2 * nr, 0.0);
+        double P[kRhs] = {}, dP[kRhs] = {};
         for (const auto& [f, shape] : g.terms) {
-          const double* wf = wt + f * nr;
-          for (int64_t r = 0; r < nr; ++r) {
-            P[r] += wf[r] * A[shape];
-            dP[r] += wf[r] * dA[shape];
+          const double* wf = wt + f * kRhs;
+          const double As = A[shape], dAs = dA[shape];
+          for (int r = 0; r < kRhs; ++r) {
+            P[r] += wf[r] * As;
+            dP[r] += wf[r] * dAs;
           }
         }
-        for (int64_t r = 0; r < nr; ++r) {
-          acc[r] += dP[r] * radial;
-          acc[nr + r] += P[r] * c_rij;
-          acc[2 * nr + r] += P[r] * c_rik;
-          acc[3 * nr + r] += P[r] * c_rjk;
+        for (int r = 0; r < kRhs; ++r) {
+          f_c[r] += dP[r] * radial;
+          f_rij[r] += P[r] * c_rij;
+          f_rik[r] += P[r] * c_rik;
+          f_rjk[r] += P[r] * c_rjk;
         }
       }
-      const int64_t p = ws.pair[a], q = ws.pair[b];
-      for (int64_t r = 0; r < nr; ++r) {
+      const int64_t q = ws.pair[b];
+      for (int r = 0; r < kRhs; ++r) {
         double alpha, beta, delta;
-        sf_triplet_coefficients(acc[r], acc[nr + r], acc[2 * nr + r], acc[3 * nr + r], c, inv_rij, inv_rik, &alpha,
-                                &beta, &delta);
-        double* op = out + r * out_stride + 3 * p;
+        sf_triplet_coefficients(f_c[r], f_rij[r], f_rik[r], f_rjk[r], c, inv_rij, inv_rik, &alpha, &beta, &delta);
         double* oq = out + r * out_stride + 3 * q;
         for (int x = 0; x < 3; ++x) {
-          op[x] += alpha * dij[x] + beta * dik[x];
+          op[r][x] += alpha * dij[x] + beta * dik[x];
           oq[x] += beta * dij[x] + delta * dik[x];
         }
       }

@@ -142,7 +142,7 @@ class SymmetryFunctions {
   struct CentreWorkspace {
     std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
     std::vector<int64_t> z;      // its element
-    std::vector<double> d, r;    // its vector (3 each) and length
+    std::vector<double> d, r, inv_r;  // its vector (3 each), length and 1 / length
     std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
     std::vector<int> angular;    // neighbours inside the angular cutoff
     std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
@@ -150,8 +150,8 @@ class SymmetryFunctions {
     std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
     std::vector<double> A, dA;   // [shape] angular factor and d/dcos
     std::vector<double> radial_dg;  // recorded: (dG2/dr) / r per neighbour and G2 of its element
-    std::vector<double> triplets;   // recorded: per visited triplet c, then S and dS per r_jk key
-    std::vector<double> wt, acc;    // centre_vjp: weights [n_sf][n_rhs], accumulators
+    std::vector<double> triplets;   // recorded: per visited triplet record_stride() doubles
+    std::vector<double> wt;         // centre_vjp: weights [n_sf][rows of a chunk]
   };
 
   // G_i (n_sf values, overwritten) of centre i; keeps the geometry in ws for centre_vjp.
@@ -205,8 +205,10 @@ class SymmetryFunctions {
   // centre_values without the values: what a vjp of given weights needs.
   void centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const;
   template <int kRhs>
-  void contract_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs, double* out,
+  void contract_center(const NeighbourView& nb, int64_t i, const CentreWorkspace& ws, double* out,
                        int64_t out_stride) const;
+  // Doubles per recorded triplet: cos theta, S and dS of each key at r_jk, A and dA of each shape.
+  size_t record_stride() const { return 1 + 2 * static_cast<size_t>(n_rjk_keys_) + 2 * shapes_.size(); }
 
   int64_t n_sf_ = 0;
   int64_t n_elements_ = 0;
