@@ -110,7 +110,8 @@ def input_script(case: Case, data: Path, n_atoms: int, models: dict, steps: int)
             create_box 1 box
             create_atoms 1 box
             mass 1 63.546
-            pair_style mliap model nn {potentials}/Cu.nn.mliap.model descriptor sna {potentials}/Cu.snap.mliap.descriptor
+            pair_style mliap model nn {potentials}/Cu.nn.mliap.model &
+                descriptor sna {potentials}/Cu.snap.mliap.descriptor
             pair_coeff * * Cu
             """
     elif case.kind == "bks":
