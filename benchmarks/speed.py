@@ -110,21 +110,24 @@ def environment_counts() -> dict:
 
 def flops_ours(neighbours: float, triplets: float, members: int, rows: int, second_pass: bool) -> dict:
     """Floating-point operations per atom-step of the shipped BP-NN (52 functions, 2 x 30 hidden),
-    counted from the loops: values traversal, networks (forward + backward per member), contraction with
+    counted from the loops of cpp/symmetry_functions.cpp and cpp/evaluator.cpp: the values traversal
+    (which records the angular factors), networks (forward + backward per member), the contraction of
     `rows` weight rows; `second_pass` adds the gradient-feature vjp (a recording traversal, the tangent
-    pass and a 1-row contraction). Transcendental calls are counted apart (exp, sincos, sqrt)."""
-    g2_per_pair, keys, shapes, fns, groups = 8, 2, 8, 12, 2
+    pass, a 1-row contraction). Transcendental calls are counted apart (exp, sincos, sqrt)."""
+    g2_per_pair, keys, shapes, terms, groups = 8, 2, 8, 12, 2
     record_pair = 5 + 3 + keys * 9  # r, cutoff, radial factors of the angular keys
-    record_triplet = 7 + 3 + 5 + 5 + 9  # cos, r_jk, cutoff at r_jk, the G4 factor at r_jk
+    # cos theta, r_jk, cutoff at r_jk, the G4 factor at r_jk; A and dA/dcos of every shape
+    record_triplet = 7 + 3 + 5 + 5 + 9 + shapes * 10.5
     values = neighbours * (record_pair + g2_per_pair * 11) + triplets * (
-        record_triplet + shapes * 10.5 + fns * 4
+        record_triplet + groups * 2 + terms * 2
     )
     network = 2 * 2 * (52 * 30 + 30 * 30 + 30) + 3 * 60  # forward and backward multiply-adds, activations
     contract_pair = g2_per_pair * 2 + 6
 
-    def contraction(r):  # angular factors and radial parts once, sums and pair-vector algebra per row
-        per_triplet = shapes * 10.5 + groups * 8 + r * (fns * 4 + groups * 8 + 15 + 24)
-        return neighbours * contract_pair * r + triplets * per_triplet
+    def contraction(r):  # radial parts once; per row the weighted sums, coefficients and pair vectors
+        return neighbours * contract_pair * r + triplets * (
+            groups * 8 + r * (terms * 4 + groups * 8 + 15 + 24)
+        )
 
     total = values + members * network + contraction(rows)
     transcendental = {
@@ -133,7 +136,8 @@ def flops_ours(neighbours: float, triplets: float, members: int, rows: int, seco
         "sqrt": neighbours + triplets,
     }
     if second_pass:
-        total += neighbours * record_pair + triplets * record_triplet + 3 * network + contraction(1)
+        total += neighbours * (record_pair + g2_per_pair * 11) + triplets * record_triplet
+        total += 3 * network + contraction(1)
         transcendental = {k: 2 * v for k, v in transcendental.items()}
     return {"flops": total, **transcendental}
 
