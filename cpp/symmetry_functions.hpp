@@ -137,8 +137,8 @@ class SymmetryFunctions {
   void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const;
 
   // ---- the fused pass of one centre (what the evaluator runs per atom, see vjp)
-  // Per-thread scratch: the centre's neighbours, radial factors and, per triplet, the
-  // geometry the contraction needs again (cos theta and the r_jk factors).
+  // Per-thread scratch: the centre's neighbours, radial factors and, per triplet, what the
+  // contraction needs again (cos theta, the r_jk factors, the angular factors and dA/dcos).
   struct CentreWorkspace {
     std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
     std::vector<int64_t> z;      // its element
@@ -148,7 +148,7 @@ class SymmetryFunctions {
     std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
     std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
     std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
-    std::vector<double> A, dA;   // [shape] angular factor and d/dcos
+    std::vector<double> A, dA;   // [shape] angular factor and d/dcos (when not recorded)
     std::vector<double> radial_dg;  // recorded: (dG2/dr) / r per neighbour and G2 of its element
     std::vector<double> triplets;   // recorded: per visited triplet record_stride() doubles
     std::vector<double> wt;         // centre_vjp: weights [n_sf][rows of a chunk]
@@ -160,8 +160,8 @@ class SymmetryFunctions {
 
   // After centre_values(nb, i, ws, ...): out[r * out_stride + 3 p] = sum_f w[r * n_sf + f]
   // dG_if/dD_p for every pair p of centre i (overwritten, 0 beyond the cutoff) and n_rhs weight
-  // rows w. The angular functions sharing an element pair and radial factors are contracted
-  // as one term per triplet: sum_f w_f A_f(cos) times their common radial part.
+  // rows w. The angular functions sharing an element pair, radial factor and kind are
+  // contracted as one term per triplet: sum_f w_f A_f(cos) times their common radial part.
   void centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs, const double* w,
                   double* out, int64_t out_stride) const;
 
