@@ -39,7 +39,7 @@ MIN_STEPS = 3
 @dataclass
 class Case:
     name: str
-    kind: str  # "mlip" (needs the SiO2 cell), "bks" (SiO2 with charges) or "snap" (bcc Ta)
+    kind: str  # "mlip" (needs the SiO2 cell), "bks" (SiO2 with charges), "snap" (bcc Ta), "mliap" (fcc Cu)
     lines: str  # pair style lines; {ensemble} and {gradient} are the model paths
     model: str = ""  # which model file the plain reference of a ratio uses
     per_atom_u: bool = False
@@ -98,6 +98,20 @@ def input_script(case: Case, data: Path, n_atoms: int, models: dict, steps: int)
             mass 1 180.88
             pair_style snap
             pair_coeff * * {potentials}/Ta06A.snapcoeff {potentials}/Ta06A.snapparam Ta
+            """
+    elif case.kind == "mliap":
+        cells = max(1, round((n_atoms / 4) ** (1 / 3)))  # fcc Cu with about as many atoms
+        system = f"""
+            units metal
+            atom_style atomic
+            lattice fcc 3.615
+            region box block 0 {cells} 0 {cells} 0 {cells}
+            create_box 1 box
+            create_atoms 1 box
+            mass 1 63.546
+            pair_style mliap model nn {potentials}/Cu.nn.mliap.model &
+                descriptor sna {potentials}/Cu.snap.mliap.descriptor
+            pair_coeff * * Cu
             """
     elif case.kind == "bks":
         from mlipbias.potentials import BKS

@@ -1,11 +1,13 @@
 // Two-phase evaluation of a BP-NN model with its uncertainty and the uncertainty gradient.
 //
-// forward(): descriptors G of every centre; for every member the network forward and
-// backward pass per atom (atomic energies and dE_i/dG_i); the sketched gradient features phi_i
-// of member 0; local sums.
-// backward(): U from the global sums; dU/dG_i per atom; ONE vector-Jacobian product of the
-// descriptors for all right-hand sides ([dE/dG (mean, or every member)] [dU/dG]), so the
-// uncertainty gradient shares the descriptor derivatives with the forces; scatter to atoms.
+// forward(), one fused pass per atom while its neighbourhood is in cache: descriptors G_i
+// (recording the geometry), for every member the network forward and backward pass (atomic
+// energies and dE_i/dG_i), at once the descriptor vector-Jacobian product of the energy rows
+// (the mean, or every member when member forces or the ensemble gradient are wanted) into
+// pair gradients; the sketched gradient features phi_i of member 0; local sums.
+// backward(): U from the global sums; the ensemble's dU/dx is the v-weighted sum of the member
+// pair gradients (no descriptor work); the gradient-feature methods need dU/dG_i, known only
+// after the global sums, and run one more descriptor vjp for it; scatter to atoms.
 //
 // dU/dG for the gradient-feature methods: with U^2 = c^2 q(Phi) and v = (1/2) dq/dPhi,
 // dU = (c^2 / U) v . dPhi, and v . phi_i = sum_l delta_l^T B_l a_l with the weight-shaped
@@ -235,7 +237,6 @@ struct Evaluator::Impl {
   bool forward_done = false;
 
   std::vector<double> G;          // [n_centers][n_sf]
-  std::vector<double> dEdG;       // [n_centers][M][n_sf]
   std::vector<double> member_E;   // [n_centers][M] atomic energies
   std::vector<double> phi;        // [n_centers][L k] own-element block of the sketched features
   std::vector<double> atom_u;     // [n_centers] U_i of posterior and distance
@@ -243,13 +244,21 @@ struct Evaluator::Impl {
 
   std::vector<std::vector<Layer>> direction;  // [n_elements][L]: B of the uncertainty gradient
   std::vector<double> v;                      // [K]
-  std::vector<double> dLdG, pair_grad;
+  int n_energy_rows = 1;            // pair-gradient rows of forward(): 1 (the mean) or M
+  std::vector<double> pair_grad;    // [n_energy_rows][n_pairs][3] dE/dD_p of forward()
+  std::vector<double> dUdG, u_pair_grad;  // gradient features: [n_centers][n_sf], [n_pairs][3]
   std::vector<Workspace> workspaces;
+  std::vector<SymmetryFunctions::CentreWorkspace> sf_workspaces;
+  std::vector<std::vector<double>> dE_rows;  // per thread [M][n_sf] dE_m/dG_i, then the mean
 
   bool gradient_features() const {
     return opt.uncertainty == Uncertainty::posterior || opt.uncertainty == Uncertainty::distance;
   }
   bool member_forces() const { return opt.uncertainty == Uncertainty::ensemble && opt.atom_uncertainty; }
+  // Every member's pair gradients: for member forces, or for the ensemble's dU/dx.
+  bool member_rows() const {
+    return member_forces() || (opt.uncertainty == Uncertainty::ensemble && opt.uncertainty_gradient);
+  }
 
   void check_options(const EvaluatorOptions& o) const;
   void prepare_neighbours(const NeighbourView& in);
@@ -261,8 +270,11 @@ struct Evaluator::Impl {
   void ensure_workspaces() {
     const size_t threads = static_cast<size_t>(max_threads());
     if (workspaces.size() < threads) workspaces.resize(threads);
+    if (sf_workspaces.size() < threads) sf_workspaces.resize(threads);
+    if (dE_rows.size() < threads) dE_rows.resize(threads);
     for (auto& ws : workspaces)
       if (ws.width == 0) ws.resize(d->n_layers, d->max_width);
+    for (auto& rows : dE_rows) rows.resize(static_cast<size_t>(d->n_members() + 1) * d->n_features);
   }
 };
 
@@ -357,30 +369,39 @@ void Evaluator::Impl::forward_atoms() {
   const bool atom_u_here = features && opt.atom_uncertainty;
   const int block = md.n_layers * md.k;
   const int64_t K = md.n_sketch;
+  const int64_t n_pairs = nb.n_pairs();
+  n_energy_rows = member_rows() ? M : 1;
   G.resize(n * n_sf);
-  dEdG.resize(n * M * n_sf);
   member_E.resize(n * M);
+  pair_grad.resize(static_cast<size_t>(n_energy_rows) * n_pairs * 3);
   if (features) phi.resize(n * block);
   if (atom_u_here) atom_u.resize(n);
 
-  md.descriptor.compute(nb, G.data());
-
+  md.descriptor.check(nb);
   ensure_workspaces();
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
-#pragma omp parallel for schedule(static)
+  // Dynamic: environments differ in cost. Results do not depend on the schedule (each centre
+  // writes only its own rows and its own pairs).
+#pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
-    Workspace& ws = workspaces[thread_id()];
-    double* dE = &dEdG[i * M * n_sf];
+    const int thread = thread_id();
+    Workspace& ws = workspaces[thread];
+    SymmetryFunctions::CentreWorkspace& sf_ws = sf_workspaces[thread];
+    double* dE = dE_rows[thread].data();
+    double* Gi = &G[i * n_sf];
     if (!handled[i]) {
-      std::fill(dE, dE + M * n_sf, 0.0);
+      std::fill(Gi, Gi + n_sf, 0.0);
+      for (int r = 0; r < n_energy_rows; ++r)
+        for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p)
+          std::fill_n(&pair_grad[(static_cast<size_t>(r) * n_pairs + p) * 3], 3, 0.0);
       std::fill(&member_E[i * M], &member_E[i * M] + M, 0.0);
       if (features) std::fill(&phi[i * block], &phi[i * block] + block, 0.0);
       if (atom_u_here) atom_u[i] = 0.0;
       continue;
     }
     const int e = static_cast<int>(nb.species[i]);
-    const double* Gi = &G[i * n_sf];
+    md.descriptor.centre_values(nb, i, sf_ws, Gi);
     // Member 0 last, so that its deltas and layer inputs are still in ws for the sketch.
     for (int m = M - 1; m >= 0; --m) {
       const Member& member = md.members[m];
@@ -389,6 +410,16 @@ void Evaluator::Impl::forward_atoms() {
       member_E[i * M + m] = member.energy_scale * out + member.energy_shift[e];
       network_backward(md, net, e, member.energy_scale, ws, dE + m * n_sf);
     }
+    const double* rows = dE;
+    if (n_energy_rows == 1) {  // the mean over members, in row M
+      double* mean = dE + M * n_sf;
+      std::fill(mean, mean + n_sf, 0.0);
+      for (int m = 0; m < M; ++m)
+        for (int f = 0; f < n_sf; ++f) mean[f] += dE[m * n_sf + f];
+      for (int f = 0; f < n_sf; ++f) mean[f] /= M;
+      rows = mean;
+    }
+    md.descriptor.centre_vjp(nb, i, sf_ws, n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
     if (!features) continue;
     double* p = &phi[i * block];
     sketch_features(md, e, ws, p);
@@ -592,40 +623,24 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   result.uncertainty = s.uncertainty(global_sums, result.member_energies);
   const bool gradient = opt.uncertainty_gradient && result.uncertainty > 0;
 
-  // Right-hand sides of the one descriptor vjp: energy rows (the mean, or every member when
-  // member forces are wanted), then the uncertainty row.
-  const int n_energy_rows = s.member_forces() ? M : 1;
-  const int n_rhs = n_energy_rows + (gradient ? 1 : 0);
-  const size_t rows = static_cast<size_t>(n) * n_sf;
-  s.dLdG.resize(n_rhs * rows);
-  for (int64_t i = 0; i < n; ++i) {
-    const double* dE = &s.dEdG[i * M * n_sf];
-    if (s.member_forces()) {
-      for (int m = 0; m < M; ++m) std::copy(dE + m * n_sf, dE + (m + 1) * n_sf, &s.dLdG[m * rows + i * n_sf]);
-    } else {
-      double* out = &s.dLdG[i * n_sf];
-      std::fill(out, out + n_sf, 0.0);
-      for (int m = 0; m < M; ++m)
-        for (int f = 0; f < n_sf; ++f) out[f] += dE[m * n_sf + f];
-      for (int f = 0; f < n_sf; ++f) out[f] /= M;
-    }
-  }
+  // Pair gradients of U: for the ensemble from the member rows of forward(), for the
+  // gradient features by one descriptor vjp of dU/dG_i (the tangent pass of each atom).
+  const int n_energy_rows = s.n_energy_rows;
+  const size_t rhs_stride = static_cast<size_t>(n_pairs) * 3;
   if (gradient) {
-    double* U_rows = &s.dLdG[n_energy_rows * rows];
+    s.u_pair_grad.assign(rhs_stride, 0.0);
     if (opt.uncertainty == Uncertainty::ensemble) {
-      for (int64_t i = 0; i < n; ++i) {
-        const double* dE = &s.dEdG[i * M * n_sf];
-        double* out = U_rows + i * n_sf;
-        std::fill(out, out + n_sf, 0.0);
-        for (int m = 0; m < M; ++m)
-          for (int f = 0; f < n_sf; ++f) out[f] += s.v[m] * dE[m * n_sf + f];
+      for (int m = 0; m < M; ++m) {
+        const double* gm = &s.pair_grad[m * rhs_stride];
+        for (size_t k = 0; k < rhs_stride; ++k) s.u_pair_grad[k] += s.v[m] * gm[k];
       }
     } else {
       s.build_direction();
       s.ensure_workspaces();
+      s.dUdG.resize(static_cast<size_t>(n) * n_sf);
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
-        double* out = U_rows + i * n_sf;
+        double* out = &s.dUdG[i * n_sf];
         if (!s.handled[i]) {
           std::fill(out, out + n_sf, 0.0);
           continue;
@@ -633,12 +648,9 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
         const int e = static_cast<int>(nb.species[i]);
         tangent_pass(md, e, s.direction[e], &s.G[i * n_sf], s.workspaces[thread_id()], out);
       }
+      if (n > 0) md.descriptor.vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
     }
   }
-
-  s.pair_grad.resize(static_cast<size_t>(n_rhs) * n_pairs * 3);
-  if (n_rhs > 0 && n > 0) md.descriptor.vjp(nb, n_rhs, s.dLdG.data(), s.pair_grad.data());
-  else std::fill(s.pair_grad.begin(), s.pair_grad.end(), 0.0);
 
   // Scatter pair gradients g_p = dX/dD_p: D_p = x_j - x_i, so dX/dx_j += g_p, dX/dx_i -= g_p.
   result.forces.assign(3 * n_atoms, 0.0);
@@ -648,7 +660,6 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
     result.member_forces.assign(static_cast<size_t>(M) * n_atoms * 3, 0.0);
   else
     result.member_forces.clear();
-  const size_t rhs_stride = static_cast<size_t>(n_pairs) * 3;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
       const int64_t j = nb.j[p];
@@ -674,7 +685,7 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   }
   if (gradient) {
     result.uncertainty_gradient.assign(3 * n_atoms, 0.0);
-    const double* gU = &s.pair_grad[n_energy_rows * rhs_stride];
+    const double* gU = s.u_pair_grad.data();
     for (int64_t i = 0; i < n; ++i)
       for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
         const int64_t j = nb.j[p];

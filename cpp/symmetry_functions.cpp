@@ -1,7 +1,9 @@
 // Symmetry functions: table validation and the OpenMP loops over centres.
 //
 // One traversal (visit_center) walks the pairs and triplets of a centre and hands every
-// term to a "sink"; compute, compute_with_derivatives, vjp and jvp differ only in their sink.
+// term to a "sink"; compute, compute_with_derivatives and jvp differ only in their sink. The
+// vjp (forces) records the centre's geometry during its values traversal and contracts from
+// that record (contract_center), grouping the angular functions that share a radial part.
 // Each centre writes only its own row of G and its own pairs' entries, so results do not
 // depend on the number of threads or on the schedule.
 #include "symmetry_functions.hpp"
@@ -80,6 +82,19 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     angular_by_pair_[ia * n_elements + ib].push_back(fn);
     if (ia != ib) angular_by_pair_[ib * n_elements + ia].push_back(fn);
   }
+  rjk_slot_.assign(radial_keys_.size(), -1);
+  for (size_t k = 0; k < radial_keys_.size(); ++k)
+    if (radial_keys_[k].at_rjk) rjk_slot_[k] = n_rjk_keys_++;
+  groups_by_pair_.resize(angular_by_pair_.size());
+  for (size_t pair = 0; pair < angular_by_pair_.size(); ++pair) {
+    auto& groups = groups_by_pair_[pair];
+    for (const Angular& fn : angular_by_pair_[pair]) {
+      auto it = std::find_if(groups.begin(), groups.end(),
+                             [&](const AngularGroup& g) { return g.key == fn.key && g.g4 == fn.g4; });
+      if (it == groups.end()) it = groups.insert(groups.end(), AngularGroup{fn.key, fn.g4, {}});
+      it->terms.emplace_back(fn.f, fn.shape);
+    }
+  }
 }
 
 void SymmetryFunctions::check(const NeighbourView& nb) const {
@@ -113,20 +128,10 @@ void SymmetryFunctions::check(const NeighbourView& nb) const {
 
 // ------------------------------------------------------------------ traversal
 
-struct SymmetryFunctions::Workspace {
-  std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
-  std::vector<int64_t> z;      // its element
-  std::vector<double> d, r;    // its vector (3 each) and length
-  std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
-  std::vector<int> angular;    // neighbours inside the angular cutoff
-  std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
-  std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
-  std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
-  std::vector<double> A, dA;   // [shape] angular factor and d/dcos
-};
 
-template <bool kGrad, class Sink>
-void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspace& ws, Sink& sink) const {
+// kRecord keeps in ws what centre_vjp needs again (radial derivatives, per-triplet geometry).
+template <bool kGrad, bool kRecord, class Sink>
+void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, Sink& sink) const {
   const size_t n_cut = cutoffs_.size(), n_keys = radial_keys_.size(), n_shapes = shapes_.size();
   const double cutoff2 = cutoff_ * cutoff_;
   ws.pair.clear();
@@ -142,6 +147,8 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
     ws.d.insert(ws.d.end(), d, d + 3);
     ws.r.push_back(std::sqrt(r2));
   }
+  ws.inv_r.resize(ws.r.size());
+  for (size_t a = 0; a < ws.r.size(); ++a) ws.inv_r[a] = 1.0 / ws.r[a];
   const size_t n = ws.r.size();
   ws.fc.resize(n * n_cut);
   ws.dfc.resize(n * n_cut);
@@ -149,6 +156,7 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
     for (size_t c = 0; c < n_cut; ++c) sf_cutoff(ws.r[a], cutoffs_[c], &ws.fc[a * n_cut + c], &ws.dfc[a * n_cut + c]);
 
   // Radial functions: one term per pair.
+  if (kRecord) ws.radial_dg.clear();
   for (size_t a = 0; a < n; ++a) {
     const auto& fns = radial_by_element_[ws.z[a]];
     if (fns.empty()) continue;
@@ -157,14 +165,19 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
     const double* dfc = &ws.dfc[a * n_cut];
     if (kGrad) sink.pair_begin(ws.pair[a], &ws.d[3 * a]);
     for (const Radial& fn : fns) {
-      if (fc[fn.cut] == 0.0) continue;  // beyond this function's cutoff
+      if (fc[fn.cut] == 0.0) {  // beyond this function's cutoff
+        if (kRecord) ws.radial_dg.push_back(0.0);
+        continue;
+      }
       double dg;
       const double g = sf_radial(fn.eta, fn.rs, r, fc[fn.cut], dfc[fn.cut], &dg);
       sink.value(fn.f, g);
+      if (kRecord) ws.radial_dg.push_back(dg / r);
       if (kGrad) sink.pair_term(fn.f, dg / r);
     }
     if (kGrad) sink.pair_end();
   }
+  if (kRecord) ws.triplets.clear();
   if (n_keys == 0) return;
 
   // Angular functions: one term per unordered pair of neighbours {a, b}, a < b.
@@ -190,18 +203,21 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
   ws.A.resize(n_shapes);
   ws.dA.resize(n_shapes);
   const size_t n_ang = ws.angular.size();
+  const size_t stride = record_stride();
+  if (kRecord) ws.triplets.resize(n_ang * (n_ang - (n_ang > 0)) / 2 * stride);  // at most every pair
+  double* record = ws.triplets.data();
   for (size_t ia = 0; ia < n_ang; ++ia) {
     const int a = ws.angular[ia];
     const double* dij = &ws.d[3 * a];
-    const double rij = ws.r[a], inv_rij = 1.0 / rij;
+    const double inv_rij = ws.inv_r[a];
     const double* Rij = &ws.R[a * n_keys];
     const double* dRij = &ws.dR[a * n_keys];
     for (size_t ib = ia + 1; ib < n_ang; ++ib) {
       const int b = ws.angular[ib];
-      const auto& fns = angular_by_pair_[ws.z[a] * n_elements_ + ws.z[b]];
-      if (fns.empty()) continue;
+      const size_t element_pair = ws.z[a] * n_elements_ + ws.z[b];
+      if (angular_by_pair_[element_pair].empty()) continue;
       const double* dik = &ws.d[3 * b];
-      const double rik = ws.r[b], inv_rik = 1.0 / rik;
+      const double inv_rik = ws.inv_r[b];
       const double* Rik = &ws.R[b * n_keys];
       const double* dRik = &ws.dR[b * n_keys];
       const double c = dot3(dij, dik) * inv_rij * inv_rik;
@@ -219,29 +235,49 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, Workspa
         ws.S[k] = e * fc;
         ws.dS[k] = e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
       }
+      double* A = ws.A.data();
+      double* dA = ws.dA.data();
+      if (kRecord) {  // c, S and dS of the keys at r_jk, then A and dA of every shape
+        record[0] = c;
+        for (size_t k = 0; k < n_keys; ++k)
+          if (rjk_slot_[k] >= 0) {
+            record[1 + 2 * rjk_slot_[k]] = ws.S[k];
+            record[2 + 2 * rjk_slot_[k]] = ws.dS[k];
+          }
+        A = record + 1 + 2 * n_rjk_keys_;
+        dA = A + n_shapes;
+        record += stride;
+      }
       for (size_t s = 0; s < n_shapes; ++s) {
         const Shape& sh = shapes_[s];
-        ws.A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &ws.dA[s]);
+        A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &dA[s]);
       }
-      if (kGrad) sink.triplet_begin(ws.pair[a], dij, ws.pair[b], dik);
-      for (const Angular& fn : fns) {
+      if (!Sink::kTerms) continue;  // recording only
+      if (!kGrad) {  // values: the radial part once per group of functions
+        for (const AngularGroup& g : groups_by_pair_[element_pair]) {
+          const double rjk_part = g.g4 ? ws.S[g.key] : 1.0;
+          const double radial = Rij[g.key] * Rik[g.key] * rjk_part;
+          if (radial == 0.0) continue;  // beyond the cutoff
+          for (const auto& [f, shape] : g.terms) sink.value(f, A[shape] * radial);
+        }
+        continue;
+      }
+      sink.triplet_begin(ws.pair[a], dij, ws.pair[b], dik);
+      for (const Angular& fn : angular_by_pair_[element_pair]) {
         const double rij_part = Rij[fn.key], rik_part = Rik[fn.key];
         const double rjk_part = fn.g4 ? ws.S[fn.key] : 1.0;
         if (rij_part == 0.0 || rik_part == 0.0 || rjk_part == 0.0) continue;  // beyond the cutoff
-        const double A = ws.A[fn.shape];
         const double radial = rij_part * rik_part * rjk_part;
-        sink.value(fn.f, A * radial);
-        if (kGrad) {
-          const double f_c = ws.dA[fn.shape] * radial;
-          const double f_rij = A * dRij[fn.key] * rik_part * rjk_part;
-          const double f_rik = A * rij_part * dRik[fn.key] * rjk_part;
-          const double f_rjk_over_rjk = fn.g4 ? A * rij_part * rik_part * ws.dS[fn.key] : 0.0;
-          double alpha, beta, delta;
-          sf_triplet_coefficients(f_c, f_rij, f_rik, f_rjk_over_rjk, c, inv_rij, inv_rik, &alpha, &beta, &delta);
-          sink.triplet_term(fn.f, alpha, beta, delta);
-        }
+        sink.value(fn.f, A[fn.shape] * radial);
+        const double f_c = dA[fn.shape] * radial;
+        const double f_rij = A[fn.shape] * dRij[fn.key] * rik_part * rjk_part;
+        const double f_rik = A[fn.shape] * rij_part * dRik[fn.key] * rjk_part;
+        const double f_rjk_over_rjk = fn.g4 ? A[fn.shape] * rij_part * rik_part * ws.dS[fn.key] : 0.0;
+        double alpha, beta, delta;
+        sf_triplet_coefficients(f_c, f_rij, f_rik, f_rjk_over_rjk, c, inv_rij, inv_rik, &alpha, &beta, &delta);
+        sink.triplet_term(fn.f, alpha, beta, delta);
       }
-      if (kGrad) sink.triplet_end();
+      sink.triplet_end();
     }
   }
 }
@@ -251,12 +287,12 @@ void SymmetryFunctions::for_each_center(const NeighbourView& nb, MakeSink make_s
   check(nb);
 #pragma omp parallel
   {
-    Workspace ws;
+    CentreWorkspace ws;
     auto sink = make_sink();
 #pragma omp for schedule(dynamic, 16)
     for (int64_t i = 0; i < nb.n_centers; ++i) {
       sink.start(i);
-      visit_center<kGrad>(nb, i, ws, sink);
+      visit_center<kGrad, false>(nb, i, ws, sink);
       sink.finish();
     }
   }
@@ -268,6 +304,7 @@ namespace {
 
 // Adds values to row i of G; ignores derivatives.
 struct ValueSink {
+  static constexpr bool kTerms = true;  // false: the traversal only records (RecordSink)
   double* G;
   int64_t n_sf;
   double* row = nullptr;
@@ -280,6 +317,12 @@ struct ValueSink {
   void triplet_begin(int64_t, const double*, int64_t, const double*) {}
   void triplet_term(int64_t, double, double, double) {}
   void triplet_end() {}
+};
+
+// Nothing: the traversal records the geometry for contract_center.
+struct RecordSink : ValueSink {
+  static constexpr bool kTerms = false;
+  void value(int64_t, double) {}
 };
 
 // Values and the full derivative array dG [n_pairs][n_sf][3].
@@ -304,69 +347,10 @@ struct DerivativeSink : ValueSink {
   }
 };
 
-// out[r][p] = sum_f w[r][i][f] dG_if/dD_p, accumulated as coefficients of D_p (and D_q).
-// kRhs > 0 fixes the number of right-hand sides at compile time (unrolled loops); 0 reads n_rhs.
-template <int kRhs>
-struct VjpSink {
-  int64_t n_rhs, n_centers, n_sf, n_pairs;
-  const double* w;
-  double* out;
-  std::vector<double> wi;   // [n_sf][n_rhs] weights of the current centre, rhs innermost
-  std::vector<double> acc;  // [n_rhs][3] coefficients
-  int64_t p = 0, q = 0;
-  const double *dp = nullptr, *dq = nullptr;
-  int64_t rhs() const { return kRhs > 0 ? kRhs : n_rhs; }
-  void start(int64_t i) {
-    const int64_t nr = rhs();
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t f = 0; f < n_sf; ++f) wi[f * nr + r] = w[(r * n_centers + i) * n_sf + f];
-  }
-  void finish() {}
-  void value(int64_t, double) {}
-  double* pair_out(int64_t r, int64_t pair) const { return out + (r * n_pairs + pair) * 3; }
-  void pair_begin(int64_t p_, const double* d) {
-    p = p_, dp = d;
-    std::fill(acc.begin(), acc.end(), 0.0);
-  }
-  void pair_term(int64_t f, double coef) {
-    const int64_t nr = rhs();
-    for (int64_t r = 0; r < nr; ++r) acc[3 * r] += wi[f * nr + r] * coef;
-  }
-  void pair_end() {
-    for (int64_t r = 0; r < rhs(); ++r) {
-      double* o = pair_out(r, p);
-      for (int x = 0; x < 3; ++x) o[x] += acc[3 * r] * dp[x];
-    }
-  }
-  void triplet_begin(int64_t p_, const double* dp_, int64_t q_, const double* dq_) {
-    p = p_, dp = dp_, q = q_, dq = dq_;
-    std::fill(acc.begin(), acc.end(), 0.0);
-  }
-  void triplet_term(int64_t f, double alpha, double beta, double delta) {
-    const int64_t nr = rhs();
-    for (int64_t r = 0; r < nr; ++r) {
-      const double wf = wi[f * nr + r];
-      acc[3 * r] += wf * alpha;
-      acc[3 * r + 1] += wf * beta;
-      acc[3 * r + 2] += wf * delta;
-    }
-  }
-  void triplet_end() {
-    for (int64_t r = 0; r < rhs(); ++r) {
-      const double alpha = acc[3 * r], beta = acc[3 * r + 1], delta = acc[3 * r + 2];
-      double* op = pair_out(r, p);
-      double* oq = pair_out(r, q);
-      for (int x = 0; x < 3; ++x) {
-        op[x] += alpha * dp[x] + beta * dq[x];
-        oq[x] += beta * dp[x] + delta * dq[x];
-      }
-    }
-  }
-};
-
 // out[r][i][f] = sum_p dG_if/dD_p . t[r][p], via the dot products of t with D_p and D_q.
 template <int kRhs>
 struct JvpSink {
+  static constexpr bool kTerms = true;
   int64_t n_rhs, n_centers, n_sf, n_pairs;
   const double* t;
   double* out;
@@ -412,6 +396,132 @@ struct JvpSink {
 
 }  // namespace
 
+// ------------------------------------------------------------------ the fused pass of one centre
+
+void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const {
+  std::fill(G_i, G_i + n_sf_, 0.0);
+  ValueSink sink{G_i, n_sf_};
+  sink.start(0);
+  visit_center<false, true>(nb, i, ws, sink);
+}
+
+void SymmetryFunctions::centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const {
+  RecordSink sink{{nullptr, n_sf_}};
+  visit_center<false, true>(nb, i, ws, sink);
+}
+
+void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs,
+                                   const double* w, double* out, int64_t out_stride) const {
+  // Rows in chunks of up to 4, each with its accumulators in registers.
+  for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {
+    const int64_t nr = std::min<int64_t>(4, n_rhs - r0);
+    ws.wt.resize(n_sf_ * nr);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf_; ++f) ws.wt[f * nr + r] = w[(r0 + r) * n_sf_ + f];
+    double* o = out + r0 * out_stride;
+    if (nr == 1) contract_center<1>(nb, i, ws, o, out_stride);
+    else if (nr == 2) contract_center<2>(nb, i, ws, o, out_stride);
+    else if (nr == 3) contract_center<3>(nb, i, ws, o, out_stride);
+    else contract_center<4>(nb, i, ws, o, out_stride);
+  }
+}
+
+// Walks the neighbours and triplets in visit_center's order, reading what it recorded. Per
+// triplet and group of angular functions (same element pair, radial key and kind):
+//   sum_f w_f dG_f = (sum_f w_f A_f) d(radial) + (sum_f w_f dA_f/dc) radial dc,
+// so the per-function work is two multiply-adds; the pair-vector algebra runs once per triplet.
+template <int kRhs>
+void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, const CentreWorkspace& ws, double* out,
+                                        int64_t out_stride) const {
+  const double* wt = ws.wt.data();
+  for (int r = 0; r < kRhs; ++r)
+    for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) std::fill_n(out + r * out_stride + 3 * p, 3, 0.0);
+
+  // Radial: g_p = (sum_f w_f (dG_f/dr) / r) D_p.
+  const size_t n = ws.r.size();
+  const double* dg = ws.radial_dg.data();
+  for (size_t a = 0; a < n; ++a) {
+    const auto& fns = radial_by_element_[ws.z[a]];
+    if (fns.empty()) continue;
+    double acc[kRhs] = {};
+    for (const Radial& fn : fns) {
+      const double coef = *dg++;
+      const double* wf = wt + fn.f * kRhs;
+      for (int r = 0; r < kRhs; ++r) acc[r] += wf[r] * coef;
+    }
+    const double* d = &ws.d[3 * a];
+    for (int r = 0; r < kRhs; ++r) {
+      double* o = out + r * out_stride + 3 * ws.pair[a];
+      for (int x = 0; x < 3; ++x) o[x] += acc[r] * d[x];
+    }
+  }
+  const size_t n_keys = radial_keys_.size(), n_shapes = shapes_.size();
+  if (n_keys == 0) return;
+
+  const size_t stride = record_stride();
+  const double* record = ws.triplets.data();
+  const size_t n_ang = ws.angular.size();
+  for (size_t ia = 0; ia < n_ang; ++ia) {
+    const int a = ws.angular[ia];
+    const double* dij = &ws.d[3 * a];
+    const double inv_rij = ws.inv_r[a];
+    const double* Rij = &ws.R[a * n_keys];
+    const double* dRij = &ws.dR[a * n_keys];
+    double* op[kRhs];
+    for (int r = 0; r < kRhs; ++r) op[r] = out + r * out_stride + 3 * ws.pair[a];
+    for (size_t ib = ia + 1; ib < n_ang; ++ib) {
+      const int b = ws.angular[ib];
+      const auto& groups = groups_by_pair_[ws.z[a] * n_elements_ + ws.z[b]];
+      if (groups.empty()) continue;
+      const double c = record[0];
+      const double* rjk_terms = record + 1;
+      const double* A = record + 1 + 2 * n_rjk_keys_;
+      const double* dA = A + n_shapes;
+      record += stride;
+      const double* dik = &ws.d[3 * b];
+      const double inv_rik = ws.inv_r[b];
+      const double* Rik = &ws.R[b * n_keys];
+      const double* dRik = &ws.dR[b * n_keys];
+      // derivative sums over the groups: d/dc, d/dr_ij, d/dr_ik, (d/dr_jk) / r_jk
+      double f_c[kRhs] = {}, f_rij[kRhs] = {}, f_rik[kRhs] = {}, f_rjk[kRhs] = {};
+      for (const AngularGroup& g : groups) {
+        const double rij_part = Rij[g.key], rik_part = Rik[g.key];
+        const double rjk_part = g.g4 ? rjk_terms[2 * rjk_slot_[g.key]] : 1.0;
+        if (rij_part == 0.0 || rik_part == 0.0 || rjk_part == 0.0) continue;  // beyond the cutoff
+        const double radial = rij_part * rik_part * rjk_part;
+        const double c_rij = dRij[g.key] * rik_part * rjk_part;
+        const double c_rik = rij_part * dRik[g.key] * rjk_part;
+        const double c_rjk = g.g4 ? rij_part * rik_part * rjk_terms[2 * rjk_slot_[g.key] + 1] : 0.0;
+        double P[kRhs] = {}, dP[kRhs] = {};
+        for (const auto& [f, shape] : g.terms) {
+          const double* wf = wt + f * kRhs;
+          const double As = A[shape], dAs = dA[shape];
+          for (int r = 0; r < kRhs; ++r) {
+            P[r] += wf[r] * As;
+            dP[r] += wf[r] * dAs;
+          }
+        }
+        for (int r = 0; r < kRhs; ++r) {
+          f_c[r] += dP[r] * radial;
+          f_rij[r] += P[r] * c_rij;
+          f_rik[r] += P[r] * c_rik;
+          f_rjk[r] += P[r] * c_rjk;
+        }
+      }
+      const int64_t q = ws.pair[b];
+      for (int r = 0; r < kRhs; ++r) {
+        double alpha, beta, delta;
+        sf_triplet_coefficients(f_c[r], f_rij[r], f_rik[r], f_rjk[r], c, inv_rij, inv_rik, &alpha, &beta, &delta);
+        double* oq = out + r * out_stride + 3 * q;
+        for (int x = 0; x < 3; ++x) {
+          op[r][x] += alpha * dij[x] + beta * dik[x];
+          oq[x] += beta * dij[x] + delta * dik[x];
+        }
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ entry points
 
 void SymmetryFunctions::compute(const NeighbourView& nb, double* G) const {
@@ -427,19 +537,20 @@ void SymmetryFunctions::compute_with_derivatives(const NeighbourView& nb, double
 
 void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const {
   if (n_rhs < 1) throw Error("symmetry functions: vjp needs at least one right-hand side");
+  check(nb);
   const int64_t n_pairs = nb.n_pairs();
-  std::fill(out, out + n_rhs * n_pairs * 3, 0.0);
-  auto run = [&](auto rhs_tag) {
-    constexpr int kRhs = decltype(rhs_tag)::value;
-    for_each_center<true>(nb, [&] {
-      return VjpSink<kRhs>{n_rhs, nb.n_centers, n_sf_, n_pairs, dLdG, out,
-                           std::vector<double>(n_sf_ * n_rhs), std::vector<double>(3 * n_rhs)};
-    });
-  };
-  // One and two right-hand sides (energy; energy and uncertainty) get unrolled loops.
-  if (n_rhs == 1) run(std::integral_constant<int, 1>());
-  else if (n_rhs == 2) run(std::integral_constant<int, 2>());
-  else run(std::integral_constant<int, 0>());
+#pragma omp parallel
+  {
+    CentreWorkspace ws;
+    std::vector<double> w(n_rhs * n_sf_);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nb.n_centers; ++i) {
+      for (int64_t r = 0; r < n_rhs; ++r)
+        std::copy(dLdG + (r * nb.n_centers + i) * n_sf_, dLdG + (r * nb.n_centers + i + 1) * n_sf_, &w[r * n_sf_]);
+      centre_record(nb, i, ws);
+      centre_vjp(nb, i, ws, n_rhs, w.data(), out, 3 * n_pairs);
+    }
+  }
 }
 
 void SymmetryFunctions::jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const {

@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -131,10 +132,38 @@ class SymmetryFunctions {
   void compute_with_derivatives(const NeighbourView& nb, double* G, double* dG) const;
 
   // out[r][p] = sum_f dLdG[r][i(p)][f] dG_i(p),f / dD_p for n_rhs right-hand sides:
-  // dLdG [n_rhs][n_centers][n_sf] -> out [n_rhs][n_pairs][3]. Derivatives are recomputed
-  // while contracting (nothing of size n_pairs x n_sf is stored), once for all right-hand
-  // sides, so a second one (the uncertainty gradient next to the energy) costs little.
+  // dLdG [n_rhs][n_centers][n_sf] -> out [n_rhs][n_pairs][3]. Per centre: one traversal
+  // recording the geometry, then centre_vjp (nothing of size n_pairs x n_sf is stored).
   void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const;
+
+  // ---- the fused pass of one centre (what the evaluator runs per atom, see vjp)
+  // Per-thread scratch: the centre's neighbours, radial factors and, per triplet, what the
+  // contraction needs again (cos theta, the r_jk factors, the angular factors and dA/dcos).
+  struct CentreWorkspace {
+    std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
+    std::vector<int64_t> z;      // its element
+    std::vector<double> d, r, inv_r;  // its vector (3 each), length and 1 / length
+    std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
+    std::vector<int> angular;    // neighbours inside the angular cutoff
+    std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
+    std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
+    std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
+    std::vector<double> A, dA;   // [shape] angular factor and d/dcos (when not recorded)
+    std::vector<double> radial_dg;  // recorded: (dG2/dr) / r per neighbour and G2 of its element
+    std::vector<double> triplets;   // recorded: per visited triplet record_stride() doubles
+    std::vector<double> wt;         // centre_vjp: weights [n_sf][rows of a chunk]
+  };
+
+  // G_i (n_sf values, overwritten) of centre i; keeps the geometry in ws for centre_vjp.
+  // No check(): callers run check(nb) once before their loop over centres.
+  void centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const;
+
+  // After centre_values(nb, i, ws, ...): out[r * out_stride + 3 p] = sum_f w[r * n_sf + f]
+  // dG_if/dD_p for every pair p of centre i (overwritten, 0 beyond the cutoff) and n_rhs weight
+  // rows w. The angular functions sharing an element pair, radial factor and kind are
+  // contracted as one term per triplet: sum_f w_f A_f(cos) times their common radial part.
+  void centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs, const double* w,
+                  double* out, int64_t out_stride) const;
 
   // out[r][i][f] = sum_{p of i} dG_if/dD_p . t[r][p]: t [n_rhs][n_pairs][3] ->
   // out [n_rhs][n_centers][n_sf].
@@ -161,12 +190,25 @@ class SymmetryFunctions {
     double zeta, lambda, prefactor;  // prefactor 2^(1 - zeta)
     int izeta;                       // zeta as an integer, or -1
   };
-  struct Workspace;
+  // Angular functions of one element pair sharing a radial key and kind: their sum weighted
+  // by w_f is sum_f w_f A_f(cos) times one radial part.
+  struct AngularGroup {
+    int key;
+    bool g4;
+    std::vector<std::pair<int64_t, int>> terms;  // (column f, shape)
+  };
 
-  template <bool kGrad, class Sink>
-  void visit_center(const NeighbourView& nb, int64_t i, Workspace& ws, Sink& sink) const;
+  template <bool kGrad, bool kRecord, class Sink>
+  void visit_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, Sink& sink) const;
   template <bool kGrad, class MakeSink>
   void for_each_center(const NeighbourView& nb, MakeSink make_sink) const;
+  // centre_values without the values: what a vjp of given weights needs.
+  void centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const;
+  template <int kRhs>
+  void contract_center(const NeighbourView& nb, int64_t i, const CentreWorkspace& ws, double* out,
+                       int64_t out_stride) const;
+  // Doubles per recorded triplet: cos theta, S and dS of each key at r_jk, A and dA of each shape.
+  size_t record_stride() const { return 1 + 2 * static_cast<size_t>(n_rjk_keys_) + 2 * shapes_.size(); }
 
   int64_t n_sf_ = 0;
   int64_t n_elements_ = 0;
@@ -177,6 +219,9 @@ class SymmetryFunctions {
   std::vector<Shape> shapes_;           // distinct (zeta, lambda)
   std::vector<std::vector<Radial>> radial_by_element_;  // [n_elements]
   std::vector<std::vector<Angular>> angular_by_pair_;   // [n_elements * n_elements], symmetric
+  std::vector<std::vector<AngularGroup>> groups_by_pair_;  // the same functions by (key, kind)
+  std::vector<int> rjk_slot_;  // [radial key] its slot in a recorded triplet (keys at r_jk), or -1
+  int n_rjk_keys_ = 0;
 };
 
 }  // namespace mlipbias

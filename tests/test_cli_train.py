@@ -60,6 +60,18 @@ def test_template_loads_to_the_defaults():
             r"descriptor.preset = 'water': expected one of auto, SiO2, Si, "
             r"molecules",
         ),
+        ({"descriptor": {"angular_cutoff": -3.5}}, r"descriptor.angular_cutoff = -3.5: expected a positive"),
+        (
+            {
+                "descriptor": {
+                    "preset": None,
+                    "elements": ["Si"],
+                    "g4": [[0.1, 1, 1, 4.0]],
+                    "angular_cutoff": 3.5,
+                }
+            },
+            r"descriptor.angular_cutoff applies to a preset: with explicit g4/g5 rows give rc in each row",
+        ),
         (
             {"descriptor": {"preset": None, "elements": ["Si"], "g2": [[1.0, 2.0]]}},
             r"descriptor.g2: every row "

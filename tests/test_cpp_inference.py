@@ -435,6 +435,10 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path, model_path):
         "    r = model.evaluate(atoms, method, gradient=True, atom_uncertainty=True)\n"
         "    out += [r.forces.ravel(), r.virial.ravel(), [r.energy, r.uncertainty],\n"
         "            r.uncertainty_gradient.ravel(), r.uncertainty_virial.ravel(), r.atom_uncertainty]\n"
+        "r = model.evaluate(atoms, 'none')\n"  # the members' mean as one row of the fused pass
+        "out += [r.forces.ravel(), r.virial.ravel(), [r.energy]]\n"
+        "r = model.evaluate(atoms, 'ensemble', gradient=True)\n"  # every member's row, no member forces
+        "out += [r.forces.ravel(), r.uncertainty_gradient.ravel(), r.uncertainty_virial.ravel()]\n"
         "np.save(sys.argv[3], np.concatenate(out))\n"
     )
     out = []

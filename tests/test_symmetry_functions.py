@@ -48,16 +48,19 @@ def acetamide(seed=0):
 
 
 CASES = {
-    "quartz": (quartz, "SiO2"),
-    "acetamide": (acetamide, "molecules"),
+    "quartz": (quartz, "SiO2", None),
+    "quartz-angular-3.5": (quartz, "SiO2", 3.5),  # G4/G5 inside a shorter cutoff than the G2
+    "acetamide": (acetamide, "molecules", None),
 }
 
 
 @pytest.fixture(params=sorted(CASES))
 def case(request):
-    make, defaults = CASES[request.param]
+    make, defaults, angular_cutoff = CASES[request.param]
     atoms = make()
     sf = SymmetryFunctions.defaults(defaults)
+    if angular_cutoff is not None:
+        sf = sf.with_angular_cutoff(angular_cutoff)
     return sf, atoms, sf.compute(atoms, derivatives=True)
 
 
@@ -108,6 +111,9 @@ def test_vjp_and_jvp_match_reference_with_several_rhs(case):
         np.testing.assert_allclose(vjp[r], expected.numpy(), rtol=0, atol=TOL)
         np.testing.assert_array_equal(sf.vjp(nb, w[r]), vjp[r])  # one rhs alone gives the same bits
     np.testing.assert_array_equal(sf.vjp(nb, w[:2])[1], vjp[1])  # the unrolled 2-rhs path
+    w6 = rng.normal(size=(6, nb.n_atoms, sf.n_sf))  # rows in chunks of 4 and 2
+    np.testing.assert_array_equal(sf.vjp(nb, w6)[5], sf.vjp(nb, w6[5]))
+    np.testing.assert_array_equal(sf.vjp(nb, w6)[3], sf.vjp(nb, w6[:4])[3])
     jvp = sf.jvp(nb, t)
     assert jvp.shape == (3, nb.n_atoms, sf.n_sf)
     for r in range(3):
@@ -337,6 +343,19 @@ def test_defaults_and_records_round_trip(system, elements, n_sf):
     assert len(sf.labels()) == n_sf
     swapped = SymmetryFunctions.defaults(list(reversed(elements)))
     assert swapped.elements == tuple(reversed(elements)) and swapped.n_sf == n_sf
+
+
+def test_angular_cutoff_setting():
+    from mlipbias.models.config import DescriptorSettings, make_descriptor
+
+    sf = make_descriptor(DescriptorSettings(preset="SiO2", angular_cutoff=3.5), ["Si", "O"])
+    kinds, rc = sf.table[:, 0], sf.table[:, 7]
+    assert set(rc[kinds == 2]) == {6.0} and set(rc[kinds != 2]) == {3.5} and sf.cutoff == 6.0
+    full = SymmetryFunctions.defaults("SiO2")
+    np.testing.assert_array_equal(sf.table[:, :7], full.table[:, :7])
+    assert SymmetryFunctions.from_records(sf.to_records()) == sf  # the model file keeps it
+    with pytest.raises(ValueError, match="angular cutoff must be a positive number"):
+        full.with_angular_cutoff(0.0)
 
 
 def test_defaults_for_other_element_lists_stay_moderate():

@@ -51,6 +51,7 @@ class DescriptorSettings:
     g2: list[list[float]] = field(default_factory=list)
     g4: list[list[float]] = field(default_factory=list)
     g5: list[list[float]] = field(default_factory=list)
+    angular_cutoff: float | None = None  # A: the preset's G4/G5 at this cutoff
 
 
 @dataclass
@@ -97,6 +98,7 @@ data:
 
 descriptor:
   preset: auto                  # auto (shells and cutoffs from the data's distances), SiO2, Si or molecules
+  angular_cutoff: null          # A: the preset's G4/G5 at this shorter cutoff (fewer triplets, faster)
   # or explicit symmetry functions (set preset: null):
   # elements: [Si, O]
   # g2: [[eta, rs, rc], ...]             # eta in 1/A^2, rs and rc in A
@@ -298,6 +300,16 @@ def _check(config: TrainConfig) -> None:
             raise ValueError(
                 "config section descriptor: set preset: null to give elements and g2/g4/g5 yourself"
             )
+        if desc.angular_cutoff is not None and not 0 < desc.angular_cutoff < float("inf"):
+            raise ValueError(
+                f"config key descriptor.angular_cutoff = {desc.angular_cutoff!r}: expected a positive "
+                "number of A, or null"
+            )
+    elif desc.angular_cutoff is not None:
+        raise ValueError(
+            "config key descriptor.angular_cutoff applies to a preset: "
+            "with explicit g4/g5 rows give rc in each row"
+        )
     elif not desc.elements or not (desc.g2 or desc.g4 or desc.g5):
         raise ValueError(
             "config section descriptor: without a preset, give elements and at least one of g2, g4, g5"
@@ -327,9 +339,11 @@ def make_descriptor(settings: DescriptorSettings, elements_in_data, structures=N
     if settings.preset == "auto":
         elements = sorted(set(elements_in_data), key=lambda e: atomic_numbers[e])
         if structures is None:
-            return SymmetryFunctions.defaults(elements)
-        descriptor, choice = symmetry_functions_from_data(structures, elements)
-        if log is not None:
-            log(choice.summary())
-        return descriptor
-    return SymmetryFunctions.defaults(settings.preset)
+            sf = SymmetryFunctions.defaults(elements)
+        else:
+            sf, choice = symmetry_functions_from_data(structures, elements)
+            if log is not None:
+                log(choice.summary())
+    else:
+        sf = SymmetryFunctions.defaults(settings.preset)
+    return sf if settings.angular_cutoff is None else sf.with_angular_cutoff(settings.angular_cutoff)
