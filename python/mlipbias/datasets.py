@@ -1,6 +1,6 @@
 """Labelled datasets: generation, storage in ase.db (SQLite), loading, splitting, summaries.
 
-Generation (:func:`generate`) follows seed 001:
+Generation (:func:`generate`) follows Cubuk & Schoenholz (2020):
 
 * ``displacements``: relax the structure to a local minimum with the oracle, then for sample
   ``i`` draw a Gaussian direction (independent in every Cartesian component of every atom) and

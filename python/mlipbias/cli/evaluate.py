@@ -1,6 +1,6 @@
 """``mlipbias evaluate``: accuracy and uncertainty metrics of a model on labelled data, with plots.
 
-Prints the seed-003 table (energy and force RMSE/MAE, Spearman, ROC-AUC at the 20th error
+Prints the table of Tan et al. (2023) (energy and force RMSE/MAE, Spearman, ROC-AUC at the 20th error
 percentile, miscalibration area, calibrated NLL with ``--calibration-data``) for every uncertainty
 method of the model, and writes ``metrics.json``, ``predictions.npz``, ``parity.png``,
 ``uncertainty_vs_error.png`` and ``calibration.png`` into ``--out``.
