@@ -508,7 +508,7 @@ def run_diagnosis(
     label_keys=None,
     **overrides,
 ) -> dict:
-    """Run the diagnosis of Cubuk & Schoenholz (2020): an approximate model against an accurate one on a dataset.
+    """Run the diagnosis of Cubuk & Schoenholz (2020), an approximate model against an accurate one.
 
     approx, accurate: ASE calculators (e.g. ``MLIPCalculator``, ``BKS``, tblite, EMT).
     configs: a list of Atoms, or the path of a dataset (see ``read_configurations``).
