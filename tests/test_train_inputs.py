@@ -106,6 +106,8 @@ def test_a_crafted_checkpoint_is_refused_without_running_and_a_truncated_one_nam
     assert main(["train", str(config), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "refused to load" in err and "checkpoint.pt" in err
+    # It names what it refused, and passes on none of torch's advice to load it with weights_only=False.
+    assert "(getattr; not one mlipbias wrote" in err and "weights_only" not in err and "\x1b" not in err
     assert not marker.exists()
     checkpoint.write_bytes(good[: len(good) // 2])
     assert main(["train", str(config), "--resume", "--no-progress"]) == 2
@@ -151,6 +153,7 @@ def test_energy_only_data_train_with_force_weight_zero(tmp_path, capsys):
     assert main(["train", str(config), "--no-progress"]) == 2  # the default force weight needs forces
     err = capsys.readouterr().err
     assert "has no forces under the key 'forces'" in err and "data.forces_key" in err
+    assert "energy-only data: training.force_weight: 0" in err  # the way out for a user without forces
     config = write_config(tmp_path, "e.db", training={"force_weight": 0.0, "stress_weight": 0.0})
     assert main(["train", str(config), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())["metrics"]

@@ -911,9 +911,14 @@ def _labels(
         if quantity not in labels:
             found = sorted(info if place == "info" else set(arrays) - {"numbers", "positions"})
             found += sorted(results)
+            without = (
+                "; energy-only data: training.force_weight: 0 (train) or --no-forces (evaluate)"
+                if quantity == "forces"
+                else ""
+            )
             raise ValueError(
                 f"{where} has no {quantity} under the key {key!r} (it has: {', '.join(found) or 'nothing'}); "
-                f"name the key with data.{quantity}_key"
+                f"name the key with data.{quantity}_key{without}"
             )
     return labels
 

@@ -663,6 +663,7 @@ def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, setting
 
 def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
     import pickle
+    import re
     import zipfile
 
     # weights_only: a checkpoint holds tensors and plain types only, so no object in it is ever built
@@ -670,9 +671,12 @@ def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, d
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
+        # Name the refused object, not torch's advice to load the file with weights_only=False.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise ValueError(
             f"{path}: refused to load: the checkpoint holds objects other than tensors and plain types "
-            f"(not one mlipbias wrote; it may be crafted to run code): {str(error).splitlines()[0]}"
+            f"({refused.group(1) if refused else 'an object'}; not one mlipbias wrote, it may be crafted "
+            "to run code): delete it and start the run again with --overwrite"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise ValueError(
