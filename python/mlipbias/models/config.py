@@ -135,8 +135,9 @@ training:
   loss: mse                     # mse or mae
   # Loss weights (docs/models.md, "Loss weights"): energy per atom and force components 1:1, as
   # nequip's tutorial (MACE: 1:100; DeePMD-kit ends at 1:1 on total energy^2 / N, N times more on
-  # energies; Tan et al. 2023: 0.1:1 on absolute errors of total energies and forces). Forces make a model fit for MD; an epoch costs
-  # ~100x the CPU time of an energy-only one (benchmarks/RESULTS.md). Energies only:
+  # energies; Tan et al. 2023: 0.1:1 on absolute errors of total energies and forces). Forces
+  # make a model fit for MD; an epoch costs ~100x the CPU time of an energy-only one
+  # (benchmarks/RESULTS.md). Energies only:
   # force_weight: 0 and stress_weight: 0.
   energy_weight: 1.0            # on the energy per atom (eV/atom)
   force_weight: 1.0             # on force components (eV/A)
