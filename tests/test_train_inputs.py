@@ -160,6 +160,51 @@ def test_energy_only_data_train_with_force_weight_zero(tmp_path, capsys):
     assert "energy ensemble" in metrics and "forces ensemble" not in metrics
 
 
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("training", "force_weight", float("inf")),
+        ("training", "learning_rate", float("inf")),
+        ("training", "energy_weight", float("nan")),
+        ("uncertainty", "posterior_lambda", float("inf")),
+        ("model", "hidden", [float("inf")]),
+    ],
+)
+def test_non_finite_settings_fail_the_check_naming_the_key(tmp_path, capsys, section, key, value):
+    """An infinite loss weight or learning rate trained NaN in every epoch and saved the untrained model."""
+    quartz_db(tmp_path / "q.db", n=4)
+    config = write_config(tmp_path, "q.db", **{section: {key: value}})
+    assert main(["train", str(config), "--check"]) == 2
+    assert f"setting {section}.{key} = " in capsys.readouterr().err
+
+
+def test_a_loss_that_turns_nan_stops_the_run_naming_the_epoch(tmp_path, capsys, monkeypatch):
+    """A diverging training (here: the loss of epoch 2 made NaN) stops with an error instead of
+    finishing with the untrained model; the checkpoint of epoch 1 is kept and no model is written."""
+    import torch
+
+    from mlipbias.models import training
+
+    real_batch_loss = training.batch_loss
+    steps = []
+
+    def diverging(*args, **kwargs):
+        loss, *rest = real_batch_loss(*args, **kwargs)
+        if kwargs.get("create_graph"):  # a training step, not validation
+            steps.append(1)
+            if len(steps) > 2:  # 6 training structures in batches of 4: epoch 2 starts at step 3
+                loss = loss * float("nan")
+        return (loss, *rest)
+
+    monkeypatch.setattr(training, "batch_loss", diverging)
+    quartz_db(tmp_path / "q.db")
+    config = write_config(tmp_path, "q.db", training={"epochs": 3})
+    assert main(["train", str(config), "--no-progress"]) == 2
+    assert "epoch 2: the training loss is nan: training.learning_rate (0.01)" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    assert not (tmp_path / "run" / "model.mlip").exists()
+
+
 def mace_style_frames(n: int):
     """Quartz cells labelled as MACE files are: REF_energy, REF_forces, REF_stress (3x3), no calculator."""
     frames = []
