@@ -431,7 +431,7 @@ def _train(
             loss, _, _ = batch_loss(net, batch, t, uq, create_graph=True)
             if not torch.isfinite(loss):  # a NaN step would make every parameter NaN
                 raise ValueError(
-                    f"epoch {epoch}: the training loss is {float(loss)}: training.learning_rate "
+                    f"epoch {epoch}: the training loss is {float(loss.detach())}: training.learning_rate "
                     f"({optimizer.param_groups[0]['lr']:g}) or a loss weight is too large for these data; "
                     "lower it and train again (--overwrite); the last finished epoch is in the checkpoint"
                 )
