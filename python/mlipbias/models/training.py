@@ -192,7 +192,7 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
 def _positive_integer(value) -> bool:
     """An int (or integral float) >= 1; False for inf, NaN, strings and booleans."""
     return (
-        isinstance(value, (int, float))
+        isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
         and 1 <= value < math.inf
         and int(value) == value
