@@ -280,6 +280,13 @@ def test_extxyz_with_label_keys_trains_and_evaluate_scores_the_test_split(tmp_pa
     assert "scoring the run's validation split: 3 structures" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(run / "model.mlip")]) == 2
     assert "give --data, or a training run's folder" in capsys.readouterr().err
+    # --data whose labels have other names: the message names evaluate's option, not only the config key.
+    data = str(tmp_path / "mine.extxyz")
+    assert (
+        main(["evaluate", "--model", str(run / "model.mlip"), "--data", data, "-o", str(tmp_path / "e")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "no energy under the key 'energy' (it has: REF_energy" in err and "--energy-key" in err
 
 
 def test_bad_frames_are_named(tmp_path):

@@ -918,7 +918,8 @@ def _labels(
             )
             raise ValueError(
                 f"{where} has no {quantity} under the key {key!r} (it has: {', '.join(found) or 'nothing'}); "
-                f"name the key with data.{quantity}_key{without}"
+                f"name the key with data.{quantity}_key (train) or --{quantity}-key (evaluate, "
+                f"adversarial){without}"
             )
     return labels
 
