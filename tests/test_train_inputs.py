@@ -287,6 +287,17 @@ def test_extxyz_with_label_keys_trains_and_evaluate_scores_the_test_split(tmp_pa
     )
     err = capsys.readouterr().err
     assert "no energy under the key 'energy' (it has: REF_energy" in err and "--energy-key" in err
+    # Data with an element the model lacks: the file, the structure and the model are named.
+    frames = mace_style_frames(2)
+    frames[1].symbols[0] = "Cu"
+    write(tmp_path / "cu.extxyz", frames)
+    keys = ["--energy-key", "REF_energy", "--forces-key", "REF_forces", "--stress-key", "REF_stress"]
+    data = str(tmp_path / "cu.extxyz")
+    assert main(["evaluate", "--model", str(run / "model.mlip"), "--data", data, *keys, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{data}: structure 1 (CuO6Si2) contains Cu, which model {run / 'model.mlip'} does not handle" in err
+    )
 
 
 def test_bad_frames_are_named(tmp_path):
