@@ -81,7 +81,8 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
 
 TEMPLATE = """\
 # mlipbias train configuration. Units: eV, Angstrom. Every key is optional except data.path;
-# the values shown are the defaults. Check with `mlipbias train CONFIG.yaml --check`.
+# the values shown are the defaults. Check with `mlipbias train CONFIG.yaml --check`. Relative
+# paths (data files, output.directory) are taken from the folder of this file, not the working one.
 
 data:
   path: dataset.db              # ase.db (`mlipbias data generate`) or any file ase.io reads (extxyz, ...)
