@@ -12,8 +12,8 @@
 3. fits the post-hoc uncertainties on the training data (GMM on the last hidden layer, sketched
    gradient features with their precision matrices and max-dist subset);
 4. calibrates every method on the validation data: the variance recalibration that turns a GMM
-   score into a standard deviation (Tan et al. 2023, Eq. 13), and conformal factors c_E, c_F (Zaverkin et al. 2024) at
-   the miscoverage level ``alpha``.
+   score into a standard deviation (Tan et al. 2023, Eq. 13), and conformal factors c_E, c_F
+   (Zaverkin et al. 2024) at the miscoverage level ``alpha``.
 
 Every epoch appends a line to ``metrics.jsonl`` and writes ``checkpoint.pt`` (all state needed to
 resume) in the output folder; ``best.mlip`` holds the best network so far. A crashed or interrupted
