@@ -1,6 +1,6 @@
 /* -*- c++ -*- ----------------------------------------------------------
    pair_style mlip/bias: a Behler-Parrinello model from an mlipbias .mlip file, its
-   uncertainty, and uncertainty-bias forces and bias stress (Zaverkin et al., seed 002).
+   uncertainty, and uncertainty-bias forces and bias stress (Zaverkin et al. 2024).
    Documentation: lammps_plugin/README.md.
 ------------------------------------------------------------------------- */
 

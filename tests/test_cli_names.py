@@ -25,3 +25,30 @@ def test_every_command_takes_o_out_and_output(command, flag):
 
 def test_inspect_is_listed():
     assert "inspect" in build_parser().format_help()
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`mlipbias ... | head`: the reader closes the pipe before the command writes. The command stops
+    as Unix tools do (no traceback, no "Exception ignored" at exit), with the exit code of SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    python_dir = str(Path(__file__).resolve().parents[1] / "python")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command starts writing
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mlipbias", "train", "--template"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141

@@ -106,6 +106,8 @@ def test_a_crafted_checkpoint_is_refused_without_running_and_a_truncated_one_nam
     assert main(["train", str(config), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "refused to load" in err and "checkpoint.pt" in err
+    # It names what it refused, and passes on none of torch's advice to load it with weights_only=False.
+    assert "(getattr; not one mlipbias wrote" in err and "weights_only" not in err and "\x1b" not in err
     assert not marker.exists()
     checkpoint.write_bytes(good[: len(good) // 2])
     assert main(["train", str(config), "--resume", "--no-progress"]) == 2
@@ -151,10 +153,56 @@ def test_energy_only_data_train_with_force_weight_zero(tmp_path, capsys):
     assert main(["train", str(config), "--no-progress"]) == 2  # the default force weight needs forces
     err = capsys.readouterr().err
     assert "has no forces under the key 'forces'" in err and "data.forces_key" in err
+    assert "energy-only data: training.force_weight: 0" in err  # the way out for a user without forces
     config = write_config(tmp_path, "e.db", training={"force_weight": 0.0, "stress_weight": 0.0})
     assert main(["train", str(config), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())["metrics"]
     assert "energy ensemble" in metrics and "forces ensemble" not in metrics
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("training", "force_weight", float("inf")),
+        ("training", "learning_rate", float("inf")),
+        ("training", "energy_weight", float("nan")),
+        ("uncertainty", "posterior_lambda", float("inf")),
+        ("model", "hidden", [float("inf")]),
+    ],
+)
+def test_non_finite_settings_fail_the_check_naming_the_key(tmp_path, capsys, section, key, value):
+    """An infinite loss weight or learning rate trained NaN in every epoch and saved the untrained model."""
+    quartz_db(tmp_path / "q.db", n=4)
+    config = write_config(tmp_path, "q.db", **{section: {key: value}})
+    assert main(["train", str(config), "--check"]) == 2
+    assert f"setting {section}.{key} = " in capsys.readouterr().err
+
+
+def test_a_loss_that_turns_nan_stops_the_run_naming_the_epoch(tmp_path, capsys, monkeypatch):
+    """A diverging training (here: the loss of epoch 2 made NaN) stops with an error instead of
+    finishing with the untrained model; the checkpoint of epoch 1 is kept and no model is written."""
+    import torch
+
+    from mlipbias.models import training
+
+    real_batch_loss = training.batch_loss
+    steps = []
+
+    def diverging(*args, **kwargs):
+        loss, *rest = real_batch_loss(*args, **kwargs)
+        if kwargs.get("create_graph"):  # a training step, not validation
+            steps.append(1)
+            if len(steps) > 2:  # 6 training structures in batches of 4: epoch 2 starts at step 3
+                loss = loss * float("nan")
+        return (loss, *rest)
+
+    monkeypatch.setattr(training, "batch_loss", diverging)
+    quartz_db(tmp_path / "q.db")
+    config = write_config(tmp_path, "q.db", training={"epochs": 3})
+    assert main(["train", str(config), "--no-progress"]) == 2
+    assert "epoch 2: the training loss is nan: training.learning_rate (0.01)" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    assert not (tmp_path / "run" / "model.mlip").exists()
 
 
 def mace_style_frames(n: int):
@@ -232,6 +280,24 @@ def test_extxyz_with_label_keys_trains_and_evaluate_scores_the_test_split(tmp_pa
     assert "scoring the run's validation split: 3 structures" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(run / "model.mlip")]) == 2
     assert "give --data, or a training run's folder" in capsys.readouterr().err
+    # --data whose labels have other names: the message names evaluate's option, not only the config key.
+    data = str(tmp_path / "mine.extxyz")
+    assert (
+        main(["evaluate", "--model", str(run / "model.mlip"), "--data", data, "-o", str(tmp_path / "e")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "no energy under the key 'energy' (it has: REF_energy" in err and "--energy-key" in err
+    # Data with an element the model lacks: the file, the structure and the model are named.
+    frames = mace_style_frames(2)
+    frames[1].symbols[0] = "Cu"
+    write(tmp_path / "cu.extxyz", frames)
+    keys = ["--energy-key", "REF_energy", "--forces-key", "REF_forces", "--stress-key", "REF_stress"]
+    data = str(tmp_path / "cu.extxyz")
+    assert main(["evaluate", "--model", str(run / "model.mlip"), "--data", data, *keys, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{data}: structure 1 (CuO6Si2) contains Cu, which model {run / 'model.mlip'} does not handle" in err
+    )
 
 
 def test_bad_frames_are_named(tmp_path):

@@ -1,4 +1,4 @@
-"""Displaced copies of a Cu38 cluster, sampled the way seed 001 samples its SiO2 test set.
+"""Displaced copies of a Cu38 cluster, sampled the way Cubuk & Schoenholz (2020) sample their SiO2 test set.
 
 Relaxes the truncated-octahedron Cu38 cluster with EMT (the reference model of this example), then writes
 300 copies displaced in Gaussian random directions with a total L2 norm drawn uniformly in [0, 1] A to

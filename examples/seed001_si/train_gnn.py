@@ -1,4 +1,4 @@
-"""Train seed 001's graph network (mlipbias.models.gnn) from a YAML config.
+"""Train the Cubuk & Schoenholz (2020) graph network (mlipbias.models.gnn) from a YAML config.
 
     python train_gnn.py gnn_energy.yaml        # energies only
     python train_gnn.py gnn_forces.yaml        # energies and forces
@@ -41,7 +41,7 @@ def main(config_path: str) -> None:
         settings=settings,
         training=training,
         out=config["output"],
-        description=f"seed 001 GNN, {config_path}, data {config['data']}",
+        description=f"Cubuk & Schoenholz (2020) GNN, {config_path}, data {config['data']}",
     )
     metrics = evaluate(model, [rows[i] for i in valid])
     print(

@@ -1,6 +1,6 @@
 """Labelled datasets: generation, storage in ase.db (SQLite), loading, splitting, summaries.
 
-Generation (:func:`generate`) follows seed 001:
+Generation (:func:`generate`) follows Cubuk & Schoenholz (2020):
 
 * ``displacements``: relax the structure to a local minimum with the oracle, then for sample
   ``i`` draw a Gaussian direction (independent in every Cartesian component of every atom) and
@@ -915,9 +915,15 @@ def _labels(
         if quantity not in labels:
             found = sorted(info if place == "info" else set(arrays) - {"numbers", "positions"})
             found += sorted(results)
+            without = (
+                "; energy-only data: training.force_weight: 0 (train) or --no-forces (evaluate)"
+                if quantity == "forces"
+                else ""
+            )
             raise ValueError(
                 f"{where} has no {quantity} under the key {key!r} (it has: {', '.join(found) or 'nothing'}); "
-                f"name the key with data.{quantity}_key"
+                f"name the key with data.{quantity}_key (train) or --{quantity}-key (evaluate, "
+                f"adversarial){without}"
             )
     return labels
 

@@ -10,9 +10,9 @@ It needs no torch. Definitions and sign conventions: ``docs/model_file.md``.
 
 Units: eV, Angstrom. Uncertainties are standard deviations: ``U`` of the total energy in eV,
 per-atom ``U_i`` in eV/A, both multiplied by the calibration factors stored in the file.
-Bias (seed 002): ``E_biased = E - tau U``, bias forces ``+tau dU/dx``, bias virial
+Bias (Zaverkin et al. 2024): ``E_biased = E - tau U``, bias forces ``+tau dU/dx``, bias virial
 ``tau_stress * uncertainty_virial``; :class:`BiasState` holds the strengths and the
-rescaling of seed 002 Eq. 8, shared with ``pair_style mlip/bias``.
+rescaling of Zaverkin et al. (2024) Eq. 8, shared with ``pair_style mlip/bias``.
 """
 
 from __future__ import annotations

@@ -139,7 +139,8 @@ def alpha_quartz(supercell: Sequence[int] = (1, 1, 1)) -> Atoms:
 def diamond_si(size: int = 2) -> Atoms:
     """Diamond-cubic silicon, ``size`` x ``size`` x ``size`` conventional cells (8 atoms each).
 
-    ``size=2`` gives the 64-atom cell of seed 001. Lattice constant 5.431020511 A (CODATA 2018).
+    ``size=2`` gives the 64-atom cell of Cubuk & Schoenholz (2020).
+    Lattice constant 5.431020511 A (CODATA 2018).
     """
     from ase.build import bulk
 
@@ -349,7 +350,7 @@ def amorphous_sio2(
     Random packing in a cubic cell at ``density`` (g/cm^3; 2.2 is vitreous silica) with no pair
     closer than ``packing_distance`` (A), then :func:`melt_quench` with ``calculator``
     (default ``mlipbias.potentials.BKS()``) and ``melt_quench_options``. The default 32 gives
-    the 96-atom cell of seed 001.
+    the 96-atom cell of Cubuk & Schoenholz (2020).
     """
     if int(n_formula_units) != n_formula_units or n_formula_units < 1:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Adversarial directions of approximate energy models (Cubuk & Schoenholz, seed 001).
+"""Adversarial directions of approximate energy models (Cubuk & Schoenholz 2020).
 
 For an approximate model E_app and an accurate reference E_acc, the adversarial direction of a
 configuration R is A(R) = grad_R (E_acc - E_app)^2 = 2 (E_acc - E_app) (F_app - F_acc). When it is aligned

@@ -1,4 +1,4 @@
-"""The arithmetic of seed 001 (Cubuk & Schoenholz, "Adversarial Forces of Physical Models") on plain arrays.
+"""The arithmetic of Cubuk & Schoenholz (2020, "Adversarial Forces of Physical Models") on plain arrays.
 
 Nothing here calls a calculator: every function takes energies (eV), forces (eV/A, shape (N, 3)),
 positions (A) and masses (amu) and returns numbers, so each can be checked by hand.
@@ -14,7 +14,8 @@ MEV = 1000.0
 
 
 def adversarial_direction(e_acc: float, e_app: float, f_acc: np.ndarray, f_app: np.ndarray) -> np.ndarray:
-    """A(R) = grad_R (E_acc - E_app)^2 = 2 (E_acc - E_app) (F_app - F_acc)   (seed 001, Eq. 2-3).
+    """A(R) = grad_R (E_acc - E_app)^2 = 2 (E_acc - E_app) (F_app - F_acc)
+    (Cubuk & Schoenholz 2020, Eq. 2-3).
 
     Energies in eV, forces in eV/A with shape (N, 3); returns an (N, 3) array in eV^2/A. Moving the atoms
     by +A (to first order) increases the squared energy error, -A decreases it.
@@ -29,7 +30,7 @@ def adversarial_direction(e_acc: float, e_app: float, f_acc: np.ndarray, f_app: 
 
 
 def cos_theta(a: np.ndarray, b: np.ndarray) -> float:
-    """cos(theta) = a.b / (|a| |b|) of two 3N-vectors (seed 001, Eq. 5, with a = A and b = F_app).
+    """cos(theta) = a.b / (|a| |b|) of two 3N-vectors (Cubuk & Schoenholz 2020, Eq. 5, a = A, b = F_app).
 
     Returns NaN when either vector is zero (the angle is undefined), never raises on that.
     """
@@ -64,7 +65,7 @@ def unit_vector(v: np.ndarray) -> np.ndarray:
 
 def random_direction(n_atoms: int, rng: np.random.Generator) -> np.ndarray:
     """A random unit (N, 3) direction: independent Gaussians per component, normalised over all 3N
-    (the sampling of seed 001's appendix, uniform on the sphere)."""
+    (the sampling of the appendix of Cubuk & Schoenholz 2020, uniform on the sphere)."""
     return unit_vector(rng.standard_normal((n_atoms, 3)))
 
 
@@ -121,7 +122,8 @@ def fit_element_offsets(
 
 
 def bin_by_energy(delta_e: np.ndarray, values: np.ndarray, bin_size: int = 50) -> list[dict]:
-    """Mean of values in consecutive groups of bin_size samples sorted by delta_e (seed 001: 50 per bin).
+    """Mean of values in consecutive groups of bin_size samples sorted by delta_e
+    (Cubuk & Schoenholz 2020: 50 per bin).
 
     Samples whose delta_e or value is NaN are left out. The last incomplete group is merged into the one
     before, so every bin holds between bin_size and 2 bin_size - 1 samples (fewer only when there are fewer

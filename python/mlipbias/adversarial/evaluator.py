@@ -1,6 +1,7 @@
 """Calling the two models, once per geometry, with every result kept on disk.
 
-Every experiment of seed 001 evaluates the approximate and the accurate model at geometries that follow
+Every experiment of Cubuk & Schoenholz (2020) evaluates the approximate and the accurate model at
+geometries that follow
 deterministically from the dataset (distortions, Newton steps, gradient-descent steps). ``Evaluator``
 keys each evaluation by the model's role and a hash of the geometry and appends it to a JSON-lines file as
 soon as it is computed. A rerun after an interruption therefore recomputes nothing, and the experiments

@@ -1,10 +1,10 @@
-"""The experiments of seed 001 over a dataset, and ``run_diagnosis`` that runs them all.
+"""The experiments of Cubuk & Schoenholz (2020) over a dataset, and ``run_diagnosis`` that runs them all.
 
 Each experiment takes an ``Evaluator`` (the two models behind a per-geometry cache) and a list of ASE Atoms,
 and returns a dict of plain numbers (lists, floats) ready for JSON. Conventions, the same everywhere:
 
 - error of a configuration = (E_acc - E_app) / N in meV/atom, signed; "RMSE per atom" = the root mean
-  square of that over configurations (seed 001's "per-atom RMSE", Table 1);
+  square of that over configurations (the "per-atom RMSE" of Cubuk & Schoenholz 2020, Table 1);
 - A = 2 (E_acc - E_app) (F_app - F_acc) in eV^2/A (Eq. 3), cos(theta) = A.F_app / (|A| |F_app|) (Eq. 5);
 - configurations are named by their position in the dataset file (``atoms.info["dataset_index"]`` when read
   with ``read_configurations``, else their position in the list);
@@ -508,7 +508,7 @@ def run_diagnosis(
     label_keys=None,
     **overrides,
 ) -> dict:
-    """Run seed 001's diagnosis of an approximate model against an accurate one on a dataset.
+    """Run the diagnosis of Cubuk & Schoenholz (2020), an approximate model against an accurate one.
 
     approx, accurate: ASE calculators (e.g. ``MLIPCalculator``, ``BKS``, tblite, EMT).
     configs: a list of Atoms, or the path of a dataset (see ``read_configurations``).

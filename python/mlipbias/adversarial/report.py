@@ -1,4 +1,5 @@
-"""The report of a diagnosis: results.json, report.md and two PNG figures laid out like seed 001's panels.
+"""The report of a diagnosis: results.json, report.md and two PNG figures laid out like the
+panels of Cubuk & Schoenholz (2020).
 
 - ``fig1_alignment.png`` (Fig. 1/3/4): a) E_app against E_acc per atom, b) histogram density of cos(theta)
   with the random-vector scale +-1/sqrt(3N), c) mean abs(cos theta) against the energy above the minimum.
@@ -58,7 +59,7 @@ def markdown_report(results: dict) -> str:
     s = results["summary"]
     models = results["models"]
     lines = [
-        "# Adversarial directions (Cubuk & Schoenholz, seed 001)",
+        "# Adversarial directions (Cubuk & Schoenholz 2020)",
         "",
         f"- approximate model: `{models['approx']}`",
         f"- accurate model: `{models['accurate']}`",

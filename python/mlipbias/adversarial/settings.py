@@ -17,7 +17,8 @@ NEWTON_VELOCITIES = ("rest", "dataset")
 
 @dataclass(frozen=True)
 class AdversarialSettings:
-    """Every choice of a diagnosis, with seed 001's values as defaults where the paper gives them.
+    """Every choice of a diagnosis, with the values of Cubuk & Schoenholz (2020) as defaults where
+    the paper gives them.
 
     eps: total L2 norms (A) of the distortions of Table 1.
     direction_sign: +1 moves along +A (the squared error grows to first order), -1 along -A.

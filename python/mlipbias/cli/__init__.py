@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order is the order of ``mlipbias --help``.
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader of the output stopped (`mlipbias inspect --json | head`): end quietly, as Unix tools
+        # do; stdout goes to /dev/null so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("mlipbias: interrupted; work written so far is kept and a rerun resumes it", file=sys.stderr)
         return 130

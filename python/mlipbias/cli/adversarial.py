@@ -1,4 +1,5 @@
-"""``mlipbias adversarial``: seed 001's diagnosis of an approximate model against an accurate one.
+"""``mlipbias adversarial``: the diagnosis of Cubuk & Schoenholz (2020) of an approximate model
+against an accurate one.
 
 A model is named by a SPEC:
 

@@ -88,8 +88,9 @@ MIN_STRUCTURES_FOR_MODEL = 10
 
 
 def step_model(context: DemoContext) -> None:
-    """Train a 3-member ensemble (2 x 30 tanh, energies only, as seed 001) with sketched gradient
-    features on dataset.db, calibrate it on the validation split and print the test-split metrics."""
+    """Train a 3-member ensemble (2 x 30 tanh, energies only, as Cubuk & Schoenholz 2020) with sketched
+    gradient features on dataset.db, calibrate it on the validation split and print the test-split
+    metrics."""
     from mlipbias.cli.train import run_training
     from mlipbias.datasets import open_dataset
     from mlipbias.models import load_model
@@ -107,9 +108,10 @@ def step_model(context: DemoContext) -> None:
             "descriptor": {"preset": "SiO2"},
             "model": {"hidden": [30, 30], "activation": "tanh"},
             "uncertainty": {"methods": ["ensemble", "posterior", "distance"], "n_members": 3},
-            # Energies only, unlike `mlipbias train`'s defaults: seed 001 diagnoses BP-NNs fitted to
-            # energies (its Section 4), and an epoch costs ~100x less (benchmarks/RESULTS.md, "Cost of
-            # force training"), so the demo ends in minutes. The model is for that diagnosis, not for MD.
+            # Energies only, unlike `mlipbias train`'s defaults: Cubuk & Schoenholz (2020) diagnose
+            # BP-NNs fitted to energies (their Section 4), and an epoch costs ~100x less
+            # (benchmarks/RESULTS.md, "Cost of force training"), so the demo ends in minutes. The model
+            # is for that diagnosis, not for MD.
             "training": {
                 "epochs": 300,
                 "batch_size": 16,
@@ -138,8 +140,9 @@ ADVERSARIAL_CONFIGS = 20
 
 
 def step_adversarial(context: DemoContext) -> None:
-    """Seed 001's diagnosis of the trained model against BKS on test-split structures: alignment of the
-    model's forces with the direction of growing error, and Table 1 (error after a distortion along it)."""
+    """The diagnosis of Cubuk & Schoenholz (2020) of the trained model against BKS on test-split
+    structures: alignment of the model's forces with the direction of growing error, and Table 1 (error
+    after a distortion along it)."""
     import json
 
     import ase.db

@@ -1,6 +1,6 @@
 """``mlipbias evaluate``: accuracy and uncertainty metrics of a model on labelled data, with plots.
 
-Prints the seed-003 table (energy and force RMSE/MAE, Spearman, ROC-AUC at the 20th error
+Prints the table of Tan et al. (2023) (energy and force RMSE/MAE, Spearman, ROC-AUC at the 20th error
 percentile, miscalibration area, calibrated NLL with ``--calibration-data``) for every uncertainty
 method of the model, and writes ``metrics.json``, ``predictions.npz``, ``parity.png``,
 ``uncertainty_vs_error.png`` and ``calibration.png`` into ``--out``.
@@ -111,6 +111,17 @@ def run_split(run: Path, part: str, key_names: dict | None = None, require_force
     return [by_id[i] for i in ids], what
 
 
+def check_elements(structures, model, model_path, source) -> None:
+    """ValueError naming the file, the structure and the model for an element the model lacks."""
+    for k, atoms in enumerate(structures):
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(model.elements))
+        if unknown:
+            raise ValueError(
+                f"{source}: structure {k} ({atoms.get_chemical_formula()}) contains {', '.join(unknown)}, "
+                f"which model {model_path} does not handle (its elements: {' '.join(model.elements)})"
+            )
+
+
 def run_evaluate(args) -> int:
     import numpy as np
 
@@ -159,10 +170,12 @@ def run_evaluate(args) -> int:
         )
         data_name = args.data
     print(f"scoring {what}")
+    check_elements(structures, model, model_path, data_name)
     data = model.prepare(structures, progress=args.progress, neighbours=args.forces)
     calibration = None
     if args.calibration_data:
         calibration_structures = read_labelled(args.calibration_data, args.selection, **read)
+        check_elements(calibration_structures, model, model_path, args.calibration_data)
     if calibration_structures is not None:
         calibration = model.prepare(calibration_structures, progress=args.progress, neighbours=args.forces)
     evaluation = evaluate_methods(

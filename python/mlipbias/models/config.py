@@ -82,7 +82,8 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
 
 TEMPLATE = """\
 # mlipbias train configuration. Units: eV, Angstrom. Every key is optional except data.path;
-# the values shown are the defaults. Check with `mlipbias train CONFIG.yaml --check`.
+# the values shown are the defaults. Check with `mlipbias train CONFIG.yaml --check`. Relative
+# paths (data files, output.directory) are taken from the folder of this file, not the working one.
 
 data:
   path: dataset.db              # ase.db (`mlipbias data generate`) or any file ase.io reads (extxyz, ...)
@@ -136,9 +137,10 @@ training:
   early_stopping_patience: 80   # stop when no member improved for this many epochs
   loss: mse                     # mse or mae
   # Loss weights (docs/models.md, "Loss weights"): energy per atom and force components 1:1, as
-  # nequip's examples and DeePMD-kit's final prefactors (MACE: 1:100; Tan et al. 2023: 0.1:1 on
-  # absolute errors of total energies and forces). Forces make a model fit for MD; an epoch costs
-  # ~100x the CPU time of an energy-only one (benchmarks/RESULTS.md). Energies only:
+  # nequip's tutorial (MACE: 1:100; DeePMD-kit ends at 1:1 on total energy^2 / N, N times more on
+  # energies; Tan et al. 2023: 0.1:1 on absolute errors of total energies and forces). Forces
+  # make a model fit for MD; an epoch costs ~100x the CPU time of an energy-only one
+  # (benchmarks/RESULTS.md). Energies only:
   # force_weight: 0 and stress_weight: 0.
   energy_weight: 1.0            # on the energy per atom (eV/atom)
   force_weight: 1.0             # on force components (eV/A)

@@ -1,4 +1,5 @@
-"""Evaluating a model on labelled data: the seed-003 metrics table for every uncertainty method, and plots.
+"""Evaluating a model on labelled data: the metrics table of Tan et al. (2023) for
+every uncertainty method, and plots.
 
 :func:`evaluate_methods` predicts energies, forces and each method's U and U_i, and computes with
 :func:`mlipbias.uq.metrics.metrics_table` the energy and force RMSE/MAE, Spearman, ROC-AUC,

@@ -1,4 +1,4 @@
-"""The message-passing graph network of seed 001 (Cubuk & Schoenholz, appendix "Graph neural networks").
+"""The message-passing graph network of Cubuk & Schoenholz (2020, appendix "Graph neural networks").
 
 Graph: atoms are nodes; every pair closer than ``cutoff`` (3 A) is an edge in both directions,
 periodic images included. Initial states as in the paper: node state 0, global state 0, and
@@ -241,7 +241,7 @@ def _mlp(n_in: int, hidden: Sequence[int], n_out: int, activation: str) -> torch
 
 
 class GNN(torch.nn.Module):
-    """Seed 001's graph network (module docstring). ``elements``: symbols, e.g. ``["Si"]``."""
+    """The graph network of Cubuk & Schoenholz 2020 (module docstring). ``elements``: e.g. ``["Si"]``."""
 
     def __init__(self, elements: Sequence[str], settings: GNNSettings | None = None):
         super().__init__()

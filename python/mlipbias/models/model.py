@@ -398,5 +398,5 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _recalibrated(score: torch.Tensor, a: float, b: float, min_variance: float) -> torch.Tensor:
-    """sqrt(max(a s + b, min_variance)) (seed 003 Eq. 13)."""
+    """sqrt(max(a s + b, min_variance)) (Tan et al. 2023, Eq. 13)."""
     return torch.sqrt(torch.clamp(a * score + b, min=min_variance))

@@ -62,7 +62,7 @@ class BPNN(torch.nn.Module):
 
     Args:
         descriptor: the symmetry functions; its element order is the model's.
-        hidden: widths of the hidden layers (default two of 30, as in seed 001).
+        hidden: widths of the hidden layers (default two of 30, as in Cubuk & Schoenholz (2020)).
         activation: ``"tanh"`` or ``"silu"``.
         n_members: ensemble size M.
         head: None, ``"mve"`` or ``"evidential"``.

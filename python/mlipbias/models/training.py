@@ -12,8 +12,8 @@
 3. fits the post-hoc uncertainties on the training data (GMM on the last hidden layer, sketched
    gradient features with their precision matrices and max-dist subset);
 4. calibrates every method on the validation data: the variance recalibration that turns a GMM
-   score into a standard deviation (seed 003 Eq. 13), and conformal factors c_E, c_F (seed 002) at
-   the miscoverage level ``alpha``.
+   score into a standard deviation (Tan et al. 2023, Eq. 13), and conformal factors c_E, c_F
+   (Zaverkin et al. 2024) at the miscoverage level ``alpha``.
 
 Every epoch appends a line to ``metrics.jsonl`` and writes ``checkpoint.pt`` (all state needed to
 resume) in the output folder; ``best.mlip`` holds the best network so far. A crashed or interrupted
@@ -129,7 +129,7 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
 
     if model.activation not in ACTIVATIONS:
         fail("model.activation", model.activation, f"expected one of {', '.join(ACTIVATIONS)}")
-    if not model.hidden or any(int(h) != h or h < 1 for h in model.hidden):
+    if not model.hidden or not all(_positive_integer(h) for h in model.hidden):
         fail("model.hidden", list(model.hidden), "expected a list of positive layer widths, e.g. [30, 30]")
     methods = list(uq.methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -152,12 +152,16 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
         value = getattr(uq, name)
         if isinstance(value, bool) or int(value) != value or value < 1:
             fail(f"uncertainty.{name}", value, "expected a positive integer")
-    if not uq.posterior_lambda > 0:
-        fail("uncertainty.posterior_lambda", uq.posterior_lambda, "expected > 0")
+    if not 0 < uq.posterior_lambda < math.inf:
+        fail("uncertainty.posterior_lambda", uq.posterior_lambda, "expected a finite number > 0")
     if not 0 < uq.alpha < 1:
         fail("uncertainty.alpha", uq.alpha, "expected 0 < alpha < 1")
-    if not uq.evidential_regularization >= 0:
-        fail("uncertainty.evidential_regularization", uq.evidential_regularization, "expected >= 0")
+    if not 0 <= uq.evidential_regularization < math.inf:
+        fail(
+            "uncertainty.evidential_regularization",
+            uq.evidential_regularization,
+            "expected a finite number >= 0",
+        )
     t = training
     if isinstance(t.seed, bool) or int(t.seed) != t.seed or t.seed < 0:
         fail("training.seed", t.seed, "expected an integer >= 0")
@@ -170,19 +174,29 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
     if t.loss not in LOSSES:
         fail("training.loss", t.loss, f"expected one of {', '.join(LOSSES)}")
     for name in ("learning_rate", "min_learning_rate"):
-        if not getattr(t, name) > 0:
-            fail(f"training.{name}", getattr(t, name), "expected > 0")
+        if not 0 < getattr(t, name) < math.inf:
+            fail(f"training.{name}", getattr(t, name), "expected a finite number > 0")
     if not 0 < t.decay_factor < 1:
         fail("training.decay_factor", t.decay_factor, "expected 0 < decay_factor < 1")
     if not 0 < t.decay_rate <= 1:
         fail("training.decay_rate", t.decay_rate, "expected 0 < decay_rate <= 1")
     for name in ("energy_weight", "force_weight", "stress_weight", "nll_weight"):
-        if not getattr(t, name) >= 0:
-            fail(f"training.{name}", getattr(t, name), "expected >= 0")
+        if not 0 <= getattr(t, name) < math.inf:
+            fail(f"training.{name}", getattr(t, name), "expected a finite number >= 0")
     if t.energy_weight + t.force_weight + t.stress_weight == 0:
         fail("training.energy_weight", t.energy_weight, "energy, force and stress weights are all 0")
     if t.device not in ("auto", "cpu") and not str(t.device).startswith("cuda"):
         fail("training.device", t.device, "expected auto, cpu or cuda[:N]")
+
+
+def _positive_integer(value) -> bool:
+    """An int (or integral float) >= 1; False for inf, NaN, strings and booleans."""
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and 1 <= value < math.inf
+        and int(value) == value
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -433,6 +447,12 @@ def _train(
             batch = train_data.batch(group, device, neighbours=need_pairs)
             optimizer.zero_grad(set_to_none=True)
             loss, _, _ = batch_loss(net, batch, t, uq, create_graph=True)
+            if not torch.isfinite(loss):  # a NaN step would make every parameter NaN
+                raise ValueError(
+                    f"epoch {epoch}: the training loss is {float(loss.detach())}: training.learning_rate "
+                    f"({optimizer.param_groups[0]['lr']:g}) or a loss weight is too large for these data; "
+                    "lower it and train again (--overwrite); the last finished epoch is in the checkpoint"
+                )
             loss.backward()
             optimizer.step()
             train_sum += float(loss.detach())
@@ -700,6 +720,7 @@ def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, setting
 
 def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
     import pickle
+    import re
     import zipfile
 
     # weights_only: a checkpoint holds tensors and plain types only, so no object in it is ever built
@@ -707,9 +728,12 @@ def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, d
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
+        # Name the refused object, not torch's advice to load the file with weights_only=False.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise ValueError(
             f"{path}: refused to load: the checkpoint holds objects other than tensors and plain types "
-            f"(not one mlipbias wrote; it may be crafted to run code): {str(error).splitlines()[0]}"
+            f"({refused.group(1) if refused else 'an object'}; not one mlipbias wrote, it may be crafted "
+            "to run code): delete it and start the run again with --overwrite"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise ValueError(

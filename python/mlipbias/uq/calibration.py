@@ -1,16 +1,16 @@
 """Calibration of uncertainties: inductive conformal prediction and variance recalibration.
 
-:class:`ConformalCalibration` (seed 002, Methods "Conformal prediction"): on a calibration
+:class:`ConformalCalibration` (Zaverkin et al. 2024, Methods "Conformal prediction"): on a calibration
 set with errors e_i and uncertainties U_i, the factor c is the
 ``ceil((n + 1)(1 - alpha))``-th smallest ratio e_i / U_i. Then ``e <= c U`` holds for a new
 point from the same distribution with probability at least ``1 - alpha`` (exactly
-``ceil((n + 1)(1 - alpha)) / (n + 1)`` for continuous data). Seed 002 uses the per-atom force
+``ceil((n + 1)(1 - alpha)) / (n + 1)`` for continuous data). Zaverkin et al. (2024) use the per-atom force
 RMSE ``sqrt(|F_i - F_i_ref|^2 / 3)`` against the per-atom uncertainty
 (:func:`force_rmse_per_atom`) and the absolute energy error against the energy uncertainty
 (per atom or total: the ratio is the same). The factor is stored in the model file as
 ``calibration/{energy,force}/METHOD`` with ``calibration/alpha``.
 
-:class:`VarianceRecalibration` (seed 003, Eq. 13): the variance ``sigma^2 = a U + b`` whose
+:class:`VarianceRecalibration` (Tan et al. 2023, Eq. 13): the variance ``sigma^2 = a U + b`` whose
 Gaussian negative log-likelihood of the validation errors is smallest, under
 ``a >= 0, b >= 0`` (``constraint="nonnegative"``, for U >= 0) or ``a >= 0, a U + b > 0`` on
 every validation U (``"positive_variance"``, for scores that can be negative, such as a GMM
@@ -218,7 +218,7 @@ class VarianceRecalibration:
         return np.sqrt(self.variance(score))
 
     def nll(self, errors, score) -> float:
-        """The calibrated NLL (seed 003, Eq. 14) per error component."""
+        """The calibrated NLL (Tan et al. 2023, Eq. 14) per error component."""
         from mlipbias.uq.metrics import calibrated_nll
 
         return calibrated_nll(errors, score, self.a, self.b, self.min_variance)

@@ -1,4 +1,4 @@
-"""Deep-ensemble uncertainty (seed 003, Eq. 4-5; docs/model_file.md "Uncertainties").
+"""Deep-ensemble uncertainty (Tan et al. 2023, Eq. 4-5; docs/model_file.md "Uncertainties").
 
 For M members with total energies E_m and forces F_im:
 

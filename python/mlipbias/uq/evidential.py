@@ -1,4 +1,4 @@
-"""Deep evidential regression (seed 003; Amini et al., NeurIPS 2020).
+"""Deep evidential regression (Tan et al. 2023; Amini et al., NeurIPS 2020).
 
 The head of each element has six outputs per atom (``model/head = "evidential"``), three for the
 energy and three for the forces, turned into Normal-Inverse-Gamma parameters with the member's units
@@ -12,10 +12,10 @@ energy and three for the forces, turned into Normal-Inverse-Gamma parameters wit
                           beta_E = c_2 sum_i softplus(raw_i2)    (beta is extensive, like a variance)
 
 The uncertainty is the epistemic standard deviation, ``sqrt(Var[mu]) = sqrt(beta / (nu (alpha - 1)))``
-(seed 003 Eq. 9): U for the total energy (eV), U_i per force component (eV/A). The aleatoric part
+(Tan et al. 2023, Eq. 9): U for the total energy (eV), U_i per force component (eV/A). The aleatoric part
 ``E[sigma^2] = beta / (alpha - 1)`` (Eq. 8) is :func:`aleatoric_variance`.
 
-Training adds the NIG negative log-likelihood with the evidence regulariser (seed 003 SI Eq. 6-8,
+Training adds the NIG negative log-likelihood with the evidence regulariser (Tan et al. 2023, SI Eq. 6-8,
 lambda = 0.2 by default) of the detached residuals, for the energy per structure and for each force
 component; as for :mod:`mlipbias.uq.mve`, it trains the heads only.
 """

@@ -1,4 +1,4 @@
-"""Gaussian mixture model on the last hidden layer (seed 003, "GMM"; Eq. 10-11).
+"""Gaussian mixture model on the last hidden layer (Tan et al. 2023, "GMM"; Eq. 10-11).
 
 For each element a :class:`sklearn.mixture.GaussianMixture` with full covariances is fitted on the
 last hidden layer ``h_(L-1)`` of member 0 over the training atoms of that element; the number of
@@ -10,7 +10,7 @@ log-likelihood of an atom's features,
 
 evaluated in torch (differentiable, so bias forces work) from the fitted weights, means and
 Cholesky factors of the precisions; it equals ``-GaussianMixture.score_samples``. A score has no
-unit, so the model turns it into standard deviations with the variance recalibration of seed 003
+unit, so the model turns it into standard deviations with the variance recalibration of Tan et al. (2023)
 Eq. 13 fitted on validation data (records ``calibration/nll/energy/gmm`` and
 ``calibration/nll/force/gmm``, ``[a, b, min_variance]``):
 

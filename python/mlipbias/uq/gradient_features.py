@@ -1,4 +1,4 @@
-"""Sketched gradient features (seed 002): posterior- and distance-based uncertainties.
+"""Sketched gradient features (Zaverkin et al. 2024): posterior- and distance-based uncertainties.
 
 The definitions are those of ``docs/model_file.md`` ("Sketched gradient features",
 "Uncertainties"), which the C++ inference shares. For member 0 and layer l of the network of
@@ -9,7 +9,7 @@ energy with respect to ``[W_l b_l]`` is the outer product ``delta_l a_l^T``; its
 
 with Gaussian R1 (k x n_out), R2 (k x (n_in + 1)). ``E[phi . phi'] = g . g'`` for the full gradients
 g, g' (the sketch preserves inner products in expectation). The structure feature is the sum
-``Phi = sum_i phi_i``; ``pbar = Phi / N`` (seed 002 Eq. 21).
+``Phi = sum_i phi_i``; ``pbar = Phi / N`` (Zaverkin et al. 2024, Eq. 21).
 
     posterior:  U = sqrt(Phi^T A_E Phi),            U_i = sqrt(phi_i^T A_F phi_i)
     distance:   U = N min_s |Phi / N - pbar_s|,     U_i = min_j |phi_i - t_j|

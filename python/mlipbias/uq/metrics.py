@@ -1,4 +1,4 @@
-"""How well an uncertainty ranks and calibrates the true error (seed 003, Sec. 2.3).
+"""How well an uncertainty ranks and calibrates the true error (Tan et al. 2023, Sec. 2.3).
 
 Functions take the true errors first and the uncertainties second, like scikit-learn's
 ``roc_auc_score(y_true, y_score)``:
@@ -77,7 +77,7 @@ def spearman(errors, uncertainty) -> float:
 
 
 def roc_auc(errors, uncertainty, percentile: float = 20.0) -> float:
-    """ROC-AUC of the uncertainty as a score for "high error" (seed 003).
+    """ROC-AUC of the uncertainty as a score for "high error" (Tan et al. 2023).
 
     An error is high when it is above the ``percentile``-th percentile of ``errors`` (20 in
     the paper). The AUC is the probability that a random high-error point has a larger U than
@@ -148,7 +148,7 @@ def gaussian_nll(errors, variance) -> float:
 
 
 def calibrated_nll(errors, uncertainty, a: float, b: float, min_variance: float = 0.0) -> float:
-    """cNLL of seed 003 (Eq. 14), averaged per error component, with ``sigma^2 = a U + b``.
+    """cNLL of Tan et al. (2023, Eq. 14), averaged per error component, with ``sigma^2 = a U + b``.
 
     ``a`` and ``b`` come from validation data (:class:`mlipbias.uq.calibration.VarianceRecalibration`);
     variances below ``min_variance`` are raised to it.
@@ -291,7 +291,7 @@ def metrics_table(
     percentile: float = 20.0,
     n_bins: int = 100,
 ) -> dict[str, dict[str, float]]:
-    """The seed-003 table for energies and forces.
+    """The table of Tan et al. (2023) for energies and forces.
 
     Returns ``{"energy": {...}, "forces": {...}}`` (forces only when present) with
     ``rmse`` and ``mae`` (eV/atom for energies, eV/A per component for forces) and, when the

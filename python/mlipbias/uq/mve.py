@@ -1,4 +1,4 @@
-"""Mean-variance estimation (seed 003, "MVE"): a softplus variance head trained by Gaussian NLL.
+"""Mean-variance estimation (Tan et al. 2023, "MVE"): a softplus variance head trained by Gaussian NLL.
 
 The network of each element has a head with two outputs per atom, ``raw = W_head h_(L-1) + b_head``
 (records ``member/0/El/head_W`` [2, H], ``head_b`` [2], ``model/head = "mve"``), and the member has
@@ -15,7 +15,7 @@ Training adds the Gaussian negative log-likelihood of the residuals to the usual
 ``NLL_E = 1/2 [log(2 pi U^2) + (E - E_ref)^2 / U^2]`` per structure and ``NLL_F`` per force
 component. The NLL trains the heads only: they read a detached last hidden layer and the residuals
 are detached, so energies and forces are fitted by the same loss as any other model and keep its
-accuracy (seed 003 notes that fitting the mean through the NLL costs accuracy, and fits the energy
+accuracy (Tan et al. 2023 note that fitting the mean through the NLL costs accuracy, and fits the energy
 by MAE for that reason); early stopping watches that accuracy loss.
 """
 

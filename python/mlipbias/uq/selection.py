@@ -1,4 +1,4 @@
-"""Batch selection from a pool of candidates (seed 002, Methods "Batch selection methods").
+"""Batch selection from a pool of candidates (Zaverkin et al. 2024, Methods "Batch selection methods").
 
 All three pick a whole batch at once and return pool indices in the order of selection:
 
