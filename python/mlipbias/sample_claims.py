@@ -80,10 +80,20 @@ def _ensure_table(con: sqlite3.Connection) -> None:
 
 
 def _initialized(db) -> None:
-    """Let ase create its tables first: its initialisation commits, which must not happen inside
-    our transaction."""
-    with db.managed_connection():
-        pass
+    """Let ase create its tables first (its initialisation commits, which must not happen inside
+    our transactions), holding the write lock: ase checks for its tables and then creates them in
+    separate statements, so two processes opening one new file at once would both create them.
+    With the lock the second finds them made."""
+    if getattr(db, "initialized", False):
+        return
+    db.__enter__()
+    try:
+        db.connection.execute("BEGIN IMMEDIATE")
+        db._initialize(db.connection)  # ase's own table creation, now inside the lock
+    except BaseException as exc:
+        db.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    db.__exit__(None, None, None)
 
 
 def _immediate(db):
