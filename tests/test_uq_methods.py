@@ -404,6 +404,19 @@ def heads():
     return {head: _head_model(head)[0] for head in ("mve", "evidential")}
 
 
+def test_distance_reference_keeps_every_training_atom_below_the_cap(all_methods):
+    model, _ = all_methods
+    g = GradientFeatures(model.gradient.elements, model.gradient.k, model.gradient.R1, model.gradient.R2)
+    rng = np.random.default_rng(3)
+    phi = rng.normal(size=(60, g.n_features))
+    structure, n_atoms = np.repeat(np.arange(10), 6), np.full(10, 6)
+    np.testing.assert_array_equal(g.fit(phi, structure, n_atoms).train_atom, phi)  # default cap: all
+    np.testing.assert_array_equal(g.fit(phi, structure, n_atoms, 60).train_atom, phi)
+    np.testing.assert_array_equal(
+        g.fit(phi, structure, n_atoms, 25).train_atom, phi[select_max_dist(phi, 25)]
+    )
+
+
 @pytest.mark.parametrize("method", ["ensemble", "mve", "evidential", "gmm", "posterior", "distance"])
 def test_uncertainty_gradients_match_finite_differences(all_methods, heads, method):
     model = heads[method] if method in heads else all_methods[0]

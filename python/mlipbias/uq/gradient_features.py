@@ -15,8 +15,12 @@ g, g' (the sketch preserves inner products in expectation). The structure featur
     distance:   U = N min_s |Phi / N - pbar_s|,     U_i = min_j |phi_i - t_j|
 
 ``A_E = (sum_s pbar_s pbar_s^T + lambda I)^-1`` over training structures,
-``A_F = (sum_j phi_j phi_j^T + lambda I)^-1`` over training atoms, ``t_j`` the greedy max-dist
-subset of the training atoms' features (:func:`mlipbias.uq.selection.select_max_dist`). These raw
+``A_F = (sum_j phi_j phi_j^T + lambda I)^-1`` over training atoms, ``t_j`` the training atoms'
+features: all of them up to ``atom_subset`` (default :data:`DEFAULT_ATOM_SUBSET`), else their greedy
+max-dist subset of that size (:func:`mlipbias.uq.selection.select_max_dist`, as seed 002 does). The
+reference set costs K x 8 bytes per atom in the model file and K flops per atom pair at run time
+(20,000 atoms x K = 192: 31 MB, ~4 Mflop per atom and step); the max-dist selection, needed only
+above the cap, costs ~atom_subset x n_training_atoms x K flops once per training. These raw
 values have no fixed unit; the model's conformal factors c_E, c_F (fitted on validation data by
 ``mlipbias train``) make them standard deviations in eV and eV/A.
 """
@@ -30,7 +34,8 @@ import torch
 
 DEFAULT_K = 32
 DEFAULT_LAMBDA = 1e-6
-DEFAULT_ATOM_SUBSET = 512
+#: Training atoms kept as the reference of the distance uncertainty (all of them below this).
+DEFAULT_ATOM_SUBSET = 20000
 
 
 class GradientFeatures:
@@ -106,7 +111,8 @@ class GradientFeatures:
         """Precisions and training features from the training atoms' features (n_atoms, K).
 
         ``structure`` (n_atoms,) is each atom's structure index, ``n_atoms`` the atoms per structure.
-        ``atom_subset`` is the size of the greedy max-dist subset kept for the atom distance.
+        ``atom_subset``: the atom distance keeps every training atom up to this many, else the
+        greedy max-dist subset of this size.
         """
         from mlipbias.uq.selection import select_max_dist
 
@@ -121,8 +127,10 @@ class GradientFeatures:
         self.precision_energy = _symmetric_inverse(pbar.T @ pbar + eye)
         self.precision_atom = _symmetric_inverse(phi.T @ phi + eye)
         self.train_energy = pbar
-        size = min(int(atom_subset), len(phi))
-        self.train_atom = phi[select_max_dist(phi, size)]
+        if len(phi) <= int(atom_subset):
+            self.train_atom = phi.copy()
+        else:
+            self.train_atom = phi[select_max_dist(phi, int(atom_subset))]
         self._cache = {key: v for key, v in self._cache.items() if not isinstance(key[0], str)}
         return self
 
