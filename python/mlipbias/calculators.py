@@ -18,8 +18,13 @@ Results (eV, Angstrom; stress in eV/A^3 with ASE's sign and Voigt order):
 
 The bias follows ``docs/model_file.md`` "Bias" and the LAMMPS ``pair_style mlip/bias``, so both drive
 dynamics identically: with one ``tau`` for every species and no rescaling the biased forces are
-conservative (the biased energy is conserved in NVE); ``rescale=True`` applies seed 002 Eq. 8 with
-running sums over every call of this calculator (one call per MD step).
+conservative (the biased energy is conserved in NVE). ``rescale`` applies seed 002 Eq. 8 over the
+calls of this calculator (one call per MD step): ``True`` or ``"window"`` (the form of the seed 002
+authors' public code) gives no bias for the first ``rescale_window`` calls (burn-in), then
+``tau_eff = tau sqrt(sum |F|^2 / sum |dU/dx|^2)`` over the last ``rescale_window`` calls;
+``"cumulative"`` gives ``tau_eff = tau sum |F| / sum |dU/dx|`` over all calls (the bias starts at
+the first call). ``tau_stress`` is rescaled likewise with the norms of the model and uncertainty
+virials.
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ class MLIPCalculator(Calculator):
         backend: ``"torch"``, ``"cpp"`` (the C++ inference of ``mlipbias._core``) or ``"auto"``.
         tau: bias strength for energy and forces (dimensionless; U in eV).
         tau_stress: strength of the bias stress (default: ``tau``).
-        rescale: rescale both strengths by seed 002 Eq. 8.
+        rescale: rescale both strengths by seed 002 Eq. 8: False, True or ``"window"`` (burn-in and
+            window of ``rescale_window`` calls, root-sum-of-squares ratio), ``"cumulative"``.
+        rescale_window: burn-in and window length (calls, i.e. MD steps) of the window form
+            (default 100, as in seed 002's authors' code).
         species_tau: ``{symbol: tau}`` bias-force strength per element (elements not listed keep tau).
         atom_uncertainty: compute U_i at every call.
         device: torch device of the torch backend.
@@ -73,7 +81,8 @@ class MLIPCalculator(Calculator):
         backend: str = "auto",
         tau: float = 0.0,
         tau_stress: float | None = None,
-        rescale: bool = False,
+        rescale: bool | str = False,
+        rescale_window: int = 100,
         species_tau: Mapping[str, float] | None = None,
         atom_uncertainty: bool = True,
         device: str = "cpu",
@@ -116,7 +125,18 @@ class MLIPCalculator(Calculator):
             species = np.array([float(species_tau.get(el, tau)) for el in self.model.elements])
             if not (np.isfinite(species).all() and (species >= 0).all()):
                 raise ValueError(f"species_tau values must be finite and >= 0, got {dict(species_tau)}")
-        self.bias = BiasState(tau, tau_stress, rescale, [] if species is None else list(species))
+        if rescale not in (False, True, "window", "cumulative"):
+            raise ValueError(f"rescale must be False, True, 'window' or 'cumulative', got {rescale!r}")
+        if isinstance(rescale_window, bool) or int(rescale_window) != rescale_window or rescale_window < 1:
+            raise ValueError(f"rescale_window must be an integer >= 1, got {rescale_window!r}")
+        self.bias = BiasState(
+            tau,
+            tau_stress,
+            bool(rescale),
+            [] if species is None else list(species),
+            rescale_form="cumulative" if rescale == "cumulative" else "window",
+            window=int(rescale_window),
+        )
         self.want_atom_uncertainty = bool(atom_uncertainty)
         self.backend = _select_backend(backend, self.uncertainty, self.model_path)
         self.cpp = CppModel(self.model_path) if self.backend == "cpp" else None
