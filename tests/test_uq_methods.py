@@ -26,7 +26,12 @@ from scipy.spatial.distance import cdist
 from mlipbias.models import AtomsData, MLIPModel, calibrate
 from mlipbias.models.training import network_features
 from mlipbias.uq import ensemble, evidential, mve
-from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+from mlipbias.uq.calibration import (
+    CalibrationWarning,
+    ConformalCalibration,
+    VarianceRecalibration,
+    force_rmse_per_atom,
+)
 from mlipbias.uq.gmm import GMMUncertainty
 from mlipbias.uq.gradient_features import GradientFeatures
 from mlipbias.uq.selection import select_max_dist
@@ -476,6 +481,12 @@ def test_calibration_on_validation_data_matches_the_reference_classes():
     c_e = model.factor("energy", "gmm")
     np.testing.assert_allclose(p_gmm.uncertainty, c_e * fit.apply(p_gmm.score), rtol=1e-10)
     assert any("conformal factor" in m for m in messages)
+    # Seed 002's level (alpha 0.05) needs 19 points: 14 energies get the largest ratio, with a warning.
+    messages.clear()
+    with pytest.warns(CalibrationWarning, match="needs at least 19 calibration points, got 14"):
+        calibrate(model, data, ["ensemble"], alpha=0.05, log=messages.append)
+    assert model.factor("energy", "ensemble") == pytest.approx(np.max(e_err / p.uncertainty), rel=1e-12)
+    assert any("the largest of 14 ratios" in m for m in messages)
 
 
 def test_unavailable_methods_are_clear_errors(all_methods):

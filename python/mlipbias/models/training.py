@@ -750,8 +750,9 @@ def calibrate(
                 continue
             calibration.update(conformal.to_records(quantity, method))
             coverage[f"{quantity}/{method}"] = conformal.coverage(errors, u)
+            fallback = f", the largest of {len(errors)} ratios" if conformal.largest_ratio_fallback else ""
             log(
                 f"{method}: conformal factor c_{quantity[0].upper()} = {conformal.factor:.4g} "
-                f"(alpha = {alpha:g})"
+                f"(alpha = {alpha:g}{fallback})"
             )
     return coverage
