@@ -8,7 +8,10 @@ energy with respect to ``[W_l b_l]`` is the outer product ``delta_l a_l^T``; its
     phi_i[e, l] = (R1[e,l] delta_l) * (R2[e,l] a_l) / sqrt(k)
 
 with Gaussian R1 (k x n_out), R2 (k x (n_in + 1)). ``E[phi . phi'] = g . g'`` for the full gradients
-g, g' (the sketch preserves inner products in expectation). The structure feature is the sum
+g, g' (the sketch preserves inner products in expectation). Seed 002 (Eqs. 20-21) sums the sketches of
+the layers into one k-vector; we concatenate them per element network and layer (K = elements x layers
+x k): at equal K this ranked per-atom force errors at least as well in domain and, unlike the sums, still
+out of domain (``examples/sio2_uncertainty/feature_layout.md``). The structure feature is the sum
 ``Phi = sum_i phi_i``; ``pbar = Phi / N`` (seed 002 Eq. 21).
 
     posterior:  U = sqrt(Phi^T A_E Phi),            U_i = sqrt(phi_i^T A_F phi_i)
