@@ -419,6 +419,8 @@ BiasState::BiasState(const BiasSettings& settings) : settings_(settings) {
   check(settings.tau_stress, "tau_stress");
   for (size_t e = 0; e < settings.species_tau.size(); ++e)
     check(settings.species_tau[e], "the strength of element " + std::to_string(e));
+  if (settings.window < 1) throw Error("bias: the rescaling window must be >= 1 step, got " + std::to_string(settings.window));
+  if (settings.rescale_form == RescaleForm::window) recent_.assign(4 * static_cast<size_t>(settings.window), 0.0);
 }
 
 void BiasState::update(double force_norm2, double gradient_norm2, double virial_norm2, double gradient_virial_norm2) {
@@ -429,17 +431,34 @@ void BiasState::update(double force_norm2, double gradient_norm2, double virial_
   sum_gradient_ += std::sqrt(gradient_norm2);
   sum_virial_ += std::sqrt(virial_norm2);
   sum_gradient_virial_ += std::sqrt(gradient_virial_norm2);
+  if (!recent_.empty()) {
+    double* slot = recent_.data() + 4 * (steps_ % settings_.window);  // overwrites the oldest
+    slot[0] = force_norm2;
+    slot[1] = gradient_norm2;
+    slot[2] = virial_norm2;
+    slot[3] = gradient_virial_norm2;
+  }
   ++steps_;
+  force_ratio_ = ratio(0);
+  virial_ratio_ = ratio(2);
 }
 
-namespace {
-// tau * sum_num / sum_den, or 0 while no gradient has been seen (nothing to scale by).
-double rescaled(double tau, double sum_num, double sum_den) { return sum_den > 0 ? tau * sum_num / sum_den : 0.0; }
-}  // namespace
-
-double BiasState::tau_effective() const {
-  return settings_.rescale ? rescaled(settings_.tau, sum_force_, sum_gradient_) : settings_.tau;
+double BiasState::ratio(int first) const {
+  if (settings_.rescale_form == RescaleForm::cumulative) {
+    const double num = first == 0 ? sum_force_ : sum_virial_;
+    const double den = first == 0 ? sum_gradient_ : sum_gradient_virial_;
+    return den > 0 ? num / den : 0.0;  // 0 while no gradient has been seen (nothing to scale by)
+  }
+  if (steps_ <= settings_.window) return 0.0;  // burn-in: unbiased until the window is full
+  double num = 0.0, den = 0.0;
+  for (int t = 0; t < settings_.window; ++t) {
+    num += recent_[4 * t + first];
+    den += recent_[4 * t + first + 1];
+  }
+  return den > 0 ? std::sqrt(num / den) : 0.0;
 }
+
+double BiasState::tau_effective() const { return settings_.rescale ? settings_.tau * force_ratio_ : settings_.tau; }
 
 double BiasState::tau_effective(int element) const {
   if (settings_.species_tau.empty()) return tau_effective();
@@ -447,29 +466,45 @@ double BiasState::tau_effective(int element) const {
     throw Error("bias: element index " + std::to_string(element) + " outside 0.." +
                 std::to_string(settings_.species_tau.size() - 1) + " of the per-element strengths");
   const double tau = settings_.species_tau[element];
-  return settings_.rescale ? rescaled(tau, sum_force_, sum_gradient_) : tau;
+  return settings_.rescale ? tau * force_ratio_ : tau;
 }
 
 double BiasState::tau_stress_effective() const {
-  return settings_.rescale ? rescaled(settings_.tau_stress, sum_virial_, sum_gradient_virial_) : settings_.tau_stress;
+  return settings_.rescale ? settings_.tau_stress * virial_ratio_ : settings_.tau_stress;
 }
 
 std::vector<double> BiasState::state() const {
-  return {sum_force_, sum_gradient_, sum_virial_, sum_gradient_virial_, static_cast<double>(steps_)};
+  std::vector<double> out = {sum_force_, sum_gradient_, sum_virial_, sum_gradient_virial_, static_cast<double>(steps_)};
+  if (!recent_.empty()) {
+    const int64_t kept = std::min<int64_t>(steps_, settings_.window);
+    for (int64_t t = steps_ - kept; t < steps_; ++t)
+      for (int k = 0; k < 4; ++k) out.push_back(recent_[4 * (t % settings_.window) + k]);
+  }
+  return out;
 }
 
 void BiasState::set_state(const std::vector<double>& state) {
-  if (state.size() != 5)
-    throw Error("bias: a state has 5 entries (sums of |F|, |dU/dx|, |W|, |W_U| and the step count), got " +
-                std::to_string(state.size()));
+  if (state.size() < 5)
+    throw Error("bias: a state has 5 entries (sums of |F|, |dU/dx|, |W|, |W_U| and the step count) and, for the "
+                "window form, 4 squared norms per kept step; got " + std::to_string(state.size()));
   for (double x : state)
     if (!(x >= 0) || !std::isfinite(x)) throw Error("bias: state entries must be finite and >= 0, got " + fmt(x));
   if (state[4] != std::floor(state[4])) throw Error("bias: the step count must be an integer, got " + fmt(state[4]));
+  const int64_t steps = static_cast<int64_t>(state[4]);
+  const size_t kept = recent_.empty() ? 0 : static_cast<size_t>(std::min<int64_t>(steps, settings_.window));
+  if (state.size() != 5 + 4 * kept)
+    throw Error("bias: a state of " + std::to_string(steps) + " steps has " + std::to_string(5 + 4 * kept) +
+                " entries for this rescaling form, got " + std::to_string(state.size()));
   sum_force_ = state[0];
   sum_gradient_ = state[1];
   sum_virial_ = state[2];
   sum_gradient_virial_ = state[3];
-  steps_ = static_cast<int64_t>(state[4]);
+  steps_ = steps;
+  std::fill(recent_.begin(), recent_.end(), 0.0);
+  for (size_t j = 0; j < kept; ++j)  // entry j is step steps - kept + j
+    for (int k = 0; k < 4; ++k) recent_[4 * ((steps - kept + j) % settings_.window) + k] = state[5 + 4 * j + k];
+  force_ratio_ = ratio(0);
+  virial_ratio_ = ratio(2);
 }
 
 }  // namespace mlipbias

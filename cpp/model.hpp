@@ -135,14 +135,22 @@ class Evaluator {
 // calculators so both drive dynamics identically.
 //   E_biased = E - tau U;  F_bias,i = tau_(Z_i) dU/dx_i;  W_bias = tau_stress sum r_ij (x) dU/dr_ij
 // The biased dynamics conserve E_biased only with one tau for all species and no rescaling.
-// With rescale (seed 002 Eq. 8), the strengths used at step t are
-//   tau_eff = tau * sum_t' norm(F_t') / sum_t' norm(dU/dx_t')   (norms of 3N-vectors)
-// and likewise tau_stress with the virial norms. Norms are global: a parallel caller passes
-// the squared norms summed over ranks.
+// With rescale (seed 002 Eq. 8) the strengths used at step t are tau times a ratio of the
+// magnitudes of model forces F and uncertainty gradients dU/dx (3N-vectors), in one of two forms:
+//   window (default; the form of the seed 002 authors' public code): no bias during a burn-in
+//     of W steps, then tau_eff = tau * sqrt(sum_t' |F_t'|^2 / sum_t' |dU/dx_t'|^2) over the
+//     last W steps t' <= t;
+//   cumulative: tau_eff = tau * sum_t' |F_t'| / sum_t' |dU/dx_t'| over all steps t' <= t.
+// Likewise tau_stress with the virial norms. Norms are global: a parallel caller passes the
+// squared norms summed over ranks.
+enum class RescaleForm { window, cumulative };
+
 struct BiasSettings {
   double tau = 0.0;                    // strength for bias forces (dimensionless, U in eV)
   double tau_stress = 0.0;             // strength for the bias virial
   bool rescale = false;
+  RescaleForm rescale_form = RescaleForm::window;
+  int window = 100;                    // W: burn-in and window length (steps) of the window form
   std::vector<double> species_tau;     // [n_elements] strength per element; empty: tau for all
 };
 
@@ -161,14 +169,19 @@ class BiasState {
   const BiasSettings& settings() const { return settings_; }
   int64_t steps() const { return steps_; }
 
-  // Serialisable running sums (restart files, Python pickling).
+  // Serialisable running sums (restart files, Python pickling): sums of |F|, |dU/dx|, |W|,
+  // |W_U|, the step count and, for the window form, the squared norms of the last
+  // min(steps, W) steps, oldest first, four per step.
   std::vector<double> state() const;
   void set_state(const std::vector<double>& state);
 
  private:
+  double ratio(int first) const;       // the Eq. 8 factor of norms first (F or W), first + 1
   BiasSettings settings_;
+  double force_ratio_ = 0.0, virial_ratio_ = 0.0;  // ratio(0), ratio(2) after the last update
   double sum_force_ = 0.0, sum_gradient_ = 0.0, sum_virial_ = 0.0, sum_gradient_virial_ = 0.0;
   int64_t steps_ = 0;
+  std::vector<double> recent_;         // window form: ring of [W][4] squared norms
 };
 
 }  // namespace mlipbias

@@ -134,7 +134,20 @@ void PairMLIPBias::settings(int narg, char **arg)
       tau_stress_given = true;
       iarg += 2;
     } else if (key == "rescale") {
-      bias_settings.rescale = utils::logical(FLERR, value, false, lmp) != 0;
+      // yes = window (the seed 002 authors' form), or the form by name, or no
+      const std::string form = value;
+      bias_settings.rescale = form != "no" && form != "off" && form != "false";
+      if (form == "cumulative")
+        bias_settings.rescale_form = mlipbias::RescaleForm::cumulative;
+      else if (form == "window" || form == "yes" || form == "on" || form == "true")
+        bias_settings.rescale_form = mlipbias::RescaleForm::window;
+      else if (bias_settings.rescale)
+        error->all(FLERR, "pair_style mlip/bias: rescale must be yes, no, window or cumulative, got '{}'", form);
+      iarg += 2;
+    } else if (key == "rescale_window") {
+      bias_settings.window = utils::inumeric(FLERR, value, false, lmp);
+      if (bias_settings.window < 1)
+        error->all(FLERR, "pair_style mlip/bias: rescale_window must be >= 1, got {}", value);
       iarg += 2;
     } else if (key == "tau_species") {
       // tau_species El T [El T ...]: pairs continue while the next word is a model element
@@ -169,7 +182,7 @@ void PairMLIPBias::settings(int narg, char **arg)
     } else {
       error->all(FLERR,
                  "pair_style mlip/bias: unknown keyword '{}' (known: uncertainty tau tau_stress "
-                 "rescale tau_species every min_distance)",
+                 "rescale rescale_window tau_species every min_distance)",
                  key);
     }
   }
@@ -229,7 +242,12 @@ void PairMLIPBias::settings(int narg, char **arg)
                    "tau {}, tau_stress {}, rescale {}, every {}\n",
                    model_path, utils::join_words(elements, " "), model->n_members(),
                    model->cutoff(), mlipbias::uncertainty_name(method), bias_settings.tau,
-                   bias_settings.tau_stress, bias_settings.rescale ? "yes" : "no", every);
+                   bias_settings.tau_stress,
+                   !bias_settings.rescale ? std::string("no")
+                   : bias_settings.rescale_form == mlipbias::RescaleForm::cumulative
+                       ? std::string("cumulative")
+                       : "window " + std::to_string(bias_settings.window),
+                   every);
 }
 
 /* ----------------------------------------------------------------------

@@ -87,7 +87,8 @@ def test_biased_forces_and_stress_are_derivatives_of_the_biased_energy(model_pat
 @pytest.mark.parametrize("method", ["none", "ensemble", "posterior", "distance"])
 def test_cpp_and_torch_backends_agree(model_path, method):
     """``auto`` runs the C++ inference of pair_style mlip/bias; it equals the torch model to 1e-10."""
-    settings = dict(uncertainty=method, tau=0.0 if method == "none" else 0.3, rescale=method != "none")
+    biased = method != "none"  # window form, biased from the second call on
+    settings = dict(uncertainty=method, tau=0.3 if biased else 0.0, rescale=biased, rescale_window=1)
     cpp = MLIPCalculator(model_path, **settings)
     torch_calc = MLIPCalculator(model_path, backend="torch", **settings)
     assert cpp.backend == "cpp" and torch_calc.backend == "torch"
@@ -147,11 +148,14 @@ def test_tau_species_and_tau_stress(model_path):
         MLIPCalculator(model_path, uncertainty="ensemble", tau_species={"O": 0.1}, species_tau={"O": 0.1})
 
 
-def test_rescaling_follows_the_running_force_ratio(model_path):
-    tau = 0.5
-    calc = MLIPCalculator(model_path, uncertainty="distance", tau=tau, rescale=True)
-    sums = np.zeros(4)
-    for k in range(3):
+@pytest.mark.parametrize("form", ["window", "cumulative"])
+def test_rescaling_follows_eq_8_by_hand(model_path, form):
+    """cumulative: tau sum |F| / sum |dU/dx| over all calls; window (W = 2): no bias for W calls, then
+    tau sqrt(sum |F|^2 / sum |dU/dx|^2) over the last W calls. tau_stress likewise with virial norms."""
+    tau, window = 0.5, 2
+    calc = MLIPCalculator(model_path, uncertainty="distance", tau=tau, rescale=form, rescale_window=window)
+    norms = []
+    for k in range(5):
         atoms = quartz(20 + k, rattle=0.1)
         atoms.calc = calc
         atoms.get_forces()
@@ -163,17 +167,29 @@ def test_rescaling_follows_the_running_force_ratio(model_path):
             free.model, atoms, "distance", forces=False, gradient=True
         ).uncertainty_virial[0]
         virial = evaluate_atoms(free.model, atoms).virial[0]
-        sums += [
-            np.linalg.norm(r["model_forces"]),
-            np.linalg.norm(r["uncertainty_gradient"]),
-            np.linalg.norm(virial),
-            np.linalg.norm(virial_u),
-        ]
-        assert r["tau_effective"] == pytest.approx(tau * sums[0] / sums[1], rel=1e-12)
-        assert r["tau_stress_effective"] == pytest.approx(tau * sums[2] / sums[3], rel=1e-12)
+        norms.append(
+            [np.linalg.norm(x) for x in (r["model_forces"], r["uncertainty_gradient"], virial, virial_u)]
+        )
+        n = np.array(norms)
+        if form == "cumulative":
+            ratio, ratio_stress = n[:, 0].sum() / n[:, 1].sum(), n[:, 2].sum() / n[:, 3].sum()
+        elif k < window:
+            ratio = ratio_stress = 0.0
+        else:
+            last = n[-window:] ** 2
+            ratio = np.sqrt(last[:, 0].sum() / last[:, 1].sum())
+            ratio_stress = np.sqrt(last[:, 2].sum() / last[:, 3].sum())
+        assert r["tau_effective"] == pytest.approx(tau * ratio, rel=1e-12, abs=1e-300)
+        assert r["tau_stress_effective"] == pytest.approx(tau * ratio_stress, rel=1e-12, abs=1e-300)
         np.testing.assert_allclose(
             r["bias_forces"], r["tau_effective"] * r["uncertainty_gradient"], rtol=1e-12
         )
+        assert r["bias_energy"] == pytest.approx(-r["tau_effective"] * r["uncertainty"], abs=1e-300)
+    assert r["tau_effective"] > 0
+    with pytest.raises(ValueError, match="rescale must be False, True, 'window' or 'cumulative'"):
+        MLIPCalculator(model_path, uncertainty="distance", tau=tau, rescale="adagrad")
+    with pytest.raises(ValueError, match="rescale_window must be an integer >= 1, got 0"):
+        MLIPCalculator(model_path, uncertainty="distance", tau=tau, rescale=True, rescale_window=0)
 
 
 def test_biased_nve_conserves_the_biased_energy(model_path):

@@ -558,8 +558,8 @@ def test_evaluator_options_are_checked(tmp_path, model):
     assert plain.core.force_calibration("distance") == 1.0
 
 
-def test_bias_state_follows_seed_002_eq_8():
-    settings = dict(tau=0.5, tau_stress=0.2, rescale=True, species_tau=[0.5, 0.1])
+def test_bias_state_follows_seed_002_eq_8_cumulative():
+    settings = dict(tau=0.5, tau_stress=0.2, rescale=True, species_tau=[0.5, 0.1], rescale_form="cumulative")
     bias = _core.BiasState(**settings)
     steps = [(4.0, 1.0, 9.0, 0.25), (1.0, 4.0, 0.0, 1.0), (16.0, 0.0, 4.0, 0.0)]
     sums = np.zeros(4)
@@ -583,7 +583,9 @@ def test_bias_state_follows_seed_002_eq_8():
     assert fixed.settings["tau_stress"] == 0.3  # defaults to tau, as in pair_style mlip/bias
     fixed.update(1.0, 4.0, 1.0, 1.0)
     assert fixed.tau_effective() == fixed.tau_effective(5) == 0.3  # no rescaling, no per-element strengths
-    assert _core.BiasState(tau=1.0, rescale=True).tau_effective() == 0.0  # nothing to scale by yet
+    assert (
+        _core.BiasState(tau=1.0, rescale=True, rescale_form="cumulative").tau_effective() == 0.0
+    )  # nothing yet
 
     with pytest.raises(ValueError, match="tau must be a finite number >= 0, got -1"):
         _core.BiasState(tau=-1.0)
@@ -593,6 +595,44 @@ def test_bias_state_follows_seed_002_eq_8():
         bias.state = [1.0, 2.0]
     with pytest.raises(ValueError, match="squared norms must be finite and >= 0"):
         bias.update(-1.0, 0.0, 0.0, 0.0)
+
+
+def test_bias_state_window_form_is_the_default_and_follows_a_hand_computation():
+    """Window W: no bias while <= W steps are recorded, then tau sqrt(sum |F|^2 / sum |dU/dx|^2)
+    over the last W."""
+    settings = dict(tau=0.5, tau_stress=0.2, rescale=True, species_tau=[0.5, 0.1], window=3)
+    bias = _core.BiasState(**settings)
+    assert bias.settings["rescale_form"] == "window" and _core.BiasState().settings["window"] == 100
+    rng = np.random.default_rng(8)
+    steps = rng.uniform(0.1, 4.0, (8, 4))  # squared norms |F|^2, |dU/dx|^2, |W|^2, |W_U|^2
+    for t, step in enumerate(steps, 1):
+        bias.update(*step)
+        if t <= 3:
+            expected, expected_stress = 0.0, 0.0  # burn-in
+        else:
+            last = steps[t - 3 : t]
+            expected = np.sqrt(last[:, 0].sum() / last[:, 1].sum())
+            expected_stress = np.sqrt(last[:, 2].sum() / last[:, 3].sum())
+        assert bias.tau_effective() == pytest.approx(0.5 * expected, rel=1e-14, abs=0)
+        assert bias.tau_effective(1) == pytest.approx(0.1 * expected, rel=1e-14, abs=0)
+        assert bias.tau_stress_effective() == pytest.approx(0.2 * expected_stress, rel=1e-14, abs=0)
+        # the state carries the window: a restart continues exactly (after a wrap of the ring too)
+        restarted = _core.BiasState(**settings)
+        restarted.state = bias.state
+        assert restarted.tau_effective() == bias.tau_effective()
+        assert len(bias.state) == 5 + 4 * min(t, 3)
+    np.testing.assert_allclose(bias.state[5:], steps[-3:].ravel())
+    copy = pickle.loads(pickle.dumps(bias))
+    assert copy.state == bias.state and copy.settings == bias.settings
+    copy.update(*steps[0])
+    bias.update(*steps[0])
+    assert copy.tau_stress_effective() == bias.tau_stress_effective()
+    with pytest.raises(ValueError, match="a state of 9 steps has 17 entries for this rescaling form, got 5"):
+        bias.state = bias.state[:5]
+    with pytest.raises(ValueError, match="rescaling window must be >= 1 step, got 0"):
+        _core.BiasState(tau=1.0, window=0)
+    with pytest.raises(ValueError, match="rescale_form must be 'window' or 'cumulative', got 'adagrad'"):
+        _core.BiasState(tau=1.0, rescale_form="adagrad")
 
 
 # ------------------------------------------------------------------------------ model file errors

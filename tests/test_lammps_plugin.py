@@ -9,7 +9,8 @@
   and the ghost-atom folding are separate code. Bias forces and the bias virial equal central
   finite differences of energies and uncertainties that LAMMPS itself computes (``run 0`` at displaced
   atoms and strained cells), with ``tau_stress`` and ``tau_species`` separate from ``tau``;
-  ``rescale yes`` follows a hand computation of seed 002 Eq. 8 over several MD steps.
+  ``rescale window`` and ``rescale cumulative`` follow a hand computation of seed 002 Eq. 8 over
+  several MD steps, step by step as ``MLIPCalculator`` with the same settings does.
 - Outputs: ``compute pair``, ``extract_pair``, ``fix pair`` per-atom uncertainties, ``fix halt``,
   ``every N``, ``compute pe/atom``.
 - Dynamics: NVE conserves the biased total energy, Nose-Hoover NVT and NPT conserve their
@@ -297,13 +298,18 @@ def test_tau_stress_and_tau_species_act_separately(model_path, data_path):
     assert max(abs(dU) for _, dU in grads.values()) * (tau_o - tau_si) > 1e-3 * scale_f
 
 
-def test_rescaling_follows_the_running_force_ratio(tmp_path, model_path, data_path):
-    """tau_eff(t) = tau sum_t'<=t |F_t'| / sum |dU/dx_t'| (seed 002 Eq. 8) and the same with the
-    virial norms for tau_stress, recomputed by hand from the dumped trajectory with the C++ model
-    seen from Python; forces on the last step use that tau_eff."""
-    tau, tau_stress, steps = 0.3, 0.6, 6
+@pytest.mark.parametrize("form", ["window", "cumulative"])
+def test_rescaling_follows_eq_8_by_hand_and_equals_the_ase_calculator(tmp_path, model_path, data_path, form):
+    """seed 002 Eq. 8, recomputed by hand from the dumped trajectory with the C++ model seen from
+    Python. ``window`` (W = 2 here): tau_eff = 0 on the first W evaluations, then
+    tau sqrt(sum |F|^2 / sum |dU/dx|^2) over the last W; ``cumulative``: tau sum |F| / sum |dU/dx|
+    over all. The same for tau_stress with the virial norms. MLIPCalculator with the same settings,
+    fed the same frames, gives the same tau and the forces LAMMPS dumped, at every step."""
+    tau, tau_stress, steps, window = 0.3, 0.6, 6, 2
     with lammps() as lmp:
-        options = f"uncertainty ensemble tau {tau} tau_stress {tau_stress} rescale yes"
+        options = (
+            f"uncertainty ensemble tau {tau} tau_stress {tau_stress} rescale {form} rescale_window {window}"
+        )
         setup(lmp, data_path, pair_lines(model_path, options))
         lmp.commands_string(
             f"""
@@ -317,26 +323,48 @@ def test_rescaling_follows_the_running_force_ratio(tmp_path, model_path, data_pa
         table = run_table(lmp, tmp_path / "tau.txt", steps, "step c_unc[1] c_unc[3] c_unc[4]")
         H = cell(lmp)  # NVE: the box does not change
     model = CppModel(model_path)
-    sums = np.zeros(4)
-    for step in range(steps + 1):
+    calc = MLIPCalculator(
+        model_path,
+        uncertainty="ensemble",
+        tau=tau,
+        tau_stress=tau_stress,
+        rescale=form,
+        rescale_window=window,
+    )
+    norms = []
+    for step in range(steps + 1):  # step 0 is the setup evaluation of `run`
         rows = _dump_frame(tmp_path / "traj.dump", step)
         atoms = Atoms([ELEMENTS[int(t) - 1] for t in rows[:, 1]], positions=rows[:, 2:5], cell=H, pbc=True)
         r = model.evaluate(atoms, "ensemble", gradient=True)
-        sums += [
-            np.linalg.norm(r.forces),
-            np.linalg.norm(r.uncertainty_gradient),
-            np.linalg.norm(r.virial),
-            np.linalg.norm(r.uncertainty_virial),
-        ]
-        want_tau, want_tau_stress = tau * sums[0] / sums[1], tau_stress * sums[2] / sums[3]
+        norms.append(
+            [np.linalg.norm(x) for x in (r.forces, r.uncertainty_gradient, r.virial, r.uncertainty_virial)]
+        )
+        n = np.array(norms)
+        if form == "cumulative":
+            want_tau, want_tau_stress = (
+                tau * n[:, 0].sum() / n[:, 1].sum(),
+                tau_stress * n[:, 2].sum() / n[:, 3].sum(),
+            )
+        elif len(n) <= window:
+            want_tau = want_tau_stress = 0.0  # burn-in
+        else:
+            last = n[-window:] ** 2
+            want_tau = tau * np.sqrt(last[:, 0].sum() / last[:, 1].sum())
+            want_tau_stress = tau_stress * np.sqrt(last[:, 2].sum() / last[:, 3].sum())
         if step >= 1:  # fix print runs at the end of each step (not in setup)
             row = table[table[:, 0] == step][0]
             assert row[1] == pytest.approx(r.uncertainty, rel=1e-12)
-            assert row[2] == pytest.approx(want_tau, rel=1e-12)
-            assert row[3] == pytest.approx(want_tau_stress, rel=1e-12)
+            assert row[2] == pytest.approx(want_tau, rel=1e-12, abs=1e-300)
+            assert row[3] == pytest.approx(want_tau_stress, rel=1e-12, abs=1e-300)
+        atoms.calc = calc
+        np.testing.assert_allclose(
+            atoms.get_forces(), rows[:, 5:8], rtol=0, atol=1e-10 * np.abs(r.forces).max()
+        )
+        assert calc.results["tau_effective"] == pytest.approx(want_tau, rel=1e-12, abs=1e-300)
+        assert calc.results["tau_stress_effective"] == pytest.approx(want_tau_stress, rel=1e-12, abs=1e-300)
     biased = r.forces + want_tau * r.uncertainty_gradient
     np.testing.assert_allclose(rows[:, 5:8], biased, rtol=0, atol=1e-10 * np.abs(r.forces).max())
-    assert not np.isclose(want_tau, tau)  # the rescaling changed tau
+    assert want_tau > 0 and not np.isclose(want_tau, tau)  # the rescaling changed tau
 
 
 def _dump_frame(path: Path, step: int) -> np.ndarray:
@@ -357,7 +385,7 @@ def test_rescaling_counts_each_timestep_once(tmp_path, model_path, data_path):
     results = []
     for runs in ((6,), (3, 3)):
         with lammps() as lmp:
-            options = "uncertainty ensemble tau 0.3 rescale yes"
+            options = "uncertainty ensemble tau 0.3 rescale yes rescale_window 2"  # window form
             setup(lmp, data_path, pair_lines(model_path, options))
             lmp.commands_string("velocity all create 600 4 dist gaussian\ntimestep 0.0005\nfix nve all nve")
             for n in runs:
@@ -544,6 +572,13 @@ BAD_INPUTS = [
     ("{model} tau 0.1 tau_species C 0.1", "Si O", "", "tau_species expects element/value pairs"),
     ("{model} tau 0.1 every 5", "Si O", "", "every 5 > 1 is only allowed without bias"),
     ("{model} every 0", "Si O", "", "every must be >= 1, got 0"),
+    ("{model} tau 0.1 rescale_window 0", "Si O", "", "rescale_window must be >= 1, got 0"),
+    (
+        "{model} tau 0.1 rescale sometimes",
+        "Si O",
+        "",
+        "rescale must be yes, no, window or cumulative, got .sometimes.",
+    ),
     ("{plain} tau 0.5", "Si O", "", "a bias .* needs an uncertainty method"),
     ("{plain} uncertainty ensemble", "Si O", "", "has no data for uncertainty 'ensemble'"),
     ("{model}", "Si", "", "one element .* per atom type: 2 type.s., got 1"),

@@ -26,7 +26,12 @@ from scipy.spatial.distance import cdist
 from mlipbias.models import AtomsData, MLIPModel, calibrate
 from mlipbias.models.training import network_features
 from mlipbias.uq import ensemble, evidential, mve
-from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+from mlipbias.uq.calibration import (
+    CalibrationWarning,
+    ConformalCalibration,
+    VarianceRecalibration,
+    force_rmse_per_atom,
+)
 from mlipbias.uq.gmm import GMMUncertainty
 from mlipbias.uq.gradient_features import GradientFeatures
 from mlipbias.uq.selection import select_max_dist
@@ -407,6 +412,19 @@ def heads():
     return {head: _head_model(head)[0] for head in ("mve", "evidential")}
 
 
+def test_distance_reference_keeps_every_training_atom_below_the_cap(all_methods):
+    model, _ = all_methods
+    g = GradientFeatures(model.gradient.elements, model.gradient.k, model.gradient.R1, model.gradient.R2)
+    rng = np.random.default_rng(3)
+    phi = rng.normal(size=(60, g.n_features))
+    structure, n_atoms = np.repeat(np.arange(10), 6), np.full(10, 6)
+    np.testing.assert_array_equal(g.fit(phi, structure, n_atoms).train_atom, phi)  # default cap: all
+    np.testing.assert_array_equal(g.fit(phi, structure, n_atoms, 60).train_atom, phi)
+    np.testing.assert_array_equal(
+        g.fit(phi, structure, n_atoms, 25).train_atom, phi[select_max_dist(phi, 25)]
+    )
+
+
 @pytest.mark.parametrize("method", ["ensemble", "mve", "evidential", "gmm", "posterior", "distance"])
 def test_uncertainty_gradients_match_finite_differences(all_methods, heads, method):
     model = heads[method] if method in heads else all_methods[0]
@@ -466,6 +484,12 @@ def test_calibration_on_validation_data_matches_the_reference_classes():
     c_e = model.factor("energy", "gmm")
     np.testing.assert_allclose(p_gmm.uncertainty, c_e * fit.apply(p_gmm.score), rtol=1e-10)
     assert any("conformal factor" in m for m in messages)
+    # Seed 002's level (alpha 0.05) needs 19 points: 14 energies get the largest ratio, with a warning.
+    messages.clear()
+    with pytest.warns(CalibrationWarning, match="needs at least 19 calibration points, got 14"):
+        calibrate(model, data, ["ensemble"], alpha=0.05, log=messages.append)
+    assert model.factor("energy", "ensemble") == pytest.approx(np.max(e_err / p.uncertainty), rel=1e-12)
+    assert any("the largest of 14 ratios" in m for m in messages)
 
 
 def test_unavailable_methods_are_clear_errors(all_methods):

@@ -13,6 +13,7 @@ from uncertainty_toolbox.metrics_calibration import miscalibration_area as toolb
 
 from mlipbias.modelfile import read_model_file, write_model_file
 from mlipbias.uq.calibration import (
+    CalibrationWarning,
     ConformalCalibration,
     VarianceRecalibration,
     conformal_rank,
@@ -258,8 +259,10 @@ def test_conformal_factor_is_the_finite_sample_quantile():
         assert cal.factor == np.sort(errors / u)[k - 1]
         assert cal.factor == np.quantile(errors / u, k / 57, method="inverted_cdf")
     assert conformal_rank(9, 0.1) == 9  # (9 + 1) * 0.9 is 9 up to rounding
-    with pytest.raises(ValueError, match="alpha = 0.01 needs at least 99 calibration points, got 57"):
-        ConformalCalibration(0.01).fit(errors, u)
+    with pytest.warns(CalibrationWarning, match="alpha = 0.01 needs at least 99 calibration points, got 57"):
+        few = ConformalCalibration(0.01).fit(errors, u)
+    assert few.largest_ratio_fallback and few.factor == np.max(errors / u)  # never uncalibrated
+    assert not cal.largest_ratio_fallback and ConformalCalibration().alpha == 0.05  # seed 002's level
     with pytest.raises(ValueError, match="uncertainty must be positive: 1 of 57"):
         ConformalCalibration(0.1).fit(errors, np.r_[u[:-1], 0.0])
     with pytest.raises(ValueError, match="absolute errors"):

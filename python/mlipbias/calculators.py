@@ -18,8 +18,13 @@ Results (eV, Angstrom; stress in eV/A^3 with ASE's sign and Voigt order):
 
 The bias follows ``docs/model_file.md`` "Bias" and the LAMMPS ``pair_style mlip/bias``, so both drive
 dynamics identically: with one ``tau`` for every species and no rescaling the biased forces are
-conservative (the biased energy is conserved in NVE); ``rescale=True`` applies seed 002 Eq. 8 with
-running sums over every call of this calculator (one call per MD step).
+conservative (the biased energy is conserved in NVE). ``rescale`` applies seed 002 Eq. 8 over the
+calls of this calculator (one call per MD step): ``True`` or ``"window"`` (the form of the seed 002
+authors' public code) gives no bias for the first ``rescale_window`` calls (burn-in), then
+``tau_eff = tau sqrt(sum |F|^2 / sum |dU/dx|^2)`` over the last ``rescale_window`` calls;
+``"cumulative"`` gives ``tau_eff = tau sum |F| / sum |dU/dx|`` over all calls (the bias starts at
+the first call). ``tau_stress`` is rescaled likewise with the norms of the model and uncertainty
+virials.
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ class MLIPCalculator(Calculator):
         backend: ``"torch"``, ``"cpp"`` (the C++ inference of ``mlipbias._core``) or ``"auto"``.
         tau: bias strength for energy and forces (dimensionless; U in eV).
         tau_stress: strength of the bias stress (default: ``tau``).
-        rescale: rescale both strengths by seed 002 Eq. 8.
+        rescale: rescale both strengths by Zaverkin et al. (2024) Eq. 8: False, True or ``"window"``
+            (burn-in and window of ``rescale_window`` calls, root-sum-of-squares ratio), ``"cumulative"``.
+        rescale_window: burn-in and window length (calls, i.e. MD steps) of the window form
+            (default 100, as in the authors' public code).
         tau_species: ``{symbol: tau}`` bias-force strength per element (elements not listed keep tau),
             as ``pair_style mlip/bias ... tau_species El T``; ``species_tau`` is its deprecated name.
         atom_uncertainty: compute U_i at every call.
@@ -82,7 +90,8 @@ class MLIPCalculator(Calculator):
         backend: str = "auto",
         tau: float = 0.0,
         tau_stress: float | None = None,
-        rescale: bool = False,
+        rescale: bool | str = False,
+        rescale_window: int = 100,
         tau_species: Mapping[str, float] | None = None,
         atom_uncertainty: bool = True,
         device: str = "cpu",
@@ -135,7 +144,18 @@ class MLIPCalculator(Calculator):
             species = np.array([float(tau_species.get(el, tau)) for el in self.model.elements])
             if not (np.isfinite(species).all() and (species >= 0).all()):
                 raise ValueError(f"tau_species values must be finite and >= 0, got {dict(tau_species)}")
-        self.bias = BiasState(tau, tau_stress, rescale, [] if species is None else list(species))
+        if rescale not in (False, True, "window", "cumulative"):
+            raise ValueError(f"rescale must be False, True, 'window' or 'cumulative', got {rescale!r}")
+        if isinstance(rescale_window, bool) or int(rescale_window) != rescale_window or rescale_window < 1:
+            raise ValueError(f"rescale_window must be an integer >= 1, got {rescale_window!r}")
+        self.bias = BiasState(
+            tau,
+            tau_stress,
+            bool(rescale),
+            [] if species is None else list(species),
+            rescale_form="cumulative" if rescale == "cumulative" else "window",
+            window=int(rescale_window),
+        )
         if not (np.isfinite(min_distance) and min_distance >= 0):
             raise ValueError(f"min_distance must be a finite number >= 0 (A), got {min_distance}")
         self.min_distance = float(min_distance)

@@ -12,6 +12,11 @@ name           what                                        cost (2-core machine,
 ``emt``        ASE's EMT (Al Cu Ag Au Ni Pd Pt, H C N O)   sub-ms; a toy metal potential for tests
 ``lammps``     a LAMMPS pair style (ASE's LAMMPSlib), e.g.  ~2 ms for 64-atom Si with Stillinger-Weber
                ``pair_style sw`` with the wheel's Si.sw
+``pyscf``      PySCF Kohn-Sham DFT for molecules,          ~1 s for NH3 at BP86-D3(BJ)/def2-SVP
+               :class:`mlipbias.potentials.PySCFDFT`
+``openmm``     an OpenMM force field for a PDB topology,   ~1 ms for alanine dipeptide with ff19SB
+               :class:`mlipbias.potentials.OpenMMForceField`
+               (default: ff19SB, shipped alanine dipeptide)
 =============  ==========================================  ============================================
 
 Any calculator object is accepted as well. :func:`label` is the single path by which a
@@ -27,7 +32,7 @@ import json
 import numpy as np
 from ase import Atoms
 
-ORACLE_NAMES = ("bks", "gfn1-xtb", "gfn2-xtb", "emt", "lammps")
+ORACLE_NAMES = ("bks", "gfn1-xtb", "gfn2-xtb", "emt", "lammps", "pyscf", "openmm")
 
 
 class OracleError(RuntimeError):
@@ -44,6 +49,12 @@ def make_oracle(name, **options):
     scratch: a label then depends only on the geometry, not on what was computed before (a
     restart from the previous wavefunction moves forces by ~1e-5 eV/A at the default accuracy).
     MD steps, which do not go through :func:`label`, still restart from the previous step.
+
+    ``pyscf`` options: ``xc``, ``basis``, ``dispersion``, ``charge``, ``spin``, ``conv_tol``,
+    ``grid_level``, ``max_cycle`` (see :class:`mlipbias.potentials.PySCFDFT`; default
+    BP86/def2-SVP with D3(BJ)). ``openmm`` options: ``pdb`` (the topology; default the shipped
+    alanine dipeptide), ``forcefield`` (default ``amber19-all.xml``, ff19SB), ``platform``
+    (default ``Reference``); see :class:`mlipbias.potentials.OpenMMForceField`.
     """
     if not isinstance(name, str):
         if options:
@@ -79,6 +90,22 @@ def make_oracle(name, **options):
         return TBLite(method="GFN1-xTB" if key == "gfn1-xtb" else "GFN2-xTB", **settings)
     if key == "lammps":
         return _lammps_oracle(**options)
+    if key == "pyscf":
+        try:
+            import pyscf  # noqa: F401
+
+            from mlipbias.potentials.pyscf_dft import PySCFDFT
+        except ImportError as exc:
+            raise ValueError(f"oracle pyscf needs pyscf: pip install pyscf pyscf-dispersion ({exc})") from exc
+        return PySCFDFT(**options)
+    if key == "openmm":
+        try:
+            import openmm  # noqa: F401
+
+            from mlipbias.potentials.openmm_ff import OpenMMForceField
+        except ImportError as exc:
+            raise ValueError(f"oracle openmm needs openmm: pip install openmm ({exc})") from exc
+        return OpenMMForceField(**options)
     if key == "emt":
         from ase.calculators.emt import EMT
 

@@ -377,9 +377,18 @@ def amorphous_sio2(
 
 # name -> file under data_files (made by write_defaults) or a builder.
 _SHIPPED = {"sio2-amorphous-96": "sio2-amorphous-96.extxyz"}
+
+
+def _alanine_dipeptide() -> Atoms:
+    from mlipbias.potentials.openmm_ff import alanine_dipeptide
+
+    return alanine_dipeptide()
+
+
 _BUILT = {
     "alpha-quartz": alpha_quartz,
     "si-diamond-64": diamond_si,
+    "alanine-dipeptide": _alanine_dipeptide,  # read from the shipped PDB (needs openmm)
 }
 
 
@@ -389,7 +398,8 @@ def default_structure_names() -> list[str]:
 
 
 def default_structure(name: str) -> Atoms:
-    """A named reference structure: ``sio2-amorphous-96`` (shipped file), ``alpha-quartz``, ``si-diamond-64``.
+    """A named reference structure: ``sio2-amorphous-96`` (shipped file), ``alpha-quartz``, ``si-diamond-64``,
+    ``alanine-dipeptide`` (ACE-ALA-NME, the shipped PDB of :mod:`mlipbias.potentials.openmm_ff`).
 
     The shipped file's ``info`` records how it was made (generator, calculator, settings).
     """

@@ -22,7 +22,7 @@ RUN_OPTIONS = [
         "(sio2-amorphous-96, alpha-quartz, si-diamond-64)",
     ),
     ("repeat", None, "repeat the structure NX NY NZ times"),
-    ("oracle", "bks", "reference calculator: bks, gfn1-xtb, gfn2-xtb, emt, lammps"),
+    ("oracle", "bks", "reference calculator: bks, gfn1-xtb, gfn2-xtb, emt, lammps, pyscf, openmm"),
     (
         "oracle_options",
         {},

@@ -116,9 +116,10 @@ uncertainty:
   n_members: 3                  # ensemble size (used with ensemble)
   sketch_size: 32               # k, random projections per layer (posterior, distance)
   posterior_lambda: 1.0e-06     # regularisation of the posterior precision matrices
-  atom_subset: 512              # training atoms kept by greedy max-dist (distance, per atom)
+  atom_subset: 20000            # distance, per atom: all training atoms up to this many (K x 8 bytes
+                                # each in the model file), else a greedy max-dist subset of this size
   gmm_max_components: 8         # largest mixture tried; the size is chosen by BIC
-  alpha: 0.1                    # conformal miscoverage: P(error <= c U) >= 1 - alpha
+  alpha: 0.05                   # conformal miscoverage: P(error <= c U) >= 1 - alpha (seed 002)
   evidential_regularization: 0.2
   head_training: joint          # mve/evidential heads: joint (NLL in every step, forces every step)
                                 # or post_hoc (fitted alone on the trained network's residuals: the

@@ -39,6 +39,8 @@ from mlipbias.models.data import AtomsData, Batch, structure_sum, voigt_stress
 from mlipbias.models.model import METHODS, MLIPModel, one_torch_thread, save_model
 from mlipbias.models.network import ACTIVATIONS, BPNN
 from mlipbias.uq import evidential, mve
+from mlipbias.uq.calibration import DEFAULT_ALPHA
+from mlipbias.uq.gradient_features import DEFAULT_ATOM_SUBSET
 
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
@@ -78,9 +80,9 @@ class UncertaintySettings:
     n_members: int = 3
     sketch_size: int = 32
     posterior_lambda: float = 1e-6
-    atom_subset: int = 512
+    atom_subset: int = DEFAULT_ATOM_SUBSET
     gmm_max_components: int = 8
-    alpha: float = 0.1
+    alpha: float = DEFAULT_ALPHA
     evidential_regularization: float = evidential.DEFAULT_REGULARIZATION
     head_training: str = "joint"
     head_epochs: int = 300
@@ -821,8 +823,8 @@ def calibrate(
 
     GMM: the variance recalibration ``sigma^2 = a s + b`` of its scores (energy and force). Every
     method: conformal factors c_E on |E - E_ref| against U, c_F on the per-atom force RMSE against
-    U_i (only with forces in the data). A quantity with too few points for ``alpha`` keeps factor 1
-    (a message says so). Returns the coverage of each factor on ``data``.
+    U_i (only with forces in the data). A quantity with too few points for ``alpha`` gets the largest
+    ratio as its factor (a CalibrationWarning says so). Returns the coverage of each factor on ``data``.
     """
     from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
 
@@ -861,8 +863,9 @@ def calibrate(
                 continue
             calibration.update(conformal.to_records(quantity, method))
             coverage[f"{quantity}/{method}"] = conformal.coverage(errors, u)
+            fallback = f", the largest of {len(errors)} ratios" if conformal.largest_ratio_fallback else ""
             log(
                 f"{method}: conformal factor c_{quantity[0].upper()} = {conformal.factor:.4g} "
-                f"(alpha = {alpha:g})"
+                f"(alpha = {alpha:g}{fallback})"
             )
     return coverage

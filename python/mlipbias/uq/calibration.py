@@ -10,6 +10,13 @@ RMSE ``sqrt(|F_i - F_i_ref|^2 / 3)`` against the per-atom uncertainty
 (per atom or total: the ratio is the same). The factor is stored in the model file as
 ``calibration/{energy,force}/METHOD`` with ``calibration/alpha``.
 
+The default ``alpha = 0.05`` (confidence 0.95) is the level of Zaverkin et al.'s (2024) active-learning
+runs: the paper's text (as available here) lost the number, the authors' public example scripts use
+``conformal_alpha=0.05``. With fewer calibration points than the level needs (n < (1 - alpha) /
+alpha, e.g. 19 for alpha = 0.05; common in the first generations of active learning), the
+factor is the largest ratio, as the authors' code does too, and a :class:`CalibrationWarning`
+says so: then ``P(e <= c U) >= n / (n + 1)``, less than 1 - alpha.
+
 :class:`VarianceRecalibration` (Tan et al. 2023, Eq. 13): the variance ``sigma^2 = a U + b`` whose
 Gaussian negative log-likelihood of the validation errors is smallest, under
 ``a >= 0, b >= 0`` (``constraint="nonnegative"``, for U >= 0) or ``a >= 0, a U + b > 0`` on
@@ -26,6 +33,7 @@ from collections.abc import Mapping
 import numpy as np
 
 QUANTITIES = ("energy", "force")
+DEFAULT_ALPHA = 0.05
 CONSTRAINTS = ("nonnegative", "positive_variance")
 
 
@@ -57,6 +65,10 @@ def force_rmse_per_atom(forces, forces_ref) -> np.ndarray:
     return np.sqrt(np.mean((f - f_ref) ** 2, axis=1))
 
 
+class CalibrationWarning(UserWarning):
+    """A calibration was done with less data than its confidence level needs."""
+
+
 def conformal_rank(n: int, alpha: float) -> int:
     """``ceil((n + 1)(1 - alpha))``: which order statistic of n ratios is the conformal factor."""
     if not 0 < alpha < 1:
@@ -76,14 +88,18 @@ class ConformalCalibration:
 
     >>> cal = ConformalCalibration(alpha=0.05).fit(errors_val, u_val)
     >>> cal.apply(u_test), cal.coverage(errors_test, u_test)
+
+    After :meth:`fit`, ``largest_ratio_fallback`` is True when there were too few points for
+    ``alpha`` and the largest ratio was used (a :class:`CalibrationWarning` was issued).
     """
 
-    def __init__(self, alpha: float = 0.1, factor: float = 1.0):
+    def __init__(self, alpha: float = DEFAULT_ALPHA, factor: float = 1.0):
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         self.alpha = float(alpha)
         self.factor = float(factor)
         self.n_calibration = 0
+        self.largest_ratio_fallback = False
 
     def __repr__(self) -> str:
         return f"ConformalCalibration(alpha={self.alpha:g}, factor={self.factor:.6g})"
@@ -97,8 +113,21 @@ class ConformalCalibration:
             raise ValueError(
                 f"uncertainty must be positive: {int(np.sum(u <= 0))} of {u.size} values are <= 0"
             )
-        k = conformal_rank(e.size, self.alpha)
         ratios = e / u
+        try:
+            k = conformal_rank(e.size, self.alpha)
+            self.largest_ratio_fallback = False
+        except ValueError as exc:  # too few points for 1 - alpha: never leave U uncalibrated
+            import warnings
+
+            k = e.size
+            self.largest_ratio_fallback = True
+            warnings.warn(
+                f"{exc}: using the largest of the {e.size} ratios error/U as the factor, which "
+                f"guarantees coverage {e.size / (e.size + 1):.3f} instead of {1 - self.alpha:g}",
+                CalibrationWarning,
+                stacklevel=2,
+            )
         self.factor = float(np.partition(ratios, k - 1)[k - 1])
         self.n_calibration = e.size
         return self
@@ -124,11 +153,11 @@ class ConformalCalibration:
     def from_records(cls, records: Mapping, quantity: str, method: str) -> ConformalCalibration:
         """The calibration of ``method`` for ``quantity`` from model-file records.
 
-        An absent factor is 1 (uncalibrated); an absent ``calibration/alpha`` reads as 0.1.
+        An absent factor is 1 (uncalibrated); an absent ``calibration/alpha`` reads as the default.
         """
         _check_key(quantity, method)
         factor = records.get(f"calibration/{quantity}/{method}", [1.0])
-        alpha = records.get("calibration/alpha", [0.1])
+        alpha = records.get("calibration/alpha", [DEFAULT_ALPHA])
         return cls(alpha=float(np.ravel(alpha)[0]), factor=float(np.ravel(factor)[0]))
 
 

@@ -8,15 +8,22 @@ energy with respect to ``[W_l b_l]`` is the outer product ``delta_l a_l^T``; its
     phi_i[e, l] = (R1[e,l] delta_l) * (R2[e,l] a_l) / sqrt(k)
 
 with Gaussian R1 (k x n_out), R2 (k x (n_in + 1)). ``E[phi . phi'] = g . g'`` for the full gradients
-g, g' (the sketch preserves inner products in expectation). The structure feature is the sum
+g, g' (the sketch preserves inner products in expectation). Zaverkin et al. 2024 (Eqs. 20-21) sum the
+sketches of the layers into one k-vector; we concatenate them per element network and layer (K = elements x
+layers x k): at equal K this ranked per-atom force errors at least as well in domain and, unlike the sums,
+still out of domain (``examples/sio2_uncertainty/feature_layout.md``). The structure feature is the sum
 ``Phi = sum_i phi_i``; ``pbar = Phi / N`` (Zaverkin et al. 2024, Eq. 21).
 
     posterior:  U = sqrt(Phi^T A_E Phi),            U_i = sqrt(phi_i^T A_F phi_i)
     distance:   U = N min_s |Phi / N - pbar_s|,     U_i = min_j |phi_i - t_j|
 
 ``A_E = (sum_s pbar_s pbar_s^T + lambda I)^-1`` over training structures,
-``A_F = (sum_j phi_j phi_j^T + lambda I)^-1`` over training atoms, ``t_j`` the greedy max-dist
-subset of the training atoms' features (:func:`mlipbias.uq.selection.select_max_dist`). These raw
+``A_F = (sum_j phi_j phi_j^T + lambda I)^-1`` over training atoms, ``t_j`` the training atoms'
+features: all of them up to ``atom_subset`` (default :data:`DEFAULT_ATOM_SUBSET`), else their greedy
+max-dist subset of that size (:func:`mlipbias.uq.selection.select_max_dist`, as seed 002 does). The
+reference set costs K x 8 bytes per atom in the model file and K flops per atom pair at run time
+(20,000 atoms x K = 192: 31 MB, ~4 Mflop per atom and step); the max-dist selection, needed only
+above the cap, costs ~atom_subset x n_training_atoms x K flops once per training. These raw
 values have no fixed unit; the model's conformal factors c_E, c_F (fitted on validation data by
 ``mlipbias train``) make them standard deviations in eV and eV/A.
 """
@@ -30,7 +37,8 @@ import torch
 
 DEFAULT_K = 32
 DEFAULT_LAMBDA = 1e-6
-DEFAULT_ATOM_SUBSET = 512
+#: Training atoms kept as the reference of the distance uncertainty (all of them below this).
+DEFAULT_ATOM_SUBSET = 20000
 
 
 class GradientFeatures:
@@ -106,7 +114,8 @@ class GradientFeatures:
         """Precisions and training features from the training atoms' features (n_atoms, K).
 
         ``structure`` (n_atoms,) is each atom's structure index, ``n_atoms`` the atoms per structure.
-        ``atom_subset`` is the size of the greedy max-dist subset kept for the atom distance.
+        ``atom_subset``: the atom distance keeps every training atom up to this many, else the
+        greedy max-dist subset of this size.
         """
         from mlipbias.uq.selection import select_max_dist
 
@@ -121,8 +130,10 @@ class GradientFeatures:
         self.precision_energy = _symmetric_inverse(pbar.T @ pbar + eye)
         self.precision_atom = _symmetric_inverse(phi.T @ phi + eye)
         self.train_energy = pbar
-        size = min(int(atom_subset), len(phi))
-        self.train_atom = phi[select_max_dist(phi, size)]
+        if len(phi) <= int(atom_subset):
+            self.train_atom = phi.copy()
+        else:
+            self.train_atom = phi[select_max_dist(phi, int(atom_subset))]
         self._cache = {key: v for key, v in self._cache.items() if not isinstance(key[0], str)}
         return self
 
