@@ -297,7 +297,9 @@ def _renamed_species_tau(explore):
     if "tau_species" in explore:
         raise ValueError("config keys explore.tau_species and explore.species_tau: give tau_species only")
     warnings.warn(
-        "config key explore.species_tau is deprecated: use explore.tau_species", DeprecationWarning, stacklevel=3
+        "config key explore.species_tau is deprecated: use explore.tau_species",
+        DeprecationWarning,
+        stacklevel=3,
     )
     explore = dict(explore)
     explore["tau_species"] = explore.pop("species_tau")
