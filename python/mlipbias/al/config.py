@@ -172,8 +172,9 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(ALConfig) if f
 
 TEMPLATE = """\
 # mlipbias al configuration: active learning with uncertainty-biased MD (Zaverkin et al. 2024).
-# Units: eV, Angstrom, fs, K, GPa. The values shown are the defaults, which follow seed 002 where it
-# states them; start.structures and oracle.name are required. Check with `mlipbias al CONFIG --check`.
+# Units: eV, Angstrom, fs, K, GPa. The values shown are the defaults, which follow seed 002 and its
+# authors' code (docs/active_learning.md names the source of each); start.structures and oracle.name
+# are required. Check with `mlipbias al CONFIG --check`.
 # docs/active_learning.md explains every key and the algorithm.
 
 start:
