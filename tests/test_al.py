@@ -86,13 +86,23 @@ def test_template_loads_to_the_defaults(tmp_path):
         ),
         ({"stop": {"force_rmse": 0.1}}, "needs test.path"),
         ({"oracle": {"name": "dft"}}, "oracle.name"),
-        ({"explore": {"species_tau": {"H": -1.0}}}, "explore.species_tau.H"),
+        ({"explore": {"tau_species": {"H": -1.0}}}, "explore.tau_species.H"),
     ],
 )
 def test_check_names_the_key(tmp_path, change, message):
     path = _config(tmp_path, **change)
     with pytest.raises(ValueError, match=message):
         load_al_config(path)
+
+
+def test_species_tau_is_read_as_tau_species_with_a_warning(tmp_path):
+    """The key's former name (state.json of older runs) still loads, and warns with the new one."""
+    with pytest.warns(DeprecationWarning, match=r"use explore\.tau_species"):
+        config = load_al_config(_config(tmp_path, explore={"species_tau": {"O": 0.1}}))
+    assert config.explore.tau_species == {"O": 0.1}
+    both = {"species_tau": {"O": 0.1}, "tau_species": {"O": 0.1}}
+    with pytest.raises(ValueError, match="give tau_species only"):
+        load_al_config(_config(tmp_path, explore=both))
 
 
 def test_label_task_writes_once_and_records_failures(tmp_path):

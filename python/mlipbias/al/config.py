@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,10 @@ from mlipbias.models.config import _section, config_from_dict
 
 SELECTION_METHODS = ("max_det", "max_dist", "max_unc", "random")
 
-# seed 002 (Methods, "Training"): mini-batches of 32, 1000 epochs with early stopping; forces are
-# what the stop rule and the labels are about, so they are in the loss.
+# seed 002 (Methods, "Training"): mini-batches of 32, 1000 epochs with early stopping. Its code
+# (docs/active_learning.md): loss weights 1 and 4 on energies and forces, conformal alpha 0.05.
 TRAIN_DEFAULTS = {
-    "uncertainty": {"methods": ["posterior"]},
+    "uncertainty": {"methods": ["posterior"], "alpha": 0.05},
     "training": {"epochs": 1000, "batch_size": 32, "energy_weight": 1.0, "force_weight": 4.0},
 }
 
@@ -53,8 +54,8 @@ class InitialSettings:
     Eqs. 32-34), labelled, and/or the labelled rows of an existing ``dataset``."""
 
     n_structures: int = 8
-    position_amplitude: float = 0.05
-    strain_amplitude: float = 0.0
+    position_amplitude: float = 0.02
+    strain_amplitude: float = 0.05
     dataset: str | None = None
 
 
@@ -171,8 +172,9 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(ALConfig) if f
 
 TEMPLATE = """\
 # mlipbias al configuration: active learning with uncertainty-biased MD (Zaverkin et al. 2024).
-# Units: eV, Angstrom, fs, K, GPa. The values shown are the defaults, which follow seed 002 where it
-# states them; start.structures and oracle.name are required. Check with `mlipbias al CONFIG --check`.
+# Units: eV, Angstrom, fs, K, GPa. The values shown are the defaults, which follow seed 002 and its
+# authors' code (docs/active_learning.md names the source of each); start.structures and oracle.name
+# are required. Check with `mlipbias al CONFIG --check`.
 # docs/active_learning.md explains every key and the algorithm.
 
 start:
@@ -186,14 +188,14 @@ oracle:
 
 initial:                        # generation 0
   n_structures: 8               # random perturbations of the start structures (seed 002: 8)
-  position_amplitude: 0.05      # A; shifts uniform in [-a, a] (Eq. 32)
-  strain_amplitude: 0.0         # cell strain components uniform in [-s, s] (Eqs. 33-34; periodic only)
+  position_amplitude: 0.02      # A; shifts uniform in [-a, a] (Eq. 32; seed 002's code, alanine dipeptide)
+  strain_amplitude: 0.05        # cell strain components uniform in [-s, s] (Eqs. 33-34; periodic only)
   dataset: null                 # an ase.db whose labelled rows are copied in first
 
 train:                          # the sections of `mlipbias train` (see `mlipbias train --template`)
   descriptor: {}                # e.g. {preset: SiO2}
   model: {}                     # e.g. {hidden: [30, 30]}
-  uncertainty: {methods: [posterior]}
+  uncertainty: {methods: [posterior], alpha: 0.05}  # conformal: P(error <= c U) >= 95 % (seed 002's code)
   training: {epochs: 1000, batch_size: 32, energy_weight: 1.0, force_weight: 4.0}
   validation_fraction: 0.1      # early stopping and conformal calibration (seed 002: 90/10)
   warm_start: true              # start from the previous generation's weights
@@ -206,18 +208,18 @@ explore:
   temperature: 300.0            # K
   pressure: 0.0                 # GPa (npt)
   timestep: 0.5                 # fs
-  friction: 0.01                # 1/fs (Langevin)
+  friction: 0.002               # 1/fs (Langevin; seed 002's code: 0.02 ASE units = 0.00196 1/fs)
   thermostat_time: 100.0        # fs (npt; seed 002: 0.1 ps)
   barostat_time: 1000.0         # fs (npt; seed 002: 1 ps)
   cell_fluctuations: full       # npt: iso or full
-  tau: 0.0                      # bias strength (0: unbiased MD)
+  tau: 0.25                     # bias strength (0: unbiased MD; seed 002's code: 0.25)
   tau_stress: null              # bias-stress strength (null: tau)
-  species_tau: {}               # per-element bias-force strength, e.g. {H: 0.0}
+  tau_species: {}               # per-element bias-force strength (seed 002, alanine dipeptide: {H: 0.0})
   rescale: true                 # seed 002 Eq. 8 rescaling of the bias
   uncertainty: null             # method of the stop rule and bias (null: the model's first)
   threshold: 1.5                # eV/A: stop when max_i U_i reaches it (calibrated)
   max_steps: 20000              # MD steps at most per walker
-  record_interval: 10           # steps between candidate frames
+  record_interval: 200          # steps between candidate frames (seed 002's code)
   min_distance: 0.5             # A: a walker with closer atoms stops
   n_samples: 8                  # perturb: structures per walker
   position_amplitude: 0.05      # perturb: A
@@ -268,6 +270,7 @@ def al_config_from_dict(values: dict, base_dir: str | os.PathLike | None = None)
             raise ValueError(
                 f"config section {name} is unknown{suggestion}; allowed: {', '.join(SECTIONS)}, seed"
             )
+    values["explore"] = _renamed_species_tau(values.get("explore"))
     config = ALConfig(
         **{name: _section(name, values.get(name), f) for name, f in SECTIONS.items()}, seed=seed
     )
@@ -285,6 +288,23 @@ def al_config_from_dict(values: dict, base_dir: str | os.PathLike | None = None)
                 setattr(obj, key, str(base / value))
     check_al_config(config)
     return config
+
+
+def _renamed_species_tau(explore):
+    """``explore.species_tau``, the key's name before it took that of MLIPCalculator and the LAMMPS
+    keyword, read as ``explore.tau_species`` with a DeprecationWarning (state.json of older runs)."""
+    if not isinstance(explore, dict) or "species_tau" not in explore:
+        return explore
+    if "tau_species" in explore:
+        raise ValueError("config keys explore.tau_species and explore.species_tau: give tau_species only")
+    warnings.warn(
+        "config key explore.species_tau is deprecated: use explore.tau_species",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    explore = dict(explore)
+    explore["tau_species"] = explore.pop("species_tau")
+    return explore
 
 
 def load_al_config(path: str | os.PathLike) -> ALConfig:

@@ -113,6 +113,9 @@ class ActiveLearning:
         current = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_KEYS}
         if path.exists():
             stored = json.loads(path.read_text()).get("config", {})
+            explore = stored.get("explore")
+            if isinstance(explore, dict) and "species_tau" in explore:  # the key's former name
+                explore["tau_species"] = explore.pop("species_tau")
             changed = sorted(
                 f"{section}.{key}"
                 for section in set(stored) | set(current)

@@ -40,7 +40,7 @@ class ExplorerSettings:
     MD: ``engine`` ase (any system) or lammps (periodic cells, ``pair_style mlip/bias``);
     ``ensemble`` nvt (Langevin, ``friction`` in 1/fs) or npt (Nose-Hoover chains with the MTK
     barostat, characteristic times ``thermostat_time`` and ``barostat_time`` in fs, ``pressure``
-    in GPa, ``cell_fluctuations`` iso or full); ``tau``/``tau_stress``/``species_tau``/``rescale``
+    in GPa, ``cell_fluctuations`` iso or full); ``tau``/``tau_stress``/``tau_species``/``rescale``
     the bias of :class:`mlipbias.calculators.MLIPCalculator`; ``uncertainty`` the method (None:
     the model's default). A frame is recorded every ``record_interval`` steps and at the stop.
     Perturbations (seed 002 Eqs. 32-34): ``n_samples`` structures with position shifts uniform in
@@ -54,18 +54,18 @@ class ExplorerSettings:
     temperature: float = 300.0
     pressure: float = 0.0
     timestep: float = 0.5
-    friction: float = 0.01
+    friction: float = 0.002  # seed 002's code: 0.02 in ASE time units = 0.00196 1/fs
     thermostat_time: float = 100.0
     barostat_time: float = 1000.0
     cell_fluctuations: str = "full"
-    tau: float = 0.0
+    tau: float = 0.25  # seed 002's code, alanine dipeptide (docs/active_learning.md)
     tau_stress: float | None = None
-    species_tau: dict[str, float] = field(default_factory=dict)
+    tau_species: dict[str, float] = field(default_factory=dict)
     rescale: bool = True
     uncertainty: str | None = None
     threshold: float = 1.5
     max_steps: int = 20000
-    record_interval: int = 10
+    record_interval: int = 200  # seed 002's code (eval_sampling_step)
     min_distance: float = 0.5
     n_samples: int = 8
     position_amplitude: float = 0.05
@@ -99,15 +99,15 @@ class ExplorerSettings:
         for key in ("max_steps", "record_interval", "n_samples"):
             if getattr(self, key) < 1:
                 fail(key, "expected an integer >= 1")
-        for symbol, value in self.species_tau.items():
+        for symbol, value in self.tau_species.items():
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(
-                    f"config key {prefix}.species_tau.{symbol} = {value!r}: expected a number >= 0"
+                    f"config key {prefix}.tau_species.{symbol} = {value!r}: expected a number >= 0"
                 )
 
     @property
     def biased(self) -> bool:
-        return self.tau > 0 or bool(self.tau_stress) or any(v > 0 for v in self.species_tau.values())
+        return self.tau > 0 or bool(self.tau_stress) or any(v > 0 for v in self.tau_species.values())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -86,8 +86,8 @@ def explore_lammps_md(model_path: str, start: Atoms, settings: ExplorerSettings,
             bias = [f"tau {s.tau!r}"]
             if s.tau_stress is not None:
                 bias.append(f"tau_stress {s.tau_stress!r}")
-            if s.species_tau:
-                bias.append("tau_species " + " ".join(f"{el} {t!r}" for el, t in s.species_tau.items()))
+            if s.tau_species:
+                bias.append("tau_species " + " ".join(f"{el} {t!r}" for el, t in s.tau_species.items()))
             bias.append(f"rescale {'yes' if s.rescale and s.biased else 'no'}")
             if s.min_distance > 0:
                 bias.append(f"min_distance {s.min_distance!r}")
