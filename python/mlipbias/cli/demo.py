@@ -216,6 +216,9 @@ def demo_al_config(context: DemoContext, start: Path, hard: Path):
                 "walkers": 4,
                 "temperature": 1200.0,
                 "tau": 0.5,
+                # Walkers reach the threshold within ~20 steps here, inside the 100-step burn-in of
+                # Eq. 8's window form: a fixed tau biases them from the first step.
+                "rescale": False,
                 "uncertainty": "posterior",
                 "threshold": 3.0,
                 "max_steps": 1000,
