@@ -104,9 +104,12 @@ uncertainty:
   gmm_max_components: 8         # largest mixture tried; the size is chosen by BIC
   alpha: 0.1                    # conformal miscoverage: P(error <= c U) >= 1 - alpha
   evidential_regularization: 0.2
-  head_training: joint          # mve/evidential heads: joint (NLL in every step, forces every step)
-                                # or post_hoc (fitted alone on the trained network's residuals: the
-                                # cost of an energy-only training plus one force pass)
+  head_training: joint          # mve/evidential heads: joint (seed 003: the force NLL trains the
+                                # mean network too; with loss mae, energy_weight 0.1, force_weight 0,
+                                # nll_weight 1 it is seed 003's loss), detached (heads fitted by their
+                                # NLL every step on detached inputs and residuals) or post_hoc (heads
+                                # fitted alone on the trained network's residuals: the cost of an
+                                # energy-only training plus one force pass)
   head_epochs: 300              # post_hoc: most epochs of the head fit (early stopping on validation)
 
 training:

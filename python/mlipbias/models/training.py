@@ -42,7 +42,7 @@ from mlipbias.uq import evidential, mve
 
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
-HEAD_TRAINING = ("joint", "post_hoc")
+HEAD_TRAINING = ("joint", "detached", "post_hoc")
 CHECKPOINT_VERSION = 1
 
 
@@ -68,10 +68,14 @@ class UncertaintySettings:
     ``sketch_size`` (k), ``posterior_lambda`` and ``atom_subset``: gradient features.
     ``gmm_max_components``: largest mixture tried by BIC. ``alpha``: conformal miscoverage level.
     ``evidential_regularization``: lambda of the evidence regulariser. ``head_training``: ``joint``
-    fits the MVE/evidential heads by their NLL in every training step (forces of every structure in
-    every step); ``post_hoc`` trains the network as without a head, then fits the heads alone on the
-    final network's residuals, computed once (``head_epochs`` epochs at most, early stopping on the
-    validation NLL): the cost of an energy-only training plus one force pass.
+    (seed 003, Nix & Weigend, Amini et al.) trains the whole network by the force NLL in every step:
+    the NLL of the force residuals reaches the mean network through the forces and the shared hidden
+    layers, and early stopping watches the loss including it; ``detached`` fits the heads by their
+    NLL in every step on a detached last hidden layer and detached residuals (the network's energies
+    and forces follow the accuracy loss alone); ``post_hoc`` trains the network as without a head,
+    then fits the heads alone on the final network's residuals, computed once (``head_epochs``
+    epochs at most, early stopping on the validation NLL): the cost of an energy-only training plus
+    one force pass.
     """
 
     methods: tuple[str, ...] = ("ensemble",)
@@ -198,12 +202,16 @@ def _residual_loss(residual: torch.Tensor, kind: str, dims) -> torch.Tensor:
     return (residual**2 if kind == "mse" else residual.abs()).mean(dim=dims)
 
 
-def batch_outputs(net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool):
-    """Member energies (M, S), atom outputs, and when asked member forces (M, n, 3), stresses (M, S, 6)."""
+def batch_outputs(
+    net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool, detach_head: bool = True
+):
+    """Member energies (M, S), atom outputs, and when asked member forces (M, n, 3), stresses (M, S, 6).
+
+    ``detach_head`` feeds the heads a detached last hidden layer (``joint`` head training does not)."""
     M = net.n_members
     need_grad = forces or stress
     G = batch.G.unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
-    out = net(G, batch.species, detach_head=True)
+    out = net(G, batch.species, detach_head=detach_head)
     energies = structure_sum(out.energy, batch.structure, batch.n_structures)
     F = S = None
     if need_grad:
@@ -225,17 +233,21 @@ def batch_loss(
     """(loss to minimise, per-member accuracy loss (M,), parts) for one batch.
 
     The accuracy loss (what early stopping watches) is the weighted energy/force/stress loss; the
-    loss to minimise adds the heads' negative log-likelihood.
+    loss to minimise adds the heads' negative log-likelihood. With ``joint`` head training the NLL
+    of the force residuals trains the mean too (seed 003 SI Eq. 3-4 and 6-9), and it is part of the
+    loss early stopping watches; the energy-variance head's NLL always sees detached energy
+    residuals (the energy is fitted by the accuracy loss, as seed 003 fits it by MAE).
     """
     t = settings
-    joint_head = net.head is not None and uq.head_training == "joint"
-    use_forces = t.force_weight > 0 or (joint_head and batch.forces is not None)
+    per_step_head = net.head is not None and uq.head_training in ("joint", "detached")
+    joint = net.head is not None and uq.head_training == "joint"
+    use_forces = t.force_weight > 0 or (per_step_head and batch.forces is not None)
     use_stress = t.stress_weight > 0 and batch.stress is not None
-    # Forces that only feed the heads' NLL (detached residuals) need no double backward: with
-    # force_weight 0 an MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
-    differentiate = create_graph and (t.force_weight > 0 or use_stress)
+    # Forces that only feed detached heads' NLL need no double backward: with force_weight 0 a
+    # detached MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
+    differentiate = create_graph and (t.force_weight > 0 or use_stress or (joint and use_forces))
     energies, out, F, S = batch_outputs(
-        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate
+        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate, detach_head=not joint
     )
     parts = {}
     e_res = (energies - batch.energy) / batch.n_atoms  # (M, S) per atom
@@ -253,11 +265,16 @@ def batch_loss(
         if s_res.shape[1]:
             per_member = per_member + t.stress_weight * _residual_loss(s_res, t.loss, (1, 2))
     total = per_member.sum()
-    if joint_head and t.nll_weight > 0:
+    if per_step_head and t.nll_weight > 0:
         force_res = None if f_res is None else f_res[0]
-        nll = head_nll(net, out.head[0], batch, e_res[0] * batch.n_atoms, force_res, uq)
+        if force_res is not None and not joint:
+            force_res = force_res.detach()
+        energy_res = (e_res[0] * batch.n_atoms).detach()
+        nll = head_nll(net, out.head[0], batch, energy_res, force_res, uq)
         parts["nll"] = nll.detach()
         total = total + t.nll_weight * nll
+        if joint:  # the NLL is the force term of the published loss: early stopping watches it
+            per_member = per_member + t.nll_weight * nll
     return total, per_member, parts
 
 
@@ -368,7 +385,9 @@ def _train(train_data, validation_data, model, uq, t, output_dir, resume, progre
         _rewrite_log(out / "metrics.jsonl", state["history"])
 
     need_pairs = (
-        t.force_weight > 0 or t.stress_weight > 0 or (net.head is not None and uq.head_training == "joint")
+        t.force_weight > 0
+        or t.stress_weight > 0
+        or (net.head is not None and uq.head_training in ("joint", "detached"))
     )
     from tqdm import tqdm
 
