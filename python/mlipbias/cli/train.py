@@ -96,6 +96,12 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
         for name, part in (("train", train_atoms), ("validation", val_atoms), ("test", test_atoms))
     }
     (out / "split.json").write_text(json.dumps({"data": config.data.path, **ids}) + "\n")
+    if config.model.kind == "painn":
+        from mlipbias.models.painn_training import run_painn_training
+
+        return run_painn_training(
+            config, train_atoms, val_atoms, test_atoms, resume=resume, progress=progress, log=log
+        )
     elements = {s for atoms in train_atoms for s in atoms.get_chemical_symbols()}
     descriptor = make_descriptor(config.descriptor, elements)
     log(

@@ -91,8 +91,11 @@ descriptor:
   # g5: [[eta, zeta, lambda, rc], ...]
 
 model:
-  hidden: [30, 30]              # hidden layer widths of every element's network
-  activation: tanh              # tanh or silu
+  kind: bpnn                    # bpnn (symmetry functions + per-element MLPs) or painn
+  hidden: [30, 30]              # bpnn: hidden layer widths of every element's network
+  activation: tanh              # bpnn: tanh or silu
+  painn: {}                     # painn: cutoff (5.0 A), features (128), layers (3), radial_basis (20),
+                                # readout ([64, 64]); the defaults are seed 003's (docs/painn.md)
 
 uncertainty:
   methods: [ensemble]           # any of: ensemble, mve, evidential, gmm, posterior, distance

@@ -43,6 +43,7 @@ from mlipbias.uq import evidential, mve
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
 HEAD_TRAINING = ("joint", "detached", "post_hoc")
+MODEL_KINDS = ("bpnn", "painn")
 CHECKPOINT_VERSION = 1
 
 
@@ -53,10 +54,13 @@ def log_line(message: str) -> None:
 
 @dataclass
 class ModelSettings:
-    """Architecture: hidden layer widths and activation of every element's network."""
+    """Architecture: hidden layer widths and activation of every element's network (``kind: bpnn``),
+    or ``kind: painn`` with the PaiNN settings in ``painn`` (:mod:`mlipbias.models.painn`)."""
 
     hidden: tuple[int, ...] = (30, 30)
     activation: str = "tanh"
+    kind: str = "bpnn"
+    painn: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +133,14 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
     def fail(name, value, allowed):
         raise ValueError(f"setting {name} = {value!r}: {allowed}")
 
+    if model.kind not in MODEL_KINDS:
+        fail("model.kind", model.kind, f"expected one of {', '.join(MODEL_KINDS)}")
+    if model.kind == "painn":
+        from mlipbias.models.painn_training import check_painn_settings
+
+        check_painn_settings(model.painn, uq, training)
+    elif model.painn:
+        fail("model.painn", model.painn, "PaiNN settings need model.kind: painn")
     if model.activation not in ACTIVATIONS:
         fail("model.activation", model.activation, f"expected one of {', '.join(ACTIVATIONS)}")
     if not model.hidden or any(int(h) != h or h < 1 for h in model.hidden):
