@@ -262,3 +262,19 @@ def test_painn_configuration_errors_name_the_key(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             config_from_dict({**base, **values})
+
+
+def test_the_seed_003_configuration_of_the_docs_loads():
+    """docs/painn.md's configuration is valid and says what seed 003's SI section I says."""
+    from pathlib import Path
+
+    from mlipbias.models.config import config_from_dict
+
+    text = (Path(__file__).parents[1] / "docs" / "painn.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = config_from_dict(yaml.safe_load(block))
+    assert config.model.kind == "painn" and PaiNNSettings.from_dict(config.model.painn) == PaiNNSettings()
+    t = config.training
+    assert (t.learning_rate, t.decay_factor, t.decay_patience) == (1e-4, 0.5, 30)
+    assert (t.loss, t.energy_weight, t.force_weight) == ("mae", 0.1, 1.0)
+    assert config.uncertainty.n_members == 5

@@ -18,9 +18,10 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a BP-NN with uncertainties (ensemble, MVE, evidential, GMM, gradient features)",
+        help="train a BP-NN or PaiNN with uncertainties (ensemble, MVE, evidential, GMM, gradient features)",
         description=(
-            "Train a Behler-Parrinello network with the uncertainty methods of the configuration, calibrate "
+            "Train a Behler-Parrinello network (or PaiNN, model.kind: painn) with the uncertainty methods "
+            "of the configuration, calibrate "
             "them on the validation split, save the .mlip model and print the metrics of the test split. "
             "Start from `mlipbias train --template > train.yaml`."
         ),
