@@ -20,9 +20,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from model_fixtures import labelled_quartz, quartz
 
 from mlipbias.cli import main
+from mlipbias.datasets import load_dataset
 from mlipbias.models.gnn import random_orthogonal
 from mlipbias.models.painn import PaiNNCalculator, PaiNNModel, PaiNNSettings, load_painn, save_painn
-from mlipbias.models.painn_training import fit_gmm
+from mlipbias.models.painn_training import evaluate_painn, fit_gmm
 
 SMALL = PaiNNSettings(cutoff=3.5, features=8, layers=2, radial_basis=6, readout=(8, 8))
 CASES = [("ensemble", None, 3), ("mve", "mve", 1), ("evidential", "evidential", 1), ("gmm", None, 1)]
@@ -214,6 +215,16 @@ def test_mlipbias_train_painn_end_to_end_and_resume(quartz_db, capsys):
     assert set(metrics) == {"ensemble", "gmm"} and metrics["ensemble"]["forces"]["rmse"] > 0
     model = load_painn(run / "model.pt")
     assert model.n_members == 2 and model.methods == ("ensemble", "gmm") and model.gmm is not None
+    # mlipbias evaluate reads PaiNN files and gives the table of evaluate_painn.
+    evaluation = tmp_path / "evaluation"
+    args = ["evaluate", "--model", str(run / "model.pt"), "--data", str(tmp_path / "quartz.db"), "--out"]
+    assert main([*args, str(evaluation), "--uncertainty", "ensemble", "--no-progress"]) == 0
+    assert "PaiNN" in capsys.readouterr().out
+    evaluated = json.loads((evaluation / "metrics.json").read_text())["metrics"]
+    assert set(evaluated) == {"ensemble"}
+    rows = load_dataset(tmp_path / "quartz.db")
+    single = evaluate_painn(model, rows, methods=["ensemble"])["ensemble"]["forces"]["rmse"]
+    assert evaluated["ensemble"]["forces"]["rmse"] == pytest.approx(single, rel=1e-12)
 
     short = _train_config(tmp_path, ["ensemble", "gmm"], 3, directory="resumed")
     assert main(["train", str(short), "--no-progress"]) == 0
@@ -230,7 +241,6 @@ def test_mlipbias_train_painn_end_to_end_and_resume(quartz_db, capsys):
 @pytest.mark.parametrize("head", ["mve", "evidential"])
 def test_painn_heads_train_jointly(quartz_db, head):
     """Joint heads (seed 003): the force NLL trains the network; the trained model has positive U."""
-    from mlipbias.datasets import load_dataset
     from mlipbias.models.painn_training import train_painn
     from mlipbias.models.training import TrainingSettings, UncertaintySettings
 
@@ -252,8 +262,9 @@ def test_painn_heads_train_jointly(quartz_db, head):
 def test_painn_configuration_errors_name_the_key(tmp_path):
     from mlipbias.models.config import config_from_dict
 
-    base = {"data": {"path": "x.db"}, "model": {"kind": "painn"}}
+    base = {"data": {"path": "x.db"}, "model": {"kind": "painn"}, "output": {"model": "model.pt"}}
     for values, message in (
+        ({"output": {"model": "model.mlip"}}, r"output.model = 'model.mlip': a PaiNN model is a torch file"),
         ({"model": {"kind": "painn", "painn": {"featurs": 8}}}, r"model.painn: unknown key\(s\) featurs"),
         ({"model": {"kind": "schnet"}}, r"model.kind = 'schnet'"),
         ({"uncertainty": {"methods": ["posterior"]}}, r"model.kind painn supports"),

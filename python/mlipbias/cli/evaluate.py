@@ -21,7 +21,7 @@ def register(sub) -> None:
             "uncertainty of every method, the metrics table of seed 003, JSON and PNG plots."
         ),
     )
-    p.add_argument("--model", required=True, help="the .mlip model")
+    p.add_argument("--model", required=True, help="the .mlip model (or a PaiNN model file of mlipbias train)")
     p.add_argument("--data", required=True, help="ase.db of labelled structures to evaluate on")
     p.add_argument("--selection", default=None, help="ase.db selection of --data (and of --calibration-data)")
     p.add_argument(
@@ -49,12 +49,14 @@ def run_evaluate(args) -> int:
     from mlipbias.models import load_model
     from mlipbias.models.evaluation import evaluate_methods, format_evaluation, json_table, write_plots
 
-    model = load_model(args.model)
     methods = args.uncertainty
     if methods is not None and "none" in methods:
         if len(methods) > 1:
             raise ValueError(f"--uncertainty none cannot be combined with methods, got {methods}")
         methods = []
+    if _is_torch_file(args.model):
+        return _evaluate_painn(args, methods)
+    model = load_model(args.model)
     structures = load_dataset(args.data, args.selection)
     if not structures:
         raise ValueError(f"{args.data}: no structures match the selection {args.selection!r}")
@@ -102,4 +104,47 @@ def run_evaluate(args) -> int:
     np.savez_compressed(out / "predictions.npz", **arrays)
     plots = write_plots(evaluation, data, out)
     print(f"wrote {out / 'metrics.json'}, {out / 'predictions.npz'}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def _is_torch_file(path) -> bool:
+    """PaiNN model files are torch (zip) files; .mlip files start with their own magic string."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _evaluate_painn(args, methods) -> int:
+    """The seed-003 table of a PaiNN model (docs/painn.md); writes metrics.json (no plots)."""
+    from mlipbias.datasets import load_dataset
+    from mlipbias.models.painn import load_painn
+    from mlipbias.models.painn_training import evaluate_painn, jsonable_tables
+    from mlipbias.uq.metrics import format_table
+
+    if not args.forces:
+        raise ValueError("--no-forces: PaiNN uncertainties are force uncertainties, evaluate with forces")
+    model = load_painn(args.model)
+    structures = load_dataset(args.data, args.selection)
+    if not structures:
+        raise ValueError(f"{args.data}: no structures match the selection {args.selection!r}")
+    calibration = load_dataset(args.calibration_data, args.selection) if args.calibration_data else None
+    tables = evaluate_painn(model, structures, calibration, methods=methods)
+    print(f"{args.model} (PaiNN) on {args.data} ({len(structures)} structures):")
+    for method, table in tables.items():
+        print(f"{method}:\n{format_table(table)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "selection": args.selection,
+        "calibration_data": args.calibration_data,
+        "n_structures": len(structures),
+        "units": {"energy": "eV/atom", "forces": "eV/A per component", "uncertainty": "docs/painn.md"},
+        "metrics": jsonable_tables(tables),
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out / 'metrics.json'}")
     return 0

@@ -285,6 +285,11 @@ def _check(config: TrainConfig) -> None:
                 raise ValueError(f"config key descriptor.{key}: every row needs {width} numbers, got {row!r}")
     if not config.output.model:
         raise ValueError("config key output.model is empty")
+    if config.model.kind == "painn" and config.output.model.endswith(".mlip"):
+        raise ValueError(
+            f"config key output.model = {config.output.model!r}: a PaiNN model is a torch file, not a .mlip "
+            "model (which C++ and LAMMPS read); name it e.g. model.pt"
+        )
     check_settings(config.model, config.uncertainty, config.training)
 
 

@@ -293,7 +293,9 @@ class PaiNNModel(torch.nn.Module):
     def graphs(self, structures: Sequence[Atoms]) -> Graph:
         return batch_graphs([self.graph(a) for a in structures])
 
+    @property
     def default_method(self) -> str | None:
+        """The first method of ``methods``, or None."""
         return self.methods[0] if self.methods else None
 
     def check_method(self, method: str | None) -> None:
@@ -540,7 +542,7 @@ class PaiNNCalculator(Calculator):
         super().__init__(**kwargs)
         self.model = model if isinstance(model, PaiNNModel) else load_painn(model)
         self.model.eval()
-        method = self.model.default_method() if uncertainty is None else uncertainty
+        method = self.model.default_method if uncertainty is None else uncertainty
         self.uncertainty = None if method == "none" else method
         self.model.check_method(self.uncertainty)
         tau = float(tau)

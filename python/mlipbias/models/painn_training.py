@@ -394,6 +394,7 @@ def evaluate_painn(
     test: Sequence[Atoms],
     validation: Sequence[Atoms] | None = None,
     *,
+    methods: Sequence[str] | None = None,
     batch_size: int = 16,
 ) -> dict[str, dict]:
     """Seed 003's table for every method of ``model`` on labelled ``test`` structures.
@@ -402,7 +403,8 @@ def evaluate_painn(
     energy and force RMSE/MAE, and Spearman, ROC-AUC, miscalibration area and cNLL of U_i against
     each atom's force error (``kind="variance"``; ``"score"`` for the GMM) and of U against the
     total-energy error (``kind="score"``: U is a force variance, not an energy one). The cNLL's
-    ``a``, ``b`` are fitted on ``validation``. Without methods the key is ``"none"``.
+    ``a``, ``b`` are fitted on ``validation``. ``methods``: a subset of the model's (default: all);
+    without any the key is ``"none"``.
     """
     from mlipbias.uq.metrics import Predictions, metrics_table, uncertainty_metrics
 
@@ -427,8 +429,11 @@ def evaluate_painn(
             atom_uncertainty=np.concatenate(parts["U_i"]) if method is not None else None,
         ), (np.concatenate(parts["U"]) if method is not None else None)
 
+    methods = list(model.methods if methods is None else methods)
+    for method in methods:
+        model.check_method(method)
     tables = {}
-    for method in model.methods or (None,):
+    for method in methods or [None]:
         p, U = predict(test, method)
         pv, Uv = predict(validation, method) if validation else (None, None)
         kind = "score" if method == "gmm" else "variance"
@@ -467,12 +472,12 @@ def run_painn_training(config, train_atoms, val_atoms, test_atoms, *, resume: bo
         log(f"test split ({len(test_atoms)} structures):")
         for method, table in tables.items():
             log(f"{method}:\n{format_table(table)}")
-        payload = {"model": str(path), "n_structures": len(test_atoms), "metrics": _jsonable(tables)}
+        payload = {"model": str(path), "n_structures": len(test_atoms), "metrics": jsonable_tables(tables)}
         (out / "test_metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     return result.model, tables
 
 
-def _jsonable(tables: dict) -> dict:
+def jsonable_tables(tables: dict) -> dict:
     return {
         method: {
             q: {k: (None if not np.isfinite(v) else float(v)) for k, v in row.items()}

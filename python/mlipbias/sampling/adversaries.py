@@ -42,7 +42,7 @@ class PaiNNAdversary:
 
     def __init__(self, model, method: str | None = None):
         self.model = model.eval()
-        self.method = method or model.default_method()
+        self.method = method or model.default_method
         if self.method is None:
             raise ValueError("adversarial sampling needs an uncertainty method; this PaiNN model has none")
         model.check_method(self.method)
