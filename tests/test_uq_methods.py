@@ -337,7 +337,7 @@ def test_joint_head_training_trains_the_mean_network_through_the_force_nll(head)
 
     def nll() -> float:
         _, out, F, _ = batch_outputs(net, batch, forces=True, stress=False, create_graph=False)
-        return float(head_nll(net, out.head[0], batch, energy_residual, (F[0] - batch.forces), uq))
+        return float(head_nll(net, out.head[0], batch, energy_residual, F[0] - batch.forces, uq).detach())
 
     for name, g in zip(mean_weights, grads["joint"], strict=True):
         assert g is not None and float(g.abs().max()) > 0, name
