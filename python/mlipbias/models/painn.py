@@ -39,6 +39,7 @@ Units: eV, Angstrom. Computations in float64.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -335,7 +336,8 @@ class PaiNNModel(torch.nn.Module):
         S = graph.n_structures
         need_forces = forces or gradient or method == "ensemble"
         strain_needed = stress or gradient
-        with torch.enable_grad() if (need_forces or strain_needed) else torch.no_grad():
+        # Without derivatives the caller's grad mode holds (training on energies needs the graph).
+        with torch.enable_grad() if (need_forces or strain_needed) else contextlib.nullcontext():
             positions = graph.positions.detach().requires_grad_(need_forces)
             strain = torch.zeros((S, 3, 3), dtype=DTYPE, device=positions.device, requires_grad=strain_needed)
             # x -> x (1 + strain), cell -> cell (1 + strain): derivatives at strain 0 are dE/dstrain.

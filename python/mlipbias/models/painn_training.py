@@ -121,9 +121,8 @@ def painn_batch_loss(
     head = model.head_kind is not None
     joint = head and uq.head_training == "joint"
     use_forces = forces_ref is not None and (t.force_weight > 0 or head)
-    out = model.evaluate(
-        graph, None, forces=use_forces, create_graph=train and use_forces, detach_head=not joint
-    )
+    # create_graph keeps every output attached to the weights (forces through the double backward).
+    out = model.evaluate(graph, None, forces=use_forces, create_graph=train, detach_head=not joint)
     n_atoms = graph.n_atoms.to(DTYPE)
     e_res = (out.member_energies - energy_ref) / n_atoms
     per_member = t.energy_weight * _residual_loss(e_res, t.loss, 1)
@@ -325,7 +324,8 @@ def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, b
     for first in range(0, len(graphs), batch_size):
         graph = batch_graphs(graphs[first : first + batch_size])
         graph = type(graph)(**{k: v.to(device) for k, v in vars(graph).items()})
-        out = model.evaluate(graph, None, forces=False)
+        with torch.no_grad():
+            out = model.evaluate(graph, None, forces=False)
         features.append(out.features.cpu().numpy())
         species.append(graph.species.cpu().numpy())
     model.gmm = GMMUncertainty.fit(
