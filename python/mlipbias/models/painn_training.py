@@ -179,8 +179,7 @@ def train_painn(
     t = training or TrainingSettings()
     from mlipbias.models.training import ModelSettings, check_settings
 
-    check_settings(ModelSettings(), uq, t)
-    check_painn_settings(settings.to_dict(), uq, t)
+    check_settings(ModelSettings(kind="painn", painn=settings.to_dict()), uq, t)
     if not train or not validation:
         raise ValueError(
             f"PaiNN training needs training and validation structures, got {len(train)} and {len(validation)}"
