@@ -98,10 +98,7 @@ def loss(
     if force_residual is not None:
         nu, alpha, beta = parameters_force(raw, head_scale)
         value = (
-            value
-            + nig_nll(
-                force_residual, nu[:, None], alpha[:, None], beta[:, None], regularization
-            ).mean()
+            value + nig_nll(force_residual, nu[:, None], alpha[:, None], beta[:, None], regularization).mean()
         )
     return value
 
