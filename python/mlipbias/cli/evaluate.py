@@ -30,8 +30,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="the .mlip model, or the output folder of `mlipbias train` (its model and, by default, its "
-        "test split)",
+        help="the .mlip model (or a PaiNN model file of mlipbias train), or the output folder of "
+        "`mlipbias train` (its model and, by default, its test split)",
     )
     p.add_argument(
         "--data",
@@ -130,6 +130,10 @@ def run_evaluate(args) -> int:
     from mlipbias.models.evaluation import evaluate_methods, format_evaluation, json_table, write_plots
 
     model_path = Path(args.model)
+    if model_path.is_file() and _is_torch_file(model_path):
+        if args.data is None:
+            raise ValueError("give --data to evaluate a PaiNN model file")
+        return _evaluate_painn(args, methods)
     run = model_path if model_path.is_dir() else None
     if run is not None:
         split_path = run / "split.json"
@@ -171,6 +175,7 @@ def run_evaluate(args) -> int:
         data_name = args.data
     print(f"scoring {what}")
     check_elements(structures, model, model_path, data_name)
+
     data = model.prepare(structures, progress=args.progress, neighbours=args.forces)
     calibration = None
     if args.calibration_data:
@@ -222,4 +227,47 @@ def run_evaluate(args) -> int:
     np.savez_compressed(out / "predictions.npz", **arrays)
     plots = write_plots(evaluation, data, out)
     print(f"wrote {out / 'metrics.json'}, {out / 'predictions.npz'}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def _is_torch_file(path) -> bool:
+    """PaiNN model files are torch (zip) files; .mlip files start with their own magic string."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _evaluate_painn(args, methods) -> int:
+    """The seed-003 table of a PaiNN model (docs/painn.md); writes metrics.json (no plots)."""
+    from mlipbias.datasets import load_dataset
+    from mlipbias.models.painn import load_painn
+    from mlipbias.models.painn_training import evaluate_painn, jsonable_tables
+    from mlipbias.uq.metrics import format_table
+
+    if not args.forces:
+        raise ValueError("--no-forces: PaiNN uncertainties are force uncertainties, evaluate with forces")
+    model = load_painn(args.model)
+    structures = load_dataset(args.data, args.selection)
+    if not structures:
+        raise ValueError(f"{args.data}: no structures match the selection {args.selection!r}")
+    calibration = load_dataset(args.calibration_data, args.selection) if args.calibration_data else None
+    tables = evaluate_painn(model, structures, calibration, methods=methods)
+    print(f"{args.model} (PaiNN) on {args.data} ({len(structures)} structures):")
+    for method, table in tables.items():
+        print(f"{method}:\n{format_table(table)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "selection": args.selection,
+        "calibration_data": args.calibration_data,
+        "n_structures": len(structures),
+        "units": {"energy": "eV/atom", "forces": "eV/A per component", "uncertainty": "docs/painn.md"},
+        "metrics": jsonable_tables(tables),
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out / 'metrics.json'}")
     return 0

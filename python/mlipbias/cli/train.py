@@ -21,11 +21,12 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a BP-NN with uncertainties (ensemble, MVE, evidential, GMM, gradient features)",
+        help="train a BP-NN or PaiNN with uncertainties (ensemble, MVE, evidential, GMM, gradient features)",
         description=(
-            "Train a Behler-Parrinello network on energies, forces and stresses (an ase.db or any file "
-            "ase.io reads) with the uncertainty methods of the configuration, calibrate them on the "
-            "validation split, save the .mlip model and print the metrics of the test split. "
+            "Train a Behler-Parrinello network (or GM-NN or PaiNN: model.kind) on energies, forces and "
+            "stresses (an ase.db or any file ase.io reads) with the uncertainty methods of the "
+            "configuration, calibrate them on the validation split, save the model and print the metrics "
+            "of the test split. "
             "Start from `mlipbias train --template > train.yaml`."
         ),
     )
@@ -183,6 +184,12 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
             "the run started, so it cannot be resumed; start a new output folder"
         )
     split_path.write_text(json.dumps(split) + "\n")
+    if config.model.kind == "painn":
+        from mlipbias.models.painn_training import run_painn_training
+
+        return run_painn_training(
+            config, train_atoms, val_atoms, test_atoms, resume=resume, progress=progress, log=log
+        )
     elements = {s for atoms in train_atoms for s in atoms.get_chemical_symbols()}
     choice: list[str] = []  # what the auto preset chose, logged and stored with the model
 

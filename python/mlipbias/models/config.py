@@ -107,8 +107,11 @@ descriptor:
   # g5: [[eta, zeta, lambda, rc], ...]
 
 model:
-  hidden: [30, 30]              # hidden layer widths of every element's network
-  activation: tanh              # tanh or silu
+  kind: bpnn                    # bpnn (symmetry functions + per-element MLPs) or painn
+  hidden: [30, 30]              # bpnn: hidden layer widths of every element's network
+  activation: tanh              # bpnn: tanh or silu
+  painn: {}                     # painn: cutoff (5.0 A), features (128), layers (3), radial_basis (20),
+                                # readout ([64, 64]); the defaults are seed 003's (docs/painn.md)
 
 uncertainty:
   methods: [ensemble]           # any of: ensemble, mve, evidential, gmm, posterior, distance
@@ -121,9 +124,12 @@ uncertainty:
   gmm_max_components: 8         # largest mixture tried; the size is chosen by BIC
   alpha: 0.05                   # conformal miscoverage: P(error <= c U) >= 1 - alpha (seed 002)
   evidential_regularization: 0.2
-  head_training: joint          # mve/evidential heads: joint (NLL in every step, forces every step)
-                                # or post_hoc (fitted alone on the trained network's residuals: the
-                                # cost of an energy-only training plus one force pass)
+  head_training: joint          # mve/evidential heads: joint (seed 003: the force NLL trains the
+                                # mean network too; with loss mae, energy_weight 0.1, force_weight 0,
+                                # nll_weight 1 it is seed 003's loss), detached (heads fitted by their
+                                # NLL every step on detached inputs and residuals) or post_hoc (heads
+                                # fitted alone on the trained network's residuals: the cost of an
+                                # energy-only training plus one force pass)
   head_epochs: 300              # post_hoc: most epochs of the head fit (early stopping on validation)
 
 training:
@@ -323,6 +329,11 @@ def _check(config: TrainConfig) -> None:
                 raise ValueError(f"config key descriptor.{key}: every row needs {width} numbers, got {row!r}")
     if not config.output.model:
         raise ValueError("config key output.model is empty")
+    if config.model.kind == "painn" and config.output.model.endswith(".mlip"):
+        raise ValueError(
+            f"config key output.model = {config.output.model!r}: a PaiNN model is a torch file, not a .mlip "
+            "model (which C++ and LAMMPS read); name it e.g. model.pt"
+        )
     check_settings(config.model, config.uncertainty, config.training)
 
 

@@ -44,7 +44,8 @@ from mlipbias.uq.gradient_features import DEFAULT_ATOM_SUBSET
 
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
-HEAD_TRAINING = ("joint", "post_hoc")
+HEAD_TRAINING = ("joint", "detached", "post_hoc")
+MODEL_KINDS = ("bpnn", "painn")
 CHECKPOINT_VERSION = 1
 
 
@@ -55,10 +56,13 @@ def log_line(message: str) -> None:
 
 @dataclass
 class ModelSettings:
-    """Architecture: hidden layer widths and activation of every element's network."""
+    """Architecture: hidden layer widths and activation of every element's network (``kind: bpnn``),
+    or ``kind: painn`` with the PaiNN settings in ``painn`` (:mod:`mlipbias.models.painn`)."""
 
     hidden: tuple[int, ...] = (30, 30)
     activation: str = "tanh"
+    kind: str = "bpnn"
+    painn: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -70,10 +74,14 @@ class UncertaintySettings:
     ``sketch_size`` (k), ``posterior_lambda`` and ``atom_subset``: gradient features.
     ``gmm_max_components``: largest mixture tried by BIC. ``alpha``: conformal miscoverage level.
     ``evidential_regularization``: lambda of the evidence regulariser. ``head_training``: ``joint``
-    fits the MVE/evidential heads by their NLL in every training step (forces of every structure in
-    every step); ``post_hoc`` trains the network as without a head, then fits the heads alone on the
-    final network's residuals, computed once (``head_epochs`` epochs at most, early stopping on the
-    validation NLL): the cost of an energy-only training plus one force pass.
+    (seed 003, Nix & Weigend, Amini et al.) trains the whole network by the force NLL in every step:
+    the NLL of the force residuals reaches the mean network through the forces and the shared hidden
+    layers, and early stopping watches the loss including it; ``detached`` fits the heads by their
+    NLL in every step on a detached last hidden layer and detached residuals (the network's energies
+    and forces follow the accuracy loss alone); ``post_hoc`` trains the network as without a head,
+    then fits the heads alone on the final network's residuals, computed once (``head_epochs``
+    epochs at most, early stopping on the validation NLL): the cost of an energy-only training plus
+    one force pass.
     """
 
     methods: tuple[str, ...] = ("ensemble",)
@@ -129,6 +137,14 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
     def fail(name, value, allowed):
         raise ValueError(f"setting {name} = {value!r}: {allowed}")
 
+    if model.kind not in MODEL_KINDS:
+        fail("model.kind", model.kind, f"expected one of {', '.join(MODEL_KINDS)}")
+    if model.kind == "painn":
+        from mlipbias.models.painn_training import check_painn_settings
+
+        check_painn_settings(model.painn, uq, training)
+    elif model.painn:
+        fail("model.painn", model.painn, "PaiNN settings need model.kind: painn")
     if model.activation not in ACTIVATIONS:
         fail("model.activation", model.activation, f"expected one of {', '.join(ACTIVATIONS)}")
     if not model.hidden or not all(_positive_integer(h) for h in model.hidden):
@@ -218,12 +234,16 @@ def _residual_loss(residual: torch.Tensor, kind: str, dims) -> torch.Tensor:
     return (residual**2 if kind == "mse" else residual.abs()).mean(dim=dims)
 
 
-def batch_outputs(net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool):
-    """Member energies (M, S), atom outputs, and when asked member forces (M, n, 3), stresses (M, S, 6)."""
+def batch_outputs(
+    net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool, detach_head: bool = True
+):
+    """Member energies (M, S), atom outputs, and when asked member forces (M, n, 3), stresses (M, S, 6).
+
+    ``detach_head`` feeds the heads a detached last hidden layer (``joint`` head training does not)."""
     M = net.n_members
     need_grad = forces or stress
     G = batch.G.unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
-    out = net(G, batch.species, detach_head=True)
+    out = net(G, batch.species, detach_head=detach_head)
     energies = structure_sum(out.energy, batch.structure, batch.n_structures)
     F = S = None
     if need_grad:
@@ -245,17 +265,21 @@ def batch_loss(
     """(loss to minimise, per-member accuracy loss (M,), parts) for one batch.
 
     The accuracy loss (what early stopping watches) is the weighted energy/force/stress loss; the
-    loss to minimise adds the heads' negative log-likelihood.
+    loss to minimise adds the heads' negative log-likelihood. With ``joint`` head training the NLL
+    of the force residuals trains the mean too (seed 003 SI Eq. 3-4 and 6-9), and it is part of the
+    loss early stopping watches; the energy-variance head's NLL always sees detached energy
+    residuals (the energy is fitted by the accuracy loss, as seed 003 fits it by MAE).
     """
     t = settings
-    joint_head = net.head is not None and uq.head_training == "joint"
-    use_forces = t.force_weight > 0 or (joint_head and batch.forces is not None)
+    per_step_head = net.head is not None and uq.head_training in ("joint", "detached")
+    joint = net.head is not None and uq.head_training == "joint"
+    use_forces = t.force_weight > 0 or (per_step_head and batch.forces is not None)
     use_stress = t.stress_weight > 0 and batch.stress is not None
-    # Forces that only feed the heads' NLL (detached residuals) need no double backward: with
-    # force_weight 0 an MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
-    differentiate = create_graph and (t.force_weight > 0 or use_stress)
+    # Forces that only feed detached heads' NLL need no double backward: with force_weight 0 a
+    # detached MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
+    differentiate = create_graph and (t.force_weight > 0 or use_stress or (joint and use_forces))
     energies, out, F, S = batch_outputs(
-        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate
+        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate, detach_head=not joint
     )
     parts = {}
     e_res = (energies - batch.energy) / batch.n_atoms  # (M, S) per atom
@@ -274,11 +298,16 @@ def batch_loss(
             per_member = per_member + t.stress_weight * _residual_loss(s_res, t.loss, (1, 2))
             parts["stress_rmse"] = torch.sqrt((s_res.detach() ** 2).mean(dim=(1, 2)))
     total = per_member.sum()
-    if joint_head and t.nll_weight > 0:
+    if per_step_head and t.nll_weight > 0:
         force_res = None if f_res is None else f_res[0]
-        nll = head_nll(net, out.head[0], batch, e_res[0] * batch.n_atoms, force_res, uq)
+        if force_res is not None and not joint:
+            force_res = force_res.detach()
+        energy_res = (e_res[0] * batch.n_atoms).detach()
+        nll = head_nll(net, out.head[0], batch, energy_res, force_res, uq)
         parts["nll"] = nll.detach()
         total = total + t.nll_weight * nll
+        if joint:  # the NLL is the force term of the published loss: early stopping watches it
+            per_member = per_member + t.nll_weight * nll
     return total, per_member, parts
 
 
@@ -423,7 +452,7 @@ def _train(
     need_pairs = (
         t.force_weight > 0
         or (t.stress_weight > 0 and train_data.has_stress)
-        or (net.head is not None and uq.head_training == "joint")
+        or (net.head is not None and uq.head_training in ("joint", "detached"))
     )
     from tqdm import tqdm
 

@@ -16,8 +16,9 @@ The uncertainty is the epistemic standard deviation, ``sqrt(Var[mu]) = sqrt(beta
 ``E[sigma^2] = beta / (alpha - 1)`` (Eq. 8) is :func:`aleatoric_variance`.
 
 Training adds the NIG negative log-likelihood with the evidence regulariser (Tan et al. 2023, SI Eq. 6-8,
-lambda = 0.2 by default) of the detached residuals, for the energy per structure and for each force
-component; as for :mod:`mlipbias.uq.mve`, it trains the heads only.
+lambda = 0.2 by default) of the residuals, for the energy per structure and for each force
+component; as for :mod:`mlipbias.uq.mve`, ``head_training`` decides whether the force residuals keep
+their graph (``joint``, Tan et al. 2023) or are detached (``detached``, ``post_hoc``).
 """
 
 from __future__ import annotations
@@ -91,16 +92,13 @@ def loss(
     force_residual=None,
     regularization: float = DEFAULT_REGULARIZATION,
 ) -> torch.Tensor:
-    """Mean NIG loss of the detached energy residuals per structure plus that per force component."""
+    """Mean NIG loss of the energy residuals per structure plus that per force component."""
     nu, alpha, beta = parameters_energy(raw, head_scale, structure, n_structures)
-    value = nig_nll(energy_residual.detach(), nu, alpha, beta, regularization).mean()
+    value = nig_nll(energy_residual, nu, alpha, beta, regularization).mean()
     if force_residual is not None:
         nu, alpha, beta = parameters_force(raw, head_scale)
         value = (
-            value
-            + nig_nll(
-                force_residual.detach(), nu[:, None], alpha[:, None], beta[:, None], regularization
-            ).mean()
+            value + nig_nll(force_residual, nu[:, None], alpha[:, None], beta[:, None], regularization).mean()
         )
     return value
 

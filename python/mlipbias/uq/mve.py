@@ -13,10 +13,11 @@ eV^2, and to the mean square training force component in (eV/A)^2):
 
 Training adds the Gaussian negative log-likelihood of the residuals to the usual loss:
 ``NLL_E = 1/2 [log(2 pi U^2) + (E - E_ref)^2 / U^2]`` per structure and ``NLL_F`` per force
-component. The NLL trains the heads only: they read a detached last hidden layer and the residuals
-are detached, so energies and forces are fitted by the same loss as any other model and keep its
-accuracy (Tan et al. 2023 note that fitting the mean through the NLL costs accuracy, and fits the energy
-by MAE for that reason); early stopping watches that accuracy loss.
+component. What the NLL trains is the caller's choice (``uncertainty.head_training``): with
+``joint`` (Tan et al. 2023, SI Eq. 3-4; Nix & Weigend 1994) the force residuals keep their graph, so the
+force NLL trains the mean network as well as the heads; with ``detached`` and ``post_hoc`` the
+residuals and the heads' input are detached and the NLL trains the heads only. :func:`loss` uses
+the residuals as given.
 """
 
 from __future__ import annotations
@@ -65,12 +66,12 @@ def gaussian_nll(residual: torch.Tensor, variance: torch.Tensor) -> torch.Tensor
 
 
 def loss(raw, head_scale, structure, n_structures, energy_residual, force_residual=None) -> torch.Tensor:
-    """Mean NLL of the detached total-energy residuals per structure plus the mean NLL per force component."""
+    """Mean NLL of the total-energy residuals per structure plus the mean NLL per force component."""
     variance = energy_variance(raw, head_scale, structure, n_structures)
-    value = gaussian_nll(energy_residual.detach(), variance).mean()
+    value = gaussian_nll(energy_residual, variance).mean()
     if force_residual is not None:
         v_force = variances(raw, head_scale)[1]
-        value = value + gaussian_nll(force_residual.detach(), v_force[:, None]).mean()
+        value = value + gaussian_nll(force_residual, v_force[:, None]).mean()
     return value
 
 

@@ -1,0 +1,486 @@
+"""Training PaiNN models (``model.kind: painn``) with the uncertainty methods of seed 003.
+
+:func:`train_painn` takes labelled structures (ASE Atoms with energies and forces in their
+calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the settings of
+``mlipbias train`` (:class:`~mlipbias.models.training.TrainingSettings`,
+:class:`~mlipbias.models.training.UncertaintySettings`), and trains like the BP-NN:
+
+- the per-element energy shift is the least-squares fit of the training energies on composition,
+  the output scale that fit's RMSE per atom;
+- all M members train in one loop on the same mini-batches, each from its own initialisation,
+  on ``w_E L((E - E_ref) / N) + w_F L(F - F_ref)`` (L the MSE or MAE), plus the MVE or evidential
+  NLL (``uncertainty.head_training`` joint or detached, as ``docs/models.md`` describes); Adam,
+  the plateau (or exponential) learning-rate schedule on the validation loss, early stopping that
+  gives every member the weights of its best validation epoch;
+- afterwards the GMM is fitted on member 0's last scalar features of the training atoms.
+
+Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``force_weight: 1.0``
+(ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential),
+``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (3 for silica).
+
+Every epoch appends to ``metrics.jsonl`` and rewrites ``checkpoint.pt`` (resumable) in the output
+folder; ``best.pt`` is the best model so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from mlipbias.models.gnn import batch_graphs, species_indices
+from mlipbias.models.painn import DTYPE, PaiNNModel, PaiNNSettings, save_painn
+from mlipbias.models.training import (
+    TrainingSettings,
+    UncertaintySettings,
+    _residual_loss,
+    _scheduler,
+    log_line,
+    resolve_device,
+)
+from mlipbias.uq import evidential, mve
+
+CHECKPOINT_VERSION = 1
+PAINN_METHODS = ("ensemble", "mve", "evidential", "gmm")
+
+
+def check_painn_settings(painn: dict | None, uq: UncertaintySettings, t: TrainingSettings) -> PaiNNSettings:
+    """The PaiNN settings of ``model.painn``; a ValueError names what ``model.kind: painn`` lacks."""
+    settings = PaiNNSettings.from_dict(painn)
+    unsupported = [m for m in uq.methods if m not in PAINN_METHODS]
+    if unsupported:
+        raise ValueError(
+            f"setting uncertainty.methods = {list(uq.methods)}: model.kind painn supports "
+            f"{', '.join(PAINN_METHODS)} (not {', '.join(unsupported)})"
+        )
+    if uq.head_training == "post_hoc":
+        raise ValueError(
+            "setting uncertainty.head_training = 'post_hoc': model.kind painn trains its heads "
+            "joint or detached"
+        )
+    if t.stress_weight > 0:
+        raise ValueError(
+            "setting training.stress_weight: model.kind painn trains on energies and forces only"
+        )
+    return settings
+
+
+@dataclass
+class LabelledGraph:
+    graph: object
+    energy: float
+    forces: torch.Tensor | None
+
+
+def _labelled(structures: Sequence[Atoms], elements, cutoff: float, need_forces: bool, what: str):
+    from mlipbias.models.gnn import build_graph
+
+    items = []
+    for k, atoms in enumerate(structures):
+        try:
+            energy = float(atoms.get_potential_energy())
+            forces = np.asarray(atoms.get_forces(), dtype=np.float64) if need_forces else None
+        except Exception as exc:
+            raise ValueError(
+                f"{what} structure {k} ({atoms.get_chemical_formula()}) has no energy/forces labels: {exc}"
+            ) from exc
+        if not math.isfinite(energy) or (forces is not None and not np.isfinite(forces).all()):
+            raise ValueError(f"{what} structure {k} ({atoms.get_chemical_formula()}) has non-finite labels")
+        graph = build_graph(atoms, elements, cutoff)
+        items.append(
+            LabelledGraph(graph, energy, None if forces is None else torch.tensor(forces, dtype=DTYPE))
+        )
+    return items
+
+
+def _batch(items: Sequence[LabelledGraph], device):
+    graph = batch_graphs([it.graph for it in items])
+    graph = type(graph)(**{k: v.to(device) for k, v in vars(graph).items()})
+    energy = torch.tensor([it.energy for it in items], dtype=DTYPE, device=device)
+    forces = None
+    if all(it.forces is not None for it in items):
+        forces = torch.cat([it.forces for it in items]).to(device)
+    return graph, energy, forces
+
+
+def painn_batch_loss(
+    model: PaiNNModel, items, t: TrainingSettings, uq: UncertaintySettings, device, *, train: bool
+):
+    """(loss to minimise, per-member loss early stopping watches (M,), parts) for one batch."""
+    graph, energy_ref, forces_ref = _batch(items, device)
+    head = model.head_kind is not None
+    joint = head and uq.head_training == "joint"
+    use_forces = forces_ref is not None and (t.force_weight > 0 or head)
+    # create_graph keeps every output attached to the weights (forces through the double backward).
+    out = model.evaluate(graph, None, forces=use_forces, create_graph=train, detach_head=not joint)
+    n_atoms = graph.n_atoms.to(DTYPE)
+    e_res = (out.member_energies - energy_ref) / n_atoms
+    per_member = t.energy_weight * _residual_loss(e_res, t.loss, 1)
+    parts = {"energy_rmse": torch.sqrt((e_res.detach() ** 2).mean(dim=1))}
+    f_res = None
+    if use_forces:
+        f_res = out.member_forces - forces_ref
+        parts["force_rmse"] = torch.sqrt((f_res.detach() ** 2).mean(dim=(1, 2)))
+        if t.force_weight > 0:
+            per_member = per_member + t.force_weight * _residual_loss(f_res, t.loss, (1, 2))
+    total = per_member.sum()
+    if head and t.nll_weight > 0:
+        force_res = None if f_res is None else (f_res[0] if joint else f_res[0].detach())
+        energy_res = (e_res[0] * n_atoms).detach()
+        args = (out.head, model.head_scale, graph.structure, graph.n_structures, energy_res, force_res)
+        if model.head_kind == "mve":
+            nll = mve.loss(*args)
+        else:
+            nll = evidential.loss(*args, regularization=uq.evidential_regularization)
+        parts["nll"] = nll.detach()
+        total = total + t.nll_weight * nll
+        if joint:
+            per_member = per_member + t.nll_weight * nll
+    return total, per_member, parts
+
+
+@dataclass
+class PaiNNTrainingResult:
+    model: PaiNNModel
+    best_epoch: list[int]
+    best_loss: list[float]
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+def train_painn(
+    train: Sequence[Atoms],
+    validation: Sequence[Atoms],
+    *,
+    settings: PaiNNSettings | None = None,
+    uncertainty: UncertaintySettings | None = None,
+    training: TrainingSettings | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = log_line,
+    description: str = "",
+) -> PaiNNTrainingResult:
+    """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model."""
+    from tqdm import tqdm
+
+    settings = settings or PaiNNSettings()
+    uq = uncertainty or UncertaintySettings()
+    t = training or TrainingSettings()
+    from mlipbias.models.training import ModelSettings, check_settings
+
+    check_settings(ModelSettings(kind="painn", painn=settings.to_dict()), uq, t)
+    if not train or not validation:
+        raise ValueError(
+            f"PaiNN training needs training and validation structures, got {len(train)} and {len(validation)}"
+        )
+    head = next((m for m in uq.methods if m in ("mve", "evidential")), None)
+    n_members = int(uq.n_members) if "ensemble" in uq.methods else 1
+    need_forces = t.force_weight > 0 or head is not None
+    elements = sorted({s for a in train for s in a.get_chemical_symbols()}, key=lambda s: atomic_numbers[s])
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    methods = [m for m in PAINN_METHODS if m in uq.methods]
+    model = PaiNNModel(elements, settings, n_members=n_members, head=head, methods=methods)
+    train_items = _labelled(train, elements, settings.cutoff, need_forces, "training")
+    val_items = _labelled(validation, elements, settings.cutoff, need_forces, "validation")
+    counts = np.array([np.bincount(species_indices(a, elements), minlength=len(elements)) for a in train])
+    model.fit_energy_shift(counts, np.array([it.energy for it in train_items]))
+    if head is not None:
+        model.init_heads(
+            float(np.mean(np.concatenate([it.forces.numpy().ravel() for it in train_items]) ** 2))
+        )
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+    scheduler = _scheduler(optimizer, t)
+    state = {
+        "epoch": 0,
+        "best_loss": [math.inf] * n_members,
+        "best_epoch": [0] * n_members,
+        "best_params": copy.deepcopy(model.state_dict()),
+        "history": [],
+    }
+    key = json.dumps(
+        {
+            "painn": settings.to_dict(),
+            "uq": asdict(uq),
+            "training": {k: v for k, v in asdict(t).items() if k != "epochs"},
+        },
+        sort_keys=True,
+        default=list,
+    )
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint = out / "checkpoint.pt"
+        if resume and checkpoint.exists():
+            state = _load_checkpoint(checkpoint, model, optimizer, scheduler, key, device)
+            log(f"resuming from {checkpoint} after epoch {state['epoch']}")
+        elif checkpoint.exists():
+            checkpoint.unlink()
+        with open(out / "metrics.jsonl", "w") as f:
+            for record in state["history"]:
+                f.write(json.dumps(record) + "\n")
+    bar = tqdm(
+        total=t.epochs,
+        initial=state["epoch"],
+        desc="PaiNN training",
+        unit="epoch",
+        file=sys.stderr,
+        disable=not progress,
+    )
+    start_epoch = state["epoch"]
+    if start_epoch and start_epoch - max(state["best_epoch"]) >= t.early_stopping_patience:
+        log(f"the run in {out} had stopped early after epoch {start_epoch}; nothing to continue")
+        start_epoch = t.epochs
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = np.random.default_rng([t.seed, epoch]).permutation(len(train_items))
+        train_sum, n_batches = 0.0, 0
+        for first in range(0, len(order), t.batch_size):
+            items = [train_items[k] for k in order[first : first + t.batch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = painn_batch_loss(model, items, t, uq, device, train=True)
+            loss.backward()
+            optimizer.step()
+            train_sum, n_batches = train_sum + float(loss.detach()), n_batches + 1
+        model.eval()
+        val = _validation(model, val_items, t, uq, device)
+        lr = optimizer.param_groups[0]["lr"]
+        improved = [m for m in range(n_members) if val["loss"][m] < state["best_loss"][m]]
+        for m in improved:
+            state["best_loss"][m], state["best_epoch"][m] = float(val["loss"][m]), epoch
+            prefix = f"members.{m}."
+            for name, value in model.state_dict().items():
+                if name.startswith(prefix):
+                    state["best_params"][name] = value.detach().clone()
+        if t.schedule == "plateau":
+            scheduler.step(float(np.mean(val["loss"])))
+        elif t.schedule == "exponential":
+            scheduler.step()
+        record = {
+            "epoch": epoch,
+            "learning_rate": lr,
+            "train_loss": train_sum / max(n_batches, 1),
+            "validation_loss": [float(v) for v in val["loss"]],
+            "validation_energy_rmse": [float(v) for v in val["energy_rmse"]],
+            "seconds": time.perf_counter() - started,
+        }
+        if "force_rmse" in val:
+            record["validation_force_rmse"] = [float(v) for v in val["force_rmse"]]
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if out is not None:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if improved:
+                best = copy.deepcopy(model)
+                best.load_state_dict(state["best_params"])
+                save_painn(best, out / "best.pt", description)
+            _save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, state, key)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{record['train_loss']:.3g}",
+            val_E=f"{1000 * np.mean(record['validation_energy_rmse']):.2f}meV/at",
+            lr=f"{lr:.2g}",
+        )
+        since_best = epoch - max(state["best_epoch"])
+        if since_best >= t.early_stopping_patience:
+            log(f"early stopping after epoch {epoch}: no member improved for {since_best} epochs")
+            break
+        if lr <= t.min_learning_rate * (1 + 1e-9) and t.schedule != "none" and since_best >= t.decay_patience:
+            log(f"stopping after epoch {epoch}: learning rate at its minimum and no improvement")
+            break
+    bar.close()
+    model.load_state_dict(state["best_params"])
+    model.eval()
+    for m in range(n_members):
+        log(f"member {m}: best validation loss {state['best_loss'][m]:.4g} at epoch {state['best_epoch'][m]}")
+    if "gmm" in methods:
+        fit_gmm(model, [it.graph for it in train_items], uq.gmm_max_components, t.seed, device)
+        log(f"GMM components by BIC: {model.gmm.n_components}")
+    return PaiNNTrainingResult(
+        model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
+    )
+
+
+def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, batch_size: int = 32) -> None:
+    """Fit the per-element GMM on member 0's last scalar features of the training atoms (seed 003 Eq. 10)."""
+    from mlipbias.uq.gmm import GMMUncertainty
+
+    features, species = [], []
+    for first in range(0, len(graphs), batch_size):
+        graph = batch_graphs(graphs[first : first + batch_size])
+        graph = type(graph)(**{k: v.to(device) for k, v in vars(graph).items()})
+        with torch.no_grad():
+            out = model.evaluate(graph, None, forces=False)
+        features.append(out.features.cpu().numpy())
+        species.append(graph.species.cpu().numpy())
+    model.gmm = GMMUncertainty.fit(
+        model.elements,
+        np.concatenate(features),
+        np.concatenate(species),
+        max_components=max_components,
+        seed=seed,
+    )
+
+
+def _validation(model, items, t, uq, device) -> dict:
+    sums, total = {}, 0
+    for first in range(0, len(items), max(t.batch_size, 16)):
+        group = items[first : first + max(t.batch_size, 16)]
+        _, per_member, parts = painn_batch_loss(model, group, t, uq, device, train=False)
+        values = {"loss": per_member.detach(), **{k: v**2 for k, v in parts.items() if k.endswith("rmse")}}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + len(group) * v.detach().cpu()
+        total += len(group)
+    result = {k: (v / total).numpy() for k, v in sums.items()}
+    for k in result:
+        if k.endswith("rmse"):
+            result[k] = np.sqrt(result[k])
+    return result
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, key: str) -> None:
+    payload = {
+        "version": CHECKPOINT_VERSION,
+        "settings": key,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "state": state,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, key: str, device) -> dict:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable PaiNN checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not a PaiNN checkpoint of version {CHECKPOINT_VERSION}")
+    if payload["settings"] != key:
+        raise ValueError(
+            f"{path}: the checkpoint was written with other settings; resume with the same configuration "
+            "or start a new output folder"
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    return payload["state"]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_painn(
+    model: PaiNNModel,
+    test: Sequence[Atoms],
+    validation: Sequence[Atoms] | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    batch_size: int = 16,
+) -> dict[str, dict]:
+    """Seed 003's table for every method of ``model`` on labelled ``test`` structures.
+
+    Returns ``{method: {"energy": {...}, "forces": {...}}}`` (:func:`mlipbias.uq.metrics.metrics_table`):
+    energy and force RMSE/MAE, and Spearman, ROC-AUC, miscalibration area and cNLL of U_i against
+    each atom's force error (``kind="variance"``; ``"score"`` for the GMM) and of U against the
+    total-energy error (``kind="score"``: U is a force variance, not an energy one). The cNLL's
+    ``a``, ``b`` are fitted on ``validation``. ``methods``: a subset of the model's (default: all);
+    without any the key is ``"none"``.
+    """
+    from mlipbias.uq.metrics import Predictions, metrics_table, uncertainty_metrics
+
+    def predict(structures, method):
+        parts = {"energy": [], "forces": [], "U": [], "U_i": []}
+        for first in range(0, len(structures), batch_size):
+            chunk = structures[first : first + batch_size]
+            graph = model.graphs(chunk)
+            out = model.evaluate(graph, method, forces=True)
+            parts["energy"].append(out.energy.cpu().numpy())
+            parts["forces"].append(out.forces.cpu().numpy())
+            if method is not None:
+                parts["U"].append(out.uncertainty.cpu().numpy())
+                parts["U_i"].append(out.atom_uncertainty.cpu().numpy())
+        n_atoms = np.array([len(a) for a in structures])
+        return Predictions(
+            energy=np.concatenate(parts["energy"]),
+            energy_ref=np.array([a.get_potential_energy() for a in structures]),
+            n_atoms=n_atoms,
+            forces=np.concatenate(parts["forces"]),
+            forces_ref=np.concatenate([a.get_forces() for a in structures]),
+            atom_uncertainty=np.concatenate(parts["U_i"]) if method is not None else None,
+        ), (np.concatenate(parts["U"]) if method is not None else None)
+
+    methods = list(model.methods if methods is None else methods)
+    for method in methods:
+        model.check_method(method)
+    tables = {}
+    for method in methods or [None]:
+        p, U = predict(test, method)
+        pv, Uv = predict(validation, method) if validation else (None, None)
+        kind = "score" if method == "gmm" else "variance"
+        table = metrics_table(p, pv, kind=kind)
+        if U is not None:
+            val = (pv.energy_residuals(), Uv) if pv is not None else None
+            table["energy"].update(uncertainty_metrics(p.energy_residuals(), U, kind="score", validation=val))
+        tables[method or "none"] = table
+    return tables
+
+
+def run_painn_training(config, train_atoms, val_atoms, test_atoms, *, resume: bool, progress: bool, log):
+    """``mlipbias train`` with ``model.kind: painn``: train, save ``output.model``, evaluate the test."""
+    from mlipbias.uq.metrics import format_table
+
+    out = Path(config.output.directory)
+    description = json.dumps({"trained_with": config.to_dict()}, default=list)
+    log(f"{len(train_atoms)} training, {len(val_atoms)} validation, {len(test_atoms)} test structures; PaiNN")
+    result = train_painn(
+        train_atoms,
+        val_atoms,
+        settings=PaiNNSettings.from_dict(config.model.painn),
+        uncertainty=config.uncertainty,
+        training=config.training,
+        output_dir=out,
+        resume=resume,
+        progress=progress,
+        log=log,
+        description=description,
+    )
+    path = save_painn(result.model, config.model_path, description)
+    log(f"model written to {path} (uncertainty methods: {' '.join(result.model.methods) or 'none'})")
+    tables = None
+    if test_atoms:
+        tables = evaluate_painn(result.model, test_atoms, val_atoms)
+        log(f"test split ({len(test_atoms)} structures):")
+        for method, table in tables.items():
+            log(f"{method}:\n{format_table(table)}")
+        payload = {"model": str(path), "n_structures": len(test_atoms), "metrics": jsonable_tables(tables)}
+        (out / "test_metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return result.model, tables
+
+
+def jsonable_tables(tables: dict) -> dict:
+    return {
+        method: {
+            q: {k: (None if not np.isfinite(v) else float(v)) for k, v in row.items()}
+            for q, row in table.items()
+        }
+        for method, table in tables.items()
+    }

@@ -1,0 +1,295 @@
+"""PaiNN (model.kind painn) with the uncertainty methods of seed 003.
+
+References: central finite differences of the (biased) energy for forces, stress, bias forces and
+the gradients of U; exact invariances (rotation, translation, periodic images); a direct numpy
+evaluation of the ensemble spread (seed 003 Eq. 5); the mlipbias train CLI end to end and its resume.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase import Atoms
+from ase.build import molecule
+from ase.db import connect
+from ase.stress import full_3x3_to_voigt_6_stress
+from model_fixtures import labelled_quartz, quartz
+
+from mlipbias.cli import main
+from mlipbias.datasets import load_dataset
+from mlipbias.models.gnn import random_orthogonal
+from mlipbias.models.painn import PaiNNCalculator, PaiNNModel, PaiNNSettings, load_painn, save_painn
+from mlipbias.models.painn_training import evaluate_painn, fit_gmm
+
+SMALL = PaiNNSettings(cutoff=3.5, features=8, layers=2, radial_basis=6, readout=(8, 8))
+CASES = [("ensemble", None, 3), ("mve", "mve", 1), ("evidential", "evidential", 1), ("gmm", None, 1)]
+
+
+def random_model(method: str, head: str | None, members: int, elements=("H", "N", "O", "Si")) -> PaiNNModel:
+    torch.manual_seed(3)
+    model = PaiNNModel(list(elements), SMALL, n_members=members, head=head, methods=(method,))
+    with torch.no_grad():  # away from the initialisation, so that every term matters
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.energy_scale.fill_(0.7)
+    if method == "gmm":
+        fit_gmm(
+            model,
+            [model.graph(quartz(k)) for k in range(4)] + [model.graph(ammonia(s)) for s in (3, 4, 5)],
+            2,
+            0,
+            "cpu",
+        )
+    return model
+
+
+def ammonia(seed: int = 2) -> Atoms:
+    atoms = molecule("NH3")
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def biased_energy(model, atoms, method, tau):
+    atoms = atoms.copy()
+    atoms.calc = PaiNNCalculator(model, uncertainty=method, tau=tau)
+    return atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize(("method", "head", "members"), CASES)
+def test_forces_stress_and_bias_equal_finite_differences(method, head, members):
+    """Biased forces F + tau dU/dx and stress (model + bias) are derivatives of E - tau U; the bias forces
+    alone are tau times the finite-difference gradient of U."""
+    model = random_model(method, head, members)
+    tau, h = 0.3, 1e-5
+    for atoms in (quartz(5), ammonia()):
+        calc = PaiNNCalculator(model, uncertainty=method, tau=tau)
+        atoms.calc = calc
+        forces = atoms.get_forces()
+        bias_forces, U = calc.results["bias_forces"], calc.results["uncertainty"]
+        fd, fd_u = np.zeros_like(forces), np.zeros_like(forces)
+        for i in range(len(atoms)):
+            for k in range(3):
+                values = []
+                for sign in (1, -1):
+                    moved = atoms.copy()
+                    moved.positions[i, k] += sign * h
+                    moved.calc = PaiNNCalculator(model, uncertainty=method)
+                    values.append((moved.get_potential_energy(), moved.calc.results["uncertainty"]))
+                (ep, up), (em, um) = values
+                fd_u[i, k] = (up - um) / (2 * h)
+                fd[i, k] = -((ep - tau * up) - (em - tau * um)) / (2 * h)
+        scale = np.abs(forces).max()
+        assert U > 0 or method == "gmm"
+        np.testing.assert_allclose(forces, fd, atol=1e-7 * scale)
+        np.testing.assert_allclose(bias_forces, tau * fd_u, atol=1e-7 * max(np.abs(bias_forces).max(), 1e-3))
+        assert np.abs(bias_forces).max() > 1e-4  # the bias is not trivially zero
+        if not atoms.pbc.all():
+            assert "stress" not in calc.results
+            continue
+        stress, volume = atoms.get_stress(), atoms.get_volume()
+        dE = np.zeros((3, 3))
+        for a in range(3):
+            for b in range(3):
+                values = []
+                for sign in (1, -1):
+                    eps = np.eye(3)
+                    eps[a, b] += sign * h
+                    strained = atoms.copy()
+                    strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+                    values.append(biased_energy(model, strained, method, tau))
+                dE[a, b] = (values[0] - values[1]) / (2 * h)
+        expected = full_3x3_to_voigt_6_stress(0.5 * (dE + dE.T) / volume)
+        np.testing.assert_allclose(stress, expected, atol=1e-7 * np.abs(stress).max())
+
+
+@pytest.mark.parametrize(("method", "head", "members"), CASES)
+def test_energy_and_uncertainty_are_invariant_and_forces_equivariant(method, head, members):
+    """Rotations (and reflections), translations and the choice of periodic image leave E, U and U_i
+    unchanged and rotate the forces; a doubled cell has twice the energy and the same U."""
+    model = random_model(method, head, members)
+    rng = np.random.default_rng(4)
+    for atoms in (quartz(6), ammonia()):
+        atoms.calc = PaiNNCalculator(model, uncertainty=method)
+        e, f, u = atoms.get_potential_energy(), atoms.get_forces(), atoms.calc.results["uncertainty"]
+        u_i = atoms.calc.results["atom_uncertainty"]
+        q = random_orthogonal(rng)
+        moved = atoms.copy()
+        moved.positions = moved.positions @ q.T + rng.normal(size=3)
+        if moved.pbc.all():
+            moved.set_cell(atoms.cell.array @ q.T)
+            moved.positions[0] += moved.cell.array[1]  # another periodic image of atom 0
+        moved.calc = PaiNNCalculator(model, uncertainty=method)
+        assert moved.get_potential_energy() == pytest.approx(e, rel=1e-10, abs=1e-10)
+        np.testing.assert_allclose(moved.get_forces(), f @ q.T, atol=1e-9 * np.abs(f).max())
+        assert moved.calc.results["uncertainty"] == pytest.approx(u, rel=1e-8, abs=1e-12)
+        np.testing.assert_allclose(moved.calc.results["atom_uncertainty"], u_i, rtol=1e-8, atol=1e-12)
+    atoms = quartz(6)
+    double = atoms.repeat((2, 1, 1))
+    atoms.calc, double.calc = (PaiNNCalculator(model, uncertainty=method) for _ in range(2))
+    assert double.get_potential_energy() == pytest.approx(2 * atoms.get_potential_energy(), rel=1e-10)
+    assert double.calc.results["uncertainty"] == pytest.approx(atoms.calc.results["uncertainty"], rel=1e-8)
+
+
+def test_ensemble_uncertainty_is_seed_003_eq_5():
+    """U = 1/(M-1) sum_m mean over the 3n components of (F_m - mean_m F)^2, from the members' own forces."""
+    model = random_model("ensemble", None, 3)
+    atoms = quartz(2)
+    out = model.evaluate(model.graph(atoms), "ensemble")
+    members = []
+    for member in range(3):
+        single = PaiNNModel(model.elements, SMALL)
+        state = {k.replace(f"members.{member}.", "members.0."): v for k, v in model.state_dict().items()}
+        single.load_state_dict({k: v for k, v in state.items() if k in single.state_dict()})
+        members.append(single.evaluate(single.graph(atoms)).forces.numpy())
+    members = np.array(members)
+    spread = ((members - members.mean(axis=0)) ** 2).mean(axis=(1, 2)).sum() / 2
+    assert float(out.uncertainty[0]) == pytest.approx(spread, rel=1e-12)
+    np.testing.assert_allclose(out.forces.numpy(), members.mean(axis=0), rtol=1e-12)
+
+
+def test_model_files_round_trip_and_bad_files_are_clear_errors(tmp_path):
+    model = random_model("gmm", None, 1)
+    path = save_painn(model, tmp_path / "model.pt", description="test")
+    loaded = load_painn(path)
+    atoms = quartz(1)
+    a, b = (m.evaluate(m.graph(atoms), "gmm") for m in (model, loaded))
+    assert float(a.energy[0]) == float(b.energy[0]) and float(a.uncertainty[0]) == float(b.uncertainty[0])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_painn(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable PaiNN model file"):
+        load_painn(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="not in this PaiNN model's methods"):
+        PaiNNCalculator(model, uncertainty="ensemble")
+    with pytest.raises(ValueError, match="model.painn.features"):
+        PaiNNSettings(features=0)
+
+
+def _train_config(tmp_path, methods, epochs, extra_uq=None, directory="run"):
+    config = {
+        "data": {"path": "quartz.db", "validation_fraction": 0.25, "test_fraction": 0.25, "seed": 1},
+        "model": {"kind": "painn", "painn": {**SMALL.to_dict(), "layers": 1}},
+        "uncertainty": {"methods": methods, "n_members": 2, "gmm_max_components": 2, **(extra_uq or {})},
+        "training": {
+            "epochs": epochs,
+            "batch_size": 4,
+            "learning_rate": 0.01,
+            "loss": "mae",
+            "energy_weight": 0.1,
+            "force_weight": 1.0,
+            "device": "cpu",
+        },
+        "output": {"directory": directory, "model": "model.pt"},
+    }
+    path = tmp_path / f"{directory}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quartz_db(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("painn")
+    with connect(tmp_path / "quartz.db") as db:
+        for atoms in labelled_quartz(12, seed=7):
+            db.write(atoms)
+    return tmp_path
+
+
+def test_mlipbias_train_painn_end_to_end_and_resume(quartz_db, capsys):
+    """`mlipbias train` with model.kind painn trains an ensemble (with GMM), lowers the validation loss,
+    writes the model and the test table; resuming from epoch 3 to 6 gives the run of 6 epochs."""
+    tmp_path = quartz_db
+    config = _train_config(tmp_path, ["ensemble", "gmm"], 6)
+    assert main(["train", str(config), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "spearman" in out and "ensemble" in out and "gmm" in out
+    run = tmp_path / "run"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 6
+    assert min(np.mean(h["validation_loss"]) for h in history) < np.mean(history[0]["validation_loss"])
+    metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"ensemble", "gmm"} and metrics["ensemble"]["forces"]["rmse"] > 0
+    model = load_painn(run / "model.pt")
+    assert model.n_members == 2 and model.methods == ("ensemble", "gmm") and model.gmm is not None
+    # mlipbias evaluate reads PaiNN files and gives the table of evaluate_painn.
+    evaluation = tmp_path / "evaluation"
+    args = ["evaluate", "--model", str(run / "model.pt"), "--data", str(tmp_path / "quartz.db"), "--out"]
+    assert main([*args, str(evaluation), "--uncertainty", "ensemble", "--no-progress"]) == 0
+    assert "PaiNN" in capsys.readouterr().out
+    evaluated = json.loads((evaluation / "metrics.json").read_text())["metrics"]
+    assert set(evaluated) == {"ensemble"}
+    rows = load_dataset(tmp_path / "quartz.db")
+    single = evaluate_painn(model, rows, methods=["ensemble"])["ensemble"]["forces"]["rmse"]
+    assert evaluated["ensemble"]["forces"]["rmse"] == pytest.approx(single, rel=1e-12)
+
+    short = _train_config(tmp_path, ["ensemble", "gmm"], 3, directory="resumed")
+    assert main(["train", str(short), "--no-progress"]) == 0
+    longer = yaml.safe_load(short.read_text())
+    longer["training"]["epochs"] = 6
+    short.write_text(yaml.safe_dump(longer))
+    assert main(["train", str(short), "--no-progress", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    resumed = load_painn(tmp_path / "resumed" / "model.pt")
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[key].numpy(), value.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("head", ["mve", "evidential", None])
+def test_painn_heads_train_jointly(quartz_db, head):
+    """Joint heads (seed 003): the force NLL trains the network; the trained model has positive U.
+    Without a head and with force weight 0 the network trains on energies alone."""
+    from mlipbias.models.painn_training import train_painn
+    from mlipbias.models.training import TrainingSettings, UncertaintySettings
+
+    rows = load_dataset(quartz_db / "quartz.db")
+    settings = PaiNNSettings(**{**SMALL.to_dict(), "layers": 1})
+    t = TrainingSettings(
+        epochs=4, batch_size=4, learning_rate=0.01, loss="mae", energy_weight=0.1, device="cpu"
+    )
+    uq = UncertaintySettings(methods=(head,) if head else (), head_training="joint")
+    result = train_painn(
+        rows[:8], rows[8:], settings=settings, uncertainty=uq, training=t, progress=False, log=lambda _: None
+    )
+    losses = [h["train_loss"] for h in result.history]
+    assert min(losses) < losses[0]
+    if head is None:
+        assert "validation_force_rmse" not in result.history[0]  # no force pass at all
+        return
+    out = result.model.evaluate(result.model.graph(rows[9]), head)
+    assert float(out.uncertainty[0]) > 0 and np.isfinite(out.atom_uncertainty.numpy()).all()
+
+
+def test_painn_configuration_errors_name_the_key(tmp_path):
+    from mlipbias.models.config import config_from_dict
+
+    base = {"data": {"path": "x.db"}, "model": {"kind": "painn"}, "output": {"model": "model.pt"}}
+    for values, message in (
+        ({"output": {"model": "model.mlip"}}, r"output.model = 'model.mlip': a PaiNN model is a torch file"),
+        ({"model": {"kind": "painn", "painn": {"featurs": 8}}}, r"model.painn: unknown key\(s\) featurs"),
+        ({"model": {"kind": "schnet"}}, r"model.kind = 'schnet'"),
+        ({"uncertainty": {"methods": ["posterior"]}}, r"model.kind painn supports"),
+        ({"uncertainty": {"methods": ["mve"], "head_training": "post_hoc"}}, r"post_hoc"),
+        ({"model": {"painn": {"cutoff": 4.0}}}, r"model.painn .* need model.kind: painn"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            config_from_dict({**base, **values})
+
+
+def test_the_seed_003_configuration_of_the_docs_loads():
+    """docs/painn.md's configuration is valid and says what seed 003's SI section I says."""
+    from pathlib import Path
+
+    from mlipbias.models.config import config_from_dict
+
+    text = (Path(__file__).parents[1] / "docs" / "painn.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = config_from_dict(yaml.safe_load(block))
+    assert config.model.kind == "painn" and PaiNNSettings.from_dict(config.model.painn) == PaiNNSettings()
+    t = config.training
+    assert (t.learning_rate, t.decay_factor, t.decay_patience) == (1e-4, 0.5, 30)
+    assert (t.loss, t.energy_weight, t.force_weight) == ("mae", 0.1, 1.0)
+    assert config.uncertainty.n_members == 5
