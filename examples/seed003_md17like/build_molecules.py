@@ -3,8 +3,8 @@
 Ethanol comes from ASE's G2 collection; malonaldehyde and aspirin (not in G2, and no SMILES toolkit is
 installed) are laid out by hand from standard bond lengths and 120 degree angles, then all three are
 relaxed with GFN2-xTB (BFGS, fmax 0.005 eV/A). The check that the hand-made layouts are the intended
-molecules: the bond graph (pairs closer than 1.2 times the sum of the covalent radii) of the relaxed structure must equal that of the layout,
-and the relaxed bond lengths are printed next to typical values. Writes ``structures/NAME.xyz``.
+molecules: the bond graph (pairs closer than 1.2 times the sum of the covalent radii) of the relaxed
+structure must equal that of the layout; the relaxed bond lengths are printed. Writes ``structures/NAME.xyz``.
 
     python build_molecules.py
 """
@@ -107,7 +107,10 @@ def main() -> None:
             lengths.setdefault(pair, []).append(atoms.get_distance(a, b))
         summary = ", ".join(f"{p} {min(v):.3f}-{max(v):.3f}" for p, v in sorted(lengths.items()))
         energy = atoms.get_potential_energy()
-        print(f"{name} ({atoms.get_chemical_formula()}): E = {energy:.4f} eV, {len(relaxed)} bonds; A: {summary}")
+        print(
+            f"{name} ({atoms.get_chemical_formula()}): E = {energy:.4f} eV, "
+            f"{len(relaxed)} bonds; A: {summary}"
+        )
         atoms.calc = None
         atoms.write(out / f"{name}.xyz", format="extxyz")
 
