@@ -12,7 +12,8 @@ split's 1000 test indices (`index_test_0K.csv`). This script makes the same from
 The 1000 training indices of a split are divided into 800 training and 200 validation structures by a
 random permutation (seed K; Tan et al. do not say how they divided them). For each split K it writes
 OUT/split_0K/{train,validation,test}.extxyz (energies in eV, forces in eV/A; the provenance of each
-structure, e.g. its ase.db `db_id` or the npz `frame`, in the comment line) and OUT/index_*_0K.csv.
+structure in the comment line: `source_db_id`, the ase.db row, or `source_frame`, the npz frame)
+and OUT/index_*_0K.csv.
 A training configuration then reads
 
     data:
@@ -79,6 +80,12 @@ def main(argv=None) -> None:
     structures = read_labelled(args.data)
     if "index" in structures[0].info:  # an MD dataset: put the snapshots in trajectory order
         structures.sort(key=lambda a: (a.info.get("temperature", 0.0), a.info["index"]))
+    for atoms in structures:
+        # Renamed: read back from the split files, db_id and frame would name rows and frames of the
+        # wrong file (they are what split.json records).
+        for key in ("db_id", "frame"):
+            if key in atoms.info:
+                atoms.info[f"source_{key}"] = atoms.info.pop(key)
     n = len(structures)
     if args.index_dir is None and n < N_TRAIN_POOL + N_TEST:
         raise SystemExit(f"{args.data} holds {n} structures; the splits need {N_TRAIN_POOL + N_TEST}")
