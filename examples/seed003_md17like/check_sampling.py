@@ -3,7 +3,7 @@
 For each ase.db given: the number of snapshots, the mean kinetic temperature (equipartition with
 3N degrees of freedom, as ASE's ``get_temperature``), the spread of the potential energy and of the
 force components, and the autocorrelation of the potential energy and of one force component series
-(all atoms, all components, averaged) at a lag of 1, 2 and 5 snapshots. A lag-1 value near 0 means
+(all atoms, all components, averaged) at a lag of 1, 5, 10 and 25 snapshots. A lag-1 value near 0 means
 consecutive snapshots are as good as independent draws.
 
     python check_sampling.py work/ethanol.db work/malonaldehyde.db
@@ -17,6 +17,8 @@ import numpy as np
 
 from mlipbias.datasets import KCAL_PER_MOL, load_dataset
 
+LAGS = (1, 5, 10, 25)  # snapshots
+
 
 def autocorrelation(series: np.ndarray, lag: int) -> float:
     """Mean over columns of the lag-``lag`` autocorrelation of each column of ``series`` (T, ...)."""
@@ -29,7 +31,7 @@ def autocorrelation(series: np.ndarray, lag: int) -> float:
 def main(paths: list[str]) -> None:
     print(
         "| data | snapshots | mean kinetic T (K) | std E (kcal/mol) | std F (kcal/mol/A) "
-        "| E autocorr. lag 1, 2, 5 | F autocorr. lag 1, 2, 5 |"
+        "| E autocorr. lag 1, 5, 10, 25 | F autocorr. lag 1, 5, 10, 25 |"
     )
     print("|---|---|---|---|---|---|---|")
     for path in paths:
@@ -37,8 +39,8 @@ def main(paths: list[str]) -> None:
         energies = np.array([a.get_potential_energy() for a in frames]) / KCAL_PER_MOL
         forces = np.array([a.get_forces() for a in frames]) / KCAL_PER_MOL
         temperature = np.mean([a.info["kinetic_temperature"] for a in frames])
-        e_corr = ", ".join(f"{autocorrelation(energies, lag):.2f}" for lag in (1, 2, 5))
-        f_corr = ", ".join(f"{autocorrelation(forces, lag):.2f}" for lag in (1, 2, 5))
+        e_corr = ", ".join(f"{autocorrelation(energies, lag):.2f}" for lag in LAGS)
+        f_corr = ", ".join(f"{autocorrelation(forces, lag):.2f}" for lag in LAGS)
         print(
             f"| {path} | {len(frames)} | {temperature:.0f} | {energies.std():.2f} | {forces.std():.1f} "
             f"| {e_corr} | {f_corr} |"

@@ -854,8 +854,8 @@ def read_labelled(
         frames = ase.io.read(path, index=":")
     except Exception as exc:  # ase.io raises many kinds for unknown or broken formats
         raise ValueError(
-            f"cannot read {path} with ase.io ({type(exc).__name__}: {exc}); give an ase.db file or a "
-            "format ase.io reads (extxyz, ...)"
+            f"cannot read {path} with ase.io ({type(exc).__name__}: {exc}); give an ase.db file, a "
+            "revised-MD17 .npz or a format ase.io reads (extxyz, ...)"
         ) from exc
     structures = []
     for k, atoms in enumerate(frames):
@@ -874,17 +874,14 @@ def read_labelled(
 
 
 # The revised MD17 archive (Christensen & von Lilienfeld 2020, figshare 12672038), one
-# rmd17_MOLECULE.npz per molecule: key -> (shape, unit). M structures of N atoms.
+# rmd17_MOLECULE.npz per molecule: key -> (shape, unit). M structures of N atoms. Optional:
+# old_indices (M,), the structure's index in the original MD17 trajectory, and old_energies,
+# old_forces, the original MD17 labels (same shapes and units).
 RMD17_KEYS = {
     "nuclear_charges": ("(N,)", "atomic numbers"),
     "coords": ("(M, N, 3)", "A"),
     "energies": ("(M,)", "kcal/mol"),
     "forces": ("(M, N, 3)", "kcal/mol/A"),
-}
-RMD17_OPTIONAL_KEYS = {
-    "old_indices": ("(M,)", "index of the structure in the original MD17 trajectory"),
-    "old_energies": ("(M,)", "kcal/mol, original MD17 label"),
-    "old_forces": ("(M, N, 3)", "kcal/mol/A, original MD17 label"),
 }
 KCAL_PER_MOL = units.kcal / units.mol  # eV (0.0433641...)
 

@@ -36,8 +36,8 @@ def register(sub) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="labelled structures to evaluate on: an ase.db or any file ase.io reads (extxyz, ...); "
-        "required unless --model is a run folder",
+        help="labelled structures to evaluate on: an ase.db, a revised-MD17 .npz or any file ase.io reads "
+        "(extxyz, ...); required unless --model is a run folder",
     )
     p.add_argument(
         "--split",
