@@ -97,6 +97,9 @@ def test_bad_npz_files_are_named(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 and then nothing")
     with pytest.raises(ValueError, match="broken.npz: cannot read it as an .npz archive"):
         read_labelled(tmp_path / "broken.npz")
+    (tmp_path / "text.npz").write_text("energies forces\n")
+    with pytest.raises(ValueError, match=r"text.npz: not an .npz archive \(a zip file"):
+        read_labelled(tmp_path / "text.npz")
     with pytest.raises(ValueError, match="a selection .* applies to ase.db files only"):
         read_labelled(tmp_path / "nan.npz", "id>2")
 

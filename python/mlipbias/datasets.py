@@ -906,6 +906,9 @@ def read_rmd17(
     """
     path = Path(path)
     keys = keys or LabelKeys()
+    with open(path, "rb") as handle:
+        if handle.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise ValueError(f"{path}: not an .npz archive (a zip file of .npy arrays, as rMD17's)")
     names = {"energy": "energies", "forces": "forces"}  # what the default label names mean here
     energy_key = names.get(keys.energy, keys.energy)
     forces_key = names.get(keys.forces, keys.forces)
