@@ -43,6 +43,7 @@ import sqlite3
 import sys
 import time
 import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ MODES = ("displacements", "md")
 FORMAT = "mlipbias-dataset"
 FORMAT_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive of .npy files
 LOCK_TIMEOUT = 20.0  # s an open waits for another process's write lock before it says "locked"
 WAIT_POLL = 0.5  # s between looks at samples that another live process is computing
 
@@ -823,7 +825,8 @@ def read_labelled(
     require_forces: bool = True,
     require_energy: bool = True,
 ) -> list[Atoms]:
-    """Labelled structures from an ase.db file or any file ``ase.io.read`` reads (extxyz, ...).
+    """Labelled structures from an ase.db file, a revised-MD17 ``.npz`` (:func:`read_rmd17`) or any
+    file ``ase.io.read`` reads (extxyz, ...).
 
     Each Atoms carries its labels (mapped by ``keys``) in a SinglePointCalculator, its provenance
     in ``info`` and the file's other per-atom arrays (e.g. momenta), and where it came from:
@@ -840,21 +843,23 @@ def read_labelled(
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     with open(path, "rb") as handle:
-        sqlite = handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
-    if sqlite:
+        magic = handle.read(len(_SQLITE_MAGIC))
+    if magic == _SQLITE_MAGIC:
         return load_dataset(
             path, selection, keys=keys, require_forces=require_forces, require_energy=require_energy
         )
     if selection is not None:
         raise ValueError(f"{path}: a selection ({selection!r}) applies to ase.db files only")
+    if path.suffix.lower() == ".npz" or magic.startswith(_ZIP_MAGIC):
+        return read_rmd17(path, keys=keys, require_forces=require_forces, require_energy=require_energy)
     import ase.io
 
     try:
         frames = ase.io.read(path, index=":")
     except Exception as exc:  # ase.io raises many kinds for unknown or broken formats
         raise ValueError(
-            f"cannot read {path} with ase.io ({type(exc).__name__}: {exc}); give an ase.db file or a "
-            "format ase.io reads (extxyz, ...)"
+            f"cannot read {path} with ase.io ({type(exc).__name__}: {exc}); give an ase.db file, a "
+            "revised-MD17 .npz or a format ase.io reads (extxyz, ...)"
         ) from exc
     structures = []
     for k, atoms in enumerate(frames):
@@ -869,6 +874,120 @@ def read_labelled(
         _check_finite(structure, where)
         structure.info["frame"] = k
         structures.append(attach_results(structure, labels) if labels else structure)
+    return structures
+
+
+# The revised MD17 archive (Christensen & von Lilienfeld 2020, figshare 12672038), one
+# rmd17_MOLECULE.npz per molecule: key -> (shape, unit). M structures of N atoms. Optional:
+# old_indices (M,), the structure's index in the original MD17 trajectory, and old_energies,
+# old_forces, the original MD17 labels (same shapes and units).
+RMD17_KEYS = {
+    "nuclear_charges": ("(N,)", "atomic numbers"),
+    "coords": ("(M, N, 3)", "A"),
+    "energies": ("(M,)", "kcal/mol"),
+    "forces": ("(M, N, 3)", "kcal/mol/A"),
+}
+KCAL_PER_MOL = units.kcal / units.mol  # eV (0.0433641...)
+
+
+def read_rmd17(
+    path: str | Path,
+    *,
+    keys: LabelKeys | None = None,
+    require_forces: bool = True,
+    require_energy: bool = True,
+) -> list[Atoms]:
+    """The structures of a revised-MD17 ``.npz`` (layout in :data:`RMD17_KEYS`), labels in eV and eV/A.
+
+    Energies and forces are read from ``energies`` and ``forces`` (kcal/mol, kcal/mol/A) and
+    converted with 1 kcal/mol = ``units.kcal / units.mol`` eV. ``keys`` may name other arrays of
+    the file for the labels (``LabelKeys(energy="old_energies", forces="old_forces")``: the
+    original MD17 labels, same units). Each Atoms records ``info["frame"]`` (0-based, the index
+    that the published ``index_train_0N.csv`` / ``index_test_0N.csv`` splits use) and, when the
+    file has ``old_indices``, ``info["old_index"]``. The file is read with
+    ``np.load(allow_pickle=False)``; another layout is a ValueError naming the keys found and
+    expected, non-finite numbers a ValueError naming the frame.
+    """
+    path = Path(path)
+    keys = keys or LabelKeys()
+    with open(path, "rb") as handle:
+        if handle.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise ValueError(f"{path}: not an .npz archive (a zip file of .npy arrays, as rMD17's)")
+    names = {"energy": "energies", "forces": "forces"}  # what the default label names mean here
+    energy_key = names.get(keys.energy, keys.energy)
+    forces_key = names.get(keys.forces, keys.forces)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = sorted(archive.files)
+            missing = [k for k in ("nuclear_charges", "coords") if k not in archive.files]
+            missing += [
+                k for k, wanted in ((energy_key, require_energy), (forces_key, require_forces)) if wanted
+            ]
+            missing = [k for k in dict.fromkeys(missing) if k not in archive.files]
+            if missing:
+                expected = ", ".join(f"{k} {shape} [{unit}]" for k, (shape, unit) in RMD17_KEYS.items())
+                raise ValueError(
+                    f"{path} is not a revised-MD17 .npz: it lacks {', '.join(missing)} "
+                    f"(it has: {', '.join(found) or 'nothing'}; expected: {expected})"
+                )
+            arrays = {
+                k: archive[k]
+                for k in ("nuclear_charges", "coords", energy_key, forces_key, "old_indices")
+                if k in archive.files
+            }
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ValueError(
+                f"{path}: holds Python objects (pickle), which are not read; rMD17 holds none"
+            ) from None
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read it as an .npz archive ({type(exc).__name__}: {exc})") from exc
+
+    numbers, coords = arrays["nuclear_charges"], arrays["coords"]
+    if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
+        raise ValueError(
+            f"{path}: nuclear_charges must be a 1-d integer array, got shape {numbers.shape} {numbers.dtype}"
+        )
+    if numbers.size == 0 or numbers.min() < 1 or numbers.max() > 118:
+        raise ValueError(f"{path}: nuclear_charges must be atomic numbers 1 to 118, got {numbers.tolist()}")
+    n_atoms = numbers.size
+    if coords.ndim != 3 or coords.shape[1:] != (n_atoms, 3):
+        raise ValueError(f"{path}: coords has shape {coords.shape}, expected (M, {n_atoms}, 3)")
+    n_frames = coords.shape[0]
+    shapes = {energy_key: [(n_frames,), (n_frames, 1)], forces_key: [(n_frames, n_atoms, 3)]}
+    shapes["old_indices"] = [(n_frames,)]
+    for key, allowed in shapes.items():
+        if key in arrays and arrays[key].shape not in allowed:
+            raise ValueError(
+                f"{path}: {key} has shape {arrays[key].shape}, expected {' or '.join(map(str, allowed))}"
+            )
+    for key in ("coords", energy_key, forces_key):
+        if key not in arrays:
+            continue
+        try:
+            values = arrays[key].astype(float, casting="same_kind").reshape(n_frames, -1)
+        except TypeError:
+            raise ValueError(f"{path}: {key} is not numeric ({arrays[key].dtype})") from None
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"{path}: frame {bad[0]}: non-finite (NaN or inf) {key} ({bad.size} frame(s) in all)"
+            )
+    energies = arrays[energy_key].reshape(n_frames) * KCAL_PER_MOL if energy_key in arrays else None
+    forces = arrays[forces_key] * KCAL_PER_MOL if forces_key in arrays else None
+    structures = []
+    for k in range(n_frames):
+        atoms = Atoms(numbers=numbers, positions=coords[k])
+        atoms.info["frame"] = k
+        if "old_indices" in arrays:
+            atoms.info["old_index"] = int(arrays["old_indices"][k])
+        results = {}
+        if energies is not None:
+            results["energy"] = float(energies[k])
+        if forces is not None:
+            results["forces"] = forces[k].astype(float)
+        structures.append(attach_results(atoms, results) if results else atoms)
     return structures
 
 

@@ -36,8 +36,8 @@ def register(sub) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="labelled structures to evaluate on: an ase.db or any file ase.io reads (extxyz, ...); "
-        "required unless --model is a run folder",
+        help="labelled structures to evaluate on: an ase.db, a revised-MD17 .npz or any file ase.io reads "
+        "(extxyz, ...); required unless --model is a run folder",
     )
     p.add_argument(
         "--split",
@@ -129,6 +129,11 @@ def run_evaluate(args) -> int:
     from mlipbias.models import load_model
     from mlipbias.models.evaluation import evaluate_methods, format_evaluation, json_table, write_plots
 
+    methods = args.uncertainty
+    if methods is not None and "none" in methods:
+        if len(methods) > 1:
+            raise ValueError(f"--uncertainty none cannot be combined with methods, got {methods}")
+        methods = []
     model_path = Path(args.model)
     if model_path.is_file() and _is_torch_file(model_path):
         if args.data is None:
@@ -145,12 +150,11 @@ def run_evaluate(args) -> int:
         model_path = run / name
         if not model_path.is_file():
             raise FileNotFoundError(f"{run} holds no {name}: not a finished `mlipbias train` run")
+        if _is_torch_file(model_path):
+            raise ValueError(
+                f"{run} is a PaiNN run: give its model file and the data, --model {model_path} --data D"
+            )
     model = load_model(model_path)
-    methods = args.uncertainty
-    if methods is not None and "none" in methods:
-        if len(methods) > 1:
-            raise ValueError(f"--uncertainty none cannot be combined with methods, got {methods}")
-        methods = []
     given = {q: getattr(args, f"{q}_key") for q in ("energy", "forces", "stress")}
     given = {q: k for q, k in given.items() if k}
     read = {"keys": LabelKeys(**given), "require_forces": args.forces}

@@ -86,7 +86,7 @@ TEMPLATE = """\
 # paths (data files, output.directory) are taken from the folder of this file, not the working one.
 
 data:
-  path: dataset.db              # ase.db (`mlipbias data generate`) or any file ase.io reads (extxyz, ...)
+  path: dataset.db              # ase.db (`mlipbias data generate`), rMD17 .npz or ase.io formats (extxyz...)
   selection: null               # ase.db selection, e.g. "mode=displacements" (ase.db files only)
   validation_fraction: 0.1      # of data.path, for early stopping and calibration
   test_fraction: 0.1            # of data.path, held out; its metrics are printed at the end
