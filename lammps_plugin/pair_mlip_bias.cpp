@@ -134,7 +134,7 @@ void PairMLIPBias::settings(int narg, char **arg)
       tau_stress_given = true;
       iarg += 2;
     } else if (key == "rescale") {
-      // yes = window (the seed 002 authors' form), or the form by name, or no
+      // yes = window (Zaverkin et al.'s form), or the form by name, or no
       const std::string form = value;
       bias_settings.rescale = form != "no" && form != "off" && form != "false";
       if (form == "cumulative")

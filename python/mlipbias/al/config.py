@@ -1,4 +1,4 @@
-"""The ``mlipbias al`` configuration: schema, defaults (seed 002's settings), validation, template.
+"""The ``mlipbias al`` configuration: schema, defaults (Zaverkin et al.'s settings), validation, template.
 
 One YAML file describes a run, in sections ``start``, ``oracle``, ``initial``, ``train``,
 ``explore``, ``select``, ``stop``, ``test``, ``dask``, ``output`` and a top-level ``seed``.
@@ -22,7 +22,7 @@ from mlipbias.models.config import _section, config_from_dict
 
 SELECTION_METHODS = ("max_det", "max_dist", "max_unc", "random")
 
-# seed 002 (Methods, "Training"): mini-batches of 32, 1000 epochs with early stopping. Its code
+# Zaverkin et al. 2024 (Methods, "Training"): mini-batches of 32, 1000 epochs with early stopping. Its code
 # (docs/active_learning.md): loss weights 1 and 4 on energies and forces, conformal alpha 0.05.
 TRAIN_DEFAULTS = {
     "uncertainty": {"methods": ["posterior"], "alpha": 0.05},
@@ -50,7 +50,7 @@ class OracleSettings:
 
 @dataclass
 class InitialSettings:
-    """Generation 0: ``n_structures`` random perturbations of the start structures (seed 002
+    """Generation 0: ``n_structures`` random perturbations of the start structures (Zaverkin et al. (2024)
     Eqs. 32-34), labelled, and/or the labelled rows of an existing ``dataset``."""
 
     n_structures: int = 8
@@ -83,7 +83,7 @@ class ExploreSettings(ExplorerSettings):
 
 @dataclass
 class SelectSettings:
-    """Batch selection (seed 002 Eqs. 24-27) and the force filter of the labels."""
+    """Batch selection (Zaverkin et al. Eqs. 24-27) and the force filter of the labels."""
 
     method: str = "max_det"
     batch_size: int = 8
@@ -172,7 +172,7 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(ALConfig) if f
 
 TEMPLATE = """\
 # mlipbias al configuration: active learning with uncertainty-biased MD (Zaverkin et al. 2024).
-# Units: eV, Angstrom, fs, K, GPa. The values shown are the defaults, which follow seed 002 and its
+# Units: eV, Angstrom, fs, K, GPa. The values shown are the defaults, which follow the paper and its
 # authors' code (docs/active_learning.md names the source of each); start.structures and oracle.name
 # are required. Check with `mlipbias al CONFIG --check`.
 # docs/active_learning.md explains every key and the algorithm.
@@ -187,39 +187,39 @@ oracle:
   min_distance: 0.5             # A; closer pairs are rejected before the oracle call
 
 initial:                        # generation 0
-  n_structures: 8               # random perturbations of the start structures (seed 002: 8)
-  position_amplitude: 0.02      # A; shifts uniform in [-a, a] (Eq. 32; seed 002's code, alanine dipeptide)
+  n_structures: 8               # random perturbations of the start structures (Zaverkin et al.: 8)
+  position_amplitude: 0.02      # A; shifts uniform in [-a, a] (Eq. 32; the authors' code, alanine dipeptide)
   strain_amplitude: 0.05        # cell strain components uniform in [-s, s] (Eqs. 33-34; periodic only)
   dataset: null                 # an ase.db whose labelled rows are copied in first
 
 train:                          # the sections of `mlipbias train` (see `mlipbias train --template`)
   descriptor: {}                # e.g. {preset: SiO2}
   model: {}                     # e.g. {hidden: [30, 30]}
-  uncertainty: {methods: [posterior], alpha: 0.05}  # conformal: P(error <= c U) >= 95 % (seed 002's code)
+  uncertainty: {methods: [posterior], alpha: 0.05}  # conformal: P(error <= c U) >= 95 % (the authors' code)
   training: {epochs: 1000, batch_size: 32, energy_weight: 1.0, force_weight: 4.0}
-  validation_fraction: 0.1      # early stopping and conformal calibration (seed 002: 90/10)
+  validation_fraction: 0.1      # early stopping and conformal calibration (Zaverkin et al.: 90/10)
   warm_start: true              # start from the previous generation's weights
 
 explore:
   explorer: md                  # md or perturb
-  walkers: 8                    # parallel walkers per generation (seed 002: 8 alanine, 32 MOF)
+  walkers: 8                    # parallel walkers per generation (Zaverkin et al.: 8 alanine, 32 MOF)
   engine: ase                   # ase (any system) or lammps (periodic, pair_style mlip/bias)
   ensemble: nvt                 # nvt (Langevin) or npt (Nose-Hoover chains + MTK barostat)
   temperature: 300.0            # K
   pressure: 0.0                 # GPa (npt)
   timestep: 0.5                 # fs
-  friction: 0.002               # 1/fs (Langevin; seed 002's code: 0.02 ASE units = 0.00196 1/fs)
-  thermostat_time: 100.0        # fs (npt; seed 002: 0.1 ps)
-  barostat_time: 1000.0         # fs (npt; seed 002: 1 ps)
+  friction: 0.002               # 1/fs (Langevin; the authors' code: 0.02 ASE units = 0.00196 1/fs)
+  thermostat_time: 100.0        # fs (npt; Zaverkin et al. (2024): 0.1 ps)
+  barostat_time: 1000.0         # fs (npt; Zaverkin et al. (2024): 1 ps)
   cell_fluctuations: full       # npt: iso or full
-  tau: 0.25                     # bias strength (0: unbiased MD; seed 002's code: 0.25)
+  tau: 0.25                     # bias strength (0: unbiased MD; the authors' code: 0.25)
   tau_stress: null              # bias-stress strength (null: tau)
-  tau_species: {}               # per-element bias-force strength (seed 002, alanine dipeptide: {H: 0.0})
-  rescale: true                 # seed 002 Eq. 8 rescaling of the bias
+  tau_species: {}               # per-element bias-force strength (alanine dipeptide in the paper: {H: 0.0})
+  rescale: true                 # Zaverkin et al. Eq. 8 rescaling of the bias
   uncertainty: null             # method of the stop rule and bias (null: the model's first)
   threshold: 1.5                # eV/A: stop when max_i U_i reaches it (calibrated)
   max_steps: 20000              # MD steps at most per walker
-  record_interval: 200          # steps between candidate frames (seed 002's code)
+  record_interval: 200          # steps between candidate frames (the authors' code)
   min_distance: 0.5             # A: a walker with closer atoms stops
   n_samples: 8                  # perturb: structures per walker
   position_amplitude: 0.05      # perturb: A
@@ -227,13 +227,13 @@ explore:
   options: {}                   # settings of explorers added later
 
 select:
-  method: max_det               # max_det, max_dist, max_unc or random (seed 002 Eqs. 24-27)
+  method: max_det               # max_det, max_dist, max_unc or random (Zaverkin et al. Eqs. 24-27)
   batch_size: 8                 # structures selected per generation
-  max_force: 20.0               # eV/A: labels with a larger reference force are dropped (seed 002)
+  max_force: 20.0               # eV/A: labels with a larger reference force are dropped (as the paper)
   max_det_noise: 0.0            # added to the posterior variance in max_det
 
 stop:
-  max_size: 512                 # dataset size, training plus validation (seed 002)
+  max_size: 512                 # dataset size, training plus validation (Zaverkin et al. 2024)
   force_rmse: null              # eV/A on test.path: stop when reached
   max_generations: null
 

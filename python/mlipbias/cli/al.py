@@ -1,4 +1,4 @@
-"""``mlipbias al CONFIG.yaml``: active learning with uncertainty-biased MD (seed 002).
+"""``mlipbias al CONFIG.yaml``: active learning with uncertainty-biased MD (Zaverkin et al. 2024).
 
 ``--template`` prints a commented configuration with every default, ``--check`` validates one.
 A run writes into ``output.directory`` (``state.json``, ``dataset.db``, ``rejects.db``,

@@ -40,10 +40,10 @@ def register(sub) -> None:
             "that model against BKS "
             "on test structures: how well its forces align with the direction in which its error grows, "
             "and the error after distortions along that direction and along random ones "
-            "(OUTPUT_DIR/adversarial/). Step 4 (active learning): one generation of seed 002's loop from "
-            "that model: biased MD walkers in LAMMPS, max-det selection, BKS labels, retraining, and the "
-            "error on a held-out set of larger displacements before and after (OUTPUT_DIR/active_learning/). "
-            "Rerunning resumes."
+            "(OUTPUT_DIR/adversarial/). Step 4 (active learning): one generation of Zaverkin et al.'s "
+            "loop from that model: biased MD walkers in LAMMPS, max-det selection, BKS labels, retraining, "
+            "and the error on a held-out set of larger displacements before and after "
+            "(OUTPUT_DIR/active_learning/). Rerunning resumes."
         ),
     )
     p.add_argument(
@@ -188,9 +188,9 @@ HARD_SAMPLES = 40
 
 
 def demo_al_config(context: DemoContext, start: Path, hard: Path):
-    """Seed 002's loop, one generation at demo scale: 4 walkers of biased NVT MD at 1200 K in LAMMPS
+    """Zaverkin et al.'s loop, one generation at demo scale: 4 walkers of biased NVT MD at 1200 K in LAMMPS
     (posterior uncertainty, stop at 3 eV/A or 1,000 steps: the demo model is trained on energies only,
-    so its calibrated force uncertainty is near seed 002's 1.5 eV/A already at equilibrium), a max-det
+    so its calibrated force uncertainty is near Zaverkin et al.'s 1.5 eV/A already at equilibrium), a max-det
     batch of 16, BKS labels, and a warm-started energy-only retraining with the demo model's settings."""
     from mlipbias.al.config import al_config_from_dict
 
@@ -235,8 +235,8 @@ def demo_al_config(context: DemoContext, start: Path, hard: Path):
 
 
 def step_active_learning(context: DemoContext) -> None:
-    """Active learning (seed 002) from the demo model: biased MD walkers, max-det selection, BKS labels
-    and retraining; the error on a hard held-out set (larger displacements) before and after."""
+    """Active learning (Zaverkin et al. 2024) from the demo model: biased MD walkers, max-det selection,
+    BKS labels and retraining; the error on a hard held-out set (larger displacements) before and after."""
     import os
     import shutil
 

@@ -111,7 +111,7 @@ model:
   hidden: [30, 30]              # bpnn: hidden layer widths of every element's network
   activation: tanh              # bpnn: tanh or silu
   painn: {}                     # painn: cutoff (5.0 A), features (128), layers (3), radial_basis (20),
-                                # readout ([64, 64]); the defaults are seed 003's (docs/painn.md)
+                                # readout ([64, 64]); the defaults are Tan et al.'s (docs/painn.md)
 
 uncertainty:
   methods: [ensemble]           # any of: ensemble, mve, evidential, gmm, posterior, distance
@@ -122,11 +122,11 @@ uncertainty:
   atom_subset: 20000            # distance, per atom: all training atoms up to this many (K x 8 bytes
                                 # each in the model file), else a greedy max-dist subset of this size
   gmm_max_components: 8         # largest mixture tried; the size is chosen by BIC
-  alpha: 0.05                   # conformal miscoverage: P(error <= c U) >= 1 - alpha (seed 002)
+  alpha: 0.05                   # conformal miscoverage: P(error <= c U) >= 1 - alpha (Zaverkin et al. 2024)
   evidential_regularization: 0.2
-  head_training: joint          # mve/evidential heads: joint (seed 003: the force NLL trains the
+  head_training: joint          # mve/evidential heads: joint (Tan et al.: the force NLL trains the
                                 # mean network too; with loss mae, energy_weight 0.1, force_weight 0,
-                                # nll_weight 1 it is seed 003's loss), detached (heads fitted by their
+                                # nll_weight 1 it is Tan et al.'s loss), detached (heads fitted by their
                                 # NLL every step on detached inputs and residuals) or post_hoc (heads
                                 # fitted alone on the trained network's residuals: the cost of an
                                 # energy-only training plus one force pass)
