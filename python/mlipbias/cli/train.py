@@ -97,7 +97,8 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
     }
     (out / "split.json").write_text(json.dumps({"data": config.data.path, **ids}) + "\n")
     elements = {s for atoms in train_atoms for s in atoms.get_chemical_symbols()}
-    descriptor = make_descriptor(config.descriptor, elements)
+    periodic = all(atoms.pbc.all() for atoms in train_atoms)
+    descriptor = make_descriptor(config.descriptor, elements, config.model, periodic)
     log(
         f"{len(train_atoms)} training, {len(val_atoms)} validation, {len(test_atoms)} test structures; "
         f"{descriptor}"

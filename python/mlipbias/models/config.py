@@ -91,8 +91,15 @@ descriptor:
   # g5: [[eta, zeta, lambda, rc], ...]
 
 model:
-  hidden: [30, 30]              # hidden layer widths of every element's network
-  activation: tanh              # tanh or silu
+  kind: bpnn                    # bpnn (symmetry functions of `descriptor`, one network per element)
+                                # or gmnn (Gaussian moments, one network; `descriptor` is not used)
+  hidden: null                  # hidden layer widths; null: [30, 30] (bpnn), [512, 512] (gmnn)
+  activation: null              # tanh or silu; null: tanh (bpnn), silu (gmnn, its only choice)
+  # GM-NN only (seed 002's settings); train it with training.learning_rate 0.03 and force_weight 4:
+  cutoff: null                  # A; null: 6 when every training structure is periodic, else 5
+  n_basis: 7                    # Gaussians per species pair
+  n_radial: 5                   # radial functions (trainable species-pair coefficients)
+  n_contractions: 8             # contraction groups kept, 1..8 (360 features with 5 radial functions)
 
 uncertainty:
   methods: [ensemble]           # any of: ensemble, mve, evidential, gmm, posterior, distance
@@ -282,12 +289,30 @@ def _check(config: TrainConfig) -> None:
     check_settings(config.model, config.uncertainty, config.training)
 
 
-def make_descriptor(settings: DescriptorSettings, elements_in_data):
-    """The symmetry functions of the settings; ``auto`` uses the data's elements (by atomic number)."""
+def make_descriptor(
+    settings: DescriptorSettings, elements_in_data, model: ModelSettings | None = None, periodic: bool = False
+):
+    """The symmetry functions of the settings; ``auto`` uses the data's elements (by atomic number).
+
+    For ``model.kind: gmnn`` the Gaussian moments of the model settings instead, for the data's
+    elements; their default cutoff is 6 A for ``periodic`` data (every structure), else 5 A.
+    """
     from ase.data import atomic_numbers
 
     from mlipbias.descriptors import SymmetryFunctions
 
+    if model is not None and model.kind == "gmnn":
+        from mlipbias.descriptors.gaussian_moments import GaussianMoments
+
+        cutoff = model.cutoff if model.cutoff is not None else (6.0 if periodic else 5.0)
+        elements = sorted(set(elements_in_data), key=lambda e: atomic_numbers[e])
+        return GaussianMoments(
+            elements,
+            cutoff,
+            n_basis=model.n_basis,
+            n_radial=model.n_radial,
+            n_contractions=model.n_contractions,
+        )
     if settings.preset is None:
         return SymmetryFunctions.build(settings.elements, g2=settings.g2, g4=settings.g4, g5=settings.g5)
     if settings.preset == "auto":
