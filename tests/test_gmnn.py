@@ -1,4 +1,4 @@
-"""GM-NN (models/gmnn.py, descriptors/gaussian_moments.py): descriptor, derivatives, file, training, uncertainties."""
+"""GM-NN (models/gmnn.py, descriptors/gaussian_moments.py): descriptor, derivatives, file, training, UQ."""
 
 from __future__ import annotations
 

@@ -69,9 +69,9 @@ class ModelSettings:
     ``n_basis`` Gaussians, ``n_radial`` radial functions, ``n_contractions`` contraction groups.
     """
 
-    kind: str = "bpnn"
     hidden: tuple[int, ...] | None = None
     activation: str | None = None
+    kind: str = "bpnn"
     cutoff: float | None = None
     n_basis: int = 7
     n_radial: int = 5
