@@ -358,13 +358,17 @@ void Evaluator::Impl::forward_atoms() {
   const bool atom_u_here = features && opt.atom_uncertainty;
   const int block = md.n_layers * md.k;
   const int64_t K = md.n_sketch;
-  G.resize(n * n_sf);
+  const int n_g = md.descriptor_width();
+  G.resize(n * n_g);
   dEdG.resize(n * M * n_sf);
   member_E.resize(n * M);
   if (features) phi.resize(n * block);
   if (atom_u_here) atom_u.resize(n);
 
-  md.descriptor.compute(nb, G.data());
+  if (md.gaussian_moments)
+    md.gaussian_moments->compute(nb, G.data());
+  else
+    md.descriptor.compute(nb, G.data());
 
   ensure_workspaces();
 
@@ -381,12 +385,12 @@ void Evaluator::Impl::forward_atoms() {
       continue;
     }
     const int e = static_cast<int>(nb.species[i]);
-    const double* Gi = &G[i * n_sf];
+    const double* Gi = &G[i * n_g];
     // Member 0 last, so that its deltas and layer inputs are still in ws for the sketch.
     for (int m = M - 1; m >= 0; --m) {
       const Member& member = md.members[m];
       const Network& net = member.networks[e];
-      const double out = network_forward(md, net, e, Gi, ws, false);
+      const double out = network_forward(md, net, e, Gi + md.member_block(m), ws, false);
       member_E[i * M + m] = member.energy_scale * out + member.energy_shift[e];
       network_backward(md, net, e, member.energy_scale, ws, dE + m * n_sf);
     }
@@ -597,18 +601,19 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   // member forces are wanted), then the uncertainty row.
   const int n_energy_rows = s.member_forces() ? M : 1;
   const int n_rhs = n_energy_rows + (gradient ? 1 : 0);
-  const size_t rows = static_cast<size_t>(n) * n_sf;
-  s.dLdG.resize(n_rhs * rows);
+  // A GM-NN has one descriptor block per member (its own beta): member m's rows go to block m.
+  const int n_g = md.descriptor_width();
+  const size_t rows = static_cast<size_t>(n) * n_g;
+  s.dLdG.assign(n_rhs * rows, 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const double* dE = &s.dEdG[i * M * n_sf];
     if (s.member_forces()) {
-      for (int m = 0; m < M; ++m) std::copy(dE + m * n_sf, dE + (m + 1) * n_sf, &s.dLdG[m * rows + i * n_sf]);
-    } else {
-      double* out = &s.dLdG[i * n_sf];
-      std::fill(out, out + n_sf, 0.0);
       for (int m = 0; m < M; ++m)
-        for (int f = 0; f < n_sf; ++f) out[f] += dE[m * n_sf + f];
-      for (int f = 0; f < n_sf; ++f) out[f] /= M;
+        std::copy(dE + m * n_sf, dE + (m + 1) * n_sf, &s.dLdG[m * rows + i * n_g + md.member_block(m)]);
+    } else {
+      double* out = &s.dLdG[i * n_g];
+      for (int m = 0; m < M; ++m)
+        for (int f = 0; f < n_sf; ++f) out[md.member_block(m) + f] += dE[m * n_sf + f] / M;
     }
   }
   if (gradient) {
@@ -616,29 +621,28 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
     if (opt.uncertainty == Uncertainty::ensemble) {
       for (int64_t i = 0; i < n; ++i) {
         const double* dE = &s.dEdG[i * M * n_sf];
-        double* out = U_rows + i * n_sf;
-        std::fill(out, out + n_sf, 0.0);
+        double* out = U_rows + i * n_g;
         for (int m = 0; m < M; ++m)
-          for (int f = 0; f < n_sf; ++f) out[f] += s.v[m] * dE[m * n_sf + f];
+          for (int f = 0; f < n_sf; ++f) out[md.member_block(m) + f] += s.v[m] * dE[m * n_sf + f];
       }
     } else {
       s.build_direction();
       s.ensure_workspaces();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
-        double* out = U_rows + i * n_sf;
-        if (!s.handled[i]) {
-          std::fill(out, out + n_sf, 0.0);
-          continue;
-        }
+        double* out = U_rows + i * n_g;  // member 0's block (the features are member 0's)
+        if (!s.handled[i]) continue;
         const int e = static_cast<int>(nb.species[i]);
-        tangent_pass(md, e, s.direction[e], &s.G[i * n_sf], s.workspaces[thread_id()], out);
+        tangent_pass(md, e, s.direction[e], &s.G[i * n_g], s.workspaces[thread_id()], out);
       }
     }
   }
 
   s.pair_grad.resize(static_cast<size_t>(n_rhs) * n_pairs * 3);
-  if (n_rhs > 0 && n > 0) md.descriptor.vjp(nb, n_rhs, s.dLdG.data(), s.pair_grad.data());
+  if (n_rhs > 0 && n > 0 && md.gaussian_moments)
+    md.gaussian_moments->vjp(nb, n_rhs, s.dLdG.data(), s.pair_grad.data());
+  else if (n_rhs > 0 && n > 0)
+    md.descriptor.vjp(nb, n_rhs, s.dLdG.data(), s.pair_grad.data());
   else std::fill(s.pair_grad.begin(), s.pair_grad.end(), 0.0);
 
   // Scatter pair gradients g_p = dX/dD_p: D_p = x_j - x_i, so dX/dx_j += g_p, dX/dx_i -= g_p.

@@ -118,8 +118,7 @@ class MLIPCalculator(Calculator):
                 raise ValueError(f"species_tau values must be finite and >= 0, got {dict(species_tau)}")
         self.bias = BiasState(tau, tau_stress, rescale, [] if species is None else list(species))
         self.want_atom_uncertainty = bool(atom_uncertainty)
-        kind = getattr(self.model.network, "kind", "bpnn")
-        self.backend = _select_backend(backend, self.uncertainty, self.model_path, kind)
+        self.backend = _select_backend(backend, self.uncertainty, self.model_path)
         self.cpp = CppModel(self.model_path) if self.backend == "cpp" else None
 
     @property
@@ -190,7 +189,7 @@ class MLIPCalculator(Calculator):
         self.results = r
 
 
-def _select_backend(backend: str, method: str | None, path: str | None, kind: str = "bpnn") -> str:
+def _select_backend(backend: str, method: str | None, path: str | None) -> str:
     """Choose between the torch model and the C++ inference (``mlipbias.inference.CppModel``).
 
     ``auto`` takes C++ (the code of ``pair_style mlip/bias``, no torch in the loop) for a model
@@ -202,8 +201,6 @@ def _select_backend(backend: str, method: str | None, path: str | None, kind: st
     why = None
     if path is None:
         why = "the C++ inference loads models from a .mlip path, not from an MLIPModel object"
-    elif kind == "gmnn":
-        why = "the C++ inference does not implement GM-NN models yet (the torch backend does)"
     elif method is not None and method not in CPP_METHODS:
         why = f"the C++ inference implements {', '.join(CPP_METHODS)}, not {method!r}"
     if backend == "cpp" and why is not None:
