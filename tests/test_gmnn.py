@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from gmnn_fixtures import random_gmnn, small_gm
 from model_fixtures import evaluate_atoms, labelled_quartz, numpy_network, quartz, strained
 
 from mlipbias.descriptors.gaussian_moments import GaussianMoments, contraction_sizes
@@ -17,22 +18,6 @@ from mlipbias.models.config import config_from_dict, make_descriptor
 from mlipbias.models.gmnn import GMNN
 from mlipbias.models.training import ModelSettings, TrainingSettings, UncertaintySettings
 from mlipbias.uq.gradient_features import GradientFeatures
-
-
-def small_gm(cutoff=4.5, n_radial=3, n_basis=4):
-    return GaussianMoments(["Si", "O"], cutoff, n_basis=n_basis, n_radial=n_radial)
-
-
-def random_gmnn(descriptor, n_members=2, hidden=(10, 7), seed=0, head=None) -> GMNN:
-    """An untrained GM-NN with non-trivial biases, scales and shifts."""
-    net = GMNN(descriptor, hidden, n_members, head=head, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in net.weights.items():
-            if name[0] == "b" or name in ("element_scale", "energy_shift", "head_b"):
-                p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        net.energy_scale[:] = 0.2 + torch.rand(n_members, generator=gen, dtype=torch.float64)
-    return net
 
 
 def cluster(seed=0) -> Atoms:
