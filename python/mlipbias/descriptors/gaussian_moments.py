@@ -231,15 +231,26 @@ class GaussianMoments:
         r = torch.linalg.vector_norm(D, dim=-1)
         u = D / r[..., None]
         R = self.radial(r, species[i], species[j], beta)  # (M, P, n_radial)
-        M = D.shape[0]
+        M, P = D.shape[0], D.shape[1]
+        # Pairs laid out per centre, padded to the largest neighbour count (pairs are sorted by
+        # centre): each moment is then one batched product over the neighbours, and no
+        # (pairs x radial x 27) intermediate is formed.
+        counts = torch.bincount(i, minlength=n_atoms)
+        width = int(counts.max()) if P else 0
+        slot = torch.arange(P, device=D.device) - (torch.cumsum(counts, 0) - counts)[i]
+        where = i * width + slot
 
-        def moment(terms):  # sum over the pairs of each centre
-            return terms.new_zeros((M, n_atoms, *terms.shape[2:])).index_add_(1, i, terms)
+        def padded(x):  # (M, P, k) -> (M, n_atoms, width, k)
+            out = x.new_zeros((M, n_atoms * width, x.shape[2])).index_copy(1, where, x)
+            return out.view(M, n_atoms, width, x.shape[2])
 
-        t1 = R[..., None] * u[:, :, None, :]
-        t2 = t1[..., None] * u[:, :, None, None, :]
-        t3 = t2[..., None] * u[:, :, None, None, None, :]
-        P0, P1, P2, P3 = moment(R), moment(t1), moment(t2), moment(t3)
+        uu = (u[..., :, None] * u[..., None, :]).flatten(2)
+        uuu = (uu[..., :, None] * u[..., None, :]).flatten(2)
+        Rp = padded(R)
+        P0 = Rp.sum(dim=2)
+        P1 = torch.einsum("mxnr,mxna->mxra", Rp, padded(u))
+        P2 = torch.einsum("mxnr,mxna->mxra", Rp, padded(uu)).unflatten(3, (3, 3))
+        P3 = torch.einsum("mxnr,mxna->mxra", Rp, padded(uuu)).unflatten(3, (3, 3, 3))
         rr, ss = _pairs(self.n_radial)
         tr3 = _triples(self.n_radial)
         n = self.n_contractions
