@@ -292,3 +292,23 @@ def test_heads_train_and_give_uncertainties(labelled, head):
     p = result.model.predict(val_data, head, atom_uncertainty=True)
     assert np.isfinite(p.uncertainty).all() and (p.uncertainty > 0).all()
     assert np.isfinite(p.atom_uncertainty).all() and (p.atom_uncertainty > 0).all()
+
+
+def test_a_resumed_run_continues_exactly(labelled, tmp_path):
+    """The checkpoint holds the four Adam parameter groups: 3 + 3 epochs equal 6 uninterrupted."""
+    _, train_data, val_data = labelled
+    quiet = {
+        "progress": False,
+        "log": lambda _: None,
+        "uncertainty": UncertaintySettings(methods=()),
+        "model": ModelSettings(kind="gmnn", hidden=(8, 8)),
+    }
+    settings = TrainingSettings(epochs=6, batch_size=4, learning_rate=0.03, force_weight=4.0, schedule="none")
+    full = train(train_data, val_data, training=settings, output_dir=tmp_path / "full", **quiet)
+    short = TrainingSettings(**{**settings.__dict__, "epochs": 3})
+    train(train_data, val_data, training=short, output_dir=tmp_path / "split", **quiet)
+    resumed = train(
+        train_data, val_data, training=settings, output_dir=tmp_path / "split", resume=True, **quiet
+    )
+    assert [h["validation_loss"] for h in resumed.history] == [h["validation_loss"] for h in full.history]
+    assert load_model(tmp_path / "split" / "best.mlip").network.kind == "gmnn"
