@@ -72,9 +72,11 @@ void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* 
   check(nb);
   const int64_t width = this->width(), n_pairs = nb.n_pairs();
   const int n = s_.n_radial;
+  const size_t moment_size = static_cast<size_t>(n) * kMomentSize;
 #pragma omp parallel
   {
-    std::vector<double> P(static_cast<size_t>(n) * kMomentSize), dP(P.size());
+    std::vector<double> P(moment_size), dP(moment_size * n_rhs);
+    std::vector<int64_t> active;
     double R[64], dR[64];
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nb.n_centers; ++i) {
@@ -82,21 +84,26 @@ void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* 
         std::fill(out + 3 * (r * n_pairs + nb.offsets[i]), out + 3 * (r * n_pairs + nb.offsets[i + 1]), 0.0);
       const int64_t ei = nb.species[i];
       for (int m = 0; m < n_members_; ++m) {
-        bool computed = false;
+        // dL/dPsi of every right-hand side with a non-zero row for this member (often one
+        // member's block only), then one pass over the pairs for all of them.
+        active.clear();
         for (int64_t r = 0; r < n_rhs; ++r) {
           const double* g = dLdG + (r * nb.n_centers + i) * width + static_cast<int64_t>(m) * n_features_;
           if (std::all_of(g, g + n_features_, [](double x) { return x == 0.0; })) continue;
-          if (!computed) moments(nb, i, m, P.data());
-          computed = true;
-          std::fill(dP.begin(), dP.end(), 0.0);
-          gm_contract_backward(s_, P.data(), g, dP.data());
-          for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
-            const double* D = nb.D + 3 * p;
-            const double dist = std::sqrt(dot3(D, D));
-            if (dist >= s_.cutoff) continue;
-            gm_radial(s_, beta(m, ei, nb.species[nb.j[p]]), dist, R, dR);
-            gm_pair_gradient(n, R, dR, D, dist, dP.data(), out + 3 * (r * n_pairs + p));
-          }
+          if (active.empty()) moments(nb, i, m, P.data());
+          double* d = &dP[active.size() * moment_size];
+          std::fill(d, d + moment_size, 0.0);
+          gm_contract_backward(s_, P.data(), g, d);
+          active.push_back(r);
+        }
+        if (active.empty()) continue;
+        for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
+          const double* D = nb.D + 3 * p;
+          const double dist = std::sqrt(dot3(D, D));
+          if (dist >= s_.cutoff) continue;
+          gm_radial(s_, beta(m, ei, nb.species[nb.j[p]]), dist, R, dR);
+          for (size_t a = 0; a < active.size(); ++a)
+            gm_pair_gradient(n, R, dR, D, dist, &dP[a * moment_size], out + 3 * (active[a] * n_pairs + p));
         }
       }
     }
