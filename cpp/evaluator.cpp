@@ -613,7 +613,8 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
     } else {
       double* out = &s.dLdG[i * n_g];
       for (int m = 0; m < M; ++m)
-        for (int f = 0; f < n_sf; ++f) out[md.member_block(m) + f] += dE[m * n_sf + f] / M;
+        for (int f = 0; f < n_sf; ++f) out[md.member_block(m) + f] += dE[m * n_sf + f];
+      for (int f = 0; f < n_g; ++f) out[f] /= M;
     }
   }
   if (gradient) {
