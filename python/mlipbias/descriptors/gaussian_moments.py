@@ -8,7 +8,8 @@ For a pair ``p = (i, j)`` with ``D_p = x_j - x_i``, ``r = |D_p|`` and ``u = D_p 
     R_s(p)    = fc(r) / sqrt(n_basis) sum_k beta[Z_i, Z_j, s, k] phi_k(r),   s = 0 .. n_radial-1
     Psi^(L)_s = sum_j R_s(p) u^(x L)        L = 0 .. 3 (tensors of rank L, one per centre atom)
 
-``beta`` are trainable per-species-pair coefficients (they belong to the network, one set per
+The Gaussians' width, normalisation and grid (from ``r_min`` = 0.5 A) are those of the authors' published
+code (apax). ``beta`` are trainable per-species-pair coefficients (they belong to the network, one set per
 ensemble member). The rotation invariants are full contractions of products of moments, the
 eight generating graphs of the published GM-NN, with index sets reduced by each graph's symmetry
 (Einstein sums over Cartesian indices a, b, c, d):
