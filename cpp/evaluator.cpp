@@ -17,6 +17,11 @@
 //
 // Each centre writes only its own rows, and every sum over centres or pairs runs serially in
 // index order, so results do not depend on the number of OpenMP threads.
+//
+// GM-NN files (md.gaussian_moments) share the networks and the uncertainties but not the fused
+// descriptor pass: their Gaussian moments are computed for all centres first (one block of
+// features per member, each with its own beta), the energy rows are placed in their members'
+// blocks, and one Gaussian-moment vjp with those right-hand sides gives the pair gradients.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -236,7 +241,7 @@ struct Evaluator::Impl {
   std::vector<char> handled;  // [n_centers] species >= 0
   bool forward_done = false;
 
-  std::vector<double> G;          // [n_centers][n_sf]
+  std::vector<double> G;          // [n_centers][descriptor_width]: n_sf, or a GM-NN's n_sf per member
   std::vector<double> member_E;   // [n_centers][M] atomic energies
   std::vector<double> phi;        // [n_centers][L k] own-element block of the sketched features
   std::vector<double> atom_u;     // [n_centers] U_i of posterior and distance
@@ -246,7 +251,8 @@ struct Evaluator::Impl {
   std::vector<double> v;                      // [K]
   int n_energy_rows = 1;            // pair-gradient rows of forward(): 1 (the mean) or M
   std::vector<double> pair_grad;    // [n_energy_rows][n_pairs][3] dE/dD_p of forward()
-  std::vector<double> dUdG, u_pair_grad;  // gradient features: [n_centers][n_sf], [n_pairs][3]
+  std::vector<double> dUdG, u_pair_grad;  // gradient features: [n_centers][descriptor_width], [n_pairs][3]
+  std::vector<double> dEdG;  // GM-NN: the energy rows [n_energy_rows][n_centers][descriptor_width]
   std::vector<Workspace> workspaces;
   std::vector<SymmetryFunctions::CentreWorkspace> sf_workspaces;
   std::vector<std::vector<double>> dE_rows;  // per thread [M][n_sf] dE_m/dG_i, then the mean
@@ -371,13 +377,21 @@ void Evaluator::Impl::forward_atoms() {
   const int64_t K = md.n_sketch;
   const int64_t n_pairs = nb.n_pairs();
   n_energy_rows = member_rows() ? M : 1;
-  G.resize(n * n_sf);
+  const bool gm = md.gaussian_moments != nullptr;
+  const int n_g = md.descriptor_width();
+  const size_t rows_stride = static_cast<size_t>(n) * n_g;
+  G.resize(n * n_g);
   member_E.resize(n * M);
   pair_grad.resize(static_cast<size_t>(n_energy_rows) * n_pairs * 3);
   if (features) phi.resize(n * block);
   if (atom_u_here) atom_u.resize(n);
 
-  md.descriptor.check(nb);
+  if (gm) {
+    md.gaussian_moments->compute(nb, G.data());  // checks nb
+    dEdG.assign(n_energy_rows * rows_stride, 0.0);
+  } else {
+    md.descriptor.check(nb);
+  }
   ensure_workspaces();
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
@@ -389,9 +403,9 @@ void Evaluator::Impl::forward_atoms() {
     Workspace& ws = workspaces[thread];
     SymmetryFunctions::CentreWorkspace& sf_ws = sf_workspaces[thread];
     double* dE = dE_rows[thread].data();
-    double* Gi = &G[i * n_sf];
+    double* Gi = &G[i * n_g];
     if (!handled[i]) {
-      std::fill(Gi, Gi + n_sf, 0.0);
+      std::fill(Gi, Gi + n_g, 0.0);
       for (int r = 0; r < n_energy_rows; ++r)
         for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p)
           std::fill_n(&pair_grad[(static_cast<size_t>(r) * n_pairs + p) * 3], 3, 0.0);
@@ -401,25 +415,38 @@ void Evaluator::Impl::forward_atoms() {
       continue;
     }
     const int e = static_cast<int>(nb.species[i]);
-    md.descriptor.centre_values(nb, i, sf_ws, Gi);
+    if (!gm) md.descriptor.centre_values(nb, i, sf_ws, Gi);
     // Member 0 last, so that its deltas and layer inputs are still in ws for the sketch.
     for (int m = M - 1; m >= 0; --m) {
       const Member& member = md.members[m];
       const Network& net = member.networks[e];
-      const double out = network_forward(md, net, e, Gi, ws, false);
+      const double out = network_forward(md, net, e, Gi + md.member_block(m), ws, false);
       member_E[i * M + m] = member.energy_scale * out + member.energy_shift[e];
       network_backward(md, net, e, member.energy_scale, ws, dE + m * n_sf);
     }
-    const double* rows = dE;
-    if (n_energy_rows == 1) {  // the mean over members, in row M
-      double* mean = dE + M * n_sf;
-      std::fill(mean, mean + n_sf, 0.0);
-      for (int m = 0; m < M; ++m)
-        for (int f = 0; f < n_sf; ++f) mean[f] += dE[m * n_sf + f];
-      for (int f = 0; f < n_sf; ++f) mean[f] /= M;
-      rows = mean;
+    if (gm) {
+      // Member m's row into its block (the mean row: every block, divided by M); the
+      // Gaussian-moment vjp of all centres runs after this loop.
+      for (int m = 0; m < M; ++m) {
+        double* row = &dEdG[(n_energy_rows == 1 ? 0 : m * rows_stride) + i * n_g + md.member_block(m)];
+        const double* dEm = dE + m * n_sf;
+        if (n_energy_rows == 1)
+          for (int f = 0; f < n_sf; ++f) row[f] = dEm[f] / M;
+        else
+          std::copy(dEm, dEm + n_sf, row);
+      }
+    } else {
+      const double* rows = dE;
+      if (n_energy_rows == 1) {  // the mean over members, in row M
+        double* mean = dE + M * n_sf;
+        std::fill(mean, mean + n_sf, 0.0);
+        for (int m = 0; m < M; ++m)
+          for (int f = 0; f < n_sf; ++f) mean[f] += dE[m * n_sf + f];
+        for (int f = 0; f < n_sf; ++f) mean[f] /= M;
+        rows = mean;
+      }
+      md.descriptor.centre_vjp(nb, i, sf_ws, n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
     }
-    md.descriptor.centre_vjp(nb, i, sf_ws, n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
     if (!features) continue;
     double* p = &phi[i * block];
     sketch_features(md, e, ws, p);
@@ -448,6 +475,8 @@ void Evaluator::Impl::forward_atoms() {
       atom_u[i] = c_F * std::sqrt(best);
     }
   }
+
+  if (gm && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
 
   // Local sums, serially in atom order.
   sums.assign(M + (features ? K : 0) + 1, 0.0);
@@ -608,7 +637,7 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   const ModelData& md = *s.d;
   const NeighbourView& nb = s.nb;
   const int64_t n = nb.n_centers, n_atoms = nb.n_atoms, n_pairs = nb.n_pairs();
-  const int n_sf = md.n_features, M = md.n_members();
+  const int M = md.n_members();
   const EvaluatorOptions& opt = s.opt;
 
   // Energies.
@@ -637,18 +666,19 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
     } else {
       s.build_direction();
       s.ensure_workspaces();
-      s.dUdG.resize(static_cast<size_t>(n) * n_sf);
+      // The features are member 0's: its block of G (a GM-NN's other blocks stay 0).
+      const int n_g = md.descriptor_width();
+      s.dUdG.assign(static_cast<size_t>(n) * n_g, 0.0);
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
-        double* out = &s.dUdG[i * n_sf];
-        if (!s.handled[i]) {
-          std::fill(out, out + n_sf, 0.0);
-          continue;
-        }
+        if (!s.handled[i]) continue;
         const int e = static_cast<int>(nb.species[i]);
-        tangent_pass(md, e, s.direction[e], &s.G[i * n_sf], s.workspaces[thread_id()], out);
+        tangent_pass(md, e, s.direction[e], &s.G[i * n_g], s.workspaces[thread_id()], &s.dUdG[i * n_g]);
       }
-      if (n > 0) md.descriptor.vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
+      if (n > 0 && md.gaussian_moments)
+        md.gaussian_moments->vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
+      else if (n > 0)
+        md.descriptor.vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
     }
   }
 

@@ -114,6 +114,37 @@ SymmetryFunctions load_descriptor(const Loader& in, int n_elements) {
   return sf;
 }
 
+// GM-NN (descriptor/kind gaussian_moments): the settings, then (with the members) every member's beta.
+GaussianMomentSettings load_gaussian_moment_settings(const Loader& in) {
+  GaussianMomentSettings s;
+  s.cutoff = in.f64_scalar("descriptor/cutoff");
+  s.r_min = in.f64_scalar("descriptor/r_min");
+  const std::pair<const char*, int*> sizes[] = {
+      {"descriptor/n_basis", &s.n_basis}, {"descriptor/n_radial", &s.n_radial}, {"descriptor/n_contractions", &s.n_contractions}};
+  for (const auto& [name, target] : sizes) {
+    const int64_t value = in.i64_scalar(name);
+    const int64_t high = std::string(name) == "descriptor/n_contractions" ? 8 : 64;
+    if (value < 1 || value > high)
+      in.fail(name, "is " + std::to_string(value) + ", expected 1.." + std::to_string(high));
+    *target = static_cast<int>(value);
+  }
+  if (!(s.cutoff > 0)) in.fail("descriptor/cutoff", "is " + fmt(s.cutoff) + ", expected a positive cutoff in A");
+  if (!(s.r_min >= 0 && s.r_min < s.cutoff))
+    in.fail("descriptor/r_min", "is " + fmt(s.r_min) + ", expected 0 <= r_min < descriptor/cutoff");
+  return s;
+}
+
+void load_gaussian_moments(const Loader& in, const GaussianMomentSettings& s, ModelData& d) {
+  const long long n_el = d.n_elements();
+  std::vector<double> beta;
+  for (int m = 0; m < d.n_members(); ++m) {
+    const std::vector<double> b =
+        in.f64("member/" + std::to_string(m) + "/descriptor/beta", {n_el, n_el, s.n_radial, s.n_basis});
+    beta.insert(beta.end(), b.begin(), b.end());
+  }
+  d.gaussian_moments = std::make_shared<const GaussianMoments>(s, n_el, d.n_members(), std::move(beta));
+}
+
 void load_network(const Loader& in, ModelData& d, int m) {
   const std::string prefix = "member/" + std::to_string(m) + "/";
   Member member;
@@ -330,10 +361,19 @@ Model Model::load(const std::string& path) {
   const Loader in(file);
   load_meta(in);
   std::vector<std::string> elements = load_elements(in);
-  auto data = std::make_shared<ModelData>(load_descriptor(in, static_cast<int>(elements.size())));
+  const std::string kind = in.has("descriptor/kind") ? in.str("descriptor/kind") : "symmetry_functions";
+  if (kind != "symmetry_functions" && kind != "gaussian_moments")
+    in.fail("descriptor/kind", "is '" + kind + "', expected symmetry_functions or gaussian_moments");
+  const bool gm = kind == "gaussian_moments";
+  GaussianMomentSettings gm_settings;
+  if (gm) gm_settings = load_gaussian_moment_settings(in);
+  // A GM-NN keeps an unused one-function placeholder in ModelData::descriptor.
+  const double placeholder[SymmetryFunctions::kColumns] = {2, 0, -1, 0, 0, 0, 0, gm_settings.cutoff};
+  auto data = std::make_shared<ModelData>(gm ? SymmetryFunctions(placeholder, 1, static_cast<int64_t>(elements.size()))
+                                             : load_descriptor(in, static_cast<int>(elements.size())));
   data->path = path;
   data->elements = std::move(elements);
-  data->n_features = static_cast<int>(data->descriptor.n_sf());
+  data->n_features = gm ? gm_n_features(gm_settings) : static_cast<int>(data->descriptor.n_sf());
   data->max_width = data->n_features;
   for (const auto& el : data->elements) {
     const std::string base = "scaling/" + el + "/";
@@ -348,6 +388,7 @@ Model Model::load(const std::string& path) {
     data->inv_std.push_back(std::move(std_dev));
   }
   load_members(file, in, *data);
+  if (gm) load_gaussian_moments(in, gm_settings, *data);
   load_uncertainty(in, *data);
   load_calibration(file, in, *data);
   Model model;
@@ -363,7 +404,7 @@ int Model::element_index(const std::string& symbol) const {
   return it == el.end() ? -1 : static_cast<int>(it - el.begin());
 }
 
-double Model::cutoff() const { return data_->descriptor.cutoff(); }
+double Model::cutoff() const { return data_->cutoff(); }
 int Model::n_features() const { return data_->n_features; }
 int Model::n_members() const { return data_->n_members(); }
 const std::string& Model::path() const { return data_->path; }

@@ -7,9 +7,11 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "gaussian_moments.hpp"
 #include "model.hpp"
 #include "symmetry_functions.hpp"
 
@@ -63,6 +65,9 @@ struct ModelData {
   std::string path;
   std::vector<std::string> elements;
   SymmetryFunctions descriptor;
+  // GM-NN (descriptor/kind gaussian_moments): its descriptor, which replaces `descriptor`
+  // (then a placeholder); G holds one block of n_features per member.
+  std::shared_ptr<const GaussianMoments> gaussian_moments;
   int n_features = 0;                     // n_sf
   std::vector<std::vector<double>> mean;  // [n_elements][n_sf]
   std::vector<std::vector<double>> inv_std;
@@ -93,6 +98,10 @@ struct ModelData {
   explicit ModelData(SymmetryFunctions sf) : descriptor(std::move(sf)) {}
 
   int n_elements() const { return static_cast<int>(elements.size()); }
+  // Descriptor values per centre, and where member m's features start in them.
+  int descriptor_width() const { return gaussian_moments ? n_features * n_members() : n_features; }
+  int member_block(int m) const { return gaussian_moments ? m * n_features : 0; }
+  double cutoff() const { return gaussian_moments ? gaussian_moments->cutoff() : descriptor.cutoff(); }
   int n_members() const { return static_cast<int>(members.size()); }
   // Offset of (element, layer l in 0..L-1) in a K-vector of sketched features.
   int sketch_offset(int element, int layer) const { return (element * n_layers + layer) * k; }

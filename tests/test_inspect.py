@@ -190,3 +190,43 @@ def test_a_single_network_with_an_mve_head(tmp_path):
     assert n["head_parameters_per_member"] == 2 * (2 * 5 + 2)  # 2 outputs on the 5 hidden units
     assert info["uncertainty"] == {"methods": ["mve"]}
     assert info["calibration"]["conformal_factors"] == {"mve": {"energy": None, "force": None}}
+
+
+def test_a_gmnn_file_reports_its_kind_and_settings(tmp_path, capsys):
+    """A GM-NN file: its kind, the Gaussian-moment settings and the shared network, against the
+    torch model it was written from; the training settings name model.kind."""
+    from gmnn_fixtures import write_gm_model
+
+    from mlipbias.models import load_model
+
+    path = write_gm_model(tmp_path / "gm.mlip", n_members=3, methods=("ensemble", "posterior"))
+    model = load_model(path)
+    config = TrainConfig()
+    config.data.path = "quartz.db"
+    config.model.kind, config.model.hidden, config.model.n_radial = "gmnn", [10, 7], 3
+    model.description = json.dumps({"trained_with": config.to_dict()}, default=list)
+    save_model(model, path)
+
+    info = describe(path)
+    gm, net = model.descriptor, model.network
+    assert info["kind"] == "gmnn" and info["elements"] == ["Si", "O"]
+    assert info["cutoff"] == gm.cutoff == 4.5
+    d = info["descriptor"]
+    assert d["size"] == gm.n_features == 94
+    assert (d["gaussians"], d["radial_functions"], d["contraction_groups"]) == (4, 3, 8)
+    assert d["r_min"] == gm.r_min
+    assert d["beta_per_member"] == net.weights["beta"][0].numel() == 2 * 2 * 3 * 4
+    n = info["network"]
+    assert n["layers"] == {"Si": [94, 10, 7, 1], "O": [94, 10, 7, 1]}
+    mlp = [w for name, w in net.weights.items() if name[0] in "Wb" and name[1:].isdigit()]
+    assert n["parameters_per_member"] == sum(w[0].numel() for w in mlp) == 94 * 10 + 10 + 10 * 7 + 7 + 7 + 1
+    assert n["ensemble_members"] == 3 and n["activation"] == "silu" and n["head"] == "none"
+    assert info["uncertainty"]["methods"] == ["ensemble", "posterior"]
+    settings = info["training"]["settings"]
+    assert settings["model.kind"] == "gmnn" and settings["model.n_radial"] == 3
+    assert settings["model.hidden"] == [10, 7]
+
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "kind          gmnn: Gaussian moments" in text
+    assert re.search(r"r min\s+0\.5 A", text) and re.search(r"O\s+94-10-7-1", text)

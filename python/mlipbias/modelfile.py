@@ -234,20 +234,53 @@ def _check_descriptor(c: _Checker, elements: list[str]) -> int | None:
     cutoff = c.scalar("descriptor/cutoff", "float64")
     if cutoff is not None and not cutoff > 0:
         c.problem(f"record descriptor/cutoff is {cutoff}, expected a positive cutoff in Angstrom")
-    table = c.get("descriptor/functions", "float64", (None, len(SYMMETRY_FUNCTION_COLUMNS)))
-    if table is None:
-        n_sf = None
+    kind = c.get("descriptor/kind", "string", required=False) or "symmetry_functions"
+    n_sf = None
+    if kind == "gaussian_moments":
+        n_sf = _check_gaussian_moments(c, elements, cutoff)
+    elif kind != "symmetry_functions":
+        c.problem(f"record descriptor/kind is {kind!r}, expected symmetry_functions or gaussian_moments")
     else:
-        n_sf = table.shape[0]
-        if n_sf == 0:
-            c.problem("record descriptor/functions has no rows (no symmetry functions)")
-        _check_symmetry_functions(c, table, len(elements), cutoff)
+        table = c.get("descriptor/functions", "float64", (None, len(SYMMETRY_FUNCTION_COLUMNS)))
+        if table is not None:
+            n_sf = table.shape[0]
+            if n_sf == 0:
+                c.problem("record descriptor/functions has no rows (no symmetry functions)")
+            _check_symmetry_functions(c, table, len(elements), cutoff)
     for el in elements:
         c.get(f"scaling/{el}/mean", "float64", (n_sf,))
         std = c.get(f"scaling/{el}/std", "float64", (n_sf,))
         if std is not None and np.any(~(std >= 1 / MAX_VALUE)):
             c.problem(f"record scaling/{el}/std has entries below 1e-12 (constant features get 1)")
     return n_sf
+
+
+def _check_gaussian_moments(c: _Checker, elements: list[str], cutoff) -> int | None:
+    """The GM-NN descriptor records (docs/model_file.md "GM-NN"); returns the number of features."""
+    from mlipbias.descriptors.gaussian_moments import contraction_sizes
+
+    sizes = {}
+    for name, low, high in (("n_basis", 1, 10**4), ("n_radial", 1, 10**3), ("n_contractions", 1, 8)):
+        value = c.scalar(f"descriptor/{name}", "int64")
+        if value is not None and not low <= value <= high:
+            c.problem(f"record descriptor/{name} is {value}, expected {low}..{high}")
+            value = None
+        sizes[name] = value
+    r_min = c.scalar("descriptor/r_min", "float64")
+    if r_min is not None and cutoff is not None and not 0 <= r_min < cutoff:
+        c.problem(f"record descriptor/r_min is {r_min}, expected 0 <= r_min < descriptor/cutoff ({cutoff})")
+    if c.get("model/kind", "string") not in (None, "gmnn"):
+        c.problem("record model/kind must be 'gmnn' with descriptor/kind 'gaussian_moments'")
+    n_members = c.scalar("model/n_members", "int64")
+    if None in sizes.values():
+        return None
+    shape = (len(elements), len(elements), sizes["n_radial"], sizes["n_basis"])
+    for m in range(min(n_members or 0, 10**4)):
+        if f"member/{m}/energy_scale" not in c.records:
+            continue  # the member check reports missing members
+        c.get(f"member/{m}/descriptor/beta", "float64", shape)
+        c.get(f"member/{m}/gmnn/element_scale", "float64", (len(elements),))
+    return sum(contraction_sizes(sizes["n_radial"])[: sizes["n_contractions"]])
 
 
 def _check_symmetry_functions(c: _Checker, table: np.ndarray, n_elements: int, cutoff) -> None:

@@ -110,15 +110,44 @@ def _bpnn(records: Records) -> dict:
         "angular_cutoffs": sorted({float(rc) for rc in angular[:, 7]}),
         "radial_shells": [float(radial[:, 4].min()), float(radial[:, 4].max())] if len(radial) else None,
     }
+    network = {"name": "Behler-Parrinello network (one MLP per element)", **_networks(records, sf.elements)}
+    return {"descriptor": descriptor, "network": network}
+
+
+def _gmnn(records: Records) -> dict:
+    """GM-NN: Gaussian moments with trainable radial coefficients per member, one shared MLP
+    (written per element in the BP-NN form, docs/model_file.md)."""
+    from mlipbias.descriptors.gaussian_moments import contraction_sizes
+
+    elements = str(records["elements"]).split()
+    n_radial = int(records["descriptor/n_radial"][0])
+    n_contractions = int(records["descriptor/n_contractions"][0])
+    descriptor = {
+        "name": "Gaussian moments (Zaverkin and Kastner 2020)",
+        "size": int(sum(contraction_sizes(n_radial)[:n_contractions])),
+        "gaussians": int(records["descriptor/n_basis"][0]),
+        "radial_functions": n_radial,
+        "contraction_groups": n_contractions,
+        "r_min": float(records["descriptor/r_min"][0]),
+        "beta_per_member": int(records["member/0/descriptor/beta"].size),
+    }
+    # Every element holds the same effective weights: count one of them.
+    network = {"name": "GM-NN network (one MLP for all elements)", **_networks(records, elements[:1])}
+    network["layers"] = {el: network["layers"][elements[0]] for el in elements}
+    return {"descriptor": descriptor, "network": network}
+
+
+def _networks(records: Records, elements: Sequence[str]) -> dict:
+    """The network section common to the kinds: activation, layer widths per element, parameters
+    of member 0's networks as stored, ensemble size and head."""
     n_members = int(records["model/n_members"][0])
     n_layers = int(records["model/n_layers"][0])
     layers, parameters = {}, 0
-    for el in sf.elements:
+    for el in elements:
         shapes = [records[f"member/0/{el}/W{layer}"].shape for layer in range(1, n_layers + 1)]
         layers[el] = [int(shapes[0][1])] + [int(s[0]) for s in shapes]
         parameters += sum(n_out * n_in + n_out for n_out, n_in in shapes)
     network = {
-        "name": "Behler-Parrinello network (one MLP per element)",
         "activation": str(records["model/activation"]),
         "layers": layers,
         "parameters_per_member": parameters,
@@ -127,13 +156,13 @@ def _bpnn(records: Records) -> dict:
     }
     if "model/head" in records:  # MVE/evidential outputs on the last hidden layer, beside the layers above
         network["head_parameters_per_member"] = int(
-            sum(records[f"member/0/{el}/head_{x}"].size for el in sf.elements for x in "Wb")
+            sum(records[f"member/0/{el}/head_{x}"].size for el in elements for x in "Wb")
         )
-    return {"descriptor": descriptor, "network": network}
+    return network
 
 
 # One function per model kind: records -> {"descriptor": {...}, "network": {...}}.
-KIND_SECTIONS: dict[str, Callable[[Records], dict]] = {"bpnn": _bpnn}
+KIND_SECTIONS: dict[str, Callable[[Records], dict]] = {"bpnn": _bpnn, "gmnn": _gmnn}
 
 
 def _uncertainty(records: Records) -> dict:
@@ -206,9 +235,14 @@ def _training(records: Records) -> dict | None:
         out["descriptor_choice"] = "\n".join(map(str, choice))
     if isinstance(config := stored.get("trained_with"), dict):
         settings = {}
+        gmnn = config.get("model", {}).get("kind") == "gmnn"  # its descriptor settings are model keys
         for section, keys in (
             ("data", ("path", "selection", "validation_fraction", "test_fraction", "seed")),
-            ("descriptor", ("preset",)),
+            ("descriptor", () if gmnn else ("preset",)),
+            (
+                "model",
+                ("kind", "hidden") + (("cutoff", "n_basis", "n_radial", "n_contractions") if gmnn else ()),
+            ),
             ("training", ("epochs", "energy_weight", "force_weight", "stress_weight", "loss", "seed")),
         ):
             for key in keys:
@@ -286,6 +320,7 @@ UNITS = {
     "radial_cutoffs": "A",
     "angular_cutoffs": "A",
     "radial_shells": "A (first and last rs)",
+    "r_min": "A (centre of the first Gaussian)",
     "energy_per_atom_range": "eV/atom",
 }
 

@@ -197,7 +197,7 @@ def run_training(config, *, resume: bool = False, progress: bool = True, log=Non
         log(message)
         choice.append(message)
 
-    descriptor = make_descriptor(config.descriptor, elements, train_atoms, log_choice)
+    descriptor = make_descriptor(config.descriptor, elements, train_atoms, log_choice, config.model)
     log(
         f"{len(train_atoms)} training, {len(val_atoms)} validation, {len(test_atoms)} test structures; "
         f"{descriptor}"

@@ -1,7 +1,9 @@
-"""Behler-Parrinello neural-network potentials with uncertainties.
+"""Behler-Parrinello and Gaussian-moment neural-network potentials with uncertainties.
 
 - :class:`BPNN` (:mod:`mlipbias.models.network`): per-element MLPs for M ensemble members, with
   optional MVE or evidential heads; the math of ``docs/model_file.md``.
+- :class:`GMNN` (:mod:`mlipbias.models.gmnn`): the Gaussian-moment network of seed 002, with the
+  same interface (``model.kind: gmnn``).
 - :class:`AtomsData` (:mod:`mlipbias.models.data`): descriptors computed once, labels, batches.
 - :class:`MLIPModel`, :func:`save_model`, :func:`load_model` (:mod:`mlipbias.models.model`):
   energies, forces, stresses, uncertainties and their gradients; the ``.mlip`` file.
@@ -11,6 +13,7 @@ Units: eV, Angstrom; stresses in eV/A^3 with ASE's sign.
 """
 
 from mlipbias.models.data import AtomsData, Batch
+from mlipbias.models.gmnn import GMNN
 from mlipbias.models.model import METHODS, MLIPModel, Predictions, load_model, save_model
 from mlipbias.models.network import BPNN
 from mlipbias.models.training import (
@@ -27,6 +30,7 @@ __all__ = [
     "AtomsData",
     "BPNN",
     "Batch",
+    "GMNN",
     "MLIPModel",
     "ModelSettings",
     "Predictions",

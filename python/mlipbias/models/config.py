@@ -107,9 +107,15 @@ descriptor:
   # g5: [[eta, zeta, lambda, rc], ...]
 
 model:
-  kind: bpnn                    # bpnn (symmetry functions + per-element MLPs) or painn
-  hidden: [30, 30]              # bpnn: hidden layer widths of every element's network
-  activation: tanh              # bpnn: tanh or silu
+  kind: bpnn                    # bpnn (symmetry functions of `descriptor`, one network per element),
+                                # gmnn (Gaussian moments, one network; `descriptor` is not used) or painn
+  hidden: null                  # hidden layer widths; null: [30, 30] (bpnn), [512, 512] (gmnn)
+  activation: null              # tanh or silu; null: tanh (bpnn), silu (gmnn, its only choice)
+  # GM-NN only (Zaverkin et al.'s settings); train it with training.learning_rate 0.03 and force_weight 4:
+  cutoff: null                  # A; null: 6 when every training structure is periodic, else 5
+  n_basis: 7                    # Gaussians per species pair
+  n_radial: 5                   # radial functions (trainable species-pair coefficients)
+  n_contractions: 8             # contraction groups kept, 1..8 (360 features with 5 radial functions)
   painn: {}                     # painn: cutoff (5.0 A), features (128), layers (3), radial_basis (20),
                                 # readout ([64, 64]); the defaults are Tan et al.'s (docs/painn.md)
 
@@ -327,6 +333,11 @@ def _check(config: TrainConfig) -> None:
         for row in getattr(desc, key):
             if not isinstance(row, (list, tuple)) or len(row) != width:
                 raise ValueError(f"config key descriptor.{key}: every row needs {width} numbers, got {row!r}")
+    if config.model.kind == "gmnn" and desc.angular_cutoff is not None:
+        raise ValueError(
+            "config key descriptor.angular_cutoff applies to symmetry functions; "
+            "a GM-NN (model.kind: gmnn) has one cutoff, model.cutoff"
+        )
     if not config.output.model:
         raise ValueError("config key output.model is empty")
     if config.model.kind == "painn" and config.output.model.endswith(".mlip"):
@@ -337,17 +348,38 @@ def _check(config: TrainConfig) -> None:
     check_settings(config.model, config.uncertainty, config.training)
 
 
-def make_descriptor(settings: DescriptorSettings, elements_in_data, structures=None, log=None):
-    """The symmetry functions of the settings.
+def make_descriptor(
+    settings: DescriptorSettings,
+    elements_in_data,
+    structures=None,
+    log=None,
+    model: ModelSettings | None = None,
+):
+    """The descriptor of the settings: symmetry functions, or Gaussian moments for ``model.kind: gmnn``.
 
     ``auto`` derives shells and cutoffs from the neighbour distances of ``structures`` (the training
     data; ``mlipbias.descriptors.from_data``) and passes what it chose to ``log``; without
     structures it falls back to the recipe of ``SymmetryFunctions.defaults`` for the elements.
+    The Gaussian moments take the model settings, for the data's elements; their default cutoff is
+    6 A when every one of ``structures`` is periodic, else 5 A.
     """
     from ase.data import atomic_numbers
 
     from mlipbias.descriptors import SymmetryFunctions, symmetry_functions_from_data
 
+    if model is not None and model.kind == "gmnn":
+        from mlipbias.descriptors.gaussian_moments import GaussianMoments
+
+        periodic = structures is not None and all(atoms.pbc.all() for atoms in structures)
+        cutoff = model.cutoff if model.cutoff is not None else (6.0 if periodic else 5.0)
+        elements = sorted(set(elements_in_data), key=lambda e: atomic_numbers[e])
+        return GaussianMoments(
+            elements,
+            cutoff,
+            n_basis=model.n_basis,
+            n_radial=model.n_radial,
+            n_contractions=model.n_contractions,
+        )
     if settings.preset is None:
         return SymmetryFunctions.build(settings.elements, g2=settings.g2, g4=settings.g4, g5=settings.g5)
     if settings.preset == "auto":

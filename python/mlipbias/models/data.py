@@ -79,7 +79,8 @@ class AtomsData:
         self.species = nb.species
         self.atom_offsets = nb.atom_offsets
         self.n_atoms = np.diff(self.atom_offsets)
-        self.neighbours = nb if keep_neighbours else None
+        # GM-NN computes its (trainable) descriptors from the pairs: it always keeps them.
+        self.neighbours = nb if keep_neighbours or getattr(descriptor, "needs_neighbours", False) else None
         self.pair_offsets = nb.offsets[self.atom_offsets]
         self.volume = np.array([a.get_volume() if a.pbc.all() else 0.0 for a in structures])
         self.counts = np.zeros((len(structures), descriptor.n_elements))
@@ -145,7 +146,7 @@ class AtomsData:
             n_atoms=to(sizes),
             volume=to(self.volume[indices]),
         )
-        if neighbours:
+        if neighbours or getattr(self.descriptor, "needs_neighbours", False):
             if self.neighbours is None:
                 raise ValueError("this data was prepared without neighbour pairs (keep_neighbours=False)")
             batch.neighbours = self._batch_neighbours(indices)

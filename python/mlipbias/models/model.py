@@ -25,6 +25,7 @@ from ase import Atoms
 
 from mlipbias.descriptors import atom_forces, pair_gradients, virial
 from mlipbias.models.data import AtomsData, Batch, structure_sum, voigt_stress
+from mlipbias.models.gmnn import GMNN
 from mlipbias.models.network import BPNN
 from mlipbias.uq import ensemble, evidential, mve
 from mlipbias.uq.gmm import GMMUncertainty
@@ -95,14 +96,14 @@ class Predictions:
 
 @dataclass
 class MLIPModel:
-    """A BP-NN with its uncertainty methods and calibration (what a ``.mlip`` file holds).
+    """A BP-NN or GM-NN with its uncertainty methods and calibration (what a ``.mlip`` file holds).
 
     ``methods`` lists the uncertainty methods the model supports (``uq/methods``);
     ``calibration`` holds the ``calibration/...`` records (conformal factors, alpha and the
     ``[a, b, min_variance]`` variance recalibrations).
     """
 
-    network: BPNN
+    network: BPNN | GMNN
     methods: tuple[str, ...] = ()
     gmm: GMMUncertainty | None = None
     gradient: GradientFeatures | None = None
@@ -218,9 +219,17 @@ class MLIPModel:
         M, S, n = net.n_members, batch.n_structures, batch.G.shape[0]
         need_grad = forces or gradient
         with torch.set_grad_enabled(need_grad):
-            G = batch.G.detach().unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
             sketch = self.gradient.sketch(batch.G) if method in GRADIENT_METHODS else None
-            out = net(G, batch.species, hidden=method == "gmm", sketch=sketch)
+            if isinstance(net, GMNN):  # descriptors from the pair vectors: differentiate those
+                G = net.pair_vectors(batch, need_grad)
+                out = net(G, batch, hidden=method == "gmm", sketch=sketch)
+            else:
+                G = (
+                    batch.G.detach().unsqueeze(0).repeat(M, 1, 1).requires_grad_(True)
+                    if need_grad
+                    else batch.G
+                )
+                out = net(G, batch.species, hidden=method == "gmm", sketch=sketch)
             member_energies = structure_sum(out.energy, batch.structure, S)
             U, U_i, score, atom_score = self._uncertainty(
                 method, out, batch, member_energies, atom_uncertainty
@@ -245,7 +254,9 @@ class MLIPModel:
         if not rhs:
             return result
         nb = batch.neighbours
-        grads = pair_gradients(torch.cat(rhs).detach(), net.descriptor, nb)
+        grads = torch.cat(rhs).detach()
+        if not isinstance(net, GMNN):
+            grads = pair_gradients(grads, net.descriptor, nb)
         pair_structure = torch.as_tensor(nb.pair_structure, device=grads.device)
         all_forces = atom_forces(grads, nb.i, nb.j, n)  # -d(.)/dx of every right-hand side
         all_virials = virial(grads, nb.D, pair_structure, S)
@@ -359,7 +370,8 @@ class MLIPModel:
         from mlipbias.modelfile import validate_model_records
 
         validate_model_records(records)
-        network = BPNN.from_records(records)
+        kind = str(records.get("model/kind", "bpnn"))
+        network = GMNN.from_records(records) if kind == GMNN.kind else BPNN.from_records(records)
         methods = tuple(str(records.get("uq/methods", "")).split())
         gmm = GMMUncertainty.from_records(records, network.elements) if "gmm" in methods else None
         gradient = None

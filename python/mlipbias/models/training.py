@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from mlipbias.descriptors import atom_forces, pair_gradients, virial
+from mlipbias.descriptors.gaussian_moments import GaussianMoments
 from mlipbias.models.data import AtomsData, Batch, structure_sum, voigt_stress
+from mlipbias.models.gmnn import GMNN
 from mlipbias.models.model import METHODS, MLIPModel, one_torch_thread, save_model
 from mlipbias.models.network import ACTIVATIONS, BPNN
 from mlipbias.uq import evidential, mve
@@ -45,7 +47,6 @@ from mlipbias.uq.gradient_features import DEFAULT_ATOM_SUBSET
 LOSSES = ("mse", "mae")
 SCHEDULES = ("plateau", "exponential", "none")
 HEAD_TRAINING = ("joint", "detached", "post_hoc")
-MODEL_KINDS = ("bpnn", "painn")
 CHECKPOINT_VERSION = 1
 
 
@@ -54,15 +55,39 @@ def log_line(message: str) -> None:
     print(message, flush=True)
 
 
+MODEL_KINDS = ("bpnn", "gmnn", "painn")
+DEFAULT_HIDDEN = {"bpnn": (30, 30), "gmnn": (512, 512)}
+DEFAULT_ACTIVATION = {"bpnn": "tanh", "gmnn": "silu"}
+
+
 @dataclass
 class ModelSettings:
-    """Architecture: hidden layer widths and activation of every element's network (``kind: bpnn``),
-    or ``kind: painn`` with the PaiNN settings in ``painn`` (:mod:`mlipbias.models.painn`)."""
+    """Architecture.
 
-    hidden: tuple[int, ...] = (30, 30)
-    activation: str = "tanh"
+    ``kind``: ``bpnn`` (symmetry functions, one network per element), ``gmnn`` (Gaussian moments,
+    one network for all elements; :mod:`mlipbias.models.gmnn`) or ``painn`` with the PaiNN settings in
+    ``painn`` (:mod:`mlipbias.models.painn`). ``hidden`` and ``activation``: None
+    takes the kind's default ([30, 30] tanh; [512, 512] silu, the only GM-NN activation). GM-NN
+    only: ``cutoff`` in A (None: 6 when every training structure is periodic, else 5),
+    ``n_basis`` Gaussians, ``n_radial`` radial functions, ``n_contractions`` contraction groups.
+    """
+
+    hidden: tuple[int, ...] | None = None
+    activation: str | None = None
     kind: str = "bpnn"
+    cutoff: float | None = None
+    n_basis: int = 7
+    n_radial: int = 5
+    n_contractions: int = 8
     painn: dict = field(default_factory=dict)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return tuple(self.hidden) if self.hidden is not None else DEFAULT_HIDDEN.get(self.kind, (30, 30))
+
+    @property
+    def activation_name(self) -> str:
+        return self.activation if self.activation is not None else DEFAULT_ACTIVATION.get(self.kind, "tanh")
 
 
 @dataclass
@@ -145,10 +170,21 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
         check_painn_settings(model.painn, uq, training)
     elif model.painn:
         fail("model.painn", model.painn, "PaiNN settings need model.kind: painn")
-    if model.activation not in ACTIVATIONS:
+    if model.activation is not None and model.activation not in ACTIVATIONS:
         fail("model.activation", model.activation, f"expected one of {', '.join(ACTIVATIONS)}")
-    if not model.hidden or not all(_positive_integer(h) for h in model.hidden):
-        fail("model.hidden", list(model.hidden), "expected a list of positive layer widths, e.g. [30, 30]")
+    if model.kind == "gmnn" and model.activation not in (None, "silu"):
+        fail("model.activation", model.activation, "GM-NN uses silu (leave it out or write silu)")
+    hidden = model.layer_widths
+    if not hidden or not all(_positive_integer(h) for h in hidden):
+        fail("model.hidden", list(hidden), "expected a list of positive layer widths, e.g. [30, 30]")
+    if model.cutoff is not None and not 0 < model.cutoff < math.inf:
+        fail("model.cutoff", model.cutoff, "expected a positive cutoff in A (or null for the default)")
+    for name in ("n_basis", "n_radial", "n_contractions"):
+        value = getattr(model, name)
+        if not _positive_integer(value):
+            fail(f"model.{name}", value, "expected a positive integer")
+    if model.n_contractions > 8:
+        fail("model.n_contractions", model.n_contractions, "expected 1 to 8 contraction groups")
     methods = list(uq.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -242,15 +278,19 @@ def batch_outputs(
     ``detach_head`` feeds the heads a detached last hidden layer (``joint`` head training does not)."""
     M = net.n_members
     need_grad = forces or stress
-    G = batch.G.unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
-    out = net(G, batch.species, detach_head=detach_head)
+    if isinstance(net, GMNN):  # Gaussian moments from the pair vectors; forces by autograd through them
+        G = net.pair_vectors(batch, need_grad)
+        out = net(G, batch, detach_head=detach_head)
+    else:
+        G = batch.G.unsqueeze(0).repeat(M, 1, 1).requires_grad_(True) if need_grad else batch.G
+        out = net(G, batch.species, detach_head=detach_head)
     energies = structure_sum(out.energy, batch.structure, batch.n_structures)
     F = S = None
     if need_grad:
         # The graph is kept for the energy loss's backward even when forces are not differentiated.
         dEdG = torch.autograd.grad(energies.sum(), G, create_graph=create_graph, retain_graph=True)[0]
         nb = batch.neighbours
-        grads = pair_gradients(dEdG, net.descriptor, nb)
+        grads = dEdG if isinstance(net, GMNN) else pair_gradients(dEdG, net.descriptor, nb)
         F = atom_forces(grads, nb.i, nb.j, batch.G.shape[0])
         if stress:
             pair_structure = torch.as_tensor(nb.pair_structure, device=grads.device)
@@ -330,12 +370,23 @@ def head_nll(net: BPNN, raw, batch: Batch, energy_residual, force_residual, uq: 
 # ------------------------------------------------------------------------------------------ training
 
 
-def build_network(train_data: AtomsData, model: ModelSettings, uq: UncertaintySettings, seed: int) -> BPNN:
+def build_network(
+    train_data: AtomsData, model: ModelSettings, uq: UncertaintySettings, seed: int
+) -> BPNN | GMNN:
     """A fresh network with scaling, shift and output scale fitted on the training data."""
     head = next((m for m in uq.methods if m in ("mve", "evidential")), None)
     n_members = int(uq.n_members) if "ensemble" in uq.methods else 1
-    net = BPNN(train_data.descriptor, model.hidden, model.activation, n_members, head=head, seed=seed)
-    net.fit_scaling(train_data.G, train_data.species)
+    if model.kind == "gmnn":
+        if not isinstance(train_data.descriptor, GaussianMoments):
+            raise ValueError("model.kind gmnn needs data prepared with Gaussian moments (GaussianMoments)")
+        net = GMNN(train_data.descriptor, model.layer_widths, n_members, head=head, seed=seed)
+    else:
+        if isinstance(train_data.descriptor, GaussianMoments):
+            raise ValueError("the data was prepared with Gaussian moments: set model.kind gmnn")
+        net = BPNN(
+            train_data.descriptor, model.layer_widths, model.activation_name, n_members, head=head, seed=seed
+        )
+        net.fit_scaling(train_data.G, train_data.species)
     _, scale = net.fit_energy_shift(train_data.energy, train_data.counts)
     if head is not None:
         if not train_data.has_forces:
@@ -345,8 +396,9 @@ def build_network(train_data: AtomsData, model: ModelSettings, uq: UncertaintySe
         with torch.no_grad():
             net.head_scale[:] = torch.tensor(scales, dtype=net.head_scale.dtype)
             # Every softplus starts at 1: variances at their units, nu = alpha - 1 = 1.
-            for el in net.elements:
-                net.weights[f"{el}_head_b"][:] = mve.inverse_softplus(1.0)
+            names = ["head_b"] if isinstance(net, GMNN) else [f"{el}_head_b" for el in net.elements]
+            for name in names:
+                net.weights[name][:] = mve.inverse_softplus(1.0)
     return net
 
 
@@ -420,7 +472,8 @@ def _train(
     if init_model is not None:
         warm_start(net, init_model)
         log(f"warm start from {init_model if isinstance(init_model, (str, Path)) else 'the given model'}")
-    optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
+    params = net.parameter_groups(t.learning_rate) if isinstance(net, GMNN) else net.parameters()
+    optimizer = torch.optim.Adam(params, lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
     M = net.n_members
     state = {
@@ -616,7 +669,10 @@ def fit_heads(
             idx = torch.as_tensor(group, device=device)
             atoms = torch.as_tensor(data.atom_indices(group), device=device)
             with torch.set_grad_enabled(train):
-                raw = net(batch.G, batch.species, detach_head=True).head[0]
+                if isinstance(net, GMNN):
+                    raw = net(net.pair_vectors(batch, False), batch, detach_head=True).head[0]
+                else:
+                    raw = net(batch.G, batch.species, detach_head=True).head[0]
                 nll = head_nll(net, raw, batch, res[0][idx], res[1][atoms], uq)
             if train:
                 optimizer.zero_grad(set_to_none=True)
@@ -798,6 +854,13 @@ def network_features(
     """Member 0's last hidden layer (``hidden``) or sketched gradient features of every atom of ``data``."""
     device = net.energy_scale.device
     rows = []
+    if isinstance(net, GMNN):  # descriptors need the pairs: whole structures at a time
+        with torch.no_grad():
+            for group in data.batches(32):
+                batch = data.batch(group, device)
+                out = net(net.pair_vectors(batch, False), batch, hidden=hidden, sketch=sketch)
+                rows.append((out.hidden[0] if hidden else out.features).cpu().numpy())
+        return np.concatenate(rows)
     with torch.no_grad():
         for start in range(0, len(data.G), chunk):
             G = torch.as_tensor(data.G[start : start + chunk], device=device)
@@ -834,6 +897,8 @@ def finish_uncertainty(
         log(f"GMM components by BIC: {model.gmm.n_components}")
     if "posterior" in methods or "distance" in methods:
         gradient = GradientFeatures.random(net, uq.sketch_size, seed=seed, lam=uq.posterior_lambda)
+        if isinstance(net, GMNN):
+            net.scale_sketch(gradient)
         sketch = gradient.sketch(net.energy_scale)
         phi = network_features(net, train_data, sketch=sketch)
         structure = np.repeat(np.arange(len(train_data)), train_data.n_atoms)
