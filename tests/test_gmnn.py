@@ -237,8 +237,8 @@ def test_config_selects_gmnn_with_its_defaults():
         config_from_dict(
             {"data": {"path": "x.db"}, "model": {"kind": "gmnn"}, "descriptor": {"angular_cutoff": 3.5}}
         )
-    with pytest.raises(ValueError, match="setting model.kind = 'painn'"):
-        config_from_dict({"data": {"path": "x.db"}, "model": {"kind": "painn"}})
+    with pytest.raises(ValueError, match="setting model.kind = 'mace'.*bpnn, gmnn, painn"):
+        config_from_dict({"data": {"path": "x.db"}, "model": {"kind": "mace"}})
 
 
 @pytest.fixture(scope="module")

@@ -181,6 +181,7 @@ def _train_config(tmp_path, methods, epochs, extra_uq=None, directory="run"):
             "loss": "mae",
             "energy_weight": 0.1,
             "force_weight": 1.0,
+            "stress_weight": 0.0,
             "device": "cpu",
         },
         "output": {"directory": directory, "model": "model.pt"},
@@ -248,7 +249,14 @@ def test_painn_heads_train_jointly(quartz_db, head):
     rows = load_dataset(quartz_db / "quartz.db")
     settings = PaiNNSettings(**{**SMALL.to_dict(), "layers": 1})
     t = TrainingSettings(
-        epochs=4, batch_size=4, learning_rate=0.01, loss="mae", energy_weight=0.1, device="cpu"
+        stress_weight=0.0,
+        force_weight=0.0,
+        epochs=4,
+        batch_size=4,
+        learning_rate=0.01,
+        loss="mae",
+        energy_weight=0.1,
+        device="cpu",
     )
     uq = UncertaintySettings(methods=(head,) if head else (), head_training="joint")
     result = train_painn(

@@ -322,7 +322,7 @@ def test_joint_head_training_trains_the_mean_network_through_the_force_nll(head)
 
     net, batch = _head_network(head)
     # Energy and force weights 0: the loss is the heads' NLL alone.
-    settings = TrainingSettings(energy_weight=0.0, force_weight=0.0, nll_weight=1.0)
+    settings = TrainingSettings(energy_weight=0.0, force_weight=0.0, stress_weight=0.0, nll_weight=1.0)
     mean_weights = [k for k in net.weights if "_head_" not in k and k.endswith(("_W1", "_W2"))]
     assert mean_weights
     grads = {}

@@ -70,7 +70,8 @@ def check_painn_settings(painn: dict | None, uq: UncertaintySettings, t: Trainin
         )
     if t.stress_weight > 0:
         raise ValueError(
-            "setting training.stress_weight: model.kind painn trains on energies and forces only"
+            "setting training.stress_weight: model.kind painn trains on energies and forces only; "
+            "set training.stress_weight: 0"
         )
     return settings
 
