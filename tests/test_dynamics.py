@@ -203,6 +203,23 @@ def test_adversarial_explorer_returns_the_models_uncertainty_of_finite_samples(m
     ratio = other.samples[0].objective / direct.samples[0].objective
     assert ratio == pytest.approx(np.exp(log_z(reference) - log_z(everything)), rel=1e-9)
     assert abs(ratio - 1) > 1e-3
+    # reference: initial sums Eq. 16 over generation 0 only, as Tan et al.'s "initial training data".
+    initial = ExplorerSettings(uncertainty="posterior", options={**options, "reference": "initial"})
+    first = EXPLORERS["adversarial"](model_path, start, initial, 7, training)
+    np.testing.assert_allclose(first.candidates[0].positions, result.candidates[0].positions, atol=1e-12)
+    generation_0 = [a for a in reference if a.info["al_generation"] == 0]
+    assert len(generation_0) == 1
+    direct_0 = adversarial_samples(
+        model_path,
+        generation_0,
+        starts=[start],
+        method="posterior",
+        settings=AdversarialSamplingSettings(**options, seed=7),
+        progress=False,
+    )
+    assert direct_0.samples[0].objective / direct.samples[0].objective == pytest.approx(
+        np.exp(log_z(reference) - log_z(generation_0)), rel=1e-9
+    )
 
 
 def test_adversarial_explorer_reports_rejected_samples_and_needs_the_training_data(model_path, training_data):
@@ -225,7 +242,7 @@ def test_adversarial_explorer_reports_rejected_samples_and_needs_the_training_da
         (
             "adversarial",
             {"iteration": 80},
-            r"explore\.options\.iteration: not a setting .* known: iterations",
+            r"explore\.options\.iteration: not a setting .* known: reference, iterations",
         ),
         (
             "adversarial",
@@ -242,4 +259,7 @@ def test_adversarial_explorer_reports_rejected_samples_and_needs_the_training_da
 def test_explorer_options_errors_name_the_key(explorer, options, message):
     with pytest.raises(ValueError, match=message):
         check_options(explorer, options)
-    check_options("adversarial", {"n_samples": 2, "kT": 0.05, "strain": True, "energy_cutoff": None})
+    check_options(
+        "adversarial",
+        {"n_samples": 2, "kT": 0.05, "strain": True, "energy_cutoff": None, "reference": "initial"},
+    )

@@ -1,16 +1,19 @@
 """Tan et al.'s (2023) adversarial sampling as an explorer of the active-learning loop.
 
 The walker ascends p(x) U(x) (Eqs. 15-16, :func:`mlipbias.sampling.adversarial_samples`) from its
-start structure, with the labelled structures the generation's model was trained on as the
-Boltzmann reference of Eq. 16: their reference energies make the denominator of p and the minimum
-of the energy cutoff. Every attempt starts from the walker's structure with its own random initial
+start structure, with labelled structures as the Boltzmann reference of Eq. 16: their reference
+energies make the denominator of p and the minimum of the energy cutoff. ``reference: training``
+(default) takes every structure the generation's model was trained on; ``reference: initial`` only
+those of generation 0 (``al_generation = 0``), as Tan et al.'s Eq. 16 sums over "the initial
+training data set". Every attempt starts from the walker's structure with its own random initial
 displacement (Tan et al. draw the starts among the training structures; the loop's walkers start
 from the start structures and from structures selected in earlier generations). Accepted samples
 become candidates with the model calculator's calibrated U and U_i, as those of the other
 explorers, so selection treats them alike.
 
-``explore.options`` takes the keys of :class:`mlipbias.sampling.AdversarialSamplingSettings` except
-``seed`` (the walker's seed is used); units eV and A; defaults Tan et al.'s ammonia settings.
+``explore.options`` takes ``reference`` and the keys of
+:class:`mlipbias.sampling.AdversarialSamplingSettings` except ``seed`` (the walker's seed is used);
+units eV and A; defaults Tan et al.'s ammonia settings.
 """
 
 from __future__ import annotations
@@ -23,19 +26,30 @@ from ase import Atoms
 
 from mlipbias.dynamics.explorer import STOP_DONE, Exploration, ExplorerSettings, TrainingData, candidate
 
+REFERENCES = ("training", "initial")
+
 
 def option_keys() -> list[str]:
     """The keys of ``explore.options`` for this explorer."""
     from mlipbias.sampling import AdversarialSamplingSettings
 
-    return [f.name for f in dataclasses.fields(AdversarialSamplingSettings) if f.name != "seed"]
+    return ["reference"] + [
+        f.name for f in dataclasses.fields(AdversarialSamplingSettings) if f.name != "seed"
+    ]
 
 
 def adversarial_settings(options: dict, seed: int = 0, prefix: str = "explore.options"):
-    """The sampler's settings from ``options``; ValueError naming ``prefix.key`` of a bad one."""
+    """(reference, the sampler's settings) from ``options``; ValueError naming ``prefix.key`` of a
+    bad one."""
     from mlipbias.sampling import AdversarialSamplingSettings
 
     known = option_keys()
+    options = dict(options)
+    reference = options.pop("reference", "training")
+    if reference not in REFERENCES:
+        raise ValueError(
+            f"config key {prefix}.reference = {reference!r}: expected one of {', '.join(REFERENCES)}"
+        )
     for key, value in options.items():
         if key not in known:
             raise ValueError(
@@ -47,7 +61,7 @@ def adversarial_settings(options: dict, seed: int = 0, prefix: str = "explore.op
             # PyYAML reads 1e-4 (no dot) as a string.
             raise ValueError(f"config key {prefix}.{key} = {value!r}: expected a number (e.g. 1.0e-4)")
     try:
-        return AdversarialSamplingSettings(**options, seed=int(seed))
+        return reference, AdversarialSamplingSettings(**options, seed=int(seed))
     except (ValueError, TypeError) as error:
         message = str(error).removeprefix("adversarial sampling ")
         if message.split(" ", 1)[0] in options:
@@ -81,15 +95,18 @@ def explore_adversarial(
     from mlipbias.sampling import adversarial_samples
 
     settings.check("settings")
-    sampling = adversarial_settings(settings.options, seed)
+    reference_kind, sampling = adversarial_settings(settings.options, seed)
     if training is None:
         raise ValueError(
             "explorer adversarial needs the training structures (training=TrainingData(path, selection)): "
             "they are the Boltzmann reference of Tan et al.'s Eq. 16"
         )
-    reference = load_dataset(training.path, training.selection)
+    selection = training.selection
+    if reference_kind == "initial":
+        selection = ",".join(filter(None, [selection, "al_generation=0"]))
+    reference = load_dataset(training.path, selection)
     if not reference:
-        raise ValueError(f"{training.path}: no labelled structure matches {training.selection!r}")
+        raise ValueError(f"{training.path}: no labelled structure matches {selection!r}")
     calc = model_calculator(model_path, settings.uncertainty, settings.min_distance)
     if calc.uncertainty is None:
         raise ValueError(f"{model_path}: the model has no uncertainty method to sample adversarially")
