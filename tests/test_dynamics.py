@@ -263,3 +263,25 @@ def test_explorer_options_errors_name_the_key(explorer, options, message):
         "adversarial",
         {"n_samples": 2, "kT": 0.05, "strain": True, "energy_cutoff": None, "reference": "initial"},
     )
+
+
+def test_adversarial_explorer_takes_a_painn_file(tmp_path, training_data):
+    import torch
+
+    from mlipbias.models.painn import PaiNNCalculator, PaiNNModel, PaiNNSettings, save_painn
+
+    torch.manual_seed(5)
+    settings = PaiNNSettings(cutoff=3.5, features=8, layers=2, radial_basis=6, readout=(8, 8))
+    model = PaiNNModel(["O", "Si"], settings, n_members=3, methods=("ensemble",))
+    path = str(tmp_path / "painn.pt")
+    save_painn(model, path)
+    options = {"n_samples": 2, "iterations": 4, "learning_rate": 0.01, "energy_cutoff": None}
+    explorer_settings = ExplorerSettings(uncertainty="ensemble", options=options)
+    result = EXPLORERS["adversarial"](path, structure(0), explorer_settings, 2, TrainingData(training_data))
+    assert len(result.candidates) == 2
+    for c in result.candidates:
+        calc = PaiNNCalculator(path, uncertainty="ensemble")
+        calc.calculate(c.copy(), ["energy", "forces"])
+        assert np.isfinite(c.info["uncertainty"])
+        assert c.info["uncertainty"] == pytest.approx(calc.results["uncertainty"], rel=1e-6)
+        np.testing.assert_allclose(c.arrays["atom_uncertainty"], calc.results["atom_uncertainty"], rtol=1e-6)
