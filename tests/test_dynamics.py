@@ -285,3 +285,18 @@ def test_adversarial_explorer_takes_a_painn_file(tmp_path, training_data):
         assert np.isfinite(c.info["uncertainty"])
         assert c.info["uncertainty"] == pytest.approx(calc.results["uncertainty"], rel=1e-6)
         np.testing.assert_allclose(c.arrays["atom_uncertainty"], calc.results["atom_uncertainty"], rtol=1e-6)
+
+
+def test_adversarial_explorer_takes_a_gmnn_file(tmp_path, training_data):
+    from gmnn_fixtures import write_gm_model
+
+    path = str(write_gm_model(tmp_path / "gm.mlip"))
+    options = {"n_samples": 2, "iterations": 4, "learning_rate": 0.01, "energy_cutoff": None}
+    settings = ExplorerSettings(uncertainty="posterior", options=options)
+    result = EXPLORERS["adversarial"](path, structure(0), settings, 3, TrainingData(training_data))
+    assert len(result.candidates) == 2
+    for c in result.candidates:
+        assert np.abs(c.positions - structure(0).positions).max() > 1e-3
+        U, U_i = _reference(path, c)
+        assert np.isfinite(U) and c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
+        np.testing.assert_allclose(c.arrays["atom_uncertainty"], U_i, rtol=1e-6, atol=1e-9)
