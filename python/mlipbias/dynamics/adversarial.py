@@ -27,6 +27,7 @@ from ase import Atoms
 from mlipbias.dynamics.explorer import STOP_DONE, Exploration, ExplorerSettings, TrainingData, candidate
 
 REFERENCES = ("training", "initial")
+NULLABLE = ("energy_cutoff", "max_displacement", "max_attempts")
 
 
 def option_keys() -> list[str]:
@@ -57,6 +58,8 @@ def adversarial_settings(options: dict, seed: int = 0, prefix: str = "explore.op
             )
         if key == "strain" and not isinstance(value, bool):
             raise ValueError(f"config key {prefix}.strain = {value!r}: expected true or false")
+        if value is None and key not in NULLABLE:
+            raise ValueError(f"config key {prefix}.{key} = null: expected a number")
         if key != "strain" and isinstance(value, (str, bool)):
             # PyYAML reads 1e-4 (no dot) as a string.
             raise ValueError(f"config key {prefix}.{key} = {value!r}: expected a number (e.g. 1.0e-4)")
