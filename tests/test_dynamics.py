@@ -239,6 +239,7 @@ def test_adversarial_explorer_reports_rejected_samples_and_needs_the_training_da
 @pytest.mark.parametrize(
     ("explorer", "options", "message"),
     [
+        ("adversarial", {"initial_displacement": None}, r"explore\.options\.initial_displacement = null"),
         (
             "adversarial",
             {"iteration": 80},
