@@ -87,6 +87,11 @@ def test_template_loads_to_the_defaults(tmp_path):
         ({"stop": {"force_rmse": 0.1}}, "needs test.path"),
         ({"oracle": {"name": "dft"}}, "oracle.name"),
         ({"explore": {"tau_species": {"H": -1.0}}}, "explore.tau_species.H"),
+        ({"explore": {"explorer": "adversarial", "options": {"lr": 0.1}}}, r"explore\.options\.lr"),
+        (
+            {"explore": {"explorer": "adversarial", "options": {"iterations": 0}}},
+            r"explore\.options\.iterations",
+        ),
     ],
 )
 def test_check_names_the_key(tmp_path, change, message):
@@ -169,6 +174,39 @@ def test_loop_runs_to_the_maximum_size_with_warm_starts(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"explore\.tau"):
         with Client(processes=False, n_workers=1, dashboard_address=None) as client:
             run_active_learning(changed, client=client, progress=False)
+
+
+def test_one_generation_with_the_adversarial_explorer(tmp_path):
+    from dask.distributed import Client
+
+    from mlipbias.al import run_active_learning
+
+    # An untrained-like model (2 epochs) predicts energies far from BKS's: no energy cutoff here.
+    options = {"n_samples": 2, "iterations": 5, "learning_rate": 0.01, "energy_cutoff": None}
+    config = load_al_config(
+        _config(
+            tmp_path,
+            explore={"explorer": "adversarial", "options": options},
+            stop={"max_generations": 1},
+        )
+    )
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        rows = run_active_learning(config, client=client, progress=False)
+    directory = tmp_path / "run"
+    assert [r["dataset_size"] for r in rows] == [6, 8] and rows[-1]["final"]
+    for k in range(TINY["explore"]["walkers"]):
+        walker = json.loads((directory / f"gen_001/walkers/walker_{k:02d}.json").read_text())
+        assert walker["stop_reason"] == "done" and walker["n_candidates"] == 2, walker
+        assert "2 adversarial samples of 2 attempts" in walker["detail"]
+    # The two labelled samples are adversarial candidates of generation 1, with finite U.
+    labelled = [row for row in open_dataset(directory / "dataset.db").select("al_generation=1")]
+    assert len(labelled) == 2
+    selection = json.loads((directory / "gen_001/selection.json").read_text())
+    assert sorted(selection["keys"]) == sorted(row.sample_key for row in labelled)
+    import ase.io
+
+    candidates = ase.io.read(directory / "gen_001/walkers/walker_00.extxyz", index=":")
+    assert all(np.isfinite(c.info["uncertainty"]) and c.info["uncertainty"] > 0 for c in candidates)
 
 
 def _label_after_killing_the_first_worker(marker, *args):

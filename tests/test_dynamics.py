@@ -10,7 +10,7 @@ import pytest
 from lammps_fixtures import structure, write_model
 
 from mlipbias.calculators import MLIPCalculator
-from mlipbias.dynamics import EXPLORERS, ExplorerSettings, get_explorer
+from mlipbias.dynamics import EXPLORERS, ExplorerSettings, TrainingData, check_options, get_explorer
 from mlipbias.dynamics.explorer import STOP_DONE, STOP_MAX_STEPS, STOP_THRESHOLD
 from mlipbias.dynamics.perturb import perturbed
 
@@ -114,8 +114,8 @@ def test_settings_errors_name_the_key():
         ExplorerSettings(ensemble="nve").check()
     with pytest.raises(ValueError, match="explore.threshold"):
         ExplorerSettings(threshold=0.0).check()
-    with pytest.raises(ValueError, match="unknown explorer 'adversarial'"):
-        get_explorer("adversarial")
+    with pytest.raises(ValueError, match="unknown explorer 'metadynamics'"):
+        get_explorer("metadynamics")
 
 
 def test_lammps_walker_refuses_a_molecule(model_path):
@@ -141,3 +141,163 @@ def test_lammps_npt_with_full_cell_fluctuations_runs_on_an_orthogonal_box(model_
     )
     result = get_explorer("md")(model_path, cubic, settings, seed=0)
     assert result.stop_reason == STOP_MAX_STEPS and len(result.candidates) == 2
+
+
+@pytest.fixture(scope="module")
+def training_data(tmp_path_factory):
+    """Three BKS-labelled rows of generations 0, 1 and 2."""
+    from mlipbias.datasets import append_labelled
+
+    path = tmp_path_factory.mktemp("adv") / "dataset.db"
+    for k in range(3):
+        append_labelled(path, structure(10 + k), "bks", al_generation=k)
+    return str(path)
+
+
+def test_adversarial_explorer_returns_the_models_uncertainty_of_finite_samples(model_path, training_data):
+    from mlipbias.datasets import load_dataset
+    from mlipbias.sampling import AdversarialSamplingSettings, adversarial_samples
+    from mlipbias.sampling.adversarial import log_partition
+
+    options = {"n_samples": 3, "iterations": 8, "learning_rate": 0.01, "energy_cutoff": None}
+    settings = ExplorerSettings(uncertainty="posterior", options=options)
+    training = TrainingData(training_data, "al_generation<2")
+    start = structure(0)
+    result = EXPLORERS["adversarial"](model_path, start, settings, 7, training)
+    again = EXPLORERS["adversarial"](model_path, start, settings, 7, training)
+    assert result.stop_reason == STOP_DONE and len(result.candidates) == 3
+    assert result.max_atom_uncertainty == max(c.arrays["atom_uncertainty"].max() for c in result.candidates)
+    # The samples are those of the sampler run from the walker's start against generations 0 and 1.
+    reference = load_dataset(training_data, "al_generation<2")
+    assert len(reference) == 2
+    direct = adversarial_samples(
+        model_path,
+        reference,
+        starts=[start],
+        method="posterior",
+        settings=AdversarialSamplingSettings(**options, seed=7),
+        progress=False,
+    )
+    for c, d, sample in zip(result.candidates, again.candidates, direct.samples, strict=True):
+        np.testing.assert_array_equal(c.positions, d.positions)  # a pure function of the seed
+        np.testing.assert_allclose(c.positions, sample.atoms.positions, rtol=0, atol=1e-12)
+        assert np.isfinite(c.positions).all() and np.abs(c.positions - start.positions).max() > 1e-3
+        U, U_i = _reference(model_path, c)
+        assert np.isfinite(U) and c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
+        np.testing.assert_allclose(c.arrays["atom_uncertainty"], U_i, rtol=1e-6, atol=1e-9)
+    # The reference is Eq. 16's denominator: with all three rows the objective scales by Z_2 / Z_3.
+    everything = load_dataset(training_data)
+    other = adversarial_samples(
+        model_path,
+        everything,
+        starts=[start],
+        method="posterior",
+        settings=AdversarialSamplingSettings(**options, seed=7),
+        progress=False,
+    )
+
+    def log_z(rows):
+        energies = [a.get_potential_energy() for a in rows]
+        return log_partition(np.array(energies), np.array([len(a) for a in rows]), direct.settings.kT)
+
+    ratio = other.samples[0].objective / direct.samples[0].objective
+    assert ratio == pytest.approx(np.exp(log_z(reference) - log_z(everything)), rel=1e-9)
+    assert abs(ratio - 1) > 1e-3
+    # reference: initial sums Eq. 16 over generation 0 only, as Tan et al.'s "initial training data".
+    initial = ExplorerSettings(uncertainty="posterior", options={**options, "reference": "initial"})
+    first = EXPLORERS["adversarial"](model_path, start, initial, 7, training)
+    np.testing.assert_allclose(first.candidates[0].positions, result.candidates[0].positions, atol=1e-12)
+    generation_0 = [a for a in reference if a.info["al_generation"] == 0]
+    assert len(generation_0) == 1
+    direct_0 = adversarial_samples(
+        model_path,
+        generation_0,
+        starts=[start],
+        method="posterior",
+        settings=AdversarialSamplingSettings(**options, seed=7),
+        progress=False,
+    )
+    assert direct_0.samples[0].objective / direct.samples[0].objective == pytest.approx(
+        np.exp(log_z(reference) - log_z(generation_0)), rel=1e-9
+    )
+
+
+def test_adversarial_explorer_reports_rejected_samples_and_needs_the_training_data(model_path, training_data):
+    # An untrained model predicts energies far above BKS's: Tan et al.'s 100 kcal/mol cutoff rejects all.
+    settings = ExplorerSettings(uncertainty="posterior", options={"n_samples": 1, "iterations": 2})
+    result = EXPLORERS["adversarial"](model_path, structure(0), settings, 1, TrainingData(training_data))
+    assert result.stop_reason == STOP_DONE and result.candidates == []
+    assert "0 adversarial samples of 5 attempts" in result.detail and "over the cutoff" in result.detail
+    with pytest.raises(ValueError, match="needs the training structures"):
+        EXPLORERS["adversarial"](model_path, structure(0), settings, 1)
+    with pytest.raises(ValueError, match="no labelled structure matches"):
+        EXPLORERS["adversarial"](
+            model_path, structure(0), settings, 1, TrainingData(training_data, "al_generation<0")
+        )
+
+
+@pytest.mark.parametrize(
+    ("explorer", "options", "message"),
+    [
+        ("adversarial", {"initial_displacement": None}, r"explore\.options\.initial_displacement = null"),
+        (
+            "adversarial",
+            {"iteration": 80},
+            r"explore\.options\.iteration: not a setting .* known: reference, iterations",
+        ),
+        (
+            "adversarial",
+            {"learning_rate": "1e-4"},
+            r"explore\.options\.learning_rate = '1e-4': expected a number",
+        ),
+        ("adversarial", {"kT": -1.0}, r"explore\.options\.kT = -1.0: expected a finite number > 0"),
+        ("adversarial", {"n_samples": 0}, r"explore\.options\.n_samples = 0"),
+        ("adversarial", {"strain": 1}, r"explore\.options\.strain = 1: expected true or false"),
+        ("adversarial", {"n_samples": 4, "max_attempts": 2}, r"explore\.options\.max_attempts = 2"),
+        ("md", {"iterations": 80}, r"explore\.options\.iterations: explorer md takes no options"),
+    ],
+)
+def test_explorer_options_errors_name_the_key(explorer, options, message):
+    with pytest.raises(ValueError, match=message):
+        check_options(explorer, options)
+    check_options(
+        "adversarial",
+        {"n_samples": 2, "kT": 0.05, "strain": True, "energy_cutoff": None, "reference": "initial"},
+    )
+
+
+def test_adversarial_explorer_takes_a_painn_file(tmp_path, training_data):
+    import torch
+
+    from mlipbias.models.painn import PaiNNCalculator, PaiNNModel, PaiNNSettings, save_painn
+
+    torch.manual_seed(5)
+    settings = PaiNNSettings(cutoff=3.5, features=8, layers=2, radial_basis=6, readout=(8, 8))
+    model = PaiNNModel(["O", "Si"], settings, n_members=3, methods=("ensemble",))
+    path = str(tmp_path / "painn.pt")
+    save_painn(model, path)
+    options = {"n_samples": 2, "iterations": 4, "learning_rate": 0.01, "energy_cutoff": None}
+    explorer_settings = ExplorerSettings(uncertainty="ensemble", options=options)
+    result = EXPLORERS["adversarial"](path, structure(0), explorer_settings, 2, TrainingData(training_data))
+    assert len(result.candidates) == 2
+    for c in result.candidates:
+        calc = PaiNNCalculator(path, uncertainty="ensemble")
+        calc.calculate(c.copy(), ["energy", "forces"])
+        assert np.isfinite(c.info["uncertainty"])
+        assert c.info["uncertainty"] == pytest.approx(calc.results["uncertainty"], rel=1e-6)
+        np.testing.assert_allclose(c.arrays["atom_uncertainty"], calc.results["atom_uncertainty"], rtol=1e-6)
+
+
+def test_adversarial_explorer_takes_a_gmnn_file(tmp_path, training_data):
+    from gmnn_fixtures import write_gm_model
+
+    path = str(write_gm_model(tmp_path / "gm.mlip"))
+    options = {"n_samples": 2, "iterations": 4, "learning_rate": 0.01, "energy_cutoff": None}
+    settings = ExplorerSettings(uncertainty="posterior", options=options)
+    result = EXPLORERS["adversarial"](path, structure(0), settings, 3, TrainingData(training_data))
+    assert len(result.candidates) == 2
+    for c in result.candidates:
+        assert np.abs(c.positions - structure(0).positions).max() > 1e-3
+        U, U_i = _reference(path, c)
+        assert np.isfinite(U) and c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
+        np.testing.assert_allclose(c.arrays["atom_uncertainty"], U_i, rtol=1e-6, atol=1e-9)

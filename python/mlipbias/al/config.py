@@ -74,7 +74,7 @@ class TrainSection:
 
 @dataclass
 class ExploreSettings(ExplorerSettings):
-    """``explorer`` (md, perturb or one added to mlipbias.dynamics.EXPLORERS), ``walkers`` (K,
+    """``explorer`` (md, perturb, adversarial or one added to mlipbias.dynamics.EXPLORERS), ``walkers`` (K,
     run in parallel each generation) and the explorer settings."""
 
     explorer: str = "md"
@@ -201,7 +201,7 @@ train:                          # the sections of `mlipbias train` (see `mlipbia
   warm_start: true              # start from the previous generation's weights
 
 explore:
-  explorer: md                  # md or perturb
+  explorer: md                  # md, perturb or adversarial (Tan et al. 2023)
   walkers: 8                    # parallel walkers per generation (Zaverkin et al.: 8 alanine, 32 MOF)
   engine: ase                   # ase (any system) or lammps (periodic, pair_style mlip/bias)
   ensemble: nvt                 # nvt (Langevin) or npt (Nose-Hoover chains + MTK barostat)
@@ -224,7 +224,7 @@ explore:
   n_samples: 8                  # perturb: structures per walker
   position_amplitude: 0.05      # perturb: A
   strain_amplitude: 0.05        # perturb: periodic cells
-  options: {}                   # settings of explorers added later
+  options: {}                   # adversarial: {n_samples: 20, iterations: 80, ...} (docs/sampling.md)
 
 select:
   method: max_det               # max_det, max_dist, max_unc or random (Zaverkin et al. Eqs. 24-27)
@@ -326,7 +326,7 @@ def load_al_config(path: str | os.PathLike) -> ALConfig:
 
 def check_al_config(config: ALConfig) -> None:
     """ValueError naming the key of the first problem."""
-    from mlipbias.dynamics import EXPLORERS
+    from mlipbias.dynamics import EXPLORERS, check_options
     from mlipbias.oracles import ORACLE_NAMES
 
     def fail(key, value, allowed):
@@ -368,6 +368,7 @@ def check_al_config(config: ALConfig) -> None:
     if e.walkers < 1:
         fail("explore.walkers", e.walkers, "expected an integer >= 1")
     e.check("explore")
+    check_options(e.explorer, e.options, "explore.options")
     s = config.select
     if s.method not in SELECTION_METHODS:
         fail("select.method", s.method, f"expected one of {', '.join(SELECTION_METHODS)}")

@@ -316,7 +316,7 @@ class ActiveLearning:
         from dask.distributed import as_completed
         from tqdm import tqdm
 
-        from mlipbias.dynamics.explorer import ExplorerSettings
+        from mlipbias.dynamics.explorer import ExplorerSettings, TrainingData
 
         e = self.config.explore
         folder = self.generation_dir(generation) / "walkers"
@@ -325,6 +325,8 @@ class ActiveLearning:
             **{k: v for k, v in e.to_dict().items() if k not in ("explorer", "walkers")}
         )
         starts = self.walker_starts(generation)
+        # The rows this generation's model was trained on (adversarial sampling's reference).
+        training = TrainingData(str(self.dataset_path), f"al_generation<{int(generation)}")
         futures = {}
         for k in range(e.walkers):
             if (folder / f"walker_{k:02d}.json").exists():
@@ -337,6 +339,7 @@ class ActiveLearning:
                 starts[k],
                 settings,
                 seed,
+                training,
                 pure=False,
                 retries=self.config.dask.retries,
             )

@@ -26,14 +26,15 @@ REJECTED = "rejected"
 SKIPPED = "skipped"  # done already, or claimed by a live process
 
 
-def run_walker(explorer: str, model_path: str, start: Atoms, settings, seed: int):
-    """One walker: the explorer ``explorer`` of :data:`mlipbias.dynamics.EXPLORERS`."""
+def run_walker(explorer: str, model_path: str, start: Atoms, settings, seed: int, training=None):
+    """One walker: the explorer ``explorer`` of :data:`mlipbias.dynamics.EXPLORERS` (``training``:
+    the :class:`mlipbias.dynamics.TrainingData` of the model)."""
     from mlipbias.dynamics import get_explorer
     from mlipbias.models.model import one_torch_thread
 
     started = time.perf_counter()
     with one_torch_thread():
-        exploration = get_explorer(explorer)(model_path, start, settings, seed)
+        exploration = get_explorer(explorer)(model_path, start, settings, seed, training)
     exploration.seconds = time.perf_counter() - started
     return exploration
 

@@ -1,12 +1,14 @@
 """The explorer interface: what every walker of the active-learning loop takes and returns.
 
-An explorer is a function ``explore(model_path, start, settings, seed) -> Exploration``: it runs
-from the structure ``start`` under the model in ``model_path`` (a ``.mlip`` file, so it can run
-in another process or on another machine), records candidate structures with the model's
-calibrated uncertainty ``U`` (eV) and per-atom uncertainties ``U_i`` (eV/A), and says why it
-stopped. :data:`EXPLORERS` maps names to explorers; a new one (seed 003's adversarial sampling)
-is one more entry. Every explorer is a pure function of its arguments and the seed, so a task
-that is retried on another worker returns the same candidates.
+An explorer is a function ``explore(model_path, start, settings, seed, training=None) ->
+Exploration``: it runs from the structure ``start`` under the model in ``model_path`` (a model
+file, so it can run in another process or on another machine), records candidate structures with
+the model's calibrated uncertainty ``U`` (eV) and per-atom uncertainties ``U_i`` (eV/A), and says
+why it stopped. ``training`` (:class:`TrainingData`) names the labelled structures the model was
+trained on, for explorers that need them (adversarial sampling); the others ignore it.
+:data:`EXPLORERS` maps names to explorers; a new one is one more entry. Every explorer is a pure
+function of its arguments and the seed, so a task that is retried on another worker returns the
+same candidates.
 
 Stop rule of the MD explorers (seed 002, Results): the walker stops at the first step where the
 largest calibrated per-atom uncertainty ``max_i U_i`` reaches ``threshold`` (1.5 eV/A for
@@ -45,8 +47,8 @@ class ExplorerSettings:
     the model's default). A frame is recorded every ``record_interval`` steps and at the stop.
     Perturbations (seed 002 Eqs. 32-34): ``n_samples`` structures with position shifts uniform in
     ``[-position_amplitude, position_amplitude]`` and strain components uniform in
-    ``[-strain_amplitude, strain_amplitude]`` (periodic cells). ``options``: settings of explorers
-    added later, which validate them themselves.
+    ``[-strain_amplitude, strain_amplitude]`` (periodic cells). ``options``: settings of other
+    explorers (adversarial: :mod:`mlipbias.dynamics.adversarial`), which validate them themselves.
     """
 
     engine: str = "ase"
@@ -138,7 +140,17 @@ class Exploration:
         }
 
 
-Explorer = Callable[[str, Atoms, ExplorerSettings, int], Exploration]
+@dataclass(frozen=True)
+class TrainingData:
+    """The labelled structures a model was trained on: rows of the ase.db ``path`` matching
+    ``selection`` (the loop: ``al_generation<G`` for generation G's model)."""
+
+    path: str
+    selection: str | None = None
+
+
+# explore(model_path, start, settings, seed, training=None)
+Explorer = Callable[..., Exploration]
 
 
 def candidate(atoms: Atoms, uncertainty: float, atom_uncertainty, step: int) -> Atoms:

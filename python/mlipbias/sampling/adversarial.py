@@ -104,7 +104,8 @@ SEED003_SILICA = AdversarialSamplingSettings(
 class AdversarialSample:
     """One sample: ``atoms`` (x0 + delta, strained cell; ``info`` holds the values below),
     ``uncertainty`` U, ``energy`` the predicted energy (eV), ``objective`` p U, ``start`` the index
-    of the training structure it started from, ``history`` the objective at every iteration."""
+    of the start structure (by default the training structure) it started from, ``history`` the
+    objective at every iteration."""
 
     atoms: Atoms
     uncertainty: float
@@ -228,6 +229,7 @@ def adversarial_samples(
     method: str | None = None,
     settings: AdversarialSamplingSettings | None = None,
     train_energies: Sequence[float] | None = None,
+    starts: Sequence[Atoms] | None = None,
     output: str | Path | None = None,
     progress: bool = True,
 ) -> AdversarialResult:
@@ -235,8 +237,9 @@ def adversarial_samples(
 
     ``model``: a PaiNN model, an MLIPModel, a list of GNNs, a model file or an adversary
     (:func:`mlipbias.sampling.adversaries.as_adversary`); ``method`` its uncertainty. Starting
-    structures are drawn at random (without repetition while possible) from ``train_structures``,
-    whose reference energies (``train_energies``, default: each structure's
+    structures are drawn at random (without repetition while possible) from ``starts`` (default:
+    ``train_structures``; each attempt has its own random initial displacement), and
+    ``train_structures``' reference energies (``train_energies``, default: each structure's
     ``get_potential_energy()``) make the denominator of Eq. 16 and the cutoff's minimum. Each
     accepted sample is appended to ``output`` (extended XYZ) as soon as it is found. A sample whose
     energy or uncertainty becomes non-finite is rejected, with the reason in ``rejected``.
@@ -263,18 +266,20 @@ def adversarial_samples(
         )
     log_z = log_partition(energies, n_train, s.kT)
     minimum_per_atom = float(np.min(energies / n_train))
+    starts = list(train_structures) if starts is None else list(starts)
+    if not starts:
+        raise ValueError("adversarial sampling needs at least one start structure")
     rng = np.random.default_rng(s.seed)
     attempts = s.max_attempts or 5 * s.n_samples
-    order = np.concatenate(
-        [rng.permutation(len(train_structures)) for _ in range(attempts // len(train_structures) + 1)]
-    )[:attempts]
+    rounds = attempts // len(starts) + 1
+    order = np.concatenate([rng.permutation(len(starts)) for _ in range(rounds)])[:attempts]
     samples: list[AdversarialSample] = []
     rejected: dict[int, str] = {}
     bar = tqdm(total=s.n_samples, desc="adversarial samples", unit="sample", disable=not progress)
     for attempt, start in enumerate(order):
         if len(samples) == s.n_samples:
             break
-        atoms0 = train_structures[int(start)]
+        atoms0 = starts[int(start)]
         try:
             atoms, value, f, history = ascend(
                 adversary, atoms0, log_z, s, np.random.default_rng([s.seed, attempt])
