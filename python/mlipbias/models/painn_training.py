@@ -43,14 +43,15 @@ from mlipbias.models.painn import DTYPE, PaiNNModel, PaiNNSettings, save_painn
 from mlipbias.models.training import (
     TrainingSettings,
     UncertaintySettings,
+    _load_checkpoint,
     _residual_loss,
+    _save_checkpoint,
     _scheduler,
     log_line,
     resolve_device,
 )
 from mlipbias.uq import evidential, mve
 
-CHECKPOINT_VERSION = 1
 PAINN_METHODS = ("ensemble", "mve", "evidential", "gmm")
 
 
@@ -351,39 +352,6 @@ def _validation(model, items, t, uq, device) -> dict:
         if k.endswith("rmse"):
             result[k] = np.sqrt(result[k])
     return result
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, key: str) -> None:
-    payload = {
-        "version": CHECKPOINT_VERSION,
-        "settings": key,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "state": state,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, key: str, device) -> dict:
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable PaiNN checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not a PaiNN checkpoint of version {CHECKPOINT_VERSION}")
-    if payload["settings"] != key:
-        raise ValueError(
-            f"{path}: the checkpoint was written with other settings; resume with the same configuration "
-            "or start a new output folder"
-        )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if scheduler is not None and payload["scheduler"] is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    return payload["state"]
 
 
 # ------------------------------------------------------------------------------------------ evaluation
