@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from ase import Atoms
+from subprocess_env import mlipbias_env
 
 from mlipbias import sample_claims
 from mlipbias.al.config import TEMPLATE, ALConfig, al_config_from_dict, load_al_config
@@ -20,7 +21,6 @@ from mlipbias.al.report import read_summary
 from mlipbias.al.tasks import LABELLED, REJECTED, SKIPPED, label_candidate
 from mlipbias.datasets import open_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny but complete run: 9-atom quartz, BKS labels, a 7-function descriptor, 8 hidden neurons.
 TINY = {
@@ -244,7 +244,7 @@ def test_a_label_task_lost_with_its_worker_is_retried(tmp_path):
 
 def test_kill_9_at_random_points_then_resume(tmp_path):
     path = _config(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    env = mlipbias_env()
     command = [sys.executable, "-m", "mlipbias", "al", str(path), "--no-progress"]
     state = tmp_path / "run" / "state.json"
     rng = np.random.default_rng(11)

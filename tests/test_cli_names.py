@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from subprocess_env import mlipbias_env
 
 from mlipbias.cli import build_parser
 
@@ -33,10 +34,8 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    python_dir = str(Path(__file__).resolve().parents[1] / "python")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    env = mlipbias_env()
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the command starts writing
     try:

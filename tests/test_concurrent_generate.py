@@ -6,22 +6,19 @@ signal file, so that both are labelling while samples are missing (the case that
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.build import bulk
 from ase.io import read, write
+from subprocess_env import MLIPBIAS_PARENT, mlipbias_env
 
 from mlipbias import sample_claims
 from mlipbias.cli import main
 from mlipbias.datasets import format_summary, generate, load_dataset, open_dataset, summarize
-
-PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
 
 # Imports outside the timed start, then wait for the signal and run the CLI.
 LAUNCH = """
@@ -44,7 +41,7 @@ def copper():
 
 def run_twice_at_once(tmp_path, args):
     go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = mlipbias_env()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", LAUNCH, str(go), *args],
@@ -149,7 +146,7 @@ def test_a_claim_left_by_a_killed_run_is_taken_over_and_a_live_one_waited_for(tm
             "a = bulk('Cu', 'fcc', a=3.6, cubic=True)\n"
             "a.calc = SinglePointCalculator(a, energy=0.0, forces=a.positions * 0)\n"
             "sample_claims.write_once(open_dataset(sys.argv[2]), sys.argv[3], a, {'mode': 'other'})",
-            PYTHON_DIR,
+            MLIPBIAS_PARENT,
             str(db_path),
             key,
         ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import sqlite3
 import subprocess
@@ -18,12 +17,11 @@ import yaml
 from ase.db import connect
 from ase.io import write
 from model_fixtures import labelled_quartz
+from subprocess_env import mlipbias_env
 
 from mlipbias import datasets
 from mlipbias.cli import main
 from mlipbias.datasets import open_dataset, read_labelled
-
-PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
 
 DESCRIPTOR = {
     "preset": None,
@@ -319,7 +317,7 @@ def test_bad_frames_are_named(tmp_path):
 def test_logs_csv_learning_curve_and_no_carriage_returns_in_redirected_output(tmp_path):
     quartz_db(tmp_path / "q.db")
     config = write_config(tmp_path, "q.db", output={"tensorboard": True})
-    env = {**os.environ, "PYTHONPATH": PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = mlipbias_env()
     # Progress bars left on, output redirected to files as in a batch job.
     with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
         code = subprocess.call(

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from ase.db import connect
 from model_fixtures import labelled_quartz
+from subprocess_env import mlipbias_env
 
-PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
 EPOCHS = 12
 
 
@@ -59,7 +59,7 @@ def config(folder: Path, directory: str) -> Path:
 
 
 def train(path: Path, *extra: str, wait: bool = True):
-    env = {**os.environ, "PYTHONPATH": PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = mlipbias_env()
     command = [
         sys.executable,
         "-m",
