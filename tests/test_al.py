@@ -21,7 +21,6 @@ from mlipbias.al.report import read_summary
 from mlipbias.al.tasks import LABELLED, REJECTED, SKIPPED, label_candidate
 from mlipbias.datasets import open_dataset
 
-
 # A tiny but complete run: 9-atom quartz, BKS labels, a 7-function descriptor, 8 hidden neurons.
 TINY = {
     "start": {"structures": "alpha-quartz"},
