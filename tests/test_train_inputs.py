@@ -109,7 +109,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_and_a_truncated_one_nam
     assert not marker.exists()
     checkpoint.write_bytes(good[: len(good) // 2])
     assert main(["train", str(config), "--resume", "--no-progress"]) == 2
-    assert "checkpoint is truncated or damaged" in capsys.readouterr().err
+    assert "not a readable checkpoint, the file is truncated or damaged" in capsys.readouterr().err
 
 
 def test_messages_name_the_file_and_the_key(tmp_path, capsys, monkeypatch):

@@ -370,20 +370,9 @@ def save_gnn(model: GNN, path: str | Path, description: str = "", extra: dict | 
 
 def load_gnn(path: str | Path) -> GNN:
     """A model written by :func:`save_gnn`; a missing, foreign or damaged file is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GNN model file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or truncated files
-        raise ValueError(f"{path} is not a readable GNN model file: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an {FORMAT} model file")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: GNN format version {payload['format_version']} is newer than this mlipbias "
-            f"({FORMAT_VERSION})"
-        )
+    from mlipbias.models.torch_files import load_model_payload
+
+    payload = load_model_payload(path, "GNN model file", FORMAT, FORMAT_VERSION)
     model = GNN(payload["elements"], GNNSettings.from_dict(payload["settings"]))
     try:
         model.load_state_dict(payload["state_dict"])

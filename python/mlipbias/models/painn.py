@@ -478,20 +478,9 @@ def save_painn(model: PaiNNModel, path: str | Path, description: str = "") -> Pa
 
 def load_painn(path: str | Path, device: str | torch.device = "cpu") -> PaiNNModel:
     """A model written by :func:`save_painn`; a missing, foreign or damaged file is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"PaiNN model file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or truncated files
-        raise ValueError(f"{path} is not a readable PaiNN model file: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an {FORMAT} model file")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: PaiNN format version {payload['format_version']} is newer than this "
-            f"mlipbias ({FORMAT_VERSION})"
-        )
+    from mlipbias.models.torch_files import load_model_payload
+
+    payload = load_model_payload(path, "PaiNN model file", FORMAT, FORMAT_VERSION)
     model = PaiNNModel(
         payload["elements"],
         PaiNNSettings.from_dict(payload["settings"]),

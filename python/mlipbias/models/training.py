@@ -806,28 +806,11 @@ def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, setting
 
 
 def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
-    import pickle
-    import re
-    import zipfile
+    from mlipbias.models.torch_files import load_plain
 
-    # weights_only: a checkpoint holds tensors and plain types only, so no object in it is ever built
-    # (a crafted pickle that would run code is refused before anything of it runs).
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Name the refused object, not torch's advice to load the file with weights_only=False.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        raise ValueError(
-            f"{path}: refused to load: the checkpoint holds objects other than tensors and plain types "
-            f"({refused.group(1) if refused else 'an object'}; not one mlipbias wrote, it may be crafted "
-            "to run code): delete it and start the run again with --overwrite"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{path}: the checkpoint is truncated or damaged ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); delete it to start the run "
-            "again with --overwrite"
-        ) from None
+    payload = load_plain(
+        path, "checkpoint", "delete it and start the run again with --overwrite", map_location=device
+    )
     keys = ("version", "settings", "network", "optimizer", "scheduler", "state")
     if not isinstance(payload, dict) or any(k not in payload for k in keys):
         raise ValueError(f"{path}: not an mlipbias training checkpoint (expected entries {', '.join(keys)})")
