@@ -13,28 +13,12 @@
 
 #include "gaussian_moments.hpp"
 #include "model.hpp"
+#include "network_math.hpp"
 #include "symmetry_functions.hpp"
 
 namespace mlipbias {
 
-enum class Activation { tanh, silu };
-
-// act(z), act'(z) and act''(z). SiLU: z s(z) with the logistic s; s' = s (1 - s).
-inline void activation(Activation kind, double z, double* value, double* d1, double* d2) {
-  if (kind == Activation::tanh) {
-    const double t = std::tanh(z);
-    const double dt = 1.0 - t * t;
-    *value = t;
-    *d1 = dt;
-    *d2 = -2.0 * t * dt;
-    return;
-  }
-  const double s = 1.0 / (1.0 + std::exp(-z));
-  const double ds = s * (1.0 - s);
-  *value = z * s;
-  *d1 = s + z * ds;
-  *d2 = ds * (2.0 + z * (1.0 - 2.0 * s));
-}
+// Activation and activation() (host and device) are in network_math.hpp.
 
 // One dense layer z = W h + b. W is kept in both layouts so that the forward (z += W[:, k] h_k)
 // and the backward (dh += W[o, :] g_o) passes are contiguous axpy loops the compiler vectorises.
