@@ -72,7 +72,9 @@ class GMNNDevice:
         if isinstance(tau, dict):
             unknown = sorted(set(tau) - set(self.model.elements))
             if unknown:
-                raise ValueError(f"tau names element(s) {unknown} not in the model {list(self.model.elements)}")
+                raise ValueError(
+                    f"tau names element(s) {unknown} not in the model {list(self.model.elements)}"
+                )
             return [float(tau.get(el, 0.0)) for el in self.model.elements]
         return [float(tau)] * len(self.model.elements)
 
@@ -82,7 +84,9 @@ class GMNNDevice:
         out = self._device().evaluate(*self.model.neighbours(atoms), uncertainty, gradient, self._tau(tau))
         return DeviceEvaluation(**out)
 
-    def evaluate_host(self, atoms, uncertainty: str = "none", gradient: bool = False, tau=0.0) -> DeviceEvaluation:
+    def evaluate_host(
+        self, atoms, uncertainty: str = "none", gradient: bool = False, tau=0.0
+    ) -> DeviceEvaluation:
         """The same stages serially on the host (no device needed; slow: for tests and comparisons)."""
         out = _core.gmnn_evaluate_staged_host(
             self.model.core, *self.model.neighbours(atoms), uncertainty, gradient, self._tau(tau)
@@ -96,7 +100,8 @@ class GMNNDevice:
 
 @dataclass
 class DeviceEvaluation:
-    """What :meth:`GMNNDevice.evaluate` returns (units and signs of :class:`mlipbias.inference.Evaluation`)."""
+    """What :meth:`GMNNDevice.evaluate` returns (units and signs as :class:`mlipbias.inference.Evaluation`;
+    ``bias_forces = tau_(Z) dU/dx`` in eV/A)."""
 
     energy: float
     atom_energies: np.ndarray
