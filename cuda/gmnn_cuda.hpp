@@ -14,7 +14,9 @@ namespace cuda {
 class GmnnEvaluator {
  public:
   // Uploads the packed model to device `device`; throws Error "no CUDA device: ..." without one.
-  GmnnEvaluator(const PackedGmnn& model, int device);
+  // max_threads: threads (each with its scratch) of a stage at most; 0 = 512 per multiprocessor,
+  // within a quarter of the free memory. Items beyond it are taken in turns (grid-stride).
+  GmnnEvaluator(const PackedGmnn& model, int device, int64_t max_threads = 0);
   ~GmnnEvaluator();
   GmnnEvaluator(const GmnnEvaluator&) = delete;
   GmnnEvaluator& operator=(const GmnnEvaluator&) = delete;

@@ -44,7 +44,7 @@ int64_t NeighborSearch::count(const double*, int64_t, const double*, const bool*
 void NeighborSearch::fill(int64_t*, int64_t*, int64_t*, double*, double*, int64_t*) { require_device(); }
 
 struct GmnnEvaluator::Impl {};
-GmnnEvaluator::GmnnEvaluator(const PackedGmnn&, int) { require_device(); }
+GmnnEvaluator::GmnnEvaluator(const PackedGmnn&, int, int64_t) { require_device(); }
 GmnnEvaluator::~GmnnEvaluator() = default;
 void GmnnEvaluator::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) { require_device(); }
 double GmnnEvaluator::time_runs(int) {

@@ -144,17 +144,19 @@ def test_device_without_a_device_is_a_clear_error(model_path):
 @pytest.mark.skipif(gpu.unavailable_reason() is not None, reason=str(gpu.unavailable_reason()))
 @pytest.mark.parametrize("uncertainty", ["none", "posterior"])
 def test_cuda_equals_the_cpp_evaluator(model_path, uncertainty):
-    """Small and large (more centres than the 16384 scratch slots, so threads take several)."""
-    device = _core.GMNNDeviceEvaluator(CppModel(model_path).core)
+    """Small and large, with the automatic number of threads and with fewer threads than centres
+    (each thread then takes several in turn)."""
     gradient = uncertainty == "posterior"
     tau = [0.3, 0.7]
-    for atoms in (quartz(11, rattle=0.1), quartz(5, rattle=0.1).repeat((13, 13, 13))):
-        neighbours = CppModel(model_path).neighbours(atoms)
-        ref = CppModel(model_path).evaluator(uncertainty, gradient).evaluate(*neighbours)
-        out = device.evaluate(*neighbours, uncertainty, gradient, tau)
-        assert_same(out, ref, tau if gradient else None, neighbours[0])
-        again = device.evaluate(*neighbours, uncertainty, gradient, tau)  # buffers reused
-        assert_same(again, ref, tau if gradient else None, neighbours[0])
+    for max_threads in (0, 1000):
+        device = _core.GMNNDeviceEvaluator(CppModel(model_path).core, 0, max_threads)
+        for atoms in (quartz(11, rattle=0.1), quartz(5, rattle=0.1).repeat((6, 6, 6))):
+            neighbours = CppModel(model_path).neighbours(atoms)
+            ref = CppModel(model_path).evaluator(uncertainty, gradient).evaluate(*neighbours)
+            out = device.evaluate(*neighbours, uncertainty, gradient, tau)
+            assert_same(out, ref, tau if gradient else None, neighbours[0])
+            again = device.evaluate(*neighbours, uncertainty, gradient, tau)  # buffers reused
+            assert_same(again, ref, tau if gradient else None, neighbours[0])
 
 
 @pytest.mark.gpu

@@ -103,13 +103,16 @@ MLIPBIAS_BINDINGS(gmnn_stages) {
   py::class_<PyGmnnDevice>(m, "GMNNDeviceEvaluator",
                            "A GM-NN model on a CUDA device (the staged evaluation of cpp/gmnn_stages.hpp). "
                            "ValueError 'no CUDA device: ...' without a usable device.")
-      .def(py::init([](const mlipbias::Model& model, int device) {
+      .def(py::init([](const mlipbias::Model& model, int device, int64_t max_threads) {
+             if (max_threads < 0) throw mlipbias::Error("max_threads must be >= 0 (0: automatic)");
              auto self = std::make_unique<PyGmnnDevice>();
              self->packed = std::make_shared<mlipbias::PackedGmnn>(mlipbias::pack_gmnn(model));
-             self->evaluator = std::make_unique<mlipbias::cuda::GmnnEvaluator>(*self->packed, device);
+             self->evaluator = std::make_unique<mlipbias::cuda::GmnnEvaluator>(*self->packed, device, max_threads);
              return self;
            }),
-           py::arg("model"), py::arg("device") = 0)
+           py::arg("model"), py::arg("device") = 0, py::arg("max_threads") = 0,
+           "max_threads: threads of a stage at most (each with its scratch of the network rows); 0: 512 per "
+           "multiprocessor within a quarter of the free device memory.")
       .def(
           "evaluate",
           [](PyGmnnDevice& self, IntArray species, IntArray offsets, IntArray j, DoubleArray D,
