@@ -9,11 +9,16 @@ and skip with ``mlipbias.gpu.unavailable_reason()`` where there is no device.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms
 from gmnn_fixtures import write_gm_model
 from model_fixtures import model_with_all_methods, quartz
+from subprocess_env import mlipbias_env
 
 from mlipbias import _core, gpu
 from mlipbias.gpu import GMNNDevice
@@ -135,6 +140,16 @@ def test_device_without_a_device_is_a_clear_error(model_path):
         _core.GMNNDeviceEvaluator(CppModel(model_path).core)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         GMNNDevice(model_path).evaluate(quartz(1))
+
+
+@pytest.mark.skipif(
+    gpu.unavailable_reason() is None, reason="a CUDA device is present; the no-device path is moot"
+)
+def test_benchmark_without_a_gpu_says_so_and_exits_0():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_model.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=mlipbias_env())
+    assert run.returncode == 0, run.stderr
+    assert "needs a CUDA GPU; nothing measured (no CUDA device:" in run.stdout
 
 
 # ---------------------------------------------------------------- on a GPU
