@@ -267,8 +267,8 @@ struct GmnnAtomBias {
     for (int f = 0; f < F; ++f) h0[f] = (G[f] - mean[f]) * inv_std[f];
     const int64_t* net = v.net(0, e);
     nn_forward(v.params, net, v.n_layers, v.activation, rows, true);
-    nn_tangent(v.params, net, v.sketches(e), v.n_layers, v.k, v.params[v.scale], b.v + static_cast<int64_t>(e) * v.block(),
-               rows);
+    const double* coef = b.v + static_cast<int64_t>(e) * v.block();
+    nn_tangent(v.params, net, v.sketches(e), v.n_layers, v.k, v.params[v.scale], coef, rows);
     double* dUdG = b.row + i * F;
     for (int f = 0; f < F; ++f) dUdG[f] = rows.ghdot[f] * inv_std[f];
     double P[kGmStagedMaxRadial * kMomentSize], dP[kGmStagedMaxRadial * kMomentSize];
