@@ -117,7 +117,9 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     if not Path(args.db).is_file():
-        raise SystemExit(f"{args.db} is missing: run `mlipbias data generate -c examples/sio2_gmnn/data.yaml`")
+        raise SystemExit(
+            f"{args.db} is missing: run `mlipbias data generate -c examples/sio2_gmnn/data.yaml`"
+        )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from apax.md import ASECalculator
     from apax.train.run import run

@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 from machine_info import machine
+from speed import PEERS, PER_ATOM_STEP, flops_ours
 
 from lammps_plugin import ROOT, Case, measure, sio2_data
-from speed import PEERS, PER_ATOM_STEP, flops_ours
 
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
 MAIN_REPEAT = 3  # 2,592 atoms
@@ -101,7 +101,7 @@ def counts(rc: float, rc_angular: float | None = None) -> tuple[float, float]:
 
 def network_flops(widths: list[int]) -> float:
     """Forward + backward (input gradient) of a dense network: 3 x 2 x multiply-adds."""
-    return 6.0 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return 6.0 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
 def best_cpu(call, n: int) -> float:
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         folder = Path(tmp)
         models = {key: str(path) for key, (_, path) in OUR_FILES.items() if path is not None}
         models["gmnn512"] = gmnn_file(folder)
-        for key, path in models.items():
+        for path in models.values():
             if not Path(path).is_file():
                 raise SystemExit(f"model file {path} is missing (see its example's README)")
         results["meta"]["models"] = models
@@ -259,7 +259,10 @@ def main(argv=None) -> int:
                 per_step = 400e-6 if case.model == "gmnn512" else PER_ATOM_STEP[case.kind]
                 steps = max(2, math.ceil(args.seconds / (per_step * n_atoms)))
                 r = measure(case, 1, data, n_atoms, models, steps, folder)
-                if case.name not in best or r["cpu_us_per_atom_step"] < best[case.name]["cpu_us_per_atom_step"]:
+                if (
+                    case.name not in best
+                    or r["cpu_us_per_atom_step"] < best[case.name]["cpu_us_per_atom_step"]
+                ):
                     best[case.name] = r
                 results["lammps"] = list(best.values())
                 save()
@@ -271,7 +274,9 @@ def main(argv=None) -> int:
             row = {"case": name, "n_atoms": n, "cpu_us_per_atom_step": 1e6 * seconds / n, **extra}
             results["process"].append(row)
             save()
-            print(f"{name:40s} {row['cpu_us_per_atom_step']:8.1f} CPU us/atom-step", file=sys.stderr, flush=True)
+            print(
+                f"{name:40s} {row['cpu_us_per_atom_step']:8.1f} CPU us/atom-step", file=sys.stderr, flush=True
+            )
 
         for key, (name, _) in OUR_FILES.items():
             record(f"ours (C++): {name}", time_ours(models[key], atoms, args.calls))
@@ -298,15 +303,32 @@ def environments() -> dict:
     fast = flops_ours(nb6, tri35, 1, 1, False)["flops"]
     shipped = flops_ours(nb6, tri6, 1, 1, False)["flops"]
     env = {
-        "BP-NN SiO2 fast preset": (f"{bp}, G4/G5 inside 3.5 A", "6 / 3.5", nb6, tri35, f"{fast / 1e3:,.0f} k"),
+        "BP-NN SiO2 fast preset": (
+            f"{bp}, G4/G5 inside 3.5 A",
+            "6 / 3.5",
+            nb6,
+            tri35,
+            f"{fast / 1e3:,.0f} k",
+        ),
         "BP-NN SiO2 shipped": (bp, "6", nb6, tri6, f"{shipped / 1e3:,.0f} k"),
         "ML-IAP NN Cu": ("30 (bispectrum 2J = 6), NN 30-2-2-1", "5", *counts_bulk("mliap"), "not counted"),
         "SNAP Ta06A": ("30 (bispectrum 2J = 6), linear", "4.68", *counts_bulk("snap"), "not counted"),
-        "torchani": ("128 (2 x 16 radial, 3 pairs x 32 angular)", "6 / 3.5", nb6, tri35,
-                     f"networks {ani_flops / 1e3:,.0f} k"),  # fmt: skip
+        "torchani": (
+            "128 (2 x 16 radial, 3 pairs x 32 angular)",
+            "6 / 3.5",
+            nb6,
+            tri35,
+            f"networks {ani_flops / 1e3:,.0f} k",
+        ),
     }
     for h in (512, 64):
-        gm = ("360 (Gaussian moments, 7 x 5, 8 groups)", "6", nb6, 0.0, f"networks {gm_flops[h] / 1e3:,.0f} k")
+        gm = (
+            "360 (Gaussian moments, 7 x 5, 8 groups)",
+            "6",
+            nb6,
+            0.0,
+            f"networks {gm_flops[h] / 1e3:,.0f} k",
+        )
         env[f"GM-NN 360 x {h} x {h}"] = gm
     return env
 
@@ -334,8 +356,8 @@ def env_of(name: str, env: dict):
 def tables(results: dict) -> str:
     env = environments()
     head = (
-        "| code | descriptor width | cutoff (A) | neighbours / triplets per atom | CPU us / atom-step | {ref} "
-        "| FLOPs per atom-step |\n|---|---|---:|---:|---:|---:|---|"
+        "| code | descriptor width | cutoff (A) | neighbours / triplets per atom | CPU us / atom-step "
+        "| {ref} | FLOPs per atom-step |\n|---|---|---:|---:|---:|---:|---|"
     )
     lines = []
     if results["lammps"]:
@@ -345,17 +367,19 @@ def tables(results: dict) -> str:
             width, cutoff, nb, tri, flops = env_of(r["case"], env)
             t = r["cpu_us_per_atom_step"]
             lines.append(
-                f"| {r['case']} ({r['n_atoms']:,} atoms) | {width} | {cutoff} | {nb:.0f} / {tri:,.0f} | {t:.1f} "
-                f"| {t / ref:.2f} | {flops} |"
+                f"| {r['case']} ({r['n_atoms']:,} atoms) | {width} | {cutoff} | {nb:.0f} / {tri:,.0f} "
+                f"| {t:.1f} | {t / ref:.2f} | {flops} |"
             )
         lines.append("")
     rows = {r["case"]: r for r in results["process"]}
-    ref = rows["apax GM-NN 360 x 512 x 512, fp32"]["cpu_us_per_atom_step"]
-    lines += ["One energy + forces call, 2,592 atoms, 1 thread:", "", head.format(ref="/ apax 512 fp32")]
+    ref = rows["ours (C++): BP-NN SiO2 fast preset"]["cpu_us_per_atom_step"]
+    lines += ["One energy + forces call, 2,592 atoms, 1 thread:", "", head.format(ref="/ fast preset")]
     for name, r in rows.items():
         width, cutoff, nb, tri, flops = env_of(name, env)
         t = r["cpu_us_per_atom_step"]
-        lines.append(f"| {name} | {width} | {cutoff} | {nb:.0f} / {tri:,.0f} | {t:.1f} | {t / ref:.2f} | {flops} |")
+        lines.append(
+            f"| {name} | {width} | {cutoff} | {nb:.0f} / {tri:,.0f} | {t:.1f} | {t / ref:.2f} | {flops} |"
+        )
     return "\n".join(lines)
 
 

@@ -258,7 +258,7 @@ class SymmetryFunctions:
 
     @classmethod
     def defaults(cls, system: str | Sequence[str]) -> SymmetryFunctions:
-        """A published-style set for ``"SiO2"``, ``"SiO2-fast"``, ``"Si"``, ``"molecules"`` or a list of elements.
+        """A published-style set for ``"SiO2"``, ``"SiO2-fast"``, ``"Si"``, ``"molecules"`` or elements.
 
         Radial G2 shells follow the "shifted" rule of Gastegger et al., J. Chem. Phys. 148,
         241709 (2018) (rs on an even grid, eta = 1/(2 dr^2)); angular widths its "centred" rule
