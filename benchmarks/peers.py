@@ -11,14 +11,16 @@ Two tables, one run:
   the 96-atom amorphous SiO2 cell repeated 3 x 3 x 3 (2,592 atoms), plain (no uncertainty); ML-IAP NN
   (Cu) and SNAP (Ta06A) of about as many atoms.
 * **One energy + forces call in the process** (CPU time of the process, least of ``--calls`` calls after
-  a warm-up call; the neighbour list is built outside the timed call for every code): our C++ evaluator
+  a warm-up call; the neighbour list is built outside the timed call except for torchani, whose forward
+  builds its own): our C++ evaluator
   (``CppModel.evaluate_neighbours``, what the plugin runs) on the same four files; apax's GM-NN (JAX,
   ``jit``) with our GM-NN's settings (Gaussian basis of 7 from 0.5 A, 6 A, 5 radial functions, 8
   contraction groups, neural-tangent parameterization) at 512-512 and 64-64, random weights, in apax's
   default float32 and in float64; torchani with an ANI-1x-style model for Si and O (ANI-1x's AEV recipe:
   16 radial shifts, 4 angular shifts x 8 sections, zeta 32, cosine cutoff; radial cutoff 6 A as ours
   instead of 5.2, angular cutoff 3.5 A as ANI-1x; ANI-1x's network shapes 128-112-96 CELU per element;
-  random weights), forces by autograd. Same 2,592-atom structure for all.
+  random weights, float64 like ours; torchani's "pyaev" AEV and "cell_list" neighbour list, without the
+  compiled extensions, which need CUDA), forces by autograd. Same 2,592-atom structure for all.
 
 Threads: ``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``, XLA's CPU client with one thread (set
 before jax is imported). FLOPs: the BP-NN rows count the whole step (``speed.flops_ours``); the other

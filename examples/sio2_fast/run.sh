@@ -5,7 +5,8 @@ cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
 (cd ../seed001_sio2_bpnn && mlipbias data generate -c data_train.yaml && mlipbias data generate -c data_test.yaml)
 [ -f work/fast/sio2_fast.mlip ] || mlipbias train train.yaml --threads 1
-[ -f sio2_fast.mlip ] || cp work/fast/sio2_fast.mlip .
+[ -f work/fast_forces/sio2_fast.mlip ] || mlipbias train train_forces.yaml --threads 1 --init-model work/fast/sio2_fast.mlip
+[ -f sio2_fast.mlip ] || cp work/fast_forces/sio2_fast.mlip .
 python -c "
 from ase.io import write
 from mlipbias.structures import default_structure
