@@ -6,9 +6,9 @@ training, 20 validation, 20 test); apax's model with our settings: Gaussian basi
 0.5 A, 6 A cosine cutoff), 5 radial functions, 8 contraction groups, network 64-64 with the
 neural-tangent parameterization, loss energy 1 : forces 4, seed 002's learning rates (network 0.03,
 species-pair coefficients 0.02, shifts 0.05, scales 0.001) decayed linearly to 1/30 over the run (ours:
-exponentially, the same end point), batch 8, 30 epochs by default (ours: 60; the recorded run used 30 to finish
-on the shared cores). apax keeps its own defaults elsewhere (float32
-descriptor and network, per-element shift by regression, force-RMS scale). The test errors of both
+exponentially, the same end point), batch 8, 30 epochs by default (ours: 60; the recorded run used 30
+to finish on the shared cores). apax keeps its own defaults elsewhere (float32 descriptor and network,
+per-element shift by regression, force-RMS scale). The test errors of both
 models come from one function (energy RMSE per atom, force RMSE per component) on the same 20 structures.
 
     OMP_NUM_THREADS=1 PYTHONPATH=python:benchmarks .venv/bin/python benchmarks/apax_sio2.py   # under nice
