@@ -52,6 +52,7 @@ from lammps_fixtures import (
 from mlipbias.calculators import MLIPCalculator
 from mlipbias.inference import CppModel
 from mlipbias.lammps import PLUGIN_NAME, plugin_path
+from mlipbias.modelfile import read_model_file
 
 TOL = 1e-10
 LMP_STYLE_GLOBAL, LMP_STYLE_ATOM, LMP_TYPE_VECTOR = 0, 1, 1
@@ -218,6 +219,23 @@ def test_energy_forces_virial_equal_the_python_calculator(model_path, data_path,
             assert unc[2] == tau and unc[3] == s.get("tau_stress", 0.0)
             if tau > 0:  # the bias moved the forces and the virial by far more than the tolerance
                 assert np.abs(calc.results["bias_forces"]).max() > 1e-3 * np.abs(forces).max()
+
+
+def test_shipped_fast_preset_equals_the_python_calculator(data_path):
+    """examples/sio2_fast/sio2_fast.mlip (G2 at 6 A, G4/G5 at 3.5 A) in LAMMPS against the torch backend."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "sio2_fast" / "sio2_fast.mlip"
+    functions = read_model_file(path)["descriptor/functions"]
+    assert set(functions[functions[:, 0] != 2, 7]) == {3.5}  # the file is the fast preset
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(path, "uncertainty none"), unc=False)
+        lmp.command("run 0")
+        atoms = atoms_of(lmp)
+        pe, forces, W = lmp.get_thermo("pe"), gather(lmp, "f"), virial(lmp)
+    atoms.calc = MLIPCalculator(path, backend="torch")
+    assert pe == pytest.approx(atoms.get_potential_energy(), rel=TOL, abs=TOL)
+    np.testing.assert_allclose(forces, atoms.get_forces(), rtol=0, atol=TOL * np.abs(forces).max())
+    want_W = -atoms.get_stress(voigt=False) * atoms.get_volume()
+    np.testing.assert_allclose(W, want_W, rtol=0, atol=TOL * np.abs(W).max())
 
 
 def energy_and_u(lmp, positions, lattice) -> tuple[float, float]:
