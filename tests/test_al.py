@@ -403,3 +403,23 @@ def test_walker_pressures_reach_the_walkers_and_the_test_set_stress_error(tmp_pa
         load_al_config(_config(tmp_path, explore={"walker_pressures": []}))
     with pytest.raises(ValueError, match=r"explore\.walker_pressures"):
         load_al_config(_config(tmp_path, explore={"walker_pressures": [0.0, "high"]}))
+
+
+def test_a_run_started_before_a_key_existed_resumes_at_its_default(tmp_path):
+    """state.json of a run made before ``explore.rescale_window`` existed: the missing key reads as
+    its default (the run resumes); a changed value is still refused, naming the key."""
+    from mlipbias.al.loop import ActiveLearning
+
+    config = load_al_config(_config(tmp_path))
+    (tmp_path / "run").mkdir()
+    ActiveLearning(config, None)._check_state()
+    state_path = tmp_path / "run" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["explore"]["rescale_window"]
+    state_path.write_text(json.dumps(state))
+    ActiveLearning(config, None)._check_state()
+    assert json.loads(state_path.read_text())["config"]["explore"]["rescale_window"] == 100
+    state_path.write_text(json.dumps(state))  # again without the key
+    changed = load_al_config(_config(tmp_path, explore={"rescale_window": 20}))
+    with pytest.raises(ValueError, match=r"explore\.rescale_window"):
+        ActiveLearning(changed, None)._check_state()

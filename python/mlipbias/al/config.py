@@ -232,6 +232,7 @@ explore:
   tau_stress: null              # bias-stress strength (null: tau)
   tau_species: {}               # per-element bias-force strength (alanine dipeptide in the paper: {H: 0.0})
   rescale: true                 # Zaverkin et al. Eq. 8 rescaling of the bias
+  rescale_window: 100           # steps: no bias for these first steps, then the ratio over this window
   uncertainty: null             # method of the stop rule and bias (null: the model's first)
   threshold: 1.5                # eV/A: stop when max_i U_i reaches it (calibrated)
   max_steps: 20000              # MD steps at most per walker

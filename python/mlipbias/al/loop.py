@@ -116,6 +116,13 @@ class ActiveLearning:
             explore = stored.get("explore")
             if isinstance(explore, dict) and "species_tau" in explore:  # the key's former name
                 explore["tau_species"] = explore.pop("species_tau")
+            # A key added to the configuration after the run started reads as its default there.
+            default = ALConfig().to_dict()
+            for section, values in current.items():
+                if isinstance(stored.get(section), dict) and isinstance(values, dict):
+                    for key in set(values) - set(stored[section]):
+                        if values[key] == default.get(section, {}).get(key):
+                            stored[section][key] = values[key]
             changed = sorted(
                 f"{section}.{key}"
                 for section in set(stored) | set(current)
