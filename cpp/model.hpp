@@ -72,6 +72,10 @@ struct EvaluatorOptions {
                                        // where U = 0 the gradient is 0 (a subgradient)
   bool atom_uncertainty = false;       // compute per-atom U_i
   double min_distance = 0.0;           // > 0: throw Error naming i, j, r when a pair is closer
+  // The networks (and the tangent passes of the uncertainty gradient) in float32; descriptors,
+  // their derivatives, contractions and every sum stay float64. Measured force error against
+  // float64: benchmarks/RESULTS.md ("Batched networks").
+  bool single_precision = false;
 };
 
 // Everything one evaluation returns. Arrays are resized by the evaluator and reused across
