@@ -88,6 +88,35 @@ LayerView<float> view_of(const Layer& l, const FloatLayer& f) {
   return {l.n_in, l.n_out, f.fwd.data(), f.bwd.data(), f.b.data()};
 }
 
+// One element's layer of the uncertainty gradient's direction B_l = R1^T diag(c) [R2 | r] / sqrt(k)
+// (c = v_l): rank k, so a product with B is two thin products through k values per atom.
+template <class T>
+struct Factors {
+  int k = 0;
+  std::vector<T> r2t;   // R2 without its bias column, transposed, packed (n_in x k)
+  std::vector<T> r1;    // R1 packed (k x n_out)
+  std::vector<T> r1t;   // R1^T packed (n_out x k)
+  std::vector<T> r2;    // R2 without its bias column, packed (k x n_in)
+  std::vector<T> bias;  // the bias column r (k)
+  std::vector<T> c;     // v_l / sqrt(k) of the current evaluation (k)
+
+  Factors(const Sketch& s, int k_, int n_in, int n_out) : k(k_), bias(k_), c(k_) {
+    std::vector<T> R1(s.R1.begin(), s.R1.end()), R2(static_cast<size_t>(k) * n_in), R1T(R1.size()), R2T(R2.size());
+    for (int p = 0; p < k; ++p) {
+      bias[p] = static_cast<T>(s.R2[static_cast<size_t>(p) * (n_in + 1) + n_in]);
+      for (int i = 0; i < n_in; ++i) {
+        R2[static_cast<size_t>(p) * n_in + i] = static_cast<T>(s.R2[static_cast<size_t>(p) * (n_in + 1) + i]);
+        R2T[static_cast<size_t>(i) * k + p] = R2[static_cast<size_t>(p) * n_in + i];
+      }
+      for (int o = 0; o < n_out; ++o) R1T[static_cast<size_t>(o) * k + p] = R1[static_cast<size_t>(p) * n_out + o];
+    }
+    pack_b(n_in, k, R2T.data(), k, r2t);
+    pack_b(k, n_out, R1.data(), n_out, r1);
+    pack_b(n_out, k, R1T.data(), k, r1t);
+    pack_b(k, n_in, R2.data(), n_in, r2);
+  }
+};
+
 // Per-thread scratch for the network passes of a block of up to `rows` atoms of one element:
 // per layer a [rows][width] matrix (width = the widest layer).
 template <class T>
@@ -96,8 +125,10 @@ struct Batch {
   std::vector<T> h, z, d1, d2, g;      // h: L + 1 layers, the others L
   std::vector<T> hdot, zdot, gdot;     // tangents (gradient-feature uncertainty gradient)
   std::vector<T> gh, ghdot;            // one layer
+  std::vector<T> t;                    // [rows][k]: the k values through a low-rank direction
 
-  void resize(int n_layers, int max_width, int max_rows) {
+  void resize(int n_layers, int max_width, int max_rows, int k) {
+    t.resize(std::max(t.size(), static_cast<size_t>(std::max(rows, max_rows)) * k));
     if (rows >= max_rows && width >= max_width) return;
     rows = std::max(rows, max_rows);
     width = std::max(width, max_width);
@@ -214,19 +245,31 @@ void sketch_features(const ModelData& d, int element, Batch<T>& ws, int r, doubl
 }
 
 // d/dG of (dE_r/dtheta . B) for member 0 and n atoms of one element: the forward-mode tangent of
-// batch_forward and batch_backward along the parameter direction B (dW packed in fwd/bwd, db in
-// b). Writes n_sf values to out[r].
+// batch_forward and batch_backward along the parameter direction B (its factors F per layer).
+// Writes n_sf values to out[r].
 template <class T>
-void batch_tangent(const ModelData& d, const LayerView<T>* net, const LayerView<T>* B, int element, int n,
+void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>* F, int element, int n,
                    const double* const* G, Batch<T>& ws, double* const* out) {
-  const int W = ws.width, L = d.n_layers;
+  const int W = ws.width, L = d.n_layers, k = d.k;
+  T* t = ws.t.data();
+  // t = c (R2 x + r) for the rows x of X [n][W] (the k values of B x), or t = c (R1 x) with `back`.
+  auto through = [&](const Factors<T>& f, int n_x, const T* X, bool back) {
+    std::fill(t, t + static_cast<size_t>(n) * k, T(0));
+    gemm_accumulate(n, k, n_x, X, W, back ? f.r1t.data() : f.r2t.data(), t, k);
+    for (int r = 0; r < n; ++r)
+      for (int p = 0; p < k; ++p) {
+        T& x = t[static_cast<size_t>(r) * k + p];
+        x = f.c[p] * (back ? x : x + f.bias[p]);
+      }
+  };
   batch_forward(d, net, element, n, G, ws, true);
   // Forward tangent: zdot_l = W_l hdot_l + dW_l h_l + db_l, hdot_(l+1) = act'(z_l) zdot_l, hdot_0 = 0.
   for (int l = 0; l < L; ++l) {
     const LayerView<T>& layer = net[l];
     T* zdot = ws.Zdot(l);
-    fill_rows(zdot, W, n, layer.n_out, B[l].b);
-    gemm_accumulate(n, layer.n_out, layer.n_in, ws.H(l), W, B[l].fwd, zdot, W);
+    fill_rows<T>(zdot, W, n, layer.n_out, nullptr);
+    through(F[l], layer.n_in, ws.H(l), false);
+    gemm_accumulate(n, layer.n_out, k, t, k, F[l].r1.data(), zdot, W);
     if (l > 0) gemm_accumulate(n, layer.n_out, layer.n_in, ws.Hdot(l), W, layer.fwd, zdot, W);
     if (l == L - 1) break;
     for (int r = 0; r < n; ++r) {
@@ -247,17 +290,18 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const LayerView<
     fill_rows<T>(ws.gh.data(), W, n, layer.n_in, nullptr);
     fill_rows<T>(ws.ghdot.data(), W, n, layer.n_in, nullptr);
     gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, layer.bwd, ws.gh.data(), W);
-    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gdot(l), W, layer.bwd, ws.ghdot.data(), W);
-    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, B[l].bwd, ws.ghdot.data(), W);
+    if (l < L - 1) gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gdot(l), W, layer.bwd, ws.ghdot.data(), W);
+    through(F[l], layer.n_out, ws.Gr(l), true);
+    gemm_accumulate(n, layer.n_in, k, t, k, F[l].r2.data(), ws.ghdot.data(), W);
     if (l == 0) break;
     for (int r = 0; r < n; ++r) {
       const size_t row = static_cast<size_t>(r) * W;
       const T *d1 = ws.D1(l - 1) + row, *d2 = ws.D2(l - 1) + row, *zdot = ws.Zdot(l - 1) + row;
       const T *gh = ws.gh.data() + row, *ghdot = ws.ghdot.data() + row;
       T *g = ws.Gr(l - 1) + row, *gdot = ws.Gdot(l - 1) + row;
-      for (int k = 0; k < layer.n_in; ++k) {
-        g[k] = d1[k] * gh[k];
-        gdot[k] = d2[k] * zdot[k] * gh[k] + d1[k] * ghdot[k];
+      for (int j = 0; j < layer.n_in; ++j) {
+        g[j] = d1[j] * gh[j];
+        gdot[j] = d2[j] * zdot[j] * gh[j] + d1[j] * ghdot[j];
       }
     }
   }
@@ -304,20 +348,25 @@ struct Evaluator::Impl {
   std::vector<double> atom_u;     // [n_centers] U_i of posterior and distance
   std::vector<double> sums;
 
-  std::vector<std::vector<Layer>> direction;  // [n_elements][L]: B of the uncertainty gradient
   std::vector<double> v;                      // [K]
   int n_energy_rows = 1;            // pair-gradient rows of forward(): 1 (the mean) or M
   std::vector<double> pair_grad;    // [n_energy_rows][n_pairs][3] dE/dD_p of forward()
-  std::vector<double> dUdG, u_pair_grad;  // gradient features: [n_centers][descriptor_width], [n_pairs][3]
-  std::vector<double> dEdG;  // GM-NN: the energy rows [n_energy_rows][n_centers][descriptor_width]
+  std::vector<double> u_pair_grad;  // [n_pairs][3] dU/dD_p
+  // The energy rows [n_energy_rows][n_centers][descriptor_width] for a GM-NN's vjp after the
+  // loop over centres, or (deferred) for backward(), with one more row for dU/dG.
+  std::vector<double> dEdG;
+  bool deferred = false;
   std::vector<SymmetryFunctions::CentreWorkspace> sf_workspaces;  // [thread][slot of the block]
   std::vector<std::vector<double>> dE_rows;  // per thread [block slot][M + 1][n_sf]: dE_m/dG_i, then the mean
 
-  // The networks in the evaluation's precision, [member][element][layer], and the direction B
-  // of the uncertainty gradient, [element][layer]; float copies only when single_precision.
-  std::vector<LayerView<double>> nets64, dir64;
-  std::vector<FloatLayer> float_layers, float_direction;
-  std::vector<LayerView<float>> nets32, dir32;
+  // The networks in the evaluation's precision, [member][element][layer], and the factors of
+  // the uncertainty gradient's direction B, [element][layer]; float copies only when
+  // single_precision.
+  std::vector<LayerView<double>> nets64;
+  std::vector<FloatLayer> float_layers;
+  std::vector<LayerView<float>> nets32;
+  std::vector<Factors<double>> dir64;
+  std::vector<Factors<float>> dir32;
   std::vector<Batch<double>> batches64;
   std::vector<Batch<float>> batches32;
 
@@ -337,9 +386,8 @@ struct Evaluator::Impl {
   template <class T>
   void forward_atoms_in();
   template <class T>
-  void tangents_in();
+  void tangents_in(double* dUdG);
   double uncertainty(const double* global, std::vector<double>& member_energies);
-  void build_direction();
 
   template <class T>
   const LayerView<T>* net(int m, int e) const {
@@ -350,7 +398,16 @@ struct Evaluator::Impl {
       return &nets64[at];
   }
   template <class T>
-  const LayerView<T>* dir(int e) const {
+  std::vector<Factors<T>>& dir_all() {
+    if constexpr (std::is_same_v<T, float>)
+      return dir32;
+    else
+      return dir64;
+  }
+  template <class T>
+  void set_direction();
+  template <class T>
+  const Factors<T>* dir(int e) const {
     const size_t at = static_cast<size_t>(e) * d->n_layers;
     if constexpr (std::is_same_v<T, float>)
       return &dir32[at];
@@ -371,7 +428,7 @@ struct Evaluator::Impl {
     const size_t threads = static_cast<size_t>(max_threads());
     auto& b = batches<T>();
     if (b.size() < threads) b.resize(threads);
-    for (auto& ws : b) ws.resize(d->n_layers, d->max_width, kBlock);
+    for (auto& ws : b) ws.resize(d->n_layers, d->max_width, kBlock, d->k);
     if (sf_workspaces.size() < threads * kFusedBlock) sf_workspaces.resize(threads * kFusedBlock);
     if (dE_rows.size() < threads) dE_rows.resize(threads);
     for (auto& rows : dE_rows) rows.resize(static_cast<size_t>(kBlock) * (d->n_members() + 1) * d->n_features);
@@ -508,12 +565,15 @@ void Evaluator::Impl::forward_atoms_in() {
   if (features) phi.resize(n * n_phi);
   if (atom_u_here) atom_u.resize(n);
 
-  if (gm) {
+  // With the gradient-feature uncertainty gradient, dU/dG is known only after the global sums
+  // and needs a second descriptor vjp: the energy rows wait for it in dEdG (one more row kept
+  // for dU/dG), so that backward() contracts both in one traversal.
+  deferred = features && opt.uncertainty_gradient;
+  if (gm)
     md.gaussian_moments->compute(nb, G.data());  // checks nb
-    dEdG.assign(n_energy_rows * rows_stride, 0.0);
-  } else {
+  else
     md.descriptor.check(nb);
-  }
+  if (gm || deferred) dEdG.assign((n_energy_rows + (deferred ? 1 : 0)) * rows_stride, 0.0);
   ensure_workspaces<T>();
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
@@ -626,11 +686,15 @@ void Evaluator::Impl::forward_atoms_in() {
         for (int f = 0; f < n_sf; ++f) mean[f] /= M;
         rows = mean;
       }
-      md.descriptor.centre_vjp(nb, i, sf_ws[i - i0], n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
+      if (deferred)
+        for (int r = 0; r < n_energy_rows; ++r)
+          std::copy(rows + r * n_sf, rows + (r + 1) * n_sf, &dEdG[r * rows_stride + i * n_g]);
+      else
+        md.descriptor.centre_vjp(nb, i, sf_ws[i - i0], n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
     }
   }
 
-  if (gm && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
+  if (gm && !deferred && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
 
   // Local sums, serially in atom order.
   sums.assign(M + (features ? K : 0) + 1, 0.0);
@@ -647,13 +711,15 @@ void Evaluator::Impl::forward_atoms_in() {
   sums.back() = count;
 }
 
-// dU/dG_i of every centre (member 0's block of G): the tangent passes, blocked like forward().
+// dU/dG_i of every centre (member 0's block of G) into dUdG [n_centers][descriptor_width]: the
+// tangent passes, blocked like forward().
 template <class T>
-void Evaluator::Impl::tangents_in() {
+void Evaluator::Impl::tangents_in(double* dUdG) {
   const ModelData& md = *d;
   const int64_t n = nb.n_centers;
   const int n_g = md.descriptor_width(), n_el = md.n_elements();
   ensure_workspaces<T>();
+  set_direction<T>();
   const int64_t n_blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t bi = 0; bi < n_blocks; ++bi) {
@@ -666,7 +732,7 @@ void Evaluator::Impl::tangents_in() {
       for (int64_t i = i0; i < i1; ++i)
         if (handled[i] && nb.species[i] == e) {
           Gr[c] = &G[i * n_g];
-          out[c++] = &dUdG[i * n_g];
+          out[c++] = dUdG + i * n_g;
         }
       if (c > 0) batch_tangent(md, net<T>(0, e), dir<T>(e), e, c, Gr, ws, out);
     }
@@ -742,51 +808,25 @@ double Evaluator::Impl::uncertainty(const double* global, std::vector<double>& m
   return 0.0;
 }
 
-// B_l = R1_l^T diag(v_l) R2_l / sqrt(k) for every element and layer (member 0's shapes).
-void Evaluator::Impl::build_direction() {
+// The factors of B_l = R1_l^T diag(v_l) R2_l / sqrt(k) for every element and layer (member 0's
+// shapes): the sketches once, c = v_l / sqrt(k) every evaluation.
+template <class T>
+void Evaluator::Impl::set_direction() {
   const ModelData& md = *d;
-  const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(md.k));
-  direction.resize(md.n_elements());
-  for (int e = 0; e < md.n_elements(); ++e) {
-    direction[e].resize(md.n_layers);
-    for (int l = 0; l < md.n_layers; ++l) {
-      const Layer& layer = md.members[0].networks[e].layers[l];
-      const Sketch& s = md.sketches[e][l];
-      Layer& B = direction[e][l];
-      const int n_in = layer.n_in, n_out = layer.n_out;
-      B.n_in = n_in;
-      B.n_out = n_out;
-      B.W.assign(static_cast<size_t>(n_out) * n_in, 0.0);
-      B.b.assign(n_out, 0.0);
-      const double* vl = &v[md.sketch_offset(e, l)];
-      for (int p = 0; p < md.k; ++p) {
-        const double coef = vl[p] * inv_sqrt_k;
-        if (coef == 0.0) continue;
-        const double* r1 = &s.R1[static_cast<size_t>(p) * n_out];
-        const double* r2 = &s.R2[static_cast<size_t>(p) * (n_in + 1)];
-        for (int o = 0; o < n_out; ++o) {
-          const double a = coef * r1[o];
-          double* w = &B.W[static_cast<size_t>(o) * n_in];
-          for (int c = 0; c < n_in; ++c) w[c] += a * r2[c];
-          B.b[o] += a * r2[n_in];
-        }
-      }
-      B.pack();
-    }
-  }
-  dir64.clear();
-  dir32.clear();
-  float_direction.clear();
-  for (int e = 0; e < md.n_elements(); ++e)
-    for (const Layer& B : direction[e]) {
-      dir64.push_back(view_of(B));
-      if (opt.single_precision) float_direction.emplace_back(B);
-    }
-  if (opt.single_precision) {
-    size_t at = 0;
+  auto& all = dir_all<T>();
+  if (all.empty())
     for (int e = 0; e < md.n_elements(); ++e)
-      for (const Layer& B : direction[e]) dir32.push_back(view_of(B, float_direction[at++]));
-  }
+      for (int l = 0; l < md.n_layers; ++l) {
+        const Layer& layer = md.members[0].networks[e].layers[l];
+        all.emplace_back(md.sketches[e][l], md.k, layer.n_in, layer.n_out);
+      }
+  const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(md.k));
+  for (int e = 0; e < md.n_elements(); ++e)
+    for (int l = 0; l < md.n_layers; ++l) {
+      const double* vl = &v[md.sketch_offset(e, l)];
+      Factors<T>& f = all[static_cast<size_t>(e) * md.n_layers + l];
+      for (int p = 0; p < md.k; ++p) f.c[p] = static_cast<T>(vl[p] * inv_sqrt_k);
+    }
 }
 
 // ------------------------------------------------------------------ Evaluator
@@ -847,25 +887,31 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   // gradient features by one descriptor vjp of dU/dG_i (the tangent pass of each atom).
   const int n_energy_rows = s.n_energy_rows;
   const size_t rhs_stride = static_cast<size_t>(n_pairs) * 3;
-  if (gradient) {
-    s.u_pair_grad.assign(rhs_stride, 0.0);
-    if (opt.uncertainty == Uncertainty::ensemble) {
-      for (int m = 0; m < M; ++m) {
-        const double* gm = &s.pair_grad[m * rhs_stride];
-        for (size_t k = 0; k < rhs_stride; ++k) s.u_pair_grad[k] += s.v[m] * gm[k];
-      }
-    } else {
-      s.build_direction();
-      // The features are member 0's: its block of G (a GM-NN's other blocks stay 0).
-      s.dUdG.assign(static_cast<size_t>(n) * md.descriptor_width(), 0.0);
+  if (s.deferred) {
+    // The energy rows of forward() and, with a gradient, dU/dG_i in the last row (the features
+    // are member 0's: its block of G; a GM-NN's other blocks stay 0), in one descriptor vjp.
+    const size_t rows_stride = static_cast<size_t>(n) * md.descriptor_width();
+    double* dUdG = &s.dEdG[n_energy_rows * rows_stride];
+    if (gradient) {
+      std::fill(dUdG, dUdG + rows_stride, 0.0);
       if (opt.single_precision)
-        s.tangents_in<float>();
+        s.tangents_in<float>(dUdG);
       else
-        s.tangents_in<double>();
-      if (n > 0 && md.gaussian_moments)
-        md.gaussian_moments->vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
-      else if (n > 0)
-        md.descriptor.vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
+        s.tangents_in<double>(dUdG);
+    }
+    const int rows = n_energy_rows + (gradient ? 1 : 0);
+    s.pair_grad.resize(rows * rhs_stride);
+    if (n > 0 && md.gaussian_moments)
+      md.gaussian_moments->vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
+    else if (n > 0)
+      md.descriptor.vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
+    if (gradient)
+      s.u_pair_grad.assign(s.pair_grad.begin() + n_energy_rows * rhs_stride, s.pair_grad.begin() + rows * rhs_stride);
+  } else if (gradient) {
+    s.u_pair_grad.assign(rhs_stride, 0.0);
+    for (int m = 0; m < M; ++m) {  // the ensemble: dU/dx from the member rows of forward()
+      const double* gm = &s.pair_grad[m * rhs_stride];
+      for (size_t k = 0; k < rhs_stride; ++k) s.u_pair_grad[k] += s.v[m] * gm[k];
     }
   }
 
