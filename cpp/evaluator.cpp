@@ -76,11 +76,16 @@ struct LayerView {
   const T* b = nullptr;
 };
 
-// Float copies of layers (the views point into them).
+// Float copies of layers (the views point into them), packed for float (strips of 16 values).
 struct FloatLayer {
   std::vector<float> fwd, bwd, b;
-  explicit FloatLayer(const Layer& l)
-      : fwd(l.fwd.begin(), l.fwd.end()), bwd(l.bwd.begin(), l.bwd.end()), b(l.b.begin(), l.b.end()) {}
+  explicit FloatLayer(const Layer& l) : b(l.b.begin(), l.b.end()) {
+    std::vector<float> W(l.W.begin(), l.W.end()), WT(W.size());
+    for (int o = 0; o < l.n_out; ++o)
+      for (int k = 0; k < l.n_in; ++k) WT[static_cast<size_t>(k) * l.n_out + o] = W[static_cast<size_t>(o) * l.n_in + k];
+    pack_b(l.n_in, l.n_out, WT.data(), l.n_out, fwd);
+    pack_b(l.n_out, l.n_in, W.data(), l.n_in, bwd);
+  }
 };
 
 LayerView<double> view_of(const Layer& l) { return {l.n_in, l.n_out, l.fwd.data(), l.bwd.data(), l.b.data()}; }
