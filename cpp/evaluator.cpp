@@ -7,13 +7,16 @@
 // pair gradients; the sketched gradient features phi_i of member 0; local sums.
 // backward(): U from the global sums; the ensemble's dU/dx is the v-weighted sum of the member
 // pair gradients (no descriptor work); the gradient-feature methods need dU/dG_i, known only
-// after the global sums, and run one more descriptor vjp for it; scatter to atoms.
+// after the global sums, and one more descriptor vjp for it: when that gradient is wanted,
+// forward() keeps its energy rows instead of contracting them, and backward() contracts both in
+// one traversal (a vjp of two rows costs little more than one); scatter to atoms.
 //
 // dU/dG for the gradient-feature methods: with U^2 = c^2 q(Phi) and v = (1/2) dq/dPhi,
 // dU = (c^2 / U) v . dPhi, and v . phi_i = sum_l delta_l^T B_l a_l with the weight-shaped
 // matrix B_l = R1_l^T diag(v_l) R2_l / sqrt(k): the derivative of E_i along B in parameter
 // space (docs/model_file.md). Its gradient with respect to G_i is the forward-mode tangent
-// (along B) of the network's own backward pass, computed exactly below (batch_tangent).
+// (along B) of the network's own backward pass, computed exactly below (batch_tangent). B_l has
+// rank k, so its products go through the k sketch values (Factors) instead of a dense matrix.
 //
 // The networks run as matrix products (dense.hpp) over the atoms of one element in a fixed
 // block of consecutive centres (a few for the fused BP-NN pass, 32 otherwise): a weight matrix
@@ -835,6 +838,8 @@ void Evaluator::Impl::set_direction() {
 }
 
 // ------------------------------------------------------------------ Evaluator
+
+int evaluator_threads() { return max_threads(); }
 
 Evaluator::Evaluator(const Model& model, const EvaluatorOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->d = model.data();

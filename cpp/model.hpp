@@ -104,6 +104,9 @@ struct EvaluationResult {
 void ensemble_atom_uncertainty(const double* member_forces, int n_members, int64_t stride_atoms,
                                int64_t n, double c_F, double* out);
 
+// OpenMP threads an evaluation runs on (omp_get_max_threads; 1 in a build without OpenMP).
+int evaluator_threads();
+
 class Evaluator {
  public:
   Evaluator(const Model& model, const EvaluatorOptions& options);
