@@ -19,8 +19,8 @@
 // rank k, so its products go through the k sketch values (Factors) instead of a dense matrix.
 //
 // The networks run as matrix products (dense.hpp) over the atoms of one element in a fixed
-// block of consecutive centres (a few for the fused BP-NN pass, 32 otherwise): a weight matrix
-// is read once per block instead of once per atom.
+// block of consecutive centres (32; one in the fused BP-NN pass, see kFusedBlock): a weight
+// matrix is read once per block instead of once per atom.
 //
 // Each centre writes only its own rows, and every sum over centres or pairs runs serially in
 // index order, so results do not depend on the number of OpenMP threads.
@@ -321,9 +321,12 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>
 }
 
 // Centres per block of network products (GM-NN and the tangent passes), and per block of the
-// fused BP-NN pass, whose centres each keep their recorded geometry (~250 kB at 6 A) in cache.
+// fused BP-NN pass, whose centres each keep their recorded geometry (~250 kB at 6 A) from values
+// to contraction: in LAMMPS (2,592 SiO2 atoms, 52-30-30-1) blocks of 8 cost 4-9 % more than
+// single centres, as 8 recorded neighbourhoods overflow L2 while the networks are ~3 us of ~120
+// per atom (benchmarks/RESULTS.md, "Batched networks"); so one centre at a time.
 constexpr int kBlock = 32;
-constexpr int kFusedBlock = 8;
+constexpr int kFusedBlock = 1;
 
 void add_outer(double* W, const double* D, const double* g, double sign) {
   W[0] += sign * D[0] * g[0];
