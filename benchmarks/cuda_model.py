@@ -59,16 +59,16 @@ def network_flop(sizes: list[int], n_members: int) -> int:
 def bpnn_descriptor_flop(table: np.ndarray, neighbours, n_elements: int) -> float:
     """Estimated FLOP per atom-step of the BP-NN stages' symmetry functions with the bias: the values
     once and the reverse pass twice (energy row, then dU/dG), as cpp/symmetry_functions_math.hpp
-    runs them (every angular function per triplet, exponentials and cutoffs again for each new
-    (eta, rc) in a row of functions). Weights: exp, cos, sin 20; sqrt, division 4; +, * 1."""
+    runs them (every angular function per triplet, exponentials again for each new (eta, rc) in a
+    row of functions, cutoff functions for each new rc). Weights: exp, cos, sin 20; sqrt, division
+    4; +, * 1."""
     species, offsets, j, D = neighbours
     r = np.linalg.norm(D, axis=1)
     kinds, rc = table[:, 0], table[:, 7]
     angular_rc = rc[kinds != 2].max() if (kinds != 2).any() else 0.0
     g2 = np.array([np.sum((kinds == 2) & (table[:, 1] == e)) for e in range(n_elements)])
-    # per (a, b) element pair: functions, and runs of one (eta, rc) in table order
-    funcs = np.zeros((n_elements, n_elements))
-    runs = np.zeros((n_elements, n_elements))
+    # per (a, b) element pair: functions, runs of one (eta, rc) and of one rc in table order
+    funcs, runs, cut_runs = (np.zeros((n_elements, n_elements)) for _ in range(3))
     for a in range(n_elements):
         for b in range(n_elements):
             rows = table[
@@ -79,24 +79,26 @@ def bpnn_descriptor_flop(table: np.ndarray, neighbours, n_elements: int) -> floa
             runs[a, b] = sum(
                 1 for k in range(len(rows)) if k == 0 or tuple(rows[k, [3, 7]]) != tuple(rows[k - 1, [3, 7]])
             )
+            cut_runs[a, b] = sum(1 for k in range(len(rows)) if k == 0 or rows[k, 7] != rows[k - 1, 7])
     n_centers = len(offsets) - 1
     centre = np.repeat(np.arange(n_centers), np.diff(offsets))
     z = species[j]
     inside = r < rc.max()
     n_g2 = g2[z[inside]].sum()
     total = 73 * n_g2 + 2 * (75 * n_g2 + 6 * inside.sum())  # radial: values, reverse twice
-    update = 3 * (20 + 20 + 6) + 3 * (20 + 4) + 12  # cutoff, exponential and derivatives at r_ij, r_ik, r_jk
+    update = 3 * (20 + 4) + 12  # exponentials and derivatives at r_ij, r_ik, r_jk per new (eta, rc)
+    cutoff = 3 * (20 + 20 + 6)  # cutoff functions and derivatives at r_ij, r_ik, r_jk per new rc
     counts = np.zeros((n_centers, n_elements))
     near = r < angular_rc
     np.add.at(counts, (centre[near], z[near]), 1.0)
     for a in range(n_elements):
         for b in range(a, n_elements):  # unordered pairs of entries {j, k} with elements {a, b}
             t = (counts[:, a] * (counts[:, a] - 1) / 2 if a == b else counts[:, a] * counts[:, b]).sum()
-            f, u = funcs[a, b], runs[a, b]
+            f, u = funcs[a, b], runs[a, b] * update + cut_runs[a, b] * cutoff
             if f == 0:
                 continue
-            total += t * (20 + u * update + f * 15)  # values
-            total += 2 * t * (20 + 33 + u * update + f * 25)  # reverse pass, twice
+            total += t * (20 + u + f * 15)  # values
+            total += 2 * t * (20 + 33 + u + f * 25)  # reverse pass, twice
     return total / max(n_centers, 1)
 
 

@@ -8,7 +8,8 @@
 // sf_radial, sf_angular, sf_triplet_coefficients). The traversal differs: no per-centre lists
 // (a GPU thread has no heap), every function evaluated on its own per triplet, and the reverse
 // pass walks the triplets again instead of reading a record. The last evaluated (eta, rc) is
-// kept, so functions of one radial part in a row (zeta, lambda variants) share its exponentials.
+// kept, so functions of one radial part in a row (zeta, lambda variants) share its exponentials,
+// and functions of one rc their cutoff functions.
 #pragma once
 
 #include <cmath>
@@ -37,32 +38,35 @@ struct SfTable {
 
 namespace sf_detail {
 
-// exp(-eta r^2) fc(r) and its d/dr at both legs and at r_jk, for the last (eta, rc) asked.
+// exp(-eta r^2) fc(r) and its d/dr at both legs and at r_jk, for the last (eta, rc) asked; the
+// cutoff functions are kept while rc stays the same.
 struct TripletRadial {
   double eta = -1.0, rc = -1.0;
+  double fc[3] = {0.0, 0.0, 0.0}, dfc[3] = {0.0, 0.0, 0.0};  // at r_ij, r_ik, r_jk
   double Rij = 0.0, dRij = 0.0, Rik = 0.0, dRik = 0.0, S = 0.0, dS = 0.0;  // dS: (dS/dr_jk) / r_jk
 
   MLIPBIAS_HD void update(double eta_, double rc_, double rij, double rik, double rjk) {
     if (eta_ == eta && rc_ == rc) return;
+    if (rc_ != rc) {
+      sf_cutoff(rij, rc_, &fc[0], &dfc[0]);
+      sf_cutoff(rik, rc_, &fc[1], &dfc[1]);
+      sf_cutoff(rjk, rc_, &fc[2], &dfc[2]);
+    }
     eta = eta_;
     rc = rc_;
-    double fc, dfc;
-    sf_cutoff(rij, rc, &fc, &dfc);
     double e = std::exp(-eta * rij * rij);
-    Rij = e * fc;
-    dRij = e * (dfc - 2.0 * eta * rij * fc);
-    sf_cutoff(rik, rc, &fc, &dfc);
+    Rij = e * fc[0];
+    dRij = e * (dfc[0] - 2.0 * eta * rij * fc[0]);
     e = std::exp(-eta * rik * rik);
-    Rik = e * fc;
-    dRik = e * (dfc - 2.0 * eta * rik * fc);
-    sf_cutoff(rjk, rc, &fc, &dfc);
-    if (fc == 0.0) {
+    Rik = e * fc[1];
+    dRik = e * (dfc[1] - 2.0 * eta * rik * fc[1]);
+    if (fc[2] == 0.0) {
       S = dS = 0.0;
       return;
     }
     e = std::exp(-eta * rjk * rjk);
-    S = e * fc;
-    dS = e * (dfc - 2.0 * eta * rjk * fc) / rjk;
+    S = e * fc[2];
+    dS = e * (dfc[2] - 2.0 * eta * rjk * fc[2]) / rjk;
   }
 };
 
