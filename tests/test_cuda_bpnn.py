@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import quartz
+from model_fixtures import model_with_all_methods, quartz
 from test_cuda_model import assert_same
 
 from mlipbias import _core, gpu
@@ -54,6 +54,21 @@ def test_staged_host_equals_the_cpp_evaluator(angular_path, which, uncertainty):
     staged, ref = evaluate_both(path, neighbours, uncertainty, gradient, tau)
     assert ref.get("uncertainty", 1.0) > 0  # the gradient is not the trivial zero
     assert_same(staged, ref, tau if gradient else None, neighbours[0])
+
+
+def test_staged_host_with_an_ensemble(tmp_path):
+    """Three members (the mean energy row over members), SiLU, G2 with rs > 0, G4 and G5 at 4.5 A."""
+    from mlipbias.models import save_model
+
+    model, _ = model_with_all_methods()
+    path = save_model(model, tmp_path / "bp3.mlip")
+    assert CppModel(path).n_members == 3
+    atoms = quartz(7, rattle=0.1).repeat((1, 2, 1))
+    neighbours = CppModel(path).neighbours(atoms)
+    for uncertainty in ("none", "posterior"):
+        gradient = uncertainty == "posterior"
+        staged, ref = evaluate_both(path, neighbours, uncertainty, gradient, [0.4, 0.1])
+        assert_same(staged, ref, [0.4, 0.1] if gradient else None, neighbours[0])
 
 
 def test_the_angular_cutoff_changes_the_model(angular_path):
