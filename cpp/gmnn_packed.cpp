@@ -8,16 +8,8 @@
 
 namespace mlipbias {
 
-PackedGmnn pack_gmnn(const Model& model) {
+void pack_networks(const Model& model, PackedGmnn& out) {
   const ModelData& d = *model.data();
-  if (!d.gaussian_moments)
-    throw Error(d.path + ": the staged (CUDA) evaluation runs GM-NN files only (descriptor/kind "
-                "gaussian_moments); this file has symmetry functions");
-  const GaussianMoments& gm = *d.gaussian_moments;
-  if (gm.settings().n_radial > kGmStagedMaxRadial)
-    throw Error(d.path + ": the staged (CUDA) evaluation supports at most " + std::to_string(kGmStagedMaxRadial) +
-                " radial functions, the file has " + std::to_string(gm.settings().n_radial));
-  PackedGmnn out;
   out.path = d.path;
   std::vector<double>& params = out.params;
   std::vector<int64_t>& index = out.index;
@@ -27,7 +19,7 @@ PackedGmnn pack_gmnn(const Model& model) {
     return at;
   };
   GmnnView& v = out.view;
-  v.gm = gm.settings();
+  v = GmnnView{};
   v.n_elements = d.n_elements();
   v.n_members = d.n_members();
   v.n_layers = d.n_layers;
@@ -38,7 +30,6 @@ PackedGmnn pack_gmnn(const Model& model) {
   v.k = out.has_posterior ? d.k : 0;
   v.n_sketch = out.has_posterior ? d.n_sketch : 0;
   v.c_E = d.energy_calibration[static_cast<int>(Uncertainty::posterior)];
-  v.beta = append(gm.beta_values());
   v.mean = static_cast<int64_t>(params.size());
   for (const auto& m : d.mean) append(m);
   v.inv_std = static_cast<int64_t>(params.size());
@@ -64,6 +55,25 @@ PackedGmnn pack_gmnn(const Model& model) {
       }
   v.params = params.data();
   v.index = index.data();
+}
+
+PackedGmnn pack_gmnn(const Model& model) {
+  const ModelData& d = *model.data();
+  if (!d.gaussian_moments)
+    throw Error(d.path + ": the staged (CUDA) evaluation runs GM-NN files only (descriptor/kind "
+                "gaussian_moments); this file has symmetry functions");
+  const GaussianMoments& gm = *d.gaussian_moments;
+  if (gm.settings().n_radial > kGmStagedMaxRadial)
+    throw Error(d.path + ": the staged (CUDA) evaluation supports at most " + std::to_string(kGmStagedMaxRadial) +
+                " radial functions, the file has " + std::to_string(gm.settings().n_radial));
+  PackedGmnn out;
+  pack_networks(model, out);
+  out.view.gm = gm.settings();
+  out.view.beta = static_cast<int64_t>(out.params.size());
+  const std::vector<double> beta = gm.beta_values();
+  out.params.insert(out.params.end(), beta.begin(), beta.end());
+  out.view.params = out.params.data();
+  out.view.index = out.index.data();
   return out;
 }
 
@@ -131,19 +141,6 @@ void gmnn_result(const PackedGmnn& model, const GmnnNeighbours& nb, const double
   }
 }
 
-namespace {
-
-struct HostExec {
-  std::vector<double> scratch;
-  void zero(double* p, int64_t n) { std::fill(p, p + n, 0.0); }
-  template <class F>
-  void for_each(int64_t n, const F& f) {
-    for (int64_t i = 0; i < n; ++i) f(i, Strided{scratch.data(), 1});
-  }
-};
-
-}  // namespace
-
 void gmnn_evaluate_host(const PackedGmnn& model, const NeighbourView& view, const GmnnOptions& options,
                         GmnnResult& result) {
   check_gmnn_input(model, view, options);
@@ -151,7 +148,7 @@ void gmnn_evaluate_host(const PackedGmnn& model, const NeighbourView& view, cons
   std::vector<double> arena(gmnn_layout(model.view, nb, nullptr).n_total);
   const GmnnBuffers b = gmnn_layout(model.view, nb, arena.data());
   for (int e = 0; e < model.view.n_elements; ++e) b.tau[e] = options.tau.empty() ? 0.0 : options.tau[e];
-  HostExec ex;
+  StagedHostExec ex;
   ex.scratch.resize(model.view.scratch_size());
   gmnn_run(ex, model.view, nb, b, options.posterior, options.gradient);
   gmnn_result(model, nb, arena.data(), options, result);

@@ -3,6 +3,7 @@
 // itself held to the C++ evaluator by the CPU tests).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,6 +20,10 @@ struct PackedGmnn {
   bool has_posterior = false;
   std::string path;
 };
+
+// The networks, scaling, energy scale and shift and posterior data of any model file into
+// `out` (gm and beta left unset); sets view.params and view.index.
+void pack_networks(const Model& model, PackedGmnn& out);
 
 // Throws Error naming the file for a model that is not a GM-NN, or has more than
 // kGmStagedMaxRadial radial functions.
@@ -51,6 +56,16 @@ GmnnNeighbours gmnn_neighbours(const NeighbourView& nb);
 // The result from the output prefix (GmnnBuffers::n_outputs doubles) of a run.
 void gmnn_result(const PackedGmnn& model, const GmnnNeighbours& nb, const double* outputs,
                  const GmnnOptions& options, GmnnResult& result);
+
+// Runs the stages serially on the host (one scratch for every item).
+struct StagedHostExec {
+  std::vector<double> scratch;
+  void zero(double* p, int64_t n) { std::fill(p, p + n, 0.0); }
+  template <class F>
+  void for_each(int64_t n, const F& f) {
+    for (int64_t i = 0; i < n; ++i) f(i, Strided{scratch.data(), 1});
+  }
+};
 
 // The stages on the host, serially (checks the input first).
 void gmnn_evaluate_host(const PackedGmnn& model, const NeighbourView& nb, const GmnnOptions& options,

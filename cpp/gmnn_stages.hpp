@@ -349,14 +349,17 @@ struct GmnnBiasForces {
 // (each item gets its own scratch of v.scratch_size() doubles); outputs are zeroed here, tau must
 // be in place. posterior: U and Phi (needs the file's posterior data); gradient: dU/dx, its virial
 // and the bias forces (needs posterior).
-template <class Exec>
-void gmnn_run(Exec& ex, const GmnnView& v, const GmnnNeighbours& nb, const GmnnBuffers& b, bool posterior,
-              bool gradient) {
+// staged_run: the chain with the model's two per-centre stages, forward (GmnnAtomForward's
+// outputs: G, member_E, row, pair_grad, phi) and bias (dU/dD_p into u_pair_grad); BP-NN
+// (bpnn_stages.hpp) shares everything else.
+template <class Exec, class Forward, class Bias>
+void staged_run(Exec& ex, const GmnnView& v, const GmnnNeighbours& nb, const GmnnBuffers& b, bool posterior,
+                bool gradient, const Forward& forward, const Bias& bias) {
   const int64_t n = nb.n_centers, K = posterior ? v.n_sketch : 0;
   const int64_t n_chunks = (n + kGmSumChunk - 1) / kGmSumChunk;
   ex.zero(b.sums, b.n_outputs);  // every output
   ex.zero(b.pair_grad, 3 * nb.n_pairs);
-  ex.for_each(n, GmnnAtomForward{v, nb, b, posterior});
+  ex.for_each(n, forward);
   ex.for_each((v.n_members + K) * n_chunks, GmnnSums{v, nb, b, n_chunks});
   if (posterior) {
     ex.for_each(K, GmnnPosteriorRows{v, b});
@@ -365,11 +368,17 @@ void gmnn_run(Exec& ex, const GmnnView& v, const GmnnNeighbours& nb, const GmnnB
   if (gradient) {
     ex.for_each(K, GmnnCoefficients{v, b});
     ex.zero(b.u_pair_grad, 3 * nb.n_pairs);
-    ex.for_each(n, GmnnAtomBias{v, nb, b});
+    ex.for_each(n, bias);
   }
   ex.for_each(n, GmnnScatter{nb, b, gradient});
   ex.for_each(18 * n_chunks, GmnnVirialSums{nb, b, n_chunks});
   if (gradient) ex.for_each(nb.n_atoms, GmnnBiasForces{nb, b});
+}
+
+template <class Exec>
+void gmnn_run(Exec& ex, const GmnnView& v, const GmnnNeighbours& nb, const GmnnBuffers& b, bool posterior,
+              bool gradient) {
+  staged_run(ex, v, nb, b, posterior, gradient, GmnnAtomForward{v, nb, b, posterior}, GmnnAtomBias{v, nb, b});
 }
 
 }  // namespace mlipbias

@@ -370,6 +370,7 @@ Model Model::load(const std::string& path) {
   auto data = std::make_shared<ModelData>(gm ? SymmetryFunctions(placeholder, 1, static_cast<int64_t>(elements.size()))
                                              : load_descriptor(in, static_cast<int>(elements.size())));
   data->path = path;
+  if (!gm) data->descriptor_table = in.f64("descriptor/functions", {ModelFile::any, SymmetryFunctions::kColumns});
   data->elements = std::move(elements);
   data->n_features = gm ? gm_n_features(gm_settings) : static_cast<int>(data->descriptor.n_sf());
   data->max_width = data->n_features;

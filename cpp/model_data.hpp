@@ -60,6 +60,7 @@ struct ModelData {
   std::string path;
   std::vector<std::string> elements;
   SymmetryFunctions descriptor;
+  std::vector<double> descriptor_table;  // its rows [n_sf][8] as in the file (staged evaluation)
   // GM-NN (descriptor/kind gaussian_moments): its descriptor, which replaces `descriptor`
   // (then a placeholder); G holds one block of n_features per member.
   std::shared_ptr<const GaussianMoments> gaussian_moments;

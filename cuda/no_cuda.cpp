@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bks_cuda.hpp"
+#include "bpnn_cuda.hpp"
 #include "common.hpp"
 #include "device.hpp"
 #include "gmnn_cuda.hpp"
@@ -48,6 +49,15 @@ GmnnEvaluator::GmnnEvaluator(const PackedGmnn&, int, int64_t) { require_device()
 GmnnEvaluator::~GmnnEvaluator() = default;
 void GmnnEvaluator::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) { require_device(); }
 double GmnnEvaluator::time_runs(int) {
+  require_device();
+  return 0.0;
+}
+
+struct BpnnEvaluator::Impl {};
+BpnnEvaluator::BpnnEvaluator(const PackedBpnn&, int, int64_t) { require_device(); }
+BpnnEvaluator::~BpnnEvaluator() = default;
+void BpnnEvaluator::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) { require_device(); }
+double BpnnEvaluator::time_runs(int) {
   require_device();
   return 0.0;
 }

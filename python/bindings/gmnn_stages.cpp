@@ -1,6 +1,6 @@
-// The staged GM-NN evaluation (cpp/gmnn_stages.hpp): on the host (the math the CUDA kernels run,
-// tested on every machine) and on a CUDA device (cuda/gmnn.cu). mlipbias.gpu.GMNNDevice wraps
-// both for ase.Atoms.
+// The staged GM-NN and BP-NN evaluations (cpp/gmnn_stages.hpp, cpp/bpnn_stages.hpp): on the host
+// (the math the CUDA kernels run, tested on every machine) and on a CUDA device (cuda/gmnn.cu,
+// cuda/bpnn.cu). mlipbias.gpu.ModelDevice wraps both for ase.Atoms.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,6 +11,7 @@
 
 #include "bindings.hpp"
 #include "common.hpp"
+#include "bpnn_cuda.hpp"
 #include "gmnn_cuda.hpp"
 #include "gmnn_packed.hpp"
 #include "model.hpp"
@@ -40,7 +41,7 @@ py::array_t<double> symmetric(const double* w) {
 mlipbias::GmnnOptions make_options(const std::string& uncertainty, bool gradient, std::vector<double> tau) {
   mlipbias::GmnnOptions o;
   if (uncertainty != "none" && uncertainty != "posterior")
-    throw mlipbias::Error("the staged GM-NN evaluation computes uncertainty 'none' or 'posterior', got '" +
+    throw mlipbias::Error("the staged (CUDA) evaluation computes uncertainty 'none' or 'posterior', got '" +
                           uncertainty + "'");
   o.posterior = uncertainty == "posterior";
   o.gradient = gradient;
@@ -72,42 +73,23 @@ const char* kDoc =
     "element). Returns a dict as ModelEvaluator.evaluate (energy, atom_energies, forces, virial, "
     "member_energies, uncertainty, uncertainty_gradient, uncertainty_virial) plus bias_forces.";
 
-struct PyGmnnDevice {
-  std::shared_ptr<mlipbias::PackedGmnn> packed;
-  std::unique_ptr<mlipbias::cuda::GmnnEvaluator> evaluator;
+// A packed model (PackedGmnn or PackedBpnn) and its device evaluator.
+template <class Packed, class Evaluator>
+struct PyDevice {
+  std::shared_ptr<Packed> packed;
+  std::unique_ptr<Evaluator> evaluator;
   mlipbias::GmnnResult result;
 };
 
-}  // namespace
-
-MLIPBIAS_BINDINGS(gmnn_stages) {
-  m.def(
-      "gmnn_evaluate_staged_host",
-      [](const mlipbias::Model& model, IntArray species, IntArray offsets, IntArray j, DoubleArray D,
-         const std::string& uncertainty, bool gradient, std::vector<double> tau) {
-        const mlipbias_bindings::Neighbours nb(std::move(species), std::move(offsets), std::move(j), std::move(D));
-        const mlipbias::GmnnOptions o = make_options(uncertainty, gradient, std::move(tau));
-        const mlipbias::PackedGmnn packed = mlipbias::pack_gmnn(model);
-        mlipbias::GmnnResult r;
-        {
-          py::gil_scoped_release release;
-          mlipbias::gmnn_evaluate_host(packed, nb.view, o, r);
-        }
-        return result_dict(r, o, nb.view.n_centers, nb.view.n_atoms);
-      },
-      py::arg("model"), py::arg("species"), py::arg("offsets"), py::arg("j"), py::arg("D"),
-      py::arg("uncertainty") = "none", py::arg("gradient") = false, py::arg("tau") = std::vector<double>(),
-      (std::string("The CUDA evaluation's stages run serially on the host (what the CPU tests check). ") + kDoc)
-          .c_str());
-
-  py::class_<PyGmnnDevice>(m, "GMNNDeviceEvaluator",
-                           "A GM-NN model on a CUDA device (the staged evaluation of cpp/gmnn_stages.hpp). "
-                           "ValueError 'no CUDA device: ...' without a usable device.")
-      .def(py::init([](const mlipbias::Model& model, int device, int64_t max_threads) {
+template <class Packed, class Evaluator, class Pack>
+void bind_device(py::module_& m, const char* name, const char* doc, Pack pack) {
+  using Self = PyDevice<Packed, Evaluator>;
+  py::class_<Self>(m, name, doc)
+      .def(py::init([pack](const mlipbias::Model& model, int device, int64_t max_threads) {
              if (max_threads < 0) throw mlipbias::Error("max_threads must be >= 0 (0: automatic)");
-             auto self = std::make_unique<PyGmnnDevice>();
-             self->packed = std::make_shared<mlipbias::PackedGmnn>(mlipbias::pack_gmnn(model));
-             self->evaluator = std::make_unique<mlipbias::cuda::GmnnEvaluator>(*self->packed, device, max_threads);
+             auto self = std::make_unique<Self>();
+             self->packed = std::make_shared<Packed>(pack(model));
+             self->evaluator = std::make_unique<Evaluator>(*self->packed, device, max_threads);
              return self;
            }),
            py::arg("model"), py::arg("device") = 0, py::arg("max_threads") = 0,
@@ -115,8 +97,8 @@ MLIPBIAS_BINDINGS(gmnn_stages) {
            "multiprocessor within a quarter of the free device memory.")
       .def(
           "evaluate",
-          [](PyGmnnDevice& self, IntArray species, IntArray offsets, IntArray j, DoubleArray D,
-             const std::string& uncertainty, bool gradient, std::vector<double> tau) {
+          [](Self& self, IntArray species, IntArray offsets, IntArray j, DoubleArray D, const std::string& uncertainty,
+             bool gradient, std::vector<double> tau) {
             const mlipbias_bindings::Neighbours nb(std::move(species), std::move(offsets), std::move(j),
                                                    std::move(D));
             const mlipbias::GmnnOptions o = make_options(uncertainty, gradient, std::move(tau));
@@ -131,10 +113,51 @@ MLIPBIAS_BINDINGS(gmnn_stages) {
           (std::string("Copy the neighbours to the device, evaluate, copy the results back. ") + kDoc).c_str())
       .def(
           "time_runs",
-          [](PyGmnnDevice& self, int repeats) {
+          [](Self& self, int repeats) {
             py::gil_scoped_release release;
             return self.evaluator->time_runs(repeats);
           },
           py::arg("repeats"),
           "Seconds for `repeats` more evaluations of the last evaluate()'s input on the device (no copies).");
+}
+
+template <class Packed, class Pack, class Run>
+void bind_host(py::module_& m, const char* name, Pack pack, Run run) {
+  m.def(
+      name,
+      [pack, run](const mlipbias::Model& model, IntArray species, IntArray offsets, IntArray j, DoubleArray D,
+                  const std::string& uncertainty, bool gradient, std::vector<double> tau) {
+        const mlipbias_bindings::Neighbours nb(std::move(species), std::move(offsets), std::move(j), std::move(D));
+        const mlipbias::GmnnOptions o = make_options(uncertainty, gradient, std::move(tau));
+        const Packed packed = pack(model);
+        mlipbias::GmnnResult r;
+        {
+          py::gil_scoped_release release;
+          run(packed, nb.view, o, r);
+        }
+        return result_dict(r, o, nb.view.n_centers, nb.view.n_atoms);
+      },
+      py::arg("model"), py::arg("species"), py::arg("offsets"), py::arg("j"), py::arg("D"),
+      py::arg("uncertainty") = "none", py::arg("gradient") = false, py::arg("tau") = std::vector<double>(),
+      (std::string("The CUDA evaluation's stages run serially on the host (what the CPU tests check). ") + kDoc)
+          .c_str());
+}
+
+}  // namespace
+
+MLIPBIAS_BINDINGS(gmnn_stages) {
+  auto pack_gmnn = [](const mlipbias::Model& model) { return mlipbias::pack_gmnn(model); };
+  auto pack_bpnn = [](const mlipbias::Model& model) { return mlipbias::pack_bpnn(model); };
+  bind_host<mlipbias::PackedGmnn>(m, "gmnn_evaluate_staged_host", pack_gmnn, mlipbias::gmnn_evaluate_host);
+  bind_host<mlipbias::PackedBpnn>(m, "bpnn_evaluate_staged_host", pack_bpnn, mlipbias::bpnn_evaluate_host);
+  bind_device<mlipbias::PackedGmnn, mlipbias::cuda::GmnnEvaluator>(
+      m, "GMNNDeviceEvaluator",
+      "A GM-NN model on a CUDA device (the staged evaluation of cpp/gmnn_stages.hpp). ValueError 'no CUDA "
+      "device: ...' without a usable device.",
+      pack_gmnn);
+  bind_device<mlipbias::PackedBpnn, mlipbias::cuda::BpnnEvaluator>(
+      m, "BPNNDeviceEvaluator",
+      "A BP-NN (symmetry functions) model on a CUDA device (the staged evaluation of cpp/bpnn_stages.hpp). "
+      "ValueError 'no CUDA device: ...' without a usable device.",
+      pack_bpnn);
 }

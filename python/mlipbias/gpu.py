@@ -1,8 +1,9 @@
-"""Is there a usable CUDA device for the mlipbias kernels, and GM-NN models on it.
+"""Is there a usable CUDA device for the mlipbias kernels, and models on it.
 
 The extension module links the CUDA runtime statically, so it imports on machines without
-an NVIDIA driver; the functions here say why no device can be used. :class:`GMNNDevice`
-evaluates a GM-NN file with its posterior uncertainty and bias forces on the device.
+an NVIDIA driver; the functions here say why no device can be used. :class:`ModelDevice`
+evaluates a GM-NN or BP-NN file with its posterior uncertainty and bias forces on the device
+(:class:`GMNNDevice`: the same, for GM-NN files only).
 """
 
 from __future__ import annotations
@@ -37,27 +38,50 @@ def require() -> None:
         raise RuntimeError(reason)
 
 
-class GMNNDevice:
-    """A GM-NN ``.mlip`` model evaluated on a CUDA device: energies, forces, virial, the posterior
-    (gradient-feature) uncertainty ``U``, ``dU/dx``, its virial and the bias forces.
+# Per descriptor kind of the file: the staged host run and the device evaluator of _core.
+_STAGED = {
+    "gaussian_moments": ("gmnn_evaluate_staged_host", "GMNNDeviceEvaluator"),
+    "symmetry_functions": ("bpnn_evaluate_staged_host", "BPNNDeviceEvaluator"),
+}
 
-    The kernels run the stages of ``cpp/gmnn_stages.hpp``, the same math as
-    :meth:`evaluate_host` (which the CPU tests hold to the C++ evaluator to 1e-10). Neighbours are
-    built on the host (:meth:`mlipbias.inference.CppModel.neighbours`) and copied over each call.
 
-        device = GMNNDevice("gm.mlip")
+def model_kind(path) -> str:
+    """The descriptor kind of a ``.mlip`` file: "symmetry_functions" (BP-NN) or "gaussian_moments" (GM-NN)."""
+    from mlipbias.modelfile import read_model_file
+
+    return str(read_model_file(path).get("descriptor/kind", "symmetry_functions"))
+
+
+class ModelDevice:
+    """A ``.mlip`` model (GM-NN or BP-NN) evaluated on a CUDA device: energies, forces, virial,
+    the posterior (gradient-feature) uncertainty ``U``, ``dU/dx``, its virial and the bias forces.
+
+    The kernels run the stages of ``cpp/gmnn_stages.hpp`` (GM-NN) or ``cpp/bpnn_stages.hpp``
+    (BP-NN, symmetry functions), the same math as :meth:`evaluate_host` (which the CPU tests hold
+    to the C++ evaluator to 1e-10). Neighbours are built on the host
+    (:meth:`mlipbias.inference.CppModel.neighbours`) and copied over each call.
+
+        device = ModelDevice("model.mlip")
         r = device.evaluate(atoms, uncertainty="posterior", gradient=True, tau=0.2)
         r.energy, r.forces, r.uncertainty, r.bias_forces
 
     Raises:
         RuntimeError: "no CUDA device: ..." without a usable device (only when the device is used:
             :meth:`evaluate_host` works everywhere).
-        ValueError: a file that is not a GM-NN, or a method other than "none" and "posterior".
+        ValueError: a method other than "none" and "posterior".
     """
+
+    kinds = tuple(_STAGED)
 
     def __init__(self, path, device: int = 0):
         from mlipbias.inference import CppModel
 
+        self.kind = model_kind(path)
+        if self.kind not in self.kinds:
+            kinds = " or ".join(self.kinds)
+            raise ValueError(
+                f"{path}: is a {self.kind} model; {type(self).__name__} evaluates {kinds} models"
+            )
         self.model = CppModel(path)
         self.device = device
         self._evaluator = None
@@ -65,7 +89,7 @@ class GMNNDevice:
     def _device(self):
         if self._evaluator is None:
             require()
-            self._evaluator = _core.GMNNDeviceEvaluator(self.model.core, self.device)
+            self._evaluator = getattr(_core, _STAGED[self.kind][1])(self.model.core, self.device)
         return self._evaluator
 
     def _tau(self, tau) -> list[float]:
@@ -88,9 +112,8 @@ class GMNNDevice:
         self, atoms, uncertainty: str = "none", gradient: bool = False, tau=0.0
     ) -> DeviceEvaluation:
         """The same stages serially on the host (no device needed; slow: for tests and comparisons)."""
-        out = _core.gmnn_evaluate_staged_host(
-            self.model.core, *self.model.neighbours(atoms), uncertainty, gradient, self._tau(tau)
-        )
+        host = getattr(_core, _STAGED[self.kind][0])
+        out = host(self.model.core, *self.model.neighbours(atoms), uncertainty, gradient, self._tau(tau))
         return DeviceEvaluation(**out)
 
     def time_runs(self, repeats: int) -> float:
@@ -98,9 +121,15 @@ class GMNNDevice:
         return float(self._device().time_runs(repeats))
 
 
+class GMNNDevice(ModelDevice):
+    """:class:`ModelDevice` for GM-NN files only (ValueError for any other file)."""
+
+    kinds = ("gaussian_moments",)
+
+
 @dataclass
 class DeviceEvaluation:
-    """What :meth:`GMNNDevice.evaluate` returns (units and signs as :class:`mlipbias.inference.Evaluation`;
+    """What :meth:`ModelDevice.evaluate` returns (units and signs as :class:`mlipbias.inference.Evaluation`;
     ``bias_forces = tau_(Z) dU/dx`` in eV/A)."""
 
     energy: float
