@@ -15,6 +15,7 @@ import torch
 import yaml
 from ase import Atoms
 from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.stress import full_3x3_to_voigt_6_stress
 from model_fixtures import labelled_quartz, quartz
@@ -269,6 +270,39 @@ def test_painn_heads_train_jointly(quartz_db, head):
         return
     out = result.model.evaluate(result.model.graph(rows[9]), head)
     assert float(out.uncertainty[0]) > 0 and np.isfinite(out.atom_uncertainty.numpy()).all()
+
+
+@pytest.mark.parametrize(("head", "force_weight"), [(None, 1.0), ("mve", 0.0), (None, 0.0)])
+def test_output_scale_is_the_rms_force_when_training_on_forces(head, force_weight):
+    """Trained on forces, the output scale is the RMS training force component (unit-sized network
+    gradients); on energies alone, the RMSE per atom of the composition fit. The MVE energy variance
+    keeps the energy RMSE as its unit. Checked against numpy on molecules of one composition, where the
+    fit is the mean energy."""
+    from mlipbias.models.painn_training import train_painn
+    from mlipbias.models.training import TrainingSettings, UncertaintySettings
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(6):
+        atoms = ammonia(seed=k)
+        forces = rng.normal(scale=0.8, size=(4, 3))
+        atoms.calc = SinglePointCalculator(atoms, energy=-10.0 + 0.3 * rng.normal(), forces=forces)
+        rows.append(atoms)
+    t = TrainingSettings(
+        stress_weight=0.0, force_weight=force_weight, epochs=1, loss="mae", energy_weight=0.1, device="cpu"
+    )
+    uq = UncertaintySettings(methods=(head,) if head else (), head_training="joint")
+    model = train_painn(
+        rows[:4], rows[4:], settings=SMALL, uncertainty=uq, training=t, progress=False, log=lambda _: None
+    ).model
+    energies = np.array([a.get_potential_energy() for a in rows[:4]])
+    energy_rmse = np.std(energies) / 4  # per atom: NH3 has 4
+    force_rms = np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in rows[:4]]) ** 2))
+    on_forces = force_weight > 0 or head is not None
+    assert float(model.energy_scale) == pytest.approx(force_rms if on_forces else energy_rmse, rel=1e-12)
+    assert model.energy_shift.numpy() @ [3, 1] == pytest.approx(energies.mean(), rel=1e-12)  # H3N
+    if head == "mve":
+        assert model.head_scale.numpy() == pytest.approx([energy_rmse**2, force_rms**2], rel=1e-12)
 
 
 def test_painn_configuration_errors_name_the_key(tmp_path):

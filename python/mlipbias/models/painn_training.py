@@ -6,7 +6,7 @@ calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the sett
 :class:`~mlipbias.models.training.UncertaintySettings`), and trains like the BP-NN:
 
 - the per-element energy shift is the least-squares fit of the training energies on composition,
-  the output scale that fit's RMSE per atom;
+  the output scale the RMS force component when training on forces, else that fit's RMSE per atom;
 - all M members train in one loop on the same mini-batches, each from its own initialisation,
   on ``w_E L((E - E_ref) / N) + w_F L(F - F_ref)`` (L the MSE or MAE), plus the MVE or evidential
   NLL (``uncertainty.head_training`` joint or detached, as ``docs/models.md`` describes); Adam,
@@ -197,11 +197,18 @@ def train_painn(
     train_items = _labelled(train, elements, settings.cutoff, need_forces, "training")
     val_items = _labelled(validation, elements, settings.cutoff, need_forces, "validation")
     counts = np.array([np.bincount(species_indices(a, elements), minlength=len(elements)) for a in train])
-    model.fit_energy_shift(counts, np.array([it.energy for it in train_items]))
-    if head is not None:
-        model.init_heads(
-            float(np.mean(np.concatenate([it.forces.numpy().ravel() for it in train_items]) ** 2))
+    mean_square_force = None
+    if need_forces:
+        mean_square_force = float(
+            np.mean(np.concatenate([it.forces.numpy().ravel() for it in train_items]) ** 2)
         )
+    energy_rmse = model.fit_energy_shift(
+        counts,
+        np.array([it.energy for it in train_items]),
+        force_rms=math.sqrt(mean_square_force) if mean_square_force is not None else None,
+    )
+    if head is not None:
+        model.init_heads(mean_square_force, energy_rmse)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
