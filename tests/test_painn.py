@@ -240,6 +240,37 @@ def test_mlipbias_train_painn_end_to_end_and_resume(quartz_db, capsys):
         np.testing.assert_allclose(resumed.state_dict()[key].numpy(), value.numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize(("method", "head", "members"), [("mve", "mve", 1), ("gmm", None, 1)])
+def test_mlipbias_evaluate_painn_writes_predictions_and_plots(quartz_db, method, head, members, tmp_path):
+    """`mlipbias evaluate` on a PaiNN file writes the predictions (equal to the model's own evaluation,
+    structure by structure) and the parity, U-vs-error and calibration plots; without calibration data
+    the GMM score has no sigma, so only the parity plot is drawn."""
+    model = random_model(method, head, members)
+    save_painn(model, tmp_path / "model.pt")
+    rows = load_dataset(quartz_db / "quartz.db")
+    calibration = ["--calibration-data", str(quartz_db / "quartz.db")] if method == "mve" else []
+    args = ["evaluate", "--model", str(tmp_path / "model.pt"), "--data", str(quartz_db / "quartz.db")]
+    assert main([*args, "--out", str(tmp_path / "eval"), *calibration, "--no-progress"]) == 0
+    saved = np.load(tmp_path / "eval" / "predictions.npz")
+    for k in (0, 5):
+        out = model.evaluate(model.graph(rows[k]), method, forces=True)
+        first = int(saved["n_atoms"][:k].sum())
+        n = len(rows[k])
+        assert saved[f"{method}_energy"][k] == pytest.approx(float(out.energy[0]), rel=1e-12)
+        np.testing.assert_allclose(
+            saved[f"{method}_forces"][first : first + n], out.forces.numpy(), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            saved[f"{method}_atom_uncertainty"][first : first + n], out.atom_uncertainty.numpy(), rtol=1e-10
+        )
+        np.testing.assert_allclose(saved["forces_ref"][first : first + n], rows[k].get_forces())
+    written = sorted(p.name for p in (tmp_path / "eval").glob("*.png"))
+    expected = (
+        ["calibration.png", "parity.png", "uncertainty_vs_error.png"] if calibration else ["parity.png"]
+    )
+    assert written == expected
+
+
 @pytest.mark.parametrize("head", ["mve", "evidential", None])
 def test_painn_heads_train_jointly(quartz_db, head):
     """Joint heads (seed 003): the force NLL trains the network; the trained model has positive U.
