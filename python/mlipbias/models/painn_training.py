@@ -16,7 +16,8 @@ calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the sett
 
 Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``force_weight: 1.0``
 (ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential),
-``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (silica: 3 in the SI, 4 in the main text).
+``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (silica: 3 in the
+SI, 4 in the main text).
 
 Every epoch appends to ``metrics.jsonl`` and rewrites ``checkpoint.pt`` (resumable) in the output
 folder; ``best.pt`` is the best model so far.
