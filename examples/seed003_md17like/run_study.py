@@ -216,8 +216,8 @@ def config(molecule: str, k: int, method: str) -> dict:
     }
 
 
-def step_train(molecules=MOLECULES, only_method: str | None = None) -> None:
-    for k in range(1, N_SPLITS + 1):  # whole splits first: an interrupted study has complete splits
+def step_train(molecules=MOLECULES, only_method: str | None = None, splits=None) -> None:
+    for k in splits or range(1, N_SPLITS + 1):  # whole splits first: an interrupted study has whole splits
         for molecule in molecules:
             for method in METHODS:
                 if only_method and method != only_method:
@@ -416,6 +416,9 @@ def main(argv=None) -> None:
     parser.add_argument("--only", choices=list(STEPS), help="run one step")
     parser.add_argument("--method", choices=list(METHODS), help="train: only this method")
     parser.add_argument("--molecule", choices=MOLECULES, help="data, train: only this molecule")
+    parser.add_argument(
+        "--split", type=int, choices=range(1, N_SPLITS + 1), help="train: only this split (one process each)"
+    )
     args = parser.parse_args(argv)
     WORK.mkdir(exist_ok=True)
     molecules = [args.molecule] if args.molecule else list(MOLECULES)
@@ -423,7 +426,7 @@ def main(argv=None) -> None:
         if args.only and name != args.only:
             continue
         if name == "train":
-            step(molecules, args.method)
+            step(molecules, args.method, [args.split] if args.split else None)
         elif name == "data":
             step(molecules)
         else:
