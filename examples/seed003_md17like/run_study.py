@@ -274,7 +274,7 @@ def collect() -> dict:
 def cost_rows(timings: dict) -> list[tuple]:
     rows = []
     for method in METHODS:
-        entries, epochs = [], []
+        entries, per_epoch, wall = [], [], []
         for molecule in MOLECULES:
             for k in range(1, N_SPLITS + 1):
                 entry = timings.get(f"train {molecule} {k} {method}")
@@ -282,15 +282,18 @@ def cost_rows(timings: dict) -> list[tuple]:
                 if entry is None or not metrics.exists():
                     continue
                 entries.append(entry)
-                epochs += [json.loads(line)["seconds"] for line in metrics.read_text().splitlines()]
+                epochs = metrics.read_text().splitlines()
+                per_epoch.append(entry["cpu_s"] / len(epochs))
+                wall.append(entry["wall_s"] / entry["cpu_s"])
         if entries:
             rows.append(
                 (
                     method,
                     len(entries),
                     float(np.mean([e["cpu_s"] for e in entries])),
-                    float(np.median(epochs)),
+                    float(np.mean(per_epoch)),
                     float(np.max([e["max_rss_mib"] for e in entries])),
+                    float(np.mean(wall)),
                 )
             )
     return rows
@@ -334,9 +337,9 @@ def step_table() -> None:
     if rows:
         baseline = timings.get("baseline", {}).get("max_rss_mib")
         lines += [
-            "**Training cost per method** (one `mlipbias train` process each: CPU time of the whole"
-            " run, training and the evaluation of the test split; median wall time of one epoch; peak"
-            " resident memory"
+            "**Training cost per method** (one `mlipbias train` process each, one thread: CPU time of the"
+            " whole run, start, training and the evaluation of the test split, in total and divided by the"
+            " epochs; peak resident memory"
             + (
                 f", of which {baseline:.0f} MiB is the floor of a process importing torch and reading a split"
                 if baseline
@@ -344,11 +347,11 @@ def step_table() -> None:
             )
             + ")",
             "",
-            "| method | runs | CPU time per run (s) | wall time per epoch (s, median) | peak RSS (MiB) |",
-            "|---|---:|---:|---:|---:|",
+            "| method | runs | CPU time per run (s) | CPU time per epoch (s) | peak RSS (MiB) | wall / CPU |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
-        for method, n, cpu, epoch, rss in rows:
-            lines.append(f"| {LABELS[method]} | {n} | {cpu:.0f} | {epoch:.2f} | {rss:.0f} |")
+        for method, n, cpu, epoch, rss, ratio in rows:
+            lines.append(f"| {LABELS[method]} | {n} | {cpu:.0f} | {epoch:.2f} | {rss:.0f} | {ratio:.1f} |")
         lines.append("")
     total = sum(v.get("cpu_s", 0.0) for v in timings.values())
     lines.append(f"CPU time of every recorded step together: {total / 60:.1f} min (`work/**/usage*.json`).")
