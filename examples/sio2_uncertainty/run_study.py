@@ -478,10 +478,9 @@ def main(argv=None) -> int:
             timed("split", step_split)
         if not (WORK / "validation_heads.db").exists():
             timed("split heads", step_split_heads)
-        for name in HEADS:
+        for name in HEADS:  # each model evaluated before the next trains: results arrive as they go
             if not (WORK / name / "model.mlip").exists():
                 timed(f"train {name.replace('_', ' ', 1)}", step_train, name)
-        for name in HEADS:
             for test_set in TEST_SETS:
                 if not (WORK / "eval" / name / test_set / "metrics.json").exists():
                     timed(f"evaluate {name.replace('_', ' ', 1)} {test_set}", step_evaluate, name, test_set)
