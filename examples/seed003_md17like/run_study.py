@@ -282,7 +282,8 @@ def cost_rows(timings: dict) -> list[tuple]:
             for k in range(1, N_SPLITS + 1):
                 entry = timings.get(f"train {molecule} {k} {method}")
                 metrics = run_folder(molecule, k, method) / "metrics.jsonl"
-                if entry is None or not metrics.exists():
+                finished = (run_folder(molecule, k, method) / "test_metrics.json").exists()
+                if entry is None or not metrics.exists() or not finished:
                     continue
                 entries.append(entry)
                 epochs = metrics.read_text().splitlines()
