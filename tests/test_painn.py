@@ -15,6 +15,7 @@ import torch
 import yaml
 from ase import Atoms
 from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.stress import full_3x3_to_voigt_6_stress
 from model_fixtures import labelled_quartz, quartz
@@ -239,6 +240,37 @@ def test_mlipbias_train_painn_end_to_end_and_resume(quartz_db, capsys):
         np.testing.assert_allclose(resumed.state_dict()[key].numpy(), value.numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize(("method", "head", "members"), [("mve", "mve", 1), ("gmm", None, 1)])
+def test_mlipbias_evaluate_painn_writes_predictions_and_plots(quartz_db, method, head, members, tmp_path):
+    """`mlipbias evaluate` on a PaiNN file writes the predictions (equal to the model's own evaluation,
+    structure by structure) and the parity, U-vs-error and calibration plots; without calibration data
+    the GMM score has no sigma, so only the parity plot is drawn."""
+    model = random_model(method, head, members)
+    save_painn(model, tmp_path / "model.pt")
+    rows = load_dataset(quartz_db / "quartz.db")
+    calibration = ["--calibration-data", str(quartz_db / "quartz.db")] if method == "mve" else []
+    args = ["evaluate", "--model", str(tmp_path / "model.pt"), "--data", str(quartz_db / "quartz.db")]
+    assert main([*args, "--out", str(tmp_path / "eval"), *calibration, "--no-progress"]) == 0
+    saved = np.load(tmp_path / "eval" / "predictions.npz")
+    for k in (0, 5):
+        out = model.evaluate(model.graph(rows[k]), method, forces=True)
+        first = int(saved["n_atoms"][:k].sum())
+        n = len(rows[k])
+        assert saved[f"{method}_energy"][k] == pytest.approx(float(out.energy[0]), rel=1e-12)
+        np.testing.assert_allclose(
+            saved[f"{method}_forces"][first : first + n], out.forces.numpy(), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            saved[f"{method}_atom_uncertainty"][first : first + n], out.atom_uncertainty.numpy(), rtol=1e-10
+        )
+        np.testing.assert_allclose(saved["forces_ref"][first : first + n], rows[k].get_forces())
+    written = sorted(p.name for p in (tmp_path / "eval").glob("*.png"))
+    expected = (
+        ["calibration.png", "parity.png", "uncertainty_vs_error.png"] if calibration else ["parity.png"]
+    )
+    assert written == expected
+
+
 @pytest.mark.parametrize("head", ["mve", "evidential", None])
 def test_painn_heads_train_jointly(quartz_db, head):
     """Joint heads (seed 003): the force NLL trains the network; the trained model has positive U.
@@ -269,6 +301,39 @@ def test_painn_heads_train_jointly(quartz_db, head):
         return
     out = result.model.evaluate(result.model.graph(rows[9]), head)
     assert float(out.uncertainty[0]) > 0 and np.isfinite(out.atom_uncertainty.numpy()).all()
+
+
+@pytest.mark.parametrize(("head", "force_weight"), [(None, 1.0), ("mve", 0.0), (None, 0.0)])
+def test_output_scale_is_the_rms_force_when_training_on_forces(head, force_weight):
+    """Trained on forces, the output scale is the RMS training force component (unit-sized network
+    gradients); on energies alone, the RMSE per atom of the composition fit. The MVE energy variance
+    keeps the energy RMSE as its unit. Checked against numpy on molecules of one composition, where the
+    fit is the mean energy."""
+    from mlipbias.models.painn_training import train_painn
+    from mlipbias.models.training import TrainingSettings, UncertaintySettings
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(6):
+        atoms = ammonia(seed=k)
+        forces = rng.normal(scale=0.8, size=(4, 3))
+        atoms.calc = SinglePointCalculator(atoms, energy=-10.0 + 0.3 * rng.normal(), forces=forces)
+        rows.append(atoms)
+    t = TrainingSettings(
+        stress_weight=0.0, force_weight=force_weight, epochs=1, loss="mae", energy_weight=0.1, device="cpu"
+    )
+    uq = UncertaintySettings(methods=(head,) if head else (), head_training="joint")
+    model = train_painn(
+        rows[:4], rows[4:], settings=SMALL, uncertainty=uq, training=t, progress=False, log=lambda _: None
+    ).model
+    energies = np.array([a.get_potential_energy() for a in rows[:4]])
+    energy_rmse = np.std(energies) / 4  # per atom: NH3 has 4
+    force_rms = np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in rows[:4]]) ** 2))
+    on_forces = force_weight > 0 or head is not None
+    assert float(model.energy_scale) == pytest.approx(force_rms if on_forces else energy_rmse, rel=1e-12)
+    assert model.energy_shift.numpy() @ [3, 1] == pytest.approx(energies.mean(), rel=1e-12)  # H3N
+    if head == "mve":
+        assert model.head_scale.numpy() == pytest.approx([energy_rmse**2, force_rms**2], rel=1e-12)
 
 
 def test_painn_configuration_errors_name_the_key(tmp_path):

@@ -133,3 +133,70 @@ def test_train_on_an_rmd17_npz_fits_the_labels_in_ev(tmp_path, capsys, monkeypat
     assert metrics["forces ensemble"]["mae"] == pytest.approx(
         np.mean(np.abs(predicted.forces - reference.reshape(-1, 3))), rel=1e-6
     )
+
+
+def _make_splits_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "seed003_md17like" / "make_splits.py"
+    spec = importlib.util.spec_from_file_location("make_splits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_splits_takes_rmd17_index_files_and_smaller_sizes(tmp_path):
+    """examples/seed003_md17like/make_splits.py on an rMD17 file with its index files: the training and
+    validation structures are disjoint and drawn from index_train_0K.csv, the test ones are the first of
+    index_test_0K.csv, each with its frame and its labels in eV; sizes beyond the index files are errors."""
+    from ase.io import read
+
+    make_splits = _make_splits_module()
+    arrays = rmd17_arrays(n_frames=30, seed=4)
+    np.savez(tmp_path / "rmd17_methanol.npz", **arrays)
+    index_dir = tmp_path / "splits"
+    index_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for k in (1, 2):
+        order = rng.permutation(30)
+        np.savetxt(index_dir / f"index_train_{k:02d}.csv", order[:12], fmt="%d")
+        np.savetxt(index_dir / f"index_test_{k:02d}.csv", order[12:], fmt="%d")
+    out = tmp_path / "out"
+    sizes = ["--n-splits", "2", "--n-train", "7", "--n-validation", "3", "--n-test", "8"]
+    make_splits.main(
+        [str(tmp_path / "rmd17_methanol.npz"), "--index-dir", str(index_dir), "--out", str(out), *sizes]
+    )
+    for k in (1, 2):
+        train_pool = set(np.loadtxt(index_dir / f"index_train_{k:02d}.csv", dtype=int).tolist())
+        test_indices = np.loadtxt(index_dir / f"index_test_{k:02d}.csv", dtype=int)
+        parts = {
+            name: read(out / f"split_{k:02d}" / f"{name}.extxyz", ":")
+            for name in ("train", "validation", "test")
+        }
+        frames = {name: [a.info["source_frame"] for a in atoms] for name, atoms in parts.items()}
+        assert [len(frames[n]) for n in ("train", "validation", "test")] == [7, 3, 8]
+        assert set(frames["train"]) | set(frames["validation"]) <= train_pool
+        assert not set(frames["train"]) & set(frames["validation"])
+        assert sorted(frames["test"]) == sorted(test_indices[:8].tolist())
+        atoms = parts["test"][0]
+        frame = atoms.info["source_frame"]
+        np.testing.assert_allclose(atoms.positions, arrays["coords"][frame], atol=1e-6)  # extxyz digits
+        assert atoms.get_potential_energy() == pytest.approx(arrays["energies"][frame] * KCAL_PER_MOL_IN_EV)
+        np.testing.assert_allclose(
+            atoms.get_forces(), arrays["forces"][frame] * KCAL_PER_MOL_IN_EV, rtol=1e-7
+        )
+    too_many = ["--n-train", "11", "--n-validation", "3"]
+    with pytest.raises(SystemExit, match="index_train_01.csv holds 12 indices, expected at least 14"):
+        make_splits.main(
+            [
+                str(tmp_path / "rmd17_methanol.npz"),
+                "--index-dir",
+                str(index_dir),
+                "--out",
+                str(out),
+                *too_many,
+            ]
+        )
+    with pytest.raises(SystemExit, match="--n-test = 0: expected a positive number"):
+        make_splits.main([str(tmp_path / "rmd17_methanol.npz"), "--out", str(out), "--n-test", "0"])

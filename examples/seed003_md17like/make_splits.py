@@ -75,7 +75,22 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--index-dir", type=Path, help="folder of rMD17's index_train_0K.csv and index_test_0K.csv"
     )
+    # Smaller splits for a scaled-down study (README, "Scaling"); the defaults are rMD17's.
+    parser.add_argument("--n-splits", type=int, default=N_SPLITS, help=f"splits (default {N_SPLITS})")
+    parser.add_argument(
+        "--n-train", type=int, default=N_TRAIN_POOL - N_VALIDATION, help="training structures (default 800)"
+    )
+    parser.add_argument(
+        "--n-validation", type=int, default=N_VALIDATION, help="validation structures (default 200)"
+    )
+    parser.add_argument("--n-test", type=int, default=N_TEST, help="test structures (default 1000)")
     args = parser.parse_args(argv)
+    for name in ("n_splits", "n_train", "n_validation", "n_test"):
+        if getattr(args, name) < 1:
+            raise SystemExit(
+                f"--{name.replace('_', '-')} = {getattr(args, name)}: expected a positive number"
+            )
+    n_validation, n_pool, n_test = args.n_validation, args.n_train + args.n_validation, args.n_test
 
     structures = read_labelled(args.data)
     if "index" in structures[0].info:  # an MD dataset: put the snapshots in trajectory order
@@ -87,25 +102,28 @@ def main(argv=None) -> None:
             if key in atoms.info:
                 atoms.info[f"source_{key}"] = atoms.info.pop(key)
     n = len(structures)
-    if args.index_dir is None and n < N_TRAIN_POOL + N_TEST:
-        raise SystemExit(f"{args.data} holds {n} structures; the splits need {N_TRAIN_POOL + N_TEST}")
+    if args.index_dir is None and n < n_pool + n_test:
+        raise SystemExit(f"{args.data} holds {n} structures; the splits need {n_pool + n_test}")
     args.out.mkdir(parents=True, exist_ok=True)
-    for k in range(1, N_SPLITS + 1):
+    for k in range(1, args.n_splits + 1):
         if args.index_dir is not None:
             train_pool = read_index_file(args.index_dir / f"index_train_{k:02d}.csv", n)
             test = read_index_file(args.index_dir / f"index_test_{k:02d}.csv", n)
-            if len(train_pool) < N_TRAIN_POOL:
-                raise SystemExit(f"index_train_{k:02d}.csv holds {len(train_pool)} indices, expected 1000")
+            if len(train_pool) < n_pool:
+                raise SystemExit(
+                    f"index_train_{k:02d}.csv holds {len(train_pool)} indices, expected at least {n_pool}"
+                )
+            test = test[:n_test]
             if np.intersect1d(train_pool, test).size:
                 raise SystemExit(f"index_train_{k:02d}.csv and index_test_{k:02d}.csv share indices")
         else:
-            order = np.random.default_rng(k).permutation(n)[: N_TRAIN_POOL + N_TEST]
-            train_pool, test = np.sort(order[:N_TRAIN_POOL]), np.sort(order[N_TRAIN_POOL:])
+            order = np.random.default_rng(k).permutation(n)[: n_pool + n_test]
+            train_pool, test = np.sort(order[:n_pool]), np.sort(order[n_pool:])
             for name, indices in (("train", train_pool), ("test", test)):
                 np.savetxt(args.out / f"index_{name}_{k:02d}.csv", indices, fmt="%d")
         shuffled = np.random.default_rng(k).permutation(train_pool)
-        validation = np.sort(shuffled[:N_VALIDATION])
-        train = np.sort(shuffled[N_VALIDATION:N_TRAIN_POOL])
+        validation = np.sort(shuffled[:n_validation])
+        train = np.sort(shuffled[n_validation:n_pool])
         folder = args.out / f"split_{k:02d}"
         folder.mkdir(exist_ok=True)
         for name, indices in (("train", train), ("validation", validation), ("test", test)):

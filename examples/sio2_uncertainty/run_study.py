@@ -51,6 +51,16 @@ TEST_SETS = {
 }
 SPLIT_SEED = 0
 TABLE_BEGIN, TABLE_END = "<!-- table: begin (written by run_study.py) -->", "<!-- table: end -->"
+#: The heads comparison (README, "Post-hoc and published heads"): config -> (method, how the head trains).
+#: All four train on the same first N_HEADS_TRAIN / N_HEADS_VALIDATION rows of train.db / validation.db.
+HEADS = {
+    "heads_mve_post_hoc": ("mve", "post hoc (mean by SI Eq. 1)"),
+    "heads_mve_joint": ("mve", "joint, published (SI Eqs. 2-4)"),
+    "heads_evidential_post_hoc": ("evidential", "post hoc (mean by SI Eq. 1)"),
+    "heads_evidential_joint": ("evidential", "joint, published (SI Eqs. 5-9)"),
+}
+N_HEADS_TRAIN, N_HEADS_VALIDATION = 32, 16
+HEADS_BEGIN, HEADS_END = "<!-- heads table: begin (written by run_study.py) -->", "<!-- heads table: end -->"
 
 
 def mlipbias(*args: str, log: Path) -> None:
@@ -134,6 +144,14 @@ def step_split() -> None:
         WORK / "ood_displacements_all.db", WORK / "ood_displacements.db", lambda i, row: row.norm >= 1.0
     )
     print(f"  ood_displacements.db: {written} structures with norm >= 1 A")
+
+
+def step_split_heads() -> None:
+    """The heads comparison's data: the first rows of train.db and validation.db (a random subset: the
+    split is a random permutation)."""
+    for name, n in (("train", N_HEADS_TRAIN), ("validation", N_HEADS_VALIDATION)):
+        written = copy_rows(WORK / f"{name}.db", WORK / f"{name}_heads.db", lambda i, row, n=n: i < n)
+        print(f"  {name}_heads.db: {written} structures")
 
 
 def step_train(name: str) -> None:
@@ -351,6 +369,73 @@ def step_table() -> None:
     print(table)
 
 
+def heads_markdown() -> str:
+    """The heads comparison: one row per (method, training mode), one block per test set."""
+    header = (
+        "| method | head training | E RMSE (meV/atom) | F RMSE (eV/A) | Spearman E | ROC-AUC E | cNLL E "
+        "| Spearman F | ROC-AUC F | miscal. area F | cNLL F | inside U (E / F) |"
+    )
+    blocks = []
+    for test_set, (_, title) in TEST_SETS.items():
+        lines = None
+        for name, (method, mode) in HEADS.items():
+            path = WORK / "eval" / name / test_set / "metrics.json"
+            if not path.exists():
+                continue
+            payload = json.loads(path.read_text())
+            if lines is None:
+                lines = [
+                    f"**{title}**, {payload['n_structures']} structures",
+                    "",
+                    header,
+                    "|---|---|" + "---:|" * 10,
+                ]
+            e = payload["metrics"][f"energy {method}"]
+            f = payload["metrics"].get(f"forces {method}") or {}
+            c = {q: payload["coverage"].get(f"{q} {method}") for q in ("energy", "forces")}
+            cells = [
+                METHOD_LABELS[method],
+                mode,
+                _cell(1000 * e["rmse"], ".2f"),
+                _cell(f.get("rmse"), ".3f"),
+                _cell(e.get("spearman"), ".2f"),
+                _cell(e.get("roc_auc"), ".2f"),
+                _cell(e.get("cnll"), ".2f"),
+                _cell(f.get("spearman"), ".2f"),
+                _cell(f.get("roc_auc"), ".2f"),
+                _cell(f.get("miscalibration_area_recalibrated"), ".2f"),
+                _cell(f.get("cnll"), ".2f"),
+                f"{_cell(c['energy'], '.2f')} / {_cell(c['forces'], '.2f')}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if lines:
+            blocks.append("\n".join(lines))
+    path = WORK / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    steps = {
+        k: v for k, v in timings.items() if k.startswith(("train heads", "evaluate heads", "split heads"))
+    }
+    cost = ["| step | wall time |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} min |" for k, v in steps.items()]
+    cost.append(f"| total | {sum(steps.values()) / 60:.1f} min |")
+    return (
+        "\n\n".join(blocks) + "\n\nWall time of each step (`work/timings.json`):\n\n" + "\n".join(cost) + "\n"
+    )
+
+
+def step_heads_table() -> None:
+    table = heads_markdown()
+    (HERE / "results_heads.md").write_text(
+        "# Post-hoc and published heads (written by run_study.py)\n\n" + table
+    )
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    if HEADS_BEGIN in text and HEADS_END in text:
+        head, rest = text.split(HEADS_BEGIN, 1)
+        _, tail = rest.split(HEADS_END, 1)
+        readme.write_text(head + HEADS_BEGIN + "\n\n" + table + "\n" + HEADS_END + tail)
+    print(table)
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 
@@ -358,8 +443,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only",
-        choices=["data", "split", "train", "evaluate", "table"],
-        help="run one step (and nothing else)",
+        choices=["data", "split", "train", "evaluate", "table", "heads"],
+        help="run one step (and nothing else); heads: the heads comparison (data and split if missing)",
     )
     parser.add_argument(
         "--model", action="append", choices=list(MODELS), help="train/evaluate only this model (repeatable)"
@@ -385,6 +470,21 @@ def main(argv=None) -> int:
                 timed(f"evaluate {name} {test_set}", step_evaluate, name, test_set)
     if want("table") and models == list(MODELS):
         step_table()
+    if args.only in (None, "heads") and not args.model:
+        if not (WORK / "ood_md_3000K.done").exists():
+            timed("data", step_data)
+            (WORK / "ood_md_3000K.done").touch()
+        if not (WORK / "ood_displacements.db").exists():
+            timed("split", step_split)
+        if not (WORK / "validation_heads.db").exists():
+            timed("split heads", step_split_heads)
+        for name in HEADS:  # each model evaluated before the next trains: results arrive as they go
+            if not (WORK / name / "model.mlip").exists():
+                timed(f"train {name.replace('_', ' ', 1)}", step_train, name)
+            for test_set in TEST_SETS:
+                if not (WORK / "eval" / name / test_set / "metrics.json").exists():
+                    timed(f"evaluate {name.replace('_', ' ', 1)} {test_set}", step_evaluate, name, test_set)
+        step_heads_table()
     return 0
 
 

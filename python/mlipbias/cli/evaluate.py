@@ -244,10 +244,12 @@ def _is_torch_file(path) -> bool:
 
 
 def _evaluate_painn(args, methods) -> int:
-    """The seed-003 table of a PaiNN model (docs/painn.md); writes metrics.json (no plots)."""
+    """The seed-003 table of a PaiNN model (docs/painn.md); writes metrics.json, predictions.npz and plots."""
+    import numpy as np
+
     from mlipbias.datasets import load_dataset
     from mlipbias.models.painn import load_painn
-    from mlipbias.models.painn_training import evaluate_painn, jsonable_tables
+    from mlipbias.models.painn_training import evaluate_painn, jsonable_tables, write_painn_plots
     from mlipbias.uq.metrics import format_table
 
     if not args.forces:
@@ -257,7 +259,8 @@ def _evaluate_painn(args, methods) -> int:
     if not structures:
         raise ValueError(f"{args.data}: no structures match the selection {args.selection!r}")
     calibration = load_dataset(args.calibration_data, args.selection) if args.calibration_data else None
-    tables = evaluate_painn(model, structures, calibration, methods=methods)
+    kept: dict = {}
+    tables = evaluate_painn(model, structures, calibration, methods=methods, keep=kept)
     print(f"{args.model} (PaiNN) on {args.data} ({len(structures)} structures):")
     for method, table in tables.items():
         print(f"{method}:\n{format_table(table)}")
@@ -273,5 +276,14 @@ def _evaluate_painn(args, methods) -> int:
         "metrics": jsonable_tables(tables),
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out / 'metrics.json'}")
+    first = next(iter(kept.values()))[0]
+    arrays = {"energy_ref": first.energy_ref, "n_atoms": first.n_atoms, "forces_ref": first.forces_ref}
+    for method, (p, _) in kept.items():
+        prefix = "" if method == "none" else f"{method}_"
+        arrays[f"{prefix}energy"], arrays[f"{prefix}forces"] = p.energy, p.forces
+        if p.atom_uncertainty is not None:
+            arrays[f"{prefix}atom_uncertainty"] = p.atom_uncertainty
+    np.savez_compressed(out / "predictions.npz", **arrays)
+    plots = write_painn_plots(kept, out)
+    print(f"wrote {out / 'metrics.json'}, {out / 'predictions.npz'}, " + ", ".join(str(p) for p in plots))
     return 0

@@ -415,24 +415,35 @@ class PaiNNModel(torch.nn.Module):
 
     # ---------------------------------------------------------------- set-up from data
 
-    def fit_energy_shift(self, counts: np.ndarray, energies: np.ndarray) -> float:
-        """Per-element energies by least squares of the training energies on composition (eV) and the
-        scale as the RMSE per atom of that fit, so the networks learn a unit-sized residual."""
+    def fit_energy_shift(
+        self, counts: np.ndarray, energies: np.ndarray, force_rms: float | None = None
+    ) -> float:
+        """Per-element energies by least squares of the training energies on composition (eV); returns
+        the RMSE per atom of that fit (eV/atom).
+
+        The output scale is that RMSE, so the networks learn a unit-sized residual, or, given
+        ``force_rms`` (the RMS training force component, eV/A, for models trained on forces), that RMS,
+        so the networks' gradients are unit-sized (as NequIP's force-RMS scaling): for molecules of one
+        composition (MD17, ammonia) the energy RMSE per atom is ~50x smaller than the forces in eV/A,
+        and with it as the scale the forces hardly learn in the first epochs (measured on ethanol,
+        examples/seed003_md17like/README.md)."""
         counts = np.asarray(counts, dtype=float)
         shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
         residual = (energies - counts @ shift) / counts.sum(axis=1)
-        scale = float(np.sqrt(np.mean(residual**2)))
-        scale = scale if scale > 0 else 1.0
+        rmse = float(np.sqrt(np.mean(residual**2)))
+        scale = force_rms if force_rms is not None and force_rms > 0 else rmse
         self.energy_shift.copy_(torch.tensor(shift, dtype=DTYPE))
-        self.energy_scale.fill_(scale)
-        return scale
+        self.energy_scale.fill_(scale if scale > 0 else 1.0)
+        return rmse
 
-    def init_heads(self, mean_square_force: float) -> None:
-        """Head units (as the BP-NN's) and biases so that every softplus starts at 1."""
+    def init_heads(self, mean_square_force: float, energy_unit: float | None = None) -> None:
+        """Head units (as the BP-NN's; the energy variance in ``energy_unit``^2, eV/atom, default the
+        output scale) and biases so that every softplus starts at 1."""
         if self.head_kind is None:
             return
         module = mve if self.head_kind == "mve" else evidential
-        scales = module.initial_scales(float(self.energy_scale), mean_square_force)
+        unit = float(self.energy_scale) if energy_unit is None or energy_unit <= 0 else energy_unit
+        scales = module.initial_scales(unit, mean_square_force)
         with torch.no_grad():
             self.head_scale.copy_(torch.tensor(scales, dtype=DTYPE))
             for member in self.members:
