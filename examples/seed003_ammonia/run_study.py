@@ -180,7 +180,7 @@ def stage_reference():
 
 
 def normal_modes(ref):
-    """Vibrational frequencies^2 (eV/(A^2 amu)) and Cartesian mode vectors per unit mass-weighted amplitude."""
+    """Vibrational w^2 (eV/(A^2 amu)) and Cartesian mode vectors per unit mass-weighted amplitude."""
     from ase import Atoms
 
     masses = Atoms("NH3").get_masses()
@@ -278,9 +278,9 @@ def stage_test_data(ref):
         direction_rng = np.random.default_rng([SEED, 3, i])
         probe = direction_rng.bit_generator.state
 
-        def proxy(scale):
-            direction_rng.bit_generator.state = probe
-            return xtb_energy(displaced(ref, direction_rng, scale * KCAL)) - x_min - aim / ratio
+        def proxy(scale, rng=direction_rng, probe=probe, target=aim / ratio):
+            rng.bit_generator.state = probe  # the same direction for every scale
+            return xtb_energy(displaced(ref, rng, scale * KCAL)) - x_min - target
 
         hi = 1.0
         while proxy(hi) < 0 and hi < 1e4:
@@ -327,7 +327,7 @@ def load_sets():
             test.append(a)
             used.add(k)
     if len(pool) >= TEST_MAX_LABELS:
-        # The pool is spent: a bin still short takes the unused geometry nearest to its centre (0-100 kcal/mol).
+        # The pool is spent: a short bin takes the unused geometry nearest to its centre (0-100 kcal/mol).
         for b in np.flatnonzero(counts < TEST_PER_BIN):
             for _ in range(TEST_PER_BIN - counts[b]):
                 free = [
@@ -403,7 +403,7 @@ def stage_barrier_dft(ref):
         h = round(float(frac * h_min), 6)
         r0 = round(float(np.sqrt(max(r_min**2 - h**2, 0.25))), 6)
         r1 = round(r0 + 0.01, 6)
-        (e_a, g_a), (e_b, g_b) = gradient(h, r0), gradient(h, r1)
+        (_, g_a), (e_b, g_b) = gradient(h, r0), gradient(h, r1)
         for _ in range(8):
             if abs(g_b) < 2e-3:
                 break
@@ -561,8 +561,9 @@ def stability(gen, method, model, ref, starts):
     from mlipbias.models.gnn import batch_graphs
 
     path = RESULTS / "stability" / f"gen{gen}_{method}.json"
-    if path.exists():
-        return read_json(path)
+    done = read_json(path)
+    if done is not None and "stable_fraction_geometric" in done:
+        return done
     path.parent.mkdir(exist_ok=True)
     rng = np.random.default_rng([SEED, 5, gen, METHODS.index(method)])
     e_min = ref["minimum"]["energy"]
@@ -596,7 +597,11 @@ def stability(gen, method, model, ref, starts):
         out = model.evaluate(graph, None, forces=True)
         return out.energy.numpy(), out.forces.numpy().reshape(len(idx), 4, 3)
 
+    below = np.full(n, -1)  # first step with the energy below the DFT minimum (-1: never)
+
     def check(step, idx, energy):
+        # A geometric failure ends the trajectory; the energy criterion is recorded and the run goes on,
+        # so that both the paper's criteria and the geometric ones alone can be reported.
         for k, e in zip(idx, energy, strict=True):
             d = {p: np.linalg.norm(x[k, p[0]] - x[k, p[1]]) for p in pairs}
             why = ""
@@ -604,8 +609,10 @@ def stability(gen, method, model, ref, starts):
                 why = "atoms closer than 0.75 A"
             elif max(d[b] for b in bonds) > MAX_BOND:
                 why = "N-H longer than 2.25 A"
-            elif not np.isfinite(e) or e < e_min:
-                why = "energy below the DFT minimum"
+            elif not np.isfinite(e):
+                why = "energy not finite"
+            if (not np.isfinite(e) or e < e_min) and below[k] < 0:
+                below[k] = step
             if why:
                 alive[k], failed_at[k], reason[k] = False, step, why
 
@@ -630,10 +637,14 @@ def stability(gen, method, model, ref, starts):
         "timestep_fs": MD_DT,
         "per_temperature": MD_PER_TEMP,
     }
-    result["stable_fraction"] = {f"{T:g}": float(np.mean(alive[temps == T])) for T in MD_TEMPS}
+    stable = alive & (below < 0)
+    result["stable_fraction"] = {f"{T:g}": float(np.mean(stable[temps == T])) for T in MD_TEMPS}
+    result["stable_fraction_geometric"] = {f"{T:g}": float(np.mean(alive[temps == T])) for T in MD_TEMPS}
+    result["energy_below_minimum_step"] = below.tolist()
     result["failed_step"] = failed_at.tolist()
     result["reason"] = reason
-    result["stable_fraction_all"] = float(alive.mean())
+    result["stable_fraction_all"] = float(stable.mean())
+    result["stable_fraction_geometric_all"] = float(alive.mean())
     write_json(path, result)
     log(f"gen {gen} {method}: stable fractions {result['stable_fraction']}")
     return result
@@ -694,20 +705,20 @@ def test_complete(test) -> bool:
     return len(test) == TEST_BINS * TEST_PER_BIN
 
 
-def stage_evaluate(methods):
+def stage_evaluate(methods, ref):
     """Metrics of the generation-1 and -3 models on the test set (deferred while the test set is labelled)."""
     from mlipbias.models.painn import load_painn
 
     train, val, test = load_sets()
     if not test_complete(test):
-        log(
-            f"warning: the test set has {len(test)} of {TEST_BINS * TEST_PER_BIN} geometries (labelling goes on)"
-        )
+        log(f"warning: the test set has {len(test)} of {TEST_BINS * TEST_PER_BIN} geometries")
     for gen in (1, 3):
         for method in methods:
             final = RESULTS / "models" / f"gen{gen}_{method}" / "model.pt"
             if final.exists():
-                evaluate(gen, method, load_painn(final), val, test)
+                model = load_painn(final)
+                evaluate(gen, method, model, val, test)
+                stability(gen, method, model, ref, train + val)
 
 
 def stage_generation(gen: int, ref, methods):
@@ -744,6 +755,20 @@ def fmt(v, digits=3):
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
 
 
+def export_labels():
+    """The DFT labels of the (ignored) databases as extended XYZ, to be committed."""
+    from ase.io import write
+
+    from mlipbias.datasets import load_dataset, open_dataset
+
+    for db in sorted(RESULTS.glob("*.db")):
+        if len(open_dataset(db)):
+            rows = load_dataset(db)
+            for a in rows:
+                a.info = {k: v for k, v in a.info.items() if isinstance(v, (int, float, str))}
+            write(db.with_suffix(".extxyz"), rows, format="extxyz")
+
+
 def stage_report(ref):
     import matplotlib
 
@@ -772,7 +797,7 @@ def stage_report(ref):
         lines += [
             f"## Generation {gen}: test set ({len(test)} geometries), force uncertainty per atom",
             "",
-            "| method | force MAE (eV/A) | energy MAE (kcal/mol) | Spearman | ROC-AUC | miscal. area | cNLL |",
+            "| method | force MAE (eV/A) | energy MAE (kcal/mol) | Spearman | ROC-AUC | miscal. | cNLL |",
             "|---|---|---|---|---|---|---|",
         ]
         for m, r in rows.items():
@@ -858,7 +883,10 @@ def stage_report(ref):
     plt.close(fig)
     # stability
     lines += [
-        f"## Fraction of stable NVT trajectories ({MD_PER_TEMP} per temperature, {MD_STEPS * MD_DT / 1000:g} ps)",
+        f"## Stable NVT trajectories ({MD_PER_TEMP} per temperature, {MD_STEPS * MD_DT / 1000:g} ps)",
+        "",
+        "Paper's criteria; in brackets the geometric criteria alone (no energy criterion); light bars in the "
+        "figure: the difference.",
         "",
         "| method | gen | " + " | ".join(f"{t:g} K" for t in MD_TEMPS) + " | all | paper (all T) |",
         "|---|---|" + "---|" * (len(MD_TEMPS) + 2),
@@ -871,13 +899,23 @@ def stage_report(ref):
             if not r:
                 continue
             fr = [r["stable_fraction"][f"{t:g}"] for t in MD_TEMPS]
+            geo = [r.get("stable_fraction_geometric", r["stable_fraction"])[f"{t:g}"] for t in MD_TEMPS]
             paper = f"{PAPER_STABLE_GEN1[m]:.2f}" if gen == 1 else PAPER_STABLE_GAIN_GEN3[m]
             lines.append(
                 f"| {m} | {gen} | "
-                + " | ".join(f"{x:.2f}" for x in fr)
-                + f" | {r['stable_fraction_all']:.2f} | {paper} |"
+                + " | ".join(f"{x:.2f} ({y:.2f})" for x, y in zip(fr, geo, strict=True))
+                + f" | {r['stable_fraction_all']:.2f} ({r.get('stable_fraction_geometric_all', np.nan):.2f})"
+                + f" | {paper} |"
             )
             ax.bar(np.arange(len(MD_TEMPS)) + (k - 1.5) * width, fr, width, label=m)
+            ax.bar(
+                np.arange(len(MD_TEMPS)) + (k - 1.5) * width,
+                np.subtract(geo, fr),
+                width,
+                bottom=fr,
+                color=f"C{k}",
+                alpha=0.3,
+            )
         ax.set_xticks(range(len(MD_TEMPS)), [f"{t:g} K" for t in MD_TEMPS])
         ax.set_title(f"generation {gen}")
         ax.legend(fontsize=8)
@@ -915,6 +953,7 @@ def stage_report(ref):
     fig.tight_layout()
     fig.savefig(HERE / "fig_training_energies.png", dpi=110)
     plt.close(fig)
+    export_labels()
     timings = {}
     for part in sorted(RESULTS.glob("timings_*.json")):
         for k, v in read_json(part).items():
@@ -971,7 +1010,7 @@ def main(argv=None):
         elif stage.startswith("gen"):
             stage_generation(int(stage[3:]), ref, args.methods)
         elif stage == "evaluate":
-            stage_evaluate(args.methods)
+            stage_evaluate(args.methods, ref)
         elif stage == "report":
             stage_report(ref)
 
