@@ -39,7 +39,7 @@ SEED = 3
 N_TRAIN, N_VAL = 62, 16  # paper: 62 / 16
 TRAIN_MAX_KCAL = 5.0  # paper: 0-5 kcal/mol
 TEST_BINS, TEST_PER_BIN = 100, 2  # paper: 2 per 1 kcal/mol bin, 0-100 kcal/mol
-TEST_MAX_LABELS = 270  # DFT calls at most spent on the test pool
+TEST_MAX_LABELS = 246  # DFT calls at most spent on the test pool (time: README)
 PAINN = {
     "cutoff": 5.0,
     "features": 16,
@@ -56,7 +56,7 @@ MD_TEMPS = (300.0, 500.0, 750.0, 1000.0)  # paper: the same
 MD_PER_TEMP, MD_STEPS, MD_DT = 5, 400, 0.5  # paper: 100 trajectories of 5 ps (10000 steps) at 0.5 fs
 MD_FRICTION = 0.01  # 1/fs, Langevin (paper: Nose-Hoover)
 MIN_DIST, MAX_BOND = 0.75, 2.25  # A, the paper's instability criteria
-NEB_IMAGES = 7  # interior images
+NEB_IMAGES, NEB_STEPS = 7, 60  # interior images, FIRE steps at most
 
 
 def log(msg: str) -> None:
@@ -535,7 +535,7 @@ def neb_barrier(gen, method, model, ref):
         a.calc = PaiNNCalculator(model)
     neb = NEB(images, climb=True, method="improvedtangent")
     neb.interpolate()
-    converged = FIRE(neb, logfile=None).run(fmax=0.05, steps=150)
+    converged = FIRE(neb, logfile=None).run(fmax=0.05, steps=NEB_STEPS)
     e_ref = min(a.get_potential_energy() for a in (images[0], images[-1]))
     energies = [(a.get_potential_energy() - e_ref) / KCAL for a in images]
     result = {
@@ -813,23 +813,13 @@ def stage_report(ref):
         for ax, (m, r) in zip(axes, rows.items(), strict=True):
             if r is None:
                 continue
-            ax.loglog(
-                r["atom_uncertainty"]
-                if m != "gmm"
-                else np.exp(np.array(r["atom_uncertainty"]) - np.max(r["atom_uncertainty"])),
-                r["force_sq_error"],
-                ".",
-                ms=3,
-                alpha=0.6,
-            )
-            if m == "gmm":
-                ax.set_xscale("linear")
-                ax.semilogy()
-                ax.cla()
-                ax.semilogy(r["atom_uncertainty"], r["force_sq_error"], ".", ms=3, alpha=0.6)
-                ax.set_xlabel("GMM NLL of the atom's features")
+            u = np.asarray(r["atom_uncertainty"])
+            if m == "gmm":  # a negative log-likelihood: shifted to start at 1 for a log axis
+                u = u - u.min() + 1.0
+                ax.set_xlabel("GMM NLL - min + 1")
             else:
                 ax.set_xlabel("U_i ((eV/A)^2)")
+            ax.loglog(u, r["force_sq_error"], ".", ms=3, alpha=0.6)
             f = r["tables"]["forces"]
             ax.set_title(
                 f"{m}: rho {fmt(f['spearman'], 2)}, AUC {fmt(f['roc_auc'], 2)}, cNLL {fmt(f['cnll'], 2)}",
@@ -955,7 +945,7 @@ def stage_report(ref):
     plt.close(fig)
     export_labels()
     timings = {}
-    for part in sorted(RESULTS.glob("timings_*.json")):
+    for part in sorted(RESULTS.glob("timings*.json")):
         for k, v in read_json(part).items():
             timings[k] = [a + b for a, b in zip(timings.get(k, [0.0, 0.0]), v, strict=True)]
     lines += [
