@@ -366,3 +366,19 @@ def test_the_seed_003_configuration_of_the_docs_loads():
     assert (t.learning_rate, t.decay_factor, t.decay_patience) == (1e-4, 0.5, 30)
     assert (t.loss, t.energy_weight, t.force_weight) == ("mae", 0.1, 1.0)
     assert config.uncertainty.n_members == 5
+
+
+def test_a_fixed_energy_scale_replaces_the_fitted_one_and_survives_the_file(tmp_path):
+    counts = np.array([[1.0, 3.0], [2.0, 6.0], [1.0, 3.0]])
+    energies = np.array([-10.0, -20.1, -10.2])
+    fitted = PaiNNModel(["N", "H"], SMALL).fit_energy_shift(counts, energies)
+    residual = energies - counts @ np.linalg.lstsq(counts, energies, rcond=None)[0]
+    assert fitted == pytest.approx(np.sqrt(np.mean((residual / counts.sum(axis=1)) ** 2)))
+    model = PaiNNModel(["N", "H"], PaiNNSettings(**{**SMALL.to_dict(), "energy_scale": 0.5}))
+    assert model.fit_energy_shift(counts, energies) == 0.5 and float(model.energy_scale) == 0.5
+    path = save_painn(model, tmp_path / "scaled.pt")
+    loaded = load_painn(path)
+    assert loaded.settings.energy_scale == 0.5 and float(loaded.energy_scale) == 0.5
+    for bad in (0.0, -1.0, float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="energy_scale"):
+            PaiNNSettings(energy_scale=bad)

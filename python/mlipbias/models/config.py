@@ -118,7 +118,8 @@ model:
   n_radial: 5                   # radial functions (trainable species-pair coefficients)
   n_contractions: 8             # contraction groups kept, 1..8 (360 features with 5 radial functions)
   painn: {}                     # painn: cutoff (5.0 A), features (128), layers (3), radial_basis (20),
-                                # readout ([64, 64]); the defaults are Tan et al.'s (docs/painn.md)
+                                # readout ([64, 64]), energy_scale (null: fitted, eV/atom); the defaults
+                                # are Tan et al.'s (docs/painn.md)
 
 uncertainty:
   methods: [ensemble]           # any of: ensemble, mve, evidential, gmm, posterior, distance

@@ -80,13 +80,16 @@ class ShiftedSoftplus(torch.nn.Module):
 class PaiNNSettings:
     """Architecture (defaults: seed 003 SI section I). ``cutoff`` in A; ``features`` F of the scalar
     and vector channels; ``layers`` message-passing layers; ``radial_basis`` Gaussians; ``readout``
-    widths of the dense layers before the atomic energy."""
+    widths of the dense layers before the atomic energy. ``energy_scale`` (eV per atom) fixes the
+    output scale ``s``; None fits it as the RMSE per atom of the composition fit, which is tiny for
+    one molecule near its minimum (NH3 within 5 kcal/mol: ~0.02 eV) and then slows force learning."""
 
     cutoff: float = 5.0
     features: int = 128
     layers: int = 3
     radial_basis: int = 20
     readout: tuple[int, ...] = (64, 64)
+    energy_scale: float | None = None
 
     def __post_init__(self):
         cutoff = self.cutoff
@@ -106,6 +109,13 @@ class PaiNNSettings:
         ):
             raise ValueError(f"model.painn.readout = {self.readout!r}: expected a list of positive widths")
         object.__setattr__(self, "readout", tuple(int(h) for h in readout))
+        scale = self.energy_scale
+        if scale is not None:
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+                raise ValueError(
+                    f"model.painn.energy_scale = {scale!r}: expected a finite number > 0 (eV/atom) or null"
+                )
+            object.__setattr__(self, "energy_scale", float(scale))
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "readout": list(self.readout)}
@@ -426,12 +436,15 @@ class PaiNNModel(torch.nn.Module):
         so the networks' gradients are unit-sized (as NequIP's force-RMS scaling): for molecules of one
         composition (MD17, ammonia) the energy RMSE per atom is ~50x smaller than the forces in eV/A,
         and with it as the scale the forces hardly learn in the first epochs (measured on ethanol,
-        examples/seed003_md17like/README.md)."""
+        examples/seed003_md17like/README.md). ``settings.energy_scale`` (eV/atom), when
+        given, replaces both."""
         counts = np.asarray(counts, dtype=float)
         shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
         residual = (energies - counts @ shift) / counts.sum(axis=1)
         rmse = float(np.sqrt(np.mean(residual**2)))
         scale = force_rms if force_rms is not None and force_rms > 0 else rmse
+        if self.settings.energy_scale is not None:  # a user's fixed scale wins
+            scale = self.settings.energy_scale
         self.energy_shift.copy_(torch.tensor(shift, dtype=DTYPE))
         self.energy_scale.fill_(scale if scale > 0 else 1.0)
         return rmse
