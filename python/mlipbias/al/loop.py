@@ -359,6 +359,8 @@ class ActiveLearning:
             tmp = path.with_name(path.name + ".tmp")
             ase.io.write(tmp, exploration.candidates, format="extxyz")
             os.replace(tmp, path)
+            if exploration.trajectory is not None:
+                write_trajectory(folder / f"walker_{k:02d}.traj.npz", exploration.trajectory)
             write_json(folder / f"walker_{k:02d}.json", exploration.summary())  # marks the walker done
             bar.update(1)
         bar.close()
@@ -510,6 +512,23 @@ class ActiveLearning:
             "stop": stop,
         }
         append_summary(self.directory, row, log=self.log)
+
+
+def write_trajectory(path: Path, trajectory: dict) -> None:
+    """A walker's trajectory (``explore.trajectory_interval``) as .npz, atomically."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **trajectory)
+    os.replace(tmp, path)
+
+
+def read_trajectories(directory, generation: int) -> list[dict]:
+    """The trajectories of generation ``generation``'s walkers in walker order (those written)."""
+    folder = Path(directory) / f"gen_{generation:03d}" / "walkers"
+    out = []
+    for path in sorted(folder.glob("walker_*.traj.npz")):
+        with np.load(path) as data:
+            out.append({k: data[k] for k in data.files})
+    return out
 
 
 def create_database(path: Path) -> None:
