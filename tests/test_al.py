@@ -167,7 +167,8 @@ def test_loop_runs_to_the_maximum_size_with_warm_starts(tmp_path, capsys):
     assert walker["stop_reason"] in ("threshold", "max_steps", "failed")
     trajectories = read_trajectories(directory, 1)
     assert len(trajectories) == 2 and all(t["step"][0] == 0 for t in trajectories)
-    assert all(np.all(t["step"] % 5 == 0) and t["step"][-1] <= walker["steps"] for t in trajectories[:1])
+    assert [t["walker"] for t in trajectories] == [0, 1] and trajectories[0]["steps"] == walker["steps"]
+    assert all(np.all(t["step"] % 5 == 0) and t["step"][-1] <= t["steps"] for t in trajectories)
     # Rerunning a finished run repeats nothing.
     with Client(processes=False, n_workers=1, dashboard_address=None) as client:
         run_active_learning(config, client=client, progress=False)

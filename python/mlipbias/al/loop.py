@@ -522,12 +522,17 @@ def write_trajectory(path: Path, trajectory: dict) -> None:
 
 
 def read_trajectories(directory, generation: int) -> list[dict]:
-    """The trajectories of generation ``generation``'s walkers in walker order (those written)."""
+    """The trajectories of generation ``generation``'s walkers in walker order (those written):
+    the arrays of :attr:`Exploration.trajectory`, ``walker`` (its number) and ``steps`` (the MD
+    steps it ran, from its summary)."""
     folder = Path(directory) / f"gen_{generation:03d}" / "walkers"
     out = []
     for path in sorted(folder.glob("walker_*.traj.npz")):
+        summary = json.loads(path.with_name(path.name.replace(".traj.npz", ".json")).read_text())
         with np.load(path) as data:
-            out.append({k: data[k] for k in data.files})
+            out.append(
+                {**{k: data[k] for k in data.files}, "walker": int(path.name[7:9]), "steps": summary["steps"]}
+            )
     return out
 
 
