@@ -446,7 +446,7 @@ def write_report() -> None:
             ax.scatter(
                 e["dihedrals"][:, 0],
                 e["dihedrals"][:, 1],
-                s=1,
+                s=4,
                 c=e["generation"],
                 cmap="viridis",
                 label="MD frames",
