@@ -385,11 +385,11 @@ def write_report() -> None:
             continue
         parts, total = [], 0.0
         for r in experiments[name]["rows"]:
-            secs = [r.get(f"seconds_{k}", 0.0) for k in ("train", "explore", "select", "label")]
+            secs = [r[f"seconds_{k}"] for k in ("train", "explore", "select", "label") if f"seconds_{k}" in r]
             total += sum(secs)
-            parts.append(
-                f"g{r['generation']}: " + " / ".join(f"{x:.0f}" if x >= 1 else f"{x:.1f}" for x in secs)
-            )
+            final = " (final training)" if len(secs) == 1 else ""
+            text = " / ".join(f"{x:.0f}" if x >= 1 else f"{x:.1f}" for x in secs)
+            parts.append(f"g{r['generation']}: {text}{final}")
         c = cost.get(name, {})
         lines.append(f"| {label} | {'; '.join(parts)} | {total:.0f} | {c.get('cpu_seconds', '-')} |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
