@@ -7,13 +7,20 @@
 // pair gradients; the sketched gradient features phi_i of member 0; local sums.
 // backward(): U from the global sums; the ensemble's dU/dx is the v-weighted sum of the member
 // pair gradients (no descriptor work); the gradient-feature methods need dU/dG_i, known only
-// after the global sums, and run one more descriptor vjp for it; scatter to atoms.
+// after the global sums, and one more descriptor vjp for it: when that gradient is wanted,
+// forward() keeps its energy rows instead of contracting them, and backward() contracts both in
+// one traversal (a vjp of two rows costs little more than one); scatter to atoms.
 //
 // dU/dG for the gradient-feature methods: with U^2 = c^2 q(Phi) and v = (1/2) dq/dPhi,
 // dU = (c^2 / U) v . dPhi, and v . phi_i = sum_l delta_l^T B_l a_l with the weight-shaped
 // matrix B_l = R1_l^T diag(v_l) R2_l / sqrt(k): the derivative of E_i along B in parameter
 // space (docs/model_file.md). Its gradient with respect to G_i is the forward-mode tangent
-// (along B) of the network's own backward pass, computed exactly below (tangent_pass).
+// (along B) of the network's own backward pass, computed exactly below (batch_tangent). B_l has
+// rank k, so its products go through the k sketch values (Factors) instead of a dense matrix.
+//
+// The networks run as matrix products (dense.hpp) over the atoms of one element in a fixed
+// block of consecutive centres (32; one in the fused BP-NN pass, see kFusedBlock): a weight
+// matrix is read once per block instead of once per atom.
 //
 // Each centre writes only its own rows, and every sum over centres or pairs runs serially in
 // index order, so results do not depend on the number of OpenMP threads.
@@ -26,6 +33,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 
 #include "evaluation_checks.hpp"
 #include "model.hpp"
@@ -61,103 +69,178 @@ std::string fmt(double x) {
   return buffer;
 }
 
-// z[0..n_out) = b + W x for a layer stored with WT [n_in][n_out] (axpy over outputs).
-inline void layer_forward(const Layer& layer, const double* x, double* z) {
-  const int n_out = layer.n_out;
-  std::copy(layer.b.begin(), layer.b.end(), z);
-  for (int k = 0; k < layer.n_in; ++k) {
-    const double xk = x[k];
-    const double* w = &layer.WT[static_cast<size_t>(k) * n_out];
-    for (int o = 0; o < n_out; ++o) z[o] += w[o] * xk;
-  }
-}
-
-// y[0..n_in) (+)= W^T g (axpy over inputs).
-inline void layer_backward(const Layer& layer, const double* g, double* y, bool accumulate) {
-  const int n_in = layer.n_in;
-  if (!accumulate) std::fill(y, y + n_in, 0.0);
-  for (int o = 0; o < layer.n_out; ++o) {
-    const double go = g[o];
-    const double* w = &layer.W[static_cast<size_t>(o) * n_in];
-    for (int k = 0; k < n_in; ++k) y[k] += w[k] * go;
-  }
-}
-
-// Per-thread scratch for one atom's network passes; rows of width max_width per layer.
-struct Workspace {
-  int width = 0;
-  std::vector<double> h, z, d1, d2, g;     // h: [L+1] rows, the others [L]
-  std::vector<double> hdot, zdot, gdot;    // tangents (gradient-feature uncertainty gradient)
-  std::vector<double> gh, ghdot;           // [width]
-
-  void resize(int n_layers, int max_width) {
-    width = max_width;
-    const size_t row = static_cast<size_t>(max_width);
-    h.resize((n_layers + 1) * row);
-    hdot.resize((n_layers + 1) * row);
-    for (auto* v : {&z, &d1, &d2, &g, &zdot, &gdot}) v->resize(n_layers * row);
-    gh.resize(row);
-    ghdot.resize(row);
-  }
-  double* H(int l) { return &h[static_cast<size_t>(l) * width]; }
-  double* Z(int l) { return &z[static_cast<size_t>(l) * width]; }
-  double* D1(int l) { return &d1[static_cast<size_t>(l) * width]; }
-  double* D2(int l) { return &d2[static_cast<size_t>(l) * width]; }
-  double* Gr(int l) { return &g[static_cast<size_t>(l) * width]; }
-  double* Hdot(int l) { return &hdot[static_cast<size_t>(l) * width]; }
-  double* Zdot(int l) { return &zdot[static_cast<size_t>(l) * width]; }
-  double* Gdot(int l) { return &gdot[static_cast<size_t>(l) * width]; }
+// A layer's weights in the precision T of an evaluation: the model's own (double) or float
+// copies (EvaluatorOptions::single_precision). fwd and bwd are packed for gemm_accumulate.
+template <class T>
+struct LayerView {
+  int n_in = 0, n_out = 0;
+  const T* fwd = nullptr;
+  const T* bwd = nullptr;
+  const T* b = nullptr;
 };
 
-// Forward pass of one network from the descriptors of one atom: fills h, z, act' (and act''
-// with `second`); returns the raw output z_L.
-double network_forward(const ModelData& d, const Network& net, int element, const double* G, Workspace& ws,
-                       bool second) {
+// Float copies of layers (the views point into them), packed for float (strips of 16 values).
+struct FloatLayer {
+  std::vector<float> fwd, bwd, b;
+  explicit FloatLayer(const Layer& l) : b(l.b.begin(), l.b.end()) {
+    std::vector<float> W(l.W.begin(), l.W.end()), WT(W.size());
+    for (int o = 0; o < l.n_out; ++o)
+      for (int k = 0; k < l.n_in; ++k) WT[static_cast<size_t>(k) * l.n_out + o] = W[static_cast<size_t>(o) * l.n_in + k];
+    pack_b(l.n_in, l.n_out, WT.data(), l.n_out, fwd);
+    pack_b(l.n_out, l.n_in, W.data(), l.n_in, bwd);
+  }
+};
+
+LayerView<double> view_of(const Layer& l) { return {l.n_in, l.n_out, l.fwd.data(), l.bwd.data(), l.b.data()}; }
+LayerView<float> view_of(const Layer& l, const FloatLayer& f) {
+  return {l.n_in, l.n_out, f.fwd.data(), f.bwd.data(), f.b.data()};
+}
+
+// One element's layer of the uncertainty gradient's direction B_l = R1^T diag(c) [R2 | r] / sqrt(k)
+// (c = v_l): rank k, so a product with B is two thin products through k values per atom.
+template <class T>
+struct Factors {
+  int k = 0;
+  std::vector<T> r2t;   // R2 without its bias column, transposed, packed (n_in x k)
+  std::vector<T> r1;    // R1 packed (k x n_out)
+  std::vector<T> r1t;   // R1^T packed (n_out x k)
+  std::vector<T> r2;    // R2 without its bias column, packed (k x n_in)
+  std::vector<T> bias;  // the bias column r (k)
+  std::vector<T> c;     // v_l / sqrt(k) of the current evaluation (k)
+
+  Factors(const Sketch& s, int k_, int n_in, int n_out) : k(k_), bias(k_), c(k_) {
+    std::vector<T> R1(s.R1.begin(), s.R1.end()), R2(static_cast<size_t>(k) * n_in), R1T(R1.size()), R2T(R2.size());
+    for (int p = 0; p < k; ++p) {
+      bias[p] = static_cast<T>(s.R2[static_cast<size_t>(p) * (n_in + 1) + n_in]);
+      for (int i = 0; i < n_in; ++i) {
+        R2[static_cast<size_t>(p) * n_in + i] = static_cast<T>(s.R2[static_cast<size_t>(p) * (n_in + 1) + i]);
+        R2T[static_cast<size_t>(i) * k + p] = R2[static_cast<size_t>(p) * n_in + i];
+      }
+      for (int o = 0; o < n_out; ++o) R1T[static_cast<size_t>(o) * k + p] = R1[static_cast<size_t>(p) * n_out + o];
+    }
+    pack_b(n_in, k, R2T.data(), k, r2t);
+    pack_b(k, n_out, R1.data(), n_out, r1);
+    pack_b(n_out, k, R1T.data(), k, r1t);
+    pack_b(k, n_in, R2.data(), n_in, r2);
+  }
+};
+
+// Per-thread scratch for the network passes of a block of up to `rows` atoms of one element:
+// per layer a [rows][width] matrix (width = the widest layer).
+template <class T>
+struct Batch {
+  int rows = 0, width = 0;
+  std::vector<T> h, z, d1, d2, g;      // h: L + 1 layers, the others L
+  std::vector<T> hdot, zdot, gdot;     // tangents (gradient-feature uncertainty gradient)
+  std::vector<T> gh, ghdot;            // one layer
+  std::vector<T> t;                    // [rows][k]: the k values through a low-rank direction
+
+  void resize(int n_layers, int max_width, int max_rows, int k) {
+    t.resize(std::max(t.size(), static_cast<size_t>(std::max(rows, max_rows)) * k));
+    if (rows >= max_rows && width >= max_width) return;
+    rows = std::max(rows, max_rows);
+    width = std::max(width, max_width);
+    const size_t layer = static_cast<size_t>(rows) * width;
+    h.resize((n_layers + 1) * layer);
+    hdot.resize((n_layers + 1) * layer);
+    for (auto* v : {&z, &d1, &d2, &g, &zdot, &gdot}) v->resize(n_layers * layer);
+    gh.resize(layer);
+    ghdot.resize(layer);
+  }
+  size_t at(int l) const { return static_cast<size_t>(l) * rows * width; }
+  T* H(int l) { return &h[at(l)]; }
+  T* Z(int l) { return &z[at(l)]; }
+  T* D1(int l) { return &d1[at(l)]; }
+  T* D2(int l) { return &d2[at(l)]; }
+  T* Gr(int l) { return &g[at(l)]; }
+  T* Hdot(int l) { return &hdot[at(l)]; }
+  T* Zdot(int l) { return &zdot[at(l)]; }
+  T* Gdot(int l) { return &gdot[at(l)]; }
+};
+
+// Rows 0..n-1 of a [rows][width] matrix C (n_out columns) set to the bias b (or 0).
+template <class T>
+void fill_rows(T* C, int width, int n, int n_out, const T* b) {
+  for (int r = 0; r < n; ++r) {
+    T* c = C + static_cast<size_t>(r) * width;
+    if (b)
+      std::copy(b, b + n_out, c);
+    else
+      std::fill(c, c + n_out, T(0));
+  }
+}
+
+// Forward pass of one network for n atoms of its element, whose descriptors start at G[r]:
+// fills h, z, act' (and act'' with `second`). The raw outputs are Z(L-1)[r * width].
+template <class T>
+void batch_forward(const ModelData& d, const LayerView<T>* net, int element, int n, const double* const* G,
+                   Batch<T>& ws, bool second) {
   const double* mean = d.mean[element].data();
   const double* inv_std = d.inv_std[element].data();
-  double* h0 = ws.H(0);
-  for (int f = 0; f < d.n_features; ++f) h0[f] = (G[f] - mean[f]) * inv_std[f];
-  const int L = d.n_layers;
-  for (int l = 0; l < L; ++l) {
-    const Layer& layer = net.layers[l];
-    double* z = ws.Z(l);
-    layer_forward(layer, ws.H(l), z);
-    if (l == L - 1) break;
-    double *h = ws.H(l + 1), *d1 = ws.D1(l), *d2 = ws.D2(l);
-    double unused;
-    for (int o = 0; o < layer.n_out; ++o) activation(d.activation, z[o], &h[o], &d1[o], second ? &d2[o] : &unused);
+  const int W = ws.width, L = d.n_layers;
+  for (int r = 0; r < n; ++r) {
+    T* h0 = ws.H(0) + static_cast<size_t>(r) * W;
+    for (int f = 0; f < d.n_features; ++f) h0[f] = static_cast<T>((G[r][f] - mean[f]) * inv_std[f]);
   }
-  return ws.Z(L - 1)[0];
+  for (int l = 0; l < L; ++l) {
+    const LayerView<T>& layer = net[l];
+    T* z = ws.Z(l);
+    fill_rows(z, W, n, layer.n_out, layer.b);
+    gemm_accumulate(n, layer.n_out, layer.n_in, ws.H(l), W, layer.fwd, z, W);
+    if (l == L - 1) break;
+    for (int r = 0; r < n; ++r) {
+      const size_t row = static_cast<size_t>(r) * W;
+      T *h = ws.H(l + 1) + row, *d1 = ws.D1(l) + row, *d2 = ws.D2(l) + row;
+      const T* zr = z + row;
+      for (int o = 0; o < layer.n_out; ++o) {
+        double value, first, curvature;
+        activation(d.activation, zr[o], &value, &first, &curvature);
+        h[o] = static_cast<T>(value);
+        d1[o] = static_cast<T>(first);
+        if (second) d2[o] = static_cast<T>(curvature);
+      }
+    }
+  }
 }
 
-// Backward pass after network_forward: delta_l = dE_i/dz_l into ws.g (E_i = scale z_L + shift),
-// and dE_i/dG into dEdG.
-void network_backward(const ModelData& d, const Network& net, int element, double scale, Workspace& ws,
-                      double* dEdG) {
-  const int L = d.n_layers;
-  ws.Gr(L - 1)[0] = scale;
+// Backward pass after batch_forward: delta_l = dE_r/dz_l into ws.g (E = scale z_L + shift), and
+// dE_r/dG into dEdG[r].
+template <class T>
+void batch_backward(const ModelData& d, const LayerView<T>* net, int element, double scale, int n, Batch<T>& ws,
+                    double* const* dEdG) {
+  const int W = ws.width, L = d.n_layers;
+  for (int r = 0; r < n; ++r) ws.Gr(L - 1)[static_cast<size_t>(r) * W] = static_cast<T>(scale);
   for (int l = L - 1; l >= 0; --l) {
-    const Layer& layer = net.layers[l];
-    layer_backward(layer, ws.Gr(l), ws.gh.data(), false);
+    const LayerView<T>& layer = net[l];
+    fill_rows<T>(ws.gh.data(), W, n, layer.n_in, nullptr);
+    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, layer.bwd, ws.gh.data(), W);
     if (l == 0) break;
-    const double* d1 = ws.D1(l - 1);
-    double* g = ws.Gr(l - 1);
-    for (int k = 0; k < layer.n_in; ++k) g[k] = d1[k] * ws.gh[k];
+    for (int r = 0; r < n; ++r) {
+      const size_t row = static_cast<size_t>(r) * W;
+      const T *d1 = ws.D1(l - 1) + row, *gh = ws.gh.data() + row;
+      T* g = ws.Gr(l - 1) + row;
+      for (int k = 0; k < layer.n_in; ++k) g[k] = d1[k] * gh[k];
+    }
   }
   const double* inv_std = d.inv_std[element].data();
-  for (int f = 0; f < d.n_features; ++f) dEdG[f] = ws.gh[f] * inv_std[f];
+  for (int r = 0; r < n; ++r) {
+    const T* gh = ws.gh.data() + static_cast<size_t>(r) * W;
+    for (int f = 0; f < d.n_features; ++f) dEdG[r][f] = gh[f] * inv_std[f];
+  }
 }
 
-// The sketched gradient features of one atom (its element's block, L * k entries), from the
-// deltas and layer inputs of member 0's passes in ws.
-void sketch_features(const ModelData& d, int element, Workspace& ws, double* phi) {
+// The sketched gradient features of row r of a batch (its element's block, L * k entries), from
+// the deltas and layer inputs of member 0's passes in ws.
+template <class T>
+void sketch_features(const ModelData& d, int element, Batch<T>& ws, int r, double* phi) {
   const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(d.k));
   const Network& net = d.members[0].networks[element];
+  const size_t row = static_cast<size_t>(r) * ws.width;
   for (int l = 0; l < d.n_layers; ++l) {
     const Layer& layer = net.layers[l];
     const Sketch& s = d.sketches[element][l];
-    const double* delta = ws.Gr(l);
-    const double* a = ws.H(l);
+    const T* delta = ws.Gr(l) + row;
+    const T* a = ws.H(l) + row;
     for (int p = 0; p < d.k; ++p) {
       const double* r1 = &s.R1[static_cast<size_t>(p) * layer.n_out];
       const double* r2 = &s.R2[static_cast<size_t>(p) * (layer.n_in + 1)];
@@ -169,52 +252,81 @@ void sketch_features(const ModelData& d, int element, Workspace& ws, double* phi
   }
 }
 
-// d/dG of (dE_i/dtheta . B) for member 0: the forward-mode tangent of network_forward and
-// network_backward along the parameter direction B (one Layer per network layer holding
-// dW in W/WT and db in b). Writes n_sf values to out.
-void tangent_pass(const ModelData& d, int element, const std::vector<Layer>& B, const double* G, Workspace& ws,
-                  double* out) {
-  const Member& member = d.members[0];
-  const Network& net = member.networks[element];
-  const int L = d.n_layers;
-  network_forward(d, net, element, G, ws, true);
+// d/dG of (dE_r/dtheta . B) for member 0 and n atoms of one element: the forward-mode tangent of
+// batch_forward and batch_backward along the parameter direction B (its factors F per layer).
+// Writes n_sf values to out[r].
+template <class T>
+void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>* F, int element, int n,
+                   const double* const* G, Batch<T>& ws, double* const* out) {
+  const int W = ws.width, L = d.n_layers, k = d.k;
+  T* t = ws.t.data();
+  // t = c (R2 x + r) for the rows x of X [n][W] (the k values of B x), or t = c (R1 x) with `back`.
+  auto through = [&](const Factors<T>& f, int n_x, const T* X, bool back) {
+    std::fill(t, t + static_cast<size_t>(n) * k, T(0));
+    gemm_accumulate(n, k, n_x, X, W, back ? f.r1t.data() : f.r2t.data(), t, k);
+    for (int r = 0; r < n; ++r)
+      for (int p = 0; p < k; ++p) {
+        T& x = t[static_cast<size_t>(r) * k + p];
+        x = f.c[p] * (back ? x : x + f.bias[p]);
+      }
+  };
+  batch_forward(d, net, element, n, G, ws, true);
   // Forward tangent: zdot_l = W_l hdot_l + dW_l h_l + db_l, hdot_(l+1) = act'(z_l) zdot_l, hdot_0 = 0.
   for (int l = 0; l < L; ++l) {
-    const Layer& layer = net.layers[l];
-    double* zdot = ws.Zdot(l);
-    layer_forward(B[l], ws.H(l), zdot);
-    if (l > 0) {
-      const double* hdot = ws.Hdot(l);
-      for (int k = 0; k < layer.n_in; ++k) {
-        const double* w = &layer.WT[static_cast<size_t>(k) * layer.n_out];
-        for (int o = 0; o < layer.n_out; ++o) zdot[o] += w[o] * hdot[k];
-      }
-    }
+    const LayerView<T>& layer = net[l];
+    T* zdot = ws.Zdot(l);
+    fill_rows<T>(zdot, W, n, layer.n_out, nullptr);
+    through(F[l], layer.n_in, ws.H(l), false);
+    gemm_accumulate(n, layer.n_out, k, t, k, F[l].r1.data(), zdot, W);
+    if (l > 0) gemm_accumulate(n, layer.n_out, layer.n_in, ws.Hdot(l), W, layer.fwd, zdot, W);
     if (l == L - 1) break;
-    const double* d1 = ws.D1(l);
-    double* hnext = ws.Hdot(l + 1);
-    for (int o = 0; o < layer.n_out; ++o) hnext[o] = d1[o] * zdot[o];
+    for (int r = 0; r < n; ++r) {
+      const size_t row = static_cast<size_t>(r) * W;
+      const T *d1 = ws.D1(l) + row, *zr = zdot + row;
+      T* hnext = ws.Hdot(l + 1) + row;
+      for (int o = 0; o < layer.n_out; ++o) hnext[o] = d1[o] * zr[o];
+    }
   }
   // Backward with its tangent: gh = W^T g, ghdot = W^T gdot + dW^T g,
   // g_(l-1) = act' gh, gdot_(l-1) = act'' zdot gh + act' ghdot; the output scale is fixed.
-  ws.Gr(L - 1)[0] = member.energy_scale;
-  ws.Gdot(L - 1)[0] = 0.0;
+  for (int r = 0; r < n; ++r) {
+    ws.Gr(L - 1)[static_cast<size_t>(r) * W] = static_cast<T>(d.members[0].energy_scale);
+    ws.Gdot(L - 1)[static_cast<size_t>(r) * W] = T(0);
+  }
   for (int l = L - 1; l >= 0; --l) {
-    const Layer& layer = net.layers[l];
-    layer_backward(layer, ws.Gr(l), ws.gh.data(), false);
-    layer_backward(layer, ws.Gdot(l), ws.ghdot.data(), false);
-    layer_backward(B[l], ws.Gr(l), ws.ghdot.data(), true);
+    const LayerView<T>& layer = net[l];
+    fill_rows<T>(ws.gh.data(), W, n, layer.n_in, nullptr);
+    fill_rows<T>(ws.ghdot.data(), W, n, layer.n_in, nullptr);
+    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, layer.bwd, ws.gh.data(), W);
+    if (l < L - 1) gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gdot(l), W, layer.bwd, ws.ghdot.data(), W);
+    through(F[l], layer.n_out, ws.Gr(l), true);
+    gemm_accumulate(n, layer.n_in, k, t, k, F[l].r2.data(), ws.ghdot.data(), W);
     if (l == 0) break;
-    const double *d1 = ws.D1(l - 1), *d2 = ws.D2(l - 1), *zdot = ws.Zdot(l - 1);
-    double *g = ws.Gr(l - 1), *gdot = ws.Gdot(l - 1);
-    for (int k = 0; k < layer.n_in; ++k) {
-      g[k] = d1[k] * ws.gh[k];
-      gdot[k] = d2[k] * zdot[k] * ws.gh[k] + d1[k] * ws.ghdot[k];
+    for (int r = 0; r < n; ++r) {
+      const size_t row = static_cast<size_t>(r) * W;
+      const T *d1 = ws.D1(l - 1) + row, *d2 = ws.D2(l - 1) + row, *zdot = ws.Zdot(l - 1) + row;
+      const T *gh = ws.gh.data() + row, *ghdot = ws.ghdot.data() + row;
+      T *g = ws.Gr(l - 1) + row, *gdot = ws.Gdot(l - 1) + row;
+      for (int j = 0; j < layer.n_in; ++j) {
+        g[j] = d1[j] * gh[j];
+        gdot[j] = d2[j] * zdot[j] * gh[j] + d1[j] * ghdot[j];
+      }
     }
   }
   const double* inv_std = d.inv_std[element].data();
-  for (int f = 0; f < d.n_features; ++f) out[f] = ws.ghdot[f] * inv_std[f];
+  for (int r = 0; r < n; ++r) {
+    const T* ghdot = ws.ghdot.data() + static_cast<size_t>(r) * W;
+    for (int f = 0; f < d.n_features; ++f) out[r][f] = ghdot[f] * inv_std[f];
+  }
 }
+
+// Centres per block of network products (GM-NN and the tangent passes), and per block of the
+// fused BP-NN pass, whose centres each keep their recorded geometry (~250 kB at 6 A) from values
+// to contraction: in LAMMPS (2,592 SiO2 atoms, 52-30-30-1) blocks of 8 cost 4-9 % more than
+// single centres, as 8 recorded neighbourhoods overflow L2 while the networks are ~3 us of ~120
+// per atom (benchmarks/RESULTS.md, "Batched networks"); so one centre at a time.
+constexpr int kBlock = 32;
+constexpr int kFusedBlock = 1;
 
 void add_outer(double* W, const double* D, const double* g, double sign) {
   W[0] += sign * D[0] * g[0];
@@ -247,15 +359,27 @@ struct Evaluator::Impl {
   std::vector<double> atom_u;     // [n_centers] U_i of posterior and distance
   std::vector<double> sums;
 
-  std::vector<std::vector<Layer>> direction;  // [n_elements][L]: B of the uncertainty gradient
   std::vector<double> v;                      // [K]
   int n_energy_rows = 1;            // pair-gradient rows of forward(): 1 (the mean) or M
   std::vector<double> pair_grad;    // [n_energy_rows][n_pairs][3] dE/dD_p of forward()
-  std::vector<double> dUdG, u_pair_grad;  // gradient features: [n_centers][descriptor_width], [n_pairs][3]
-  std::vector<double> dEdG;  // GM-NN: the energy rows [n_energy_rows][n_centers][descriptor_width]
-  std::vector<Workspace> workspaces;
-  std::vector<SymmetryFunctions::CentreWorkspace> sf_workspaces;
-  std::vector<std::vector<double>> dE_rows;  // per thread [M][n_sf] dE_m/dG_i, then the mean
+  std::vector<double> u_pair_grad;  // [n_pairs][3] dU/dD_p
+  // The energy rows [n_energy_rows][n_centers][descriptor_width] for a GM-NN's vjp after the
+  // loop over centres, or (deferred) for backward(), with one more row for dU/dG.
+  std::vector<double> dEdG;
+  bool deferred = false;
+  std::vector<SymmetryFunctions::CentreWorkspace> sf_workspaces;  // [thread][slot of the block]
+  std::vector<std::vector<double>> dE_rows;  // per thread [block slot][M + 1][n_sf]: dE_m/dG_i, then the mean
+
+  // The networks in the evaluation's precision, [member][element][layer], and the factors of
+  // the uncertainty gradient's direction B, [element][layer]; float copies only when
+  // single_precision.
+  std::vector<LayerView<double>> nets64;
+  std::vector<FloatLayer> float_layers;
+  std::vector<LayerView<float>> nets32;
+  std::vector<Factors<double>> dir64;
+  std::vector<Factors<float>> dir32;
+  std::vector<Batch<double>> batches64;
+  std::vector<Batch<float>> batches32;
 
   bool gradient_features() const {
     return opt.uncertainty == Uncertainty::posterior || opt.uncertainty == Uncertainty::distance;
@@ -268,19 +392,57 @@ struct Evaluator::Impl {
 
   void check_options(const EvaluatorOptions& o) const;
   void prepare_neighbours(const NeighbourView& in);
+  void prepare_networks();
   void forward_atoms();
+  template <class T>
+  void forward_atoms_in();
+  template <class T>
+  void tangents_in(double* dUdG);
   double uncertainty(const double* global, std::vector<double>& member_energies);
-  void build_direction();
 
-  // One workspace per OpenMP thread, allocated once.
+  template <class T>
+  const LayerView<T>* net(int m, int e) const {
+    const size_t at = (static_cast<size_t>(m) * d->n_elements() + e) * d->n_layers;
+    if constexpr (std::is_same_v<T, float>)
+      return &nets32[at];
+    else
+      return &nets64[at];
+  }
+  template <class T>
+  std::vector<Factors<T>>& dir_all() {
+    if constexpr (std::is_same_v<T, float>)
+      return dir32;
+    else
+      return dir64;
+  }
+  template <class T>
+  void set_direction();
+  template <class T>
+  const Factors<T>* dir(int e) const {
+    const size_t at = static_cast<size_t>(e) * d->n_layers;
+    if constexpr (std::is_same_v<T, float>)
+      return &dir32[at];
+    else
+      return &dir64[at];
+  }
+  template <class T>
+  std::vector<Batch<T>>& batches() {
+    if constexpr (std::is_same_v<T, float>)
+      return batches32;
+    else
+      return batches64;
+  }
+
+  // Scratch per OpenMP thread, allocated once.
+  template <class T>
   void ensure_workspaces() {
     const size_t threads = static_cast<size_t>(max_threads());
-    if (workspaces.size() < threads) workspaces.resize(threads);
-    if (sf_workspaces.size() < threads) sf_workspaces.resize(threads);
+    auto& b = batches<T>();
+    if (b.size() < threads) b.resize(threads);
+    for (auto& ws : b) ws.resize(d->n_layers, d->max_width, kBlock, d->k);
+    if (sf_workspaces.size() < threads * kFusedBlock) sf_workspaces.resize(threads * kFusedBlock);
     if (dE_rows.size() < threads) dE_rows.resize(threads);
-    for (auto& ws : workspaces)
-      if (ws.width == 0) ws.resize(d->n_layers, d->max_width);
-    for (auto& rows : dE_rows) rows.resize(static_cast<size_t>(d->n_members() + 1) * d->n_features);
+    for (auto& rows : dE_rows) rows.resize(static_cast<size_t>(kBlock) * (d->n_members() + 1) * d->n_features);
   }
 };
 
@@ -367,13 +529,41 @@ void Evaluator::Impl::prepare_neighbours(const NeighbourView& in) {
   nb.D = own_D.data();
 }
 
+void Evaluator::Impl::prepare_networks() {
+  const ModelData& md = *d;
+  if (nets64.empty()) {
+    for (const Member& member : md.members)
+      for (const Network& network : member.networks)
+        for (const Layer& layer : network.layers) nets64.push_back(view_of(layer));
+  }
+  if (opt.single_precision && nets32.empty()) {
+    float_layers.reserve(nets64.size());
+    for (const Member& member : md.members)
+      for (const Network& network : member.networks)
+        for (const Layer& layer : network.layers) float_layers.emplace_back(layer);
+    size_t at = 0;
+    for (const Member& member : md.members)
+      for (const Network& network : member.networks)
+        for (const Layer& layer : network.layers) nets32.push_back(view_of(layer, float_layers[at++]));
+  }
+}
+
 void Evaluator::Impl::forward_atoms() {
+  prepare_networks();
+  if (opt.single_precision)
+    forward_atoms_in<float>();
+  else
+    forward_atoms_in<double>();
+}
+
+template <class T>
+void Evaluator::Impl::forward_atoms_in() {
   const ModelData& md = *d;
   const int64_t n = nb.n_centers;
-  const int n_sf = md.n_features, M = md.n_members();
+  const int n_sf = md.n_features, M = md.n_members(), n_el = md.n_elements();
   const bool features = gradient_features();
   const bool atom_u_here = features && opt.atom_uncertainty;
-  const int block = md.n_layers * md.k;
+  const int n_phi = md.n_layers * md.k;
   const int64_t K = md.n_sketch;
   const int64_t n_pairs = nb.n_pairs();
   n_energy_rows = member_rows() ? M : 1;
@@ -383,100 +573,139 @@ void Evaluator::Impl::forward_atoms() {
   G.resize(n * n_g);
   member_E.resize(n * M);
   pair_grad.resize(static_cast<size_t>(n_energy_rows) * n_pairs * 3);
-  if (features) phi.resize(n * block);
+  if (features) phi.resize(n * n_phi);
   if (atom_u_here) atom_u.resize(n);
 
-  if (gm) {
+  // With the gradient-feature uncertainty gradient, dU/dG is known only after the global sums
+  // and needs a second descriptor vjp: the energy rows wait for it in dEdG (one more row kept
+  // for dU/dG), so that backward() contracts both in one traversal.
+  deferred = features && opt.uncertainty_gradient;
+  if (gm)
     md.gaussian_moments->compute(nb, G.data());  // checks nb
-    dEdG.assign(n_energy_rows * rows_stride, 0.0);
-  } else {
+  else
     md.descriptor.check(nb);
-  }
-  ensure_workspaces();
+  if (gm || deferred) dEdG.assign((n_energy_rows + (deferred ? 1 : 0)) * rows_stride, 0.0);
+  ensure_workspaces<T>();
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
-  // Dynamic: environments differ in cost. Results do not depend on the schedule (each centre
-  // writes only its own rows and its own pairs).
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < n; ++i) {
+  auto atom_uncertainty = [&](int e, const double* p) {
+    const int64_t off = md.sketch_offset(e, 0);
+    if (opt.uncertainty == Uncertainty::posterior) {
+      double q = 0.0;
+      for (int a = 0; a < n_phi; ++a) {
+        const double* row = &md.precision_atom[(off + a) * K + off];
+        double s = 0.0;
+        for (int b = 0; b < n_phi; ++b) s += row[b] * p[b];
+        q += p[a] * s;
+      }
+      return c_F * std::sqrt(std::max(q, 0.0));
+    }
+    double best = INFINITY;
+    for (int64_t t = 0; t < md.n_train_atom; ++t) {
+      const double* row = &md.train_atom[t * K + off];
+      double s = md.train_atom_rest_norm2[e][t];
+      for (int a = 0; a < n_phi; ++a) {
+        const double x = p[a] - row[a];
+        s += x * x;
+      }
+      best = std::min(best, s);
+    }
+    return c_F * std::sqrt(best);
+  };
+
+  // Fixed blocks of consecutive centres: the networks run as matrix products over the atoms of
+  // one element in a block. A BP-NN block is small, as every centre's recorded geometry stays
+  // in cache from its values to its contraction (the fused pass). Blocks and the order within
+  // them do not depend on the schedule, so neither do the results.
+  const int block = gm ? kBlock : kFusedBlock;
+  const int64_t n_blocks = (n + block - 1) / block;
+  const size_t dE_stride = static_cast<size_t>(M + 1) * n_sf;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t bi = 0; bi < n_blocks; ++bi) {
     const int thread = thread_id();
-    Workspace& ws = workspaces[thread];
-    SymmetryFunctions::CentreWorkspace& sf_ws = sf_workspaces[thread];
+    Batch<T>& ws = batches<T>()[thread];
+    SymmetryFunctions::CentreWorkspace* sf_ws = &sf_workspaces[static_cast<size_t>(thread) * kFusedBlock];
     double* dE = dE_rows[thread].data();
-    double* Gi = &G[i * n_g];
-    if (!handled[i]) {
+    const int64_t i0 = bi * block, i1 = std::min(n, i0 + block);
+    for (int64_t i = i0; i < i1; ++i) {
+      double* Gi = &G[i * n_g];
+      if (handled[i]) {
+        if (!gm) md.descriptor.centre_values(nb, i, sf_ws[i - i0], Gi);
+        continue;
+      }
       std::fill(Gi, Gi + n_g, 0.0);
       for (int r = 0; r < n_energy_rows; ++r)
         for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p)
           std::fill_n(&pair_grad[(static_cast<size_t>(r) * n_pairs + p) * 3], 3, 0.0);
       std::fill(&member_E[i * M], &member_E[i * M] + M, 0.0);
-      if (features) std::fill(&phi[i * block], &phi[i * block] + block, 0.0);
+      if (features) std::fill(&phi[i * n_phi], &phi[i * n_phi] + n_phi, 0.0);
       if (atom_u_here) atom_u[i] = 0.0;
-      continue;
     }
-    const int e = static_cast<int>(nb.species[i]);
-    if (!gm) md.descriptor.centre_values(nb, i, sf_ws, Gi);
-    // Member 0 last, so that its deltas and layer inputs are still in ws for the sketch.
-    for (int m = M - 1; m >= 0; --m) {
-      const Member& member = md.members[m];
-      const Network& net = member.networks[e];
-      const double out = network_forward(md, net, e, Gi + md.member_block(m), ws, false);
-      member_E[i * M + m] = member.energy_scale * out + member.energy_shift[e];
-      network_backward(md, net, e, member.energy_scale, ws, dE + m * n_sf);
-    }
-    if (gm) {
-      // Member m's row into its block (the mean row: every block, divided by M); the
-      // Gaussian-moment vjp of all centres runs after this loop.
-      for (int m = 0; m < M; ++m) {
-        double* row = &dEdG[(n_energy_rows == 1 ? 0 : m * rows_stride) + i * n_g + md.member_block(m)];
-        const double* dEm = dE + m * n_sf;
-        if (n_energy_rows == 1)
-          for (int f = 0; f < n_sf; ++f) row[f] = dEm[f] / M;
-        else
-          std::copy(dEm, dEm + n_sf, row);
+    // The networks, element by element, member 0 last so that its deltas and layer inputs are
+    // still in ws for the sketch.
+    for (int e = 0; e < n_el; ++e) {
+      int64_t atoms[kBlock];
+      int c = 0;
+      for (int64_t i = i0; i < i1; ++i)
+        if (handled[i] && nb.species[i] == e) atoms[c++] = i;
+      if (c == 0) continue;
+      const double* Gr[kBlock];
+      double* dEr[kBlock];
+      for (int m = M - 1; m >= 0; --m) {
+        const Member& member = md.members[m];
+        for (int r = 0; r < c; ++r) {
+          Gr[r] = &G[atoms[r] * n_g + md.member_block(m)];
+          dEr[r] = dE + (atoms[r] - i0) * dE_stride + m * n_sf;
+        }
+        batch_forward(md, net<T>(m, e), e, c, Gr, ws, false);
+        const T* out = ws.Z(md.n_layers - 1);
+        for (int r = 0; r < c; ++r)
+          member_E[atoms[r] * M + m] = member.energy_scale * static_cast<double>(out[static_cast<size_t>(r) * ws.width]) +
+                                       member.energy_shift[e];
+        batch_backward(md, net<T>(m, e), e, member.energy_scale, c, ws, dEr);
       }
-    } else {
-      const double* rows = dE;
+      if (!features) continue;
+      for (int r = 0; r < c; ++r) {
+        double* p = &phi[atoms[r] * n_phi];
+        sketch_features(md, e, ws, r, p);
+        if (atom_u_here) atom_u[atoms[r]] = atom_uncertainty(e, p);
+      }
+    }
+    // The energy rows: into the GM-NN's blocks, or contracted with each centre's recorded geometry.
+    for (int64_t i = i0; i < i1; ++i) {
+      if (!handled[i]) continue;
+      double* dEi = dE + (i - i0) * dE_stride;
+      if (gm) {
+        // Member m's row into its block (the mean row: every block, divided by M); the
+        // Gaussian-moment vjp of all centres runs after this loop.
+        for (int m = 0; m < M; ++m) {
+          double* row = &dEdG[(n_energy_rows == 1 ? 0 : m * rows_stride) + i * n_g + md.member_block(m)];
+          const double* dEm = dEi + m * n_sf;
+          if (n_energy_rows == 1)
+            for (int f = 0; f < n_sf; ++f) row[f] = dEm[f] / M;
+          else
+            std::copy(dEm, dEm + n_sf, row);
+        }
+        continue;
+      }
+      const double* rows = dEi;
       if (n_energy_rows == 1) {  // the mean over members, in row M
-        double* mean = dE + M * n_sf;
+        double* mean = dEi + M * n_sf;
         std::fill(mean, mean + n_sf, 0.0);
         for (int m = 0; m < M; ++m)
-          for (int f = 0; f < n_sf; ++f) mean[f] += dE[m * n_sf + f];
+          for (int f = 0; f < n_sf; ++f) mean[f] += dEi[m * n_sf + f];
         for (int f = 0; f < n_sf; ++f) mean[f] /= M;
         rows = mean;
       }
-      md.descriptor.centre_vjp(nb, i, sf_ws, n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
-    }
-    if (!features) continue;
-    double* p = &phi[i * block];
-    sketch_features(md, e, ws, p);
-    if (!atom_u_here) continue;
-    const int64_t off = md.sketch_offset(e, 0);
-    if (opt.uncertainty == Uncertainty::posterior) {
-      double q = 0.0;
-      for (int a = 0; a < block; ++a) {
-        const double* row = &md.precision_atom[(off + a) * K + off];
-        double s = 0.0;
-        for (int b = 0; b < block; ++b) s += row[b] * p[b];
-        q += p[a] * s;
-      }
-      atom_u[i] = c_F * std::sqrt(std::max(q, 0.0));
-    } else {
-      double best = INFINITY;
-      for (int64_t t = 0; t < md.n_train_atom; ++t) {
-        const double* row = &md.train_atom[t * K + off];
-        double s = md.train_atom_rest_norm2[e][t];
-        for (int a = 0; a < block; ++a) {
-          const double x = p[a] - row[a];
-          s += x * x;
-        }
-        best = std::min(best, s);
-      }
-      atom_u[i] = c_F * std::sqrt(best);
+      if (deferred)
+        for (int r = 0; r < n_energy_rows; ++r)
+          std::copy(rows + r * n_sf, rows + (r + 1) * n_sf, &dEdG[r * rows_stride + i * n_g]);
+      else
+        md.descriptor.centre_vjp(nb, i, sf_ws[i - i0], n_energy_rows, rows, pair_grad.data(), 3 * n_pairs);
     }
   }
 
-  if (gm && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
+  if (gm && !deferred && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
 
   // Local sums, serially in atom order.
   sums.assign(M + (features ? K : 0) + 1, 0.0);
@@ -486,11 +715,39 @@ void Evaluator::Impl::forward_atoms() {
     for (int m = 0; m < M; ++m) sums[m] += member_E[i * M + m];
     if (features) {
       const int64_t off = md.sketch_offset(static_cast<int>(nb.species[i]), 0);
-      for (int a = 0; a < block; ++a) sums[M + off + a] += phi[i * block + a];
+      for (int a = 0; a < n_phi; ++a) sums[M + off + a] += phi[i * n_phi + a];
     }
     count += 1.0;
   }
   sums.back() = count;
+}
+
+// dU/dG_i of every centre (member 0's block of G) into dUdG [n_centers][descriptor_width]: the
+// tangent passes, blocked like forward().
+template <class T>
+void Evaluator::Impl::tangents_in(double* dUdG) {
+  const ModelData& md = *d;
+  const int64_t n = nb.n_centers;
+  const int n_g = md.descriptor_width(), n_el = md.n_elements();
+  ensure_workspaces<T>();
+  set_direction<T>();
+  const int64_t n_blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t bi = 0; bi < n_blocks; ++bi) {
+    Batch<T>& ws = batches<T>()[thread_id()];
+    const int64_t i0 = bi * kBlock, i1 = std::min(n, i0 + kBlock);
+    for (int e = 0; e < n_el; ++e) {
+      const double* Gr[kBlock];
+      double* out[kBlock];
+      int c = 0;
+      for (int64_t i = i0; i < i1; ++i)
+        if (handled[i] && nb.species[i] == e) {
+          Gr[c] = &G[i * n_g];
+          out[c++] = dUdG + i * n_g;
+        }
+      if (c > 0) batch_tangent(md, net<T>(0, e), dir<T>(e), e, c, Gr, ws, out);
+    }
+  }
 }
 
 // U from the global sums; fills member_energies and, for the gradient, v or the member weights.
@@ -562,43 +819,30 @@ double Evaluator::Impl::uncertainty(const double* global, std::vector<double>& m
   return 0.0;
 }
 
-// B_l = R1_l^T diag(v_l) R2_l / sqrt(k) for every element and layer (member 0's shapes).
-void Evaluator::Impl::build_direction() {
+// The factors of B_l = R1_l^T diag(v_l) R2_l / sqrt(k) for every element and layer (member 0's
+// shapes): the sketches once, c = v_l / sqrt(k) every evaluation.
+template <class T>
+void Evaluator::Impl::set_direction() {
   const ModelData& md = *d;
-  const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(md.k));
-  direction.resize(md.n_elements());
-  for (int e = 0; e < md.n_elements(); ++e) {
-    direction[e].resize(md.n_layers);
-    for (int l = 0; l < md.n_layers; ++l) {
-      const Layer& layer = md.members[0].networks[e].layers[l];
-      const Sketch& s = md.sketches[e][l];
-      Layer& B = direction[e][l];
-      const int n_in = layer.n_in, n_out = layer.n_out;
-      B.n_in = n_in;
-      B.n_out = n_out;
-      B.W.assign(static_cast<size_t>(n_out) * n_in, 0.0);
-      B.b.assign(n_out, 0.0);
-      const double* vl = &v[md.sketch_offset(e, l)];
-      for (int p = 0; p < md.k; ++p) {
-        const double coef = vl[p] * inv_sqrt_k;
-        if (coef == 0.0) continue;
-        const double* r1 = &s.R1[static_cast<size_t>(p) * n_out];
-        const double* r2 = &s.R2[static_cast<size_t>(p) * (n_in + 1)];
-        for (int o = 0; o < n_out; ++o) {
-          const double a = coef * r1[o];
-          double* w = &B.W[static_cast<size_t>(o) * n_in];
-          for (int c = 0; c < n_in; ++c) w[c] += a * r2[c];
-          B.b[o] += a * r2[n_in];
-        }
+  auto& all = dir_all<T>();
+  if (all.empty())
+    for (int e = 0; e < md.n_elements(); ++e)
+      for (int l = 0; l < md.n_layers; ++l) {
+        const Layer& layer = md.members[0].networks[e].layers[l];
+        all.emplace_back(md.sketches[e][l], md.k, layer.n_in, layer.n_out);
       }
-      B.WT.resize(B.W.size());
-      for (int o = 0; o < n_out; ++o)
-        for (int c = 0; c < n_in; ++c) B.WT[static_cast<size_t>(c) * n_out + o] = B.W[static_cast<size_t>(o) * n_in + c];
+  const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(md.k));
+  for (int e = 0; e < md.n_elements(); ++e)
+    for (int l = 0; l < md.n_layers; ++l) {
+      const double* vl = &v[md.sketch_offset(e, l)];
+      Factors<T>& f = all[static_cast<size_t>(e) * md.n_layers + l];
+      for (int p = 0; p < md.k; ++p) f.c[p] = static_cast<T>(vl[p] * inv_sqrt_k);
     }
-  }
 }
 
 // ------------------------------------------------------------------ Evaluator
+
+int evaluator_threads() { return max_threads(); }
 
 Evaluator::Evaluator(const Model& model, const EvaluatorOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->d = model.data();
@@ -656,29 +900,31 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
   // gradient features by one descriptor vjp of dU/dG_i (the tangent pass of each atom).
   const int n_energy_rows = s.n_energy_rows;
   const size_t rhs_stride = static_cast<size_t>(n_pairs) * 3;
-  if (gradient) {
+  if (s.deferred) {
+    // The energy rows of forward() and, with a gradient, dU/dG_i in the last row (the features
+    // are member 0's: its block of G; a GM-NN's other blocks stay 0), in one descriptor vjp.
+    const size_t rows_stride = static_cast<size_t>(n) * md.descriptor_width();
+    double* dUdG = &s.dEdG[n_energy_rows * rows_stride];
+    if (gradient) {
+      std::fill(dUdG, dUdG + rows_stride, 0.0);
+      if (opt.single_precision)
+        s.tangents_in<float>(dUdG);
+      else
+        s.tangents_in<double>(dUdG);
+    }
+    const int rows = n_energy_rows + (gradient ? 1 : 0);
+    s.pair_grad.resize(rows * rhs_stride);
+    if (n > 0 && md.gaussian_moments)
+      md.gaussian_moments->vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
+    else if (n > 0)
+      md.descriptor.vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
+    if (gradient)
+      s.u_pair_grad.assign(s.pair_grad.begin() + n_energy_rows * rhs_stride, s.pair_grad.begin() + rows * rhs_stride);
+  } else if (gradient) {
     s.u_pair_grad.assign(rhs_stride, 0.0);
-    if (opt.uncertainty == Uncertainty::ensemble) {
-      for (int m = 0; m < M; ++m) {
-        const double* gm = &s.pair_grad[m * rhs_stride];
-        for (size_t k = 0; k < rhs_stride; ++k) s.u_pair_grad[k] += s.v[m] * gm[k];
-      }
-    } else {
-      s.build_direction();
-      s.ensure_workspaces();
-      // The features are member 0's: its block of G (a GM-NN's other blocks stay 0).
-      const int n_g = md.descriptor_width();
-      s.dUdG.assign(static_cast<size_t>(n) * n_g, 0.0);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        if (!s.handled[i]) continue;
-        const int e = static_cast<int>(nb.species[i]);
-        tangent_pass(md, e, s.direction[e], &s.G[i * n_g], s.workspaces[thread_id()], &s.dUdG[i * n_g]);
-      }
-      if (n > 0 && md.gaussian_moments)
-        md.gaussian_moments->vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
-      else if (n > 0)
-        md.descriptor.vjp(nb, 1, s.dUdG.data(), s.u_pair_grad.data());
+    for (int m = 0; m < M; ++m) {  // the ensemble: dU/dx from the member rows of forward()
+      const double* gm = &s.pair_grad[m * rhs_stride];
+      for (size_t k = 0; k < rhs_stride; ++k) s.u_pair_grad[k] += s.v[m] * gm[k];
     }
   }
 

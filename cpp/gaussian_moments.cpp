@@ -25,18 +25,9 @@ GaussianMoments::GaussianMoments(const GaussianMomentSettings& settings, int64_t
 }
 
 void GaussianMoments::moments(const NeighbourView& nb, int64_t i, int m, double* P) const {
-  const int n = s_.n_radial;
-  std::fill(P, P + n * kMomentSize, 0.0);
   double R[64], dR[64];
-  const int64_t ei = nb.species[i];
-  for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
-    const double* D = nb.D + 3 * p;
-    const double r = std::sqrt(dot3(D, D));
-    if (r >= s_.cutoff) continue;
-    gm_radial(s_, beta(m, ei, nb.species[nb.j[p]]), r, R, dR);
-    const double u[3] = {D[0] / r, D[1] / r, D[2] / r};
-    gm_add_pair(n, R, u, P);
-  }
+  gm_centre_moments(s_, beta(m, 0, 0), n_elements_, nb.species[i], nb.species, nb.j, nb.D, nb.offsets[i],
+                    nb.offsets[i + 1], P, R, dR);
 }
 
 void GaussianMoments::check(const NeighbourView& nb) const {

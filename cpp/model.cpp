@@ -163,9 +163,7 @@ void load_network(const Loader& in, ModelData& d, int m) {
       layer.n_out = static_cast<int>(in.shape(w_name)[0]);
       if (layer.n_out == 0) in.fail(w_name, "has no rows (a layer of width 0)");
       layer.b = in.f64(prefix + el + "/b" + std::to_string(l), {layer.n_out});
-      layer.WT.resize(layer.W.size());
-      for (int o = 0; o < layer.n_out; ++o)
-        for (int k = 0; k < n_in; ++k) layer.WT[static_cast<size_t>(k) * layer.n_out + o] = layer.W[static_cast<size_t>(o) * n_in + k];
+      layer.pack();
       d.max_width = std::max({d.max_width, layer.n_in, layer.n_out});
       n_in = layer.n_out;
       net.layers.push_back(std::move(layer));

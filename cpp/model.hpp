@@ -72,6 +72,10 @@ struct EvaluatorOptions {
                                        // where U = 0 the gradient is 0 (a subgradient)
   bool atom_uncertainty = false;       // compute per-atom U_i
   double min_distance = 0.0;           // > 0: throw Error naming i, j, r when a pair is closer
+  // The networks (and the tangent passes of the uncertainty gradient) in float32; descriptors,
+  // their derivatives, contractions and every sum stay float64. Measured force error against
+  // float64: benchmarks/RESULTS.md ("Batched networks").
+  bool single_precision = false;
 };
 
 // Everything one evaluation returns. Arrays are resized by the evaluator and reused across
@@ -99,6 +103,9 @@ struct EvaluationResult {
 // laid out [n_members][stride_atoms][3]; writes n values to out.
 void ensemble_atom_uncertainty(const double* member_forces, int n_members, int64_t stride_atoms,
                                int64_t n, double c_F, double* out);
+
+// OpenMP threads an evaluation runs on (omp_get_max_threads; 1 in a build without OpenMP).
+int evaluator_threads();
 
 class Evaluator {
  public:

@@ -11,38 +11,33 @@
 #include <string>
 #include <vector>
 
+#include "dense.hpp"
 #include "gaussian_moments.hpp"
 #include "model.hpp"
+#include "network_math.hpp"
 #include "symmetry_functions.hpp"
 
 namespace mlipbias {
 
-enum class Activation { tanh, silu };
+// Activation and activation() (host and device) are in network_math.hpp.
 
-// act(z), act'(z) and act''(z). SiLU: z s(z) with the logistic s; s' = s (1 - s).
-inline void activation(Activation kind, double z, double* value, double* d1, double* d2) {
-  if (kind == Activation::tanh) {
-    const double t = std::tanh(z);
-    const double dt = 1.0 - t * t;
-    *value = t;
-    *d1 = dt;
-    *d2 = -2.0 * t * dt;
-    return;
-  }
-  const double s = 1.0 / (1.0 + std::exp(-z));
-  const double ds = s * (1.0 - s);
-  *value = z * s;
-  *d1 = s + z * ds;
-  *d2 = ds * (2.0 + z * (1.0 - 2.0 * s));
-}
-
-// One dense layer z = W h + b. W is kept in both layouts so that the forward (z += W[:, k] h_k)
-// and the backward (dh += W[o, :] g_o) passes are contiguous axpy loops the compiler vectorises.
+// One dense layer z = W h + b, with W packed for gemm_accumulate (dense.hpp) twice: for the
+// forward products of a block of atoms (Z = H W^T) and the backward ones (dH = G W).
 struct Layer {
   int n_in = 0, n_out = 0;
-  std::vector<double> W;   // [n_out][n_in]
-  std::vector<double> WT;  // [n_in][n_out]
-  std::vector<double> b;   // [n_out]
+  std::vector<double> W;    // [n_out][n_in]
+  std::vector<double> b;    // [n_out]
+  std::vector<double> fwd;  // W^T packed
+  std::vector<double> bwd;  // W packed
+
+  // Fill fwd and bwd from W (after W, n_in and n_out are set).
+  void pack() {
+    std::vector<double> WT(W.size());
+    for (int o = 0; o < n_out; ++o)
+      for (int k = 0; k < n_in; ++k) WT[static_cast<size_t>(k) * n_out + o] = W[static_cast<size_t>(o) * n_in + k];
+    pack_b(n_in, n_out, WT.data(), n_out, fwd);
+    pack_b(n_out, n_in, W.data(), n_in, bwd);
+  }
 };
 
 // The network of one element in one ensemble member: layers 1..L (index 0..L-1).

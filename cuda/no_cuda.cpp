@@ -7,6 +7,7 @@
 #include "bks_cuda.hpp"
 #include "common.hpp"
 #include "device.hpp"
+#include "gmnn_cuda.hpp"
 #include "neighbors_cuda.hpp"
 
 namespace mlipbias {
@@ -41,6 +42,15 @@ int64_t NeighborSearch::count(const double*, int64_t, const double*, const bool*
 }
 
 void NeighborSearch::fill(int64_t*, int64_t*, int64_t*, double*, double*, int64_t*) { require_device(); }
+
+struct GmnnEvaluator::Impl {};
+GmnnEvaluator::GmnnEvaluator(const PackedGmnn&, int, int64_t) { require_device(); }
+GmnnEvaluator::~GmnnEvaluator() = default;
+void GmnnEvaluator::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) { require_device(); }
+double GmnnEvaluator::time_runs(int) {
+  require_device();
+  return 0.0;
+}
 
 }  // namespace cuda
 }  // namespace mlipbias

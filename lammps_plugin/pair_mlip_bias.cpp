@@ -107,6 +107,7 @@ void PairMLIPBias::settings(int narg, char **arg)
   std::vector<std::pair<int, double>> species_tau;
   every = 1;
   min_distance = 0.5;
+  single_precision = false;
 
   int iarg = 1;
   while (iarg < narg) {
@@ -174,6 +175,12 @@ void PairMLIPBias::settings(int narg, char **arg)
       every = utils::inumeric(FLERR, value, false, lmp);
       if (every < 1) error->all(FLERR, "pair_style mlip/bias: every must be >= 1, got {}", value);
       iarg += 2;
+    } else if (key == "precision") {
+      const std::string p = value;
+      if (p != "double" && p != "single")
+        error->all(FLERR, "pair_style mlip/bias: precision must be double or single, got '{}'", p);
+      single_precision = p == "single";
+      iarg += 2;
     } else if (key == "min_distance") {
       min_distance = utils::numeric(FLERR, value, false, lmp);
       if (min_distance < 0.0)
@@ -182,7 +189,7 @@ void PairMLIPBias::settings(int narg, char **arg)
     } else {
       error->all(FLERR,
                  "pair_style mlip/bias: unknown keyword '{}' (known: uncertainty tau tau_stress "
-                 "rescale rescale_window tau_species every min_distance)",
+                 "rescale rescale_window tau_species every min_distance precision)",
                  key);
     }
   }
@@ -239,7 +246,8 @@ void PairMLIPBias::settings(int narg, char **arg)
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "mlip/bias: model {} (elements {}, {} member(s), cutoff {} A), uncertainty {}, "
-                   "tau {}, tau_stress {}, rescale {}, every {}\n",
+                   "tau {}, tau_stress {}, rescale {}, every {}, networks in {} precision, {} OpenMP "
+                   "thread(s) per rank\n",
                    model_path, utils::join_words(elements, " "), model->n_members(),
                    model->cutoff(), mlipbias::uncertainty_name(method), bias_settings.tau,
                    bias_settings.tau_stress,
@@ -247,7 +255,7 @@ void PairMLIPBias::settings(int narg, char **arg)
                    : bias_settings.rescale_form == mlipbias::RescaleForm::cumulative
                        ? std::string("cumulative")
                        : "window " + std::to_string(bias_settings.window),
-                   every);
+                   every, single_precision ? "single" : "double", mlipbias::evaluator_threads());
 }
 
 /* ----------------------------------------------------------------------
@@ -414,6 +422,7 @@ void PairMLIPBias::compute(int eflag, int vflag)
   options.uncertainty_gradient = biased;
   options.atom_uncertainty = want_atom_u;
   options.min_distance = min_distance;
+  options.single_precision = single_precision;
   evaluator->set_options(options);
 
   mlipbias::NeighbourView view;

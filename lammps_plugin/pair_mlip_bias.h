@@ -44,6 +44,7 @@ class PairMLIPBias : public Pair {
   mlipbias::BiasSettings bias_settings;
   int every;              // evaluate U every this many steps when no bias is applied
   double min_distance;    // error when two atoms are closer (A)
+  bool single_precision;  // precision single: the networks in float32
   std::vector<std::string> type_names;  // [ntypes + 1] from pair_coeff, "NULL" unmapped
   std::vector<int> type_to_element;    // [ntypes + 1] model element index, -1 for NULL
 

@@ -353,3 +353,78 @@ def test_a_dataset_left_mid_transaction_by_a_killed_writer_opens(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=False)
     assert Path(str(path) + "-journal").stat().st_size > 0
     assert _keys(path) == ["k/0"]  # the uncommitted delete is rolled back
+
+
+def _recording_explorer(model_path, start, settings, seed, training=None):
+    """An explorer that returns its start, tagged with the pressure it was given."""
+    from mlipbias.dynamics.explorer import STOP_DONE, Exploration, candidate
+
+    frame = candidate(start, 1.0, np.ones(len(start)), 1)
+    frame.info["given_pressure"] = settings.pressure
+    return Exploration([frame], STOP_DONE, 1)
+
+
+def test_walker_pressures_reach_the_walkers_and_the_test_set_stress_error(tmp_path, monkeypatch):
+    """Half the NPT walkers at another pressure (seed 002's unbiased MIL-53(Al) runs): each walker's
+    explorer gets its pressure, which the walker summary records; the test errors include the
+    stress RMSE, equal to the one of the calculator's stresses."""
+    import ase.io
+    from dask.distributed import Client
+
+    from mlipbias import dynamics
+    from mlipbias.al import run_active_learning
+    from mlipbias.calculators import MLIPCalculator
+    from mlipbias.dynamics.perturb import perturbed
+    from mlipbias.oracles import attach_results, label, make_oracle
+    from mlipbias.structures import default_structure
+
+    monkeypatch.setitem(dynamics.EXPLORERS, "recording", _recording_explorer)
+    bks, quartz = make_oracle("bks"), default_structure("alpha-quartz")
+    test = open_dataset(tmp_path / "test.db", create=True)
+    for i in range(3):
+        atoms = perturbed(quartz, 0.05, 0.03, np.random.default_rng(i))
+        test.write(attach_results(atoms, label(atoms, bks), "bks"))
+    explore = {"explorer": "recording", "walkers": 3, "ensemble": "npt", "walker_pressures": [0.0, 20.0]}
+    path = _config(
+        tmp_path, explore=explore, stop={"max_generations": 1}, test={"path": str(tmp_path / "test.db")}
+    )
+    config = load_al_config(path)
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        run_active_learning(config, client=client, progress=False)
+    walkers = tmp_path / "run" / "gen_001" / "walkers"
+    for k, pressure in enumerate([0.0, 20.0, 0.0]):
+        assert json.loads((walkers / f"walker_{k:02d}.json").read_text())["pressure"] == pressure
+        assert ase.io.read(walkers / f"walker_{k:02d}.extxyz").info["given_pressure"] == pressure
+    errors = json.loads((tmp_path / "run" / "gen_001" / "test_errors.json").read_text())
+    calc = MLIPCalculator(str(tmp_path / "run" / "gen_001" / "train" / "model.mlip"))
+    residuals = []
+    for row in test.select():
+        atoms = row.toatoms()
+        reference = atoms.get_stress(voigt=True)
+        atoms.calc = calc
+        residuals.append(atoms.get_stress(voigt=True) - reference)
+    assert errors["stress_rmse"] == pytest.approx(np.sqrt(np.mean(np.square(residuals))), rel=1e-6)
+    with pytest.raises(ValueError, match=r"explore\.walker_pressures"):
+        load_al_config(_config(tmp_path, explore={"walker_pressures": []}))
+    with pytest.raises(ValueError, match=r"explore\.walker_pressures"):
+        load_al_config(_config(tmp_path, explore={"walker_pressures": [0.0, "high"]}))
+
+
+def test_a_run_started_before_a_key_existed_resumes_at_its_default(tmp_path):
+    """state.json of a run made before ``explore.rescale_window`` existed: the missing key reads as
+    its default (the run resumes); a changed value is still refused, naming the key."""
+    from mlipbias.al.loop import ActiveLearning
+
+    config = load_al_config(_config(tmp_path))
+    (tmp_path / "run").mkdir()
+    ActiveLearning(config, None)._check_state()
+    state_path = tmp_path / "run" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["explore"]["rescale_window"]
+    state_path.write_text(json.dumps(state))
+    ActiveLearning(config, None)._check_state()
+    assert json.loads(state_path.read_text())["config"]["explore"]["rescale_window"] == 100
+    state_path.write_text(json.dumps(state))  # again without the key
+    changed = load_al_config(_config(tmp_path, explore={"rescale_window": 20}))
+    with pytest.raises(ValueError, match=r"explore\.rescale_window"):
+        ActiveLearning(changed, None)._check_state()

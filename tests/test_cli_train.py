@@ -57,7 +57,7 @@ def test_template_loads_to_the_defaults():
         ({"data": {"validation_fraction": 0.6, "test_fraction": 0.5}}, r"must leave training data"),
         (
             {"descriptor": {"preset": "water"}},
-            r"descriptor.preset = 'water': expected one of auto, SiO2, Si, "
+            r"descriptor.preset = 'water': expected one of auto, SiO2, SiO2-fast, Si, "
             r"molecules",
         ),
         ({"descriptor": {"angular_cutoff": -3.5}}, r"descriptor.angular_cutoff = -3.5: expected a positive"),

@@ -266,6 +266,35 @@ def test_matches_torch_reference(tmp_path, method, activation):
     assert_close(want["virial"], want["virial"].T, "torch virial symmetry", tol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["none", "posterior", "ensemble"])
+def test_wide_layers_match_torch_reference(tmp_path, method):
+    """Layers wide enough for the packed strips of the batched products (8 doubles), with edge columns
+    (37 = 4 x 8 + 5, 19 = 2 x 8 + 3) and k = 11 sketch directions; 36 atoms, so blocks hold several
+    atoms of each element (the 4-row kernel and its remainder rows)."""
+    records = model_records(seed=3, hidden=(37, 19), k=11)
+    model = CppModel(write_model_file(tmp_path / "m.mlip", records))
+    atoms = structure(seed=4, repeat=(1, 2, 2))
+    want = reference(records, atoms, method)
+    gradient = method != "none"
+    got = model.evaluate(atoms, uncertainty=method, gradient=gradient, atom_uncertainty=gradient)
+    for name, value in want.items():
+        assert_close(getattr(got, name), value, f"{method}: {name}")
+
+
+def test_single_precision_networks_are_close_to_double(tmp_path):
+    """float32 networks: close to float64 (relative force error ~1e-6 here), yet really float32."""
+    records = model_records(seed=3, hidden=(37, 19), k=11)
+    model = CppModel(write_model_file(tmp_path / "m.mlip", records))
+    atoms = structure(seed=4, repeat=(1, 2, 2))
+    options = {"uncertainty": "posterior", "gradient": True, "atom_uncertainty": True}
+    double = model.evaluate(atoms, **options)
+    single = model.evaluate(atoms, single_precision=True, **options)
+    for name in ("forces", "virial", "uncertainty_gradient", "atom_uncertainty", "atom_energies"):
+        assert_close(getattr(single, name), getattr(double, name), f"float32 {name}", tol=1e-4)
+    assert np.abs(single.forces - double.forces).max() > 0  # the float path ran
+    assert model.evaluator(single_precision=True).options["single_precision"]
+
+
 def test_uncertainty_calibration_factors_scale_linearly(tmp_path):
     """The same model without calibration records gives U / c_E and U_i / c_F."""
     calibrated = CppModel(write_model_file(tmp_path / "c.mlip", model_records(seed=3)))

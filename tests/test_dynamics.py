@@ -329,3 +329,31 @@ def test_adversarial_explorer_takes_a_gmnn_file(tmp_path, training_data):
         U, U_i = _reference(path, c)
         assert np.isfinite(U) and c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
         np.testing.assert_allclose(c.arrays["atom_uncertainty"], U_i, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["ase", "lammps"])
+def test_rescale_window_sets_the_unbiased_burn_in(model_path, engine):
+    """Eq. 8 in the window form: no bias for the first ``rescale_window`` steps, so a biased walker
+    follows the unbiased one (same seed) exactly until then and leaves it after."""
+
+    def frames(tau, window):
+        settings = ExplorerSettings(
+            engine=engine,
+            uncertainty="posterior",
+            threshold=1e6,
+            max_steps=30,
+            record_interval=5,
+            tau=tau,
+            tau_stress=0.0,
+            rescale=True,
+            rescale_window=window,
+            temperature=500.0,
+        )
+        result = get_explorer("md")(model_path, structure(1), settings, seed=3)
+        return np.array([c.positions for c in result.candidates])
+
+    plain = frames(0.0, 15)
+    biased = frames(2.0, 15)
+    np.testing.assert_allclose(biased[:3], plain[:3], atol=1e-9)  # steps 5, 10, 15
+    assert np.abs(biased[-1] - plain[-1]).max() > 1e-6  # step 30
+    np.testing.assert_allclose(frames(2.0, 100), plain, atol=1e-9)  # still in the default burn-in

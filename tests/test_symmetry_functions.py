@@ -358,6 +358,18 @@ def test_angular_cutoff_setting():
         full.with_angular_cutoff(0.0)
 
 
+def test_fast_preset_is_the_sio2_set_at_a_short_angular_cutoff():
+    from mlipbias.models.config import DescriptorSettings, config_from_dict, make_descriptor
+
+    fast = SymmetryFunctions.defaults("SiO2-fast")
+    assert fast == SymmetryFunctions.defaults("SiO2").with_angular_cutoff(3.5)
+    assert make_descriptor(DescriptorSettings(preset="SiO2-fast"), ["Si", "O"]) == fast
+    config = config_from_dict({"data": {"path": "x.db"}, "descriptor": {"preset": "SiO2-fast"}})
+    assert config.descriptor.preset == "SiO2-fast"
+    with pytest.raises(ValueError, match="SiO2-fast"):
+        SymmetryFunctions.defaults("SiO2-slow")
+
+
 def test_defaults_for_other_element_lists_stay_moderate():
     for elements in (["H", "N"], ["C", "H", "O"], ["H", "C", "N", "O", "S"]):
         sf = SymmetryFunctions.defaults(elements)

@@ -80,8 +80,9 @@ struct PyEvaluator {
 };
 
 mlipbias::EvaluatorOptions make_options(const std::string& uncertainty, bool gradient, bool atom_uncertainty,
-                                        double min_distance) {
+                                        double min_distance, bool single_precision) {
   mlipbias::EvaluatorOptions o;
+  o.single_precision = single_precision;
   o.uncertainty = mlipbias::parse_uncertainty(uncertainty);
   o.uncertainty_gradient = gradient;
   o.atom_uncertainty = atom_uncertainty;
@@ -153,14 +154,14 @@ MLIPBIAS_BINDINGS(model) {
                           "Energies, forces, virials, uncertainties and their gradients of a Model. Buffers are "
                           "reused across calls. Options: uncertainty 'none' | 'ensemble' | 'posterior' | "
                           "'distance'; gradient (dU/dx and its virial); atom_uncertainty (U_i); min_distance (A, "
-                          "0 disables).")
+                          "0 disables); single_precision (the networks in float32).")
       .def(py::init([](const Model& model, const std::string& uncertainty, bool gradient, bool atom_uncertainty,
-                       double min_distance) {
-             return std::make_unique<PyEvaluator>(model,
-                                                  make_options(uncertainty, gradient, atom_uncertainty, min_distance));
+                       double min_distance, bool single_precision) {
+             return std::make_unique<PyEvaluator>(
+                 model, make_options(uncertainty, gradient, atom_uncertainty, min_distance, single_precision));
            }),
            py::arg("model"), py::arg("uncertainty") = "none", py::arg("gradient") = false,
-           py::arg("atom_uncertainty") = false, py::arg("min_distance") = 0.0)
+           py::arg("atom_uncertainty") = false, py::arg("min_distance") = 0.0, py::arg("single_precision") = false)
       .def_property_readonly("options",
                              [](const PyEvaluator& self) {
                                const auto& o = self.evaluator.options();
@@ -169,6 +170,7 @@ MLIPBIAS_BINDINGS(model) {
                                d["gradient"] = o.uncertainty_gradient;
                                d["atom_uncertainty"] = o.atom_uncertainty;
                                d["min_distance"] = o.min_distance;
+                               d["single_precision"] = o.single_precision;
                                return d;
                              })
       .def(

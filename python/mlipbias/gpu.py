@@ -1,10 +1,15 @@
-"""Is there a usable CUDA device for the mlipbias kernels?
+"""Is there a usable CUDA device for the mlipbias kernels, and GM-NN models on it.
 
 The extension module links the CUDA runtime statically, so it imports on machines without
-an NVIDIA driver; the functions here say why no device can be used.
+an NVIDIA driver; the functions here say why no device can be used. :class:`GMNNDevice`
+evaluates a GM-NN file with its posterior uncertainty and bias forces on the device.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
 
 from mlipbias import _core
 
@@ -30,3 +35,80 @@ def require() -> None:
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
+
+
+class GMNNDevice:
+    """A GM-NN ``.mlip`` model evaluated on a CUDA device: energies, forces, virial, the posterior
+    (gradient-feature) uncertainty ``U``, ``dU/dx``, its virial and the bias forces.
+
+    The kernels run the stages of ``cpp/gmnn_stages.hpp``, the same math as
+    :meth:`evaluate_host` (which the CPU tests hold to the C++ evaluator to 1e-10). Neighbours are
+    built on the host (:meth:`mlipbias.inference.CppModel.neighbours`) and copied over each call.
+
+        device = GMNNDevice("gm.mlip")
+        r = device.evaluate(atoms, uncertainty="posterior", gradient=True, tau=0.2)
+        r.energy, r.forces, r.uncertainty, r.bias_forces
+
+    Raises:
+        RuntimeError: "no CUDA device: ..." without a usable device (only when the device is used:
+            :meth:`evaluate_host` works everywhere).
+        ValueError: a file that is not a GM-NN, or a method other than "none" and "posterior".
+    """
+
+    def __init__(self, path, device: int = 0):
+        from mlipbias.inference import CppModel
+
+        self.model = CppModel(path)
+        self.device = device
+        self._evaluator = None
+
+    def _device(self):
+        if self._evaluator is None:
+            require()
+            self._evaluator = _core.GMNNDeviceEvaluator(self.model.core, self.device)
+        return self._evaluator
+
+    def _tau(self, tau) -> list[float]:
+        if isinstance(tau, dict):
+            unknown = sorted(set(tau) - set(self.model.elements))
+            if unknown:
+                raise ValueError(
+                    f"tau names element(s) {unknown} not in the model {list(self.model.elements)}"
+                )
+            return [float(tau.get(el, 0.0)) for el in self.model.elements]
+        return [float(tau)] * len(self.model.elements)
+
+    def evaluate(self, atoms, uncertainty: str = "none", gradient: bool = False, tau=0.0) -> DeviceEvaluation:
+        """Evaluate ``atoms`` on the device. tau: bias strength (one number, or {element: tau});
+        ``bias_forces = tau_(Z) dU/dx`` (eV/A) with ``gradient``."""
+        out = self._device().evaluate(*self.model.neighbours(atoms), uncertainty, gradient, self._tau(tau))
+        return DeviceEvaluation(**out)
+
+    def evaluate_host(
+        self, atoms, uncertainty: str = "none", gradient: bool = False, tau=0.0
+    ) -> DeviceEvaluation:
+        """The same stages serially on the host (no device needed; slow: for tests and comparisons)."""
+        out = _core.gmnn_evaluate_staged_host(
+            self.model.core, *self.model.neighbours(atoms), uncertainty, gradient, self._tau(tau)
+        )
+        return DeviceEvaluation(**out)
+
+    def time_runs(self, repeats: int) -> float:
+        """Seconds for ``repeats`` more device evaluations of the last :meth:`evaluate` input (no copies)."""
+        return float(self._device().time_runs(repeats))
+
+
+@dataclass
+class DeviceEvaluation:
+    """What :meth:`GMNNDevice.evaluate` returns (units and signs as :class:`mlipbias.inference.Evaluation`;
+    ``bias_forces = tau_(Z) dU/dx`` in eV/A)."""
+
+    energy: float
+    atom_energies: np.ndarray
+    forces: np.ndarray
+    virial: np.ndarray
+    member_energies: np.ndarray
+    uncertainty: float | None = None
+    uncertainty_gradient: np.ndarray | None = None
+    uncertainty_virial: np.ndarray | None = None
+    bias_forces: np.ndarray | None = None

@@ -142,9 +142,16 @@ class CppModel:
         gradient: bool = False,
         atom_uncertainty: bool = False,
         min_distance: float = 0.0,
+        single_precision: bool = False,
     ) -> _core.ModelEvaluator:
         """The cached ``_core.ModelEvaluator`` for these options (its buffers persist across calls)."""
-        key = (uncertainty, bool(gradient), bool(atom_uncertainty), float(min_distance))
+        key = (
+            uncertainty,
+            bool(gradient),
+            bool(atom_uncertainty),
+            float(min_distance),
+            bool(single_precision),
+        )
         ev = self._evaluators.get(key)
         if ev is None:
             ev = _core.ModelEvaluator(self._model, *key)
@@ -158,6 +165,7 @@ class CppModel:
         gradient: bool = False,
         atom_uncertainty: bool = False,
         min_distance: float = 0.0,
+        single_precision: bool = False,
     ) -> Evaluation:
         """Evaluate one structure.
 
@@ -167,6 +175,8 @@ class CppModel:
             gradient: also compute ``dU/dx`` and the uncertainty virial (for bias forces and stress).
             atom_uncertainty: also compute the per-atom ``U_i``.
             min_distance: raise ValueError naming the atom indices when two are closer than this (A).
+            single_precision: run the networks in float32 (descriptors and sums stay float64); the
+                force error against float64 is in benchmarks/RESULTS.md ("Batched networks").
 
         Raises:
             ValueError: also when an output (energy, force, uncertainty, gradient, virial) is NaN or
@@ -179,6 +189,7 @@ class CppModel:
             gradient=gradient,
             atom_uncertainty=atom_uncertainty,
             min_distance=min_distance,
+            single_precision=single_precision,
         )
 
     def evaluate_neighbours(
@@ -191,7 +202,8 @@ class CppModel:
         gradient: bool = False,
         atom_uncertainty: bool = False,
         min_distance: float = 0.0,
+        single_precision: bool = False,
     ) -> Evaluation:
         """Evaluate prepared neighbour data (see :meth:`neighbours`; species -1 = atom not handled)."""
-        ev = self.evaluator(uncertainty, gradient, atom_uncertainty, min_distance)
+        ev = self.evaluator(uncertainty, gradient, atom_uncertainty, min_distance, single_precision)
         return Evaluation(**ev.evaluate(species, offsets, j, D))

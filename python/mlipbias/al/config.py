@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -75,10 +76,24 @@ class TrainSection:
 @dataclass
 class ExploreSettings(ExplorerSettings):
     """``explorer`` (md, perturb, adversarial or one added to mlipbias.dynamics.EXPLORERS), ``walkers`` (K,
-    run in parallel each generation) and the explorer settings."""
+    run in parallel each generation), ``walker_pressures`` (GPa; walker k runs at
+    ``walker_pressures[k % len]`` instead of ``pressure``, e.g. [0, 0.25] for half the walkers at
+    each, as seed 002's unbiased MIL-53(Al) runs) and the explorer settings."""
 
     explorer: str = "md"
     walkers: int = 8
+    walker_pressures: list[float] | None = None
+
+    def walker_settings(self, k: int) -> ExplorerSettings:
+        """The explorer settings of walker ``k``."""
+        values = {
+            key: v
+            for key, v in self.to_dict().items()
+            if key not in ("explorer", "walkers", "walker_pressures")
+        }
+        if self.walker_pressures:
+            values["pressure"] = float(self.walker_pressures[k % len(self.walker_pressures)])
+        return ExplorerSettings(**values)
 
 
 @dataclass
@@ -207,6 +222,7 @@ explore:
   ensemble: nvt                 # nvt (Langevin) or npt (Nose-Hoover chains + MTK barostat)
   temperature: 300.0            # K
   pressure: 0.0                 # GPa (npt)
+  walker_pressures: null        # GPa per walker, cycled: walker k at walker_pressures[k % len] (npt)
   timestep: 0.5                 # fs
   friction: 0.002               # 1/fs (Langevin; the authors' code: 0.02 ASE units = 0.00196 1/fs)
   thermostat_time: 100.0        # fs (npt; Zaverkin et al. (2024): 0.1 ps)
@@ -216,6 +232,7 @@ explore:
   tau_stress: null              # bias-stress strength (null: tau)
   tau_species: {}               # per-element bias-force strength (alanine dipeptide in the paper: {H: 0.0})
   rescale: true                 # Zaverkin et al. Eq. 8 rescaling of the bias
+  rescale_window: 100           # steps: no bias for these first steps, then the ratio over this window
   uncertainty: null             # method of the stop rule and bias (null: the model's first)
   threshold: 1.5                # eV/A: stop when max_i U_i reaches it (calibrated)
   max_steps: 20000              # MD steps at most per walker
@@ -369,6 +386,17 @@ def check_al_config(config: ALConfig) -> None:
     if e.walkers < 1:
         fail("explore.walkers", e.walkers, "expected an integer >= 1")
     e.check("explore")
+    if e.walker_pressures is not None:
+        pressures = e.walker_pressures
+        if (
+            not isinstance(pressures, list)
+            or not pressures
+            or not all(
+                isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p)
+                for p in pressures
+            )
+        ):
+            fail("explore.walker_pressures", pressures, "expected null or a non-empty list of numbers (GPa)")
     check_options(e.explorer, e.options, "explore.options")
     s = config.select
     if s.method not in SELECTION_METHODS:

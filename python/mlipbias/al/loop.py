@@ -116,6 +116,13 @@ class ActiveLearning:
             explore = stored.get("explore")
             if isinstance(explore, dict) and "species_tau" in explore:  # the key's former name
                 explore["tau_species"] = explore.pop("species_tau")
+            # A key added to the configuration after the run started reads as its default there.
+            default = ALConfig().to_dict()
+            for section, values in current.items():
+                if isinstance(stored.get(section), dict) and isinstance(values, dict):
+                    for key in set(values) - set(stored[section]):
+                        if values[key] == default.get(section, {}).get(key):
+                            stored[section][key] = values[key]
             changed = sorted(
                 f"{section}.{key}"
                 for section in set(stored) | set(current)
@@ -287,6 +294,7 @@ class ActiveLearning:
         self.log(
             f"test set: energy RMSE {1000 * errors['energy_rmse']:.3g} meV/atom, force RMSE "
             f"{errors['force_rmse']:.4g} eV/A"
+            + (f", stress RMSE {1000 * errors['stress_rmse']:.3g} meV/A^3" if "stress_rmse" in errors else "")
         )
         return errors
 
@@ -316,14 +324,11 @@ class ActiveLearning:
         from dask.distributed import as_completed
         from tqdm import tqdm
 
-        from mlipbias.dynamics.explorer import ExplorerSettings, TrainingData
+        from mlipbias.dynamics.explorer import TrainingData
 
         e = self.config.explore
         folder = self.generation_dir(generation) / "walkers"
         folder.mkdir(exist_ok=True)
-        settings = ExplorerSettings(
-            **{k: v for k, v in e.to_dict().items() if k not in ("explorer", "walkers")}
-        )
         starts = self.walker_starts(generation)
         # The rows this generation's model was trained on (adversarial sampling's reference).
         training = TrainingData(str(self.dataset_path), f"al_generation<{int(generation)}")
@@ -337,7 +342,7 @@ class ActiveLearning:
                 e.explorer,
                 str(model_path),
                 starts[k],
-                settings,
+                e.walker_settings(k),
                 seed,
                 training,
                 pure=False,
@@ -361,7 +366,8 @@ class ActiveLearning:
             os.replace(tmp, path)
             if exploration.trajectory is not None:
                 write_trajectory(folder / f"walker_{k:02d}.traj.npz", exploration.trajectory)
-            write_json(folder / f"walker_{k:02d}.json", exploration.summary())  # marks the walker done
+            summary = {**exploration.summary(), "pressure": e.walker_settings(k).pressure}
+            write_json(folder / f"walker_{k:02d}.json", summary)  # marks the walker done
             bar.update(1)
         bar.close()
         summaries = [json.loads((folder / f"walker_{k:02d}.json").read_text()) for k in range(e.walkers)]
@@ -603,9 +609,11 @@ def select_candidates(
 
 
 def model_errors(model_path, test_path, selection=None) -> dict:
-    """Energy RMSE per atom (eV/atom) and force RMSE per component (eV/A) of a model on a labelled ase.db."""
+    """Energy RMSE per atom (eV/atom), force RMSE per component (eV/A) and, where the test set has
+    stresses, stress RMSE per Voigt component (eV/A^3) of a model on a labelled ase.db."""
     from mlipbias.datasets import load_dataset
     from mlipbias.models import AtomsData, load_model
+    from mlipbias.models.evaluation import stress_accuracy
 
     model = load_model(model_path)
     test = load_dataset(test_path, selection)
@@ -619,4 +627,7 @@ def model_errors(model_path, test_path, selection=None) -> dict:
     }
     if data.has_forces:
         errors["force_rmse"] = float(np.sqrt(np.mean((p.forces - data.forces) ** 2)))
+    stress = stress_accuracy(p, data)
+    if stress is not None:
+        errors["stress_rmse"] = stress["rmse"]
     return errors

@@ -17,6 +17,7 @@ COLUMNS = (
     ("dataset_size", "data", "{}"),
     ("test_energy_rmse", "E RMSE meV/at", "{:.3g}"),
     ("test_force_rmse", "F RMSE eV/A", "{:.4g}"),
+    ("test_stress_rmse", "S RMSE meV/A3", "{:.3g}"),
     ("explore_candidates", "candidates", "{}"),
     ("explore_md_steps", "MD steps", "{}"),
     ("explore_max_atom_uncertainty", "max U_i", "{:.3g}"),
@@ -57,7 +58,7 @@ def append_summary(directory, row: dict, log=print) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The summary as an aligned text table (energy RMSE in meV/atom)."""
+    """The summary as an aligned text table (energy RMSE in meV/atom, stress RMSE in meV/A^3)."""
     columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
     table = [[title for _, title, _ in columns]]
     for r in rows:
@@ -67,7 +68,9 @@ def format_table(rows: list[dict]) -> str:
             if value is None:
                 line.append("-")
             else:
-                line.append(fmt.format(1000 * value if key == "test_energy_rmse" else value))
+                line.append(
+                    fmt.format(1000 * value if key in ("test_energy_rmse", "test_stress_rmse") else value)
+                )
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table)

@@ -24,6 +24,8 @@ from ase.data import atomic_numbers
 from mlipbias import _core
 
 COLUMNS = ("kind", "a", "b", "eta", "rs", "zeta", "lambda", "rc")
+# A: the angular cutoff of the "SiO2-fast" set (the first Si-O, O-O and Si-Si shells of silica)
+FAST_ANGULAR_CUTOFF = 3.5
 
 
 def _neighbor_pairs(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,21 +258,26 @@ class SymmetryFunctions:
 
     @classmethod
     def defaults(cls, system: str | Sequence[str]) -> SymmetryFunctions:
-        """A published-style set for ``"SiO2"``, ``"Si"``, ``"molecules"`` or a list of elements.
+        """A published-style set for ``"SiO2"``, ``"SiO2-fast"``, ``"Si"``, ``"molecules"`` or elements.
 
         Radial G2 shells follow the "shifted" rule of Gastegger et al., J. Chem. Phys. 148,
         241709 (2018) (rs on an even grid, eta = 1/(2 dr^2)); angular widths its "centred" rule
         eta = 1/(2 r^2); zeta in 1, 2, 4, 16 and lambda = +-1 as in Behler, J. Chem. Phys. 134,
-        074106 (2011). Sizes (n_sf): SiO2 52, Si 42, molecules (H, C, N, O) 64. A list with the
+        074106 (2011). Sizes (n_sf): SiO2 52, Si 42, molecules (H, C, N, O) 64. ``"SiO2-fast"`` is
+        the SiO2 set with every G4/G5 at 3.5 A (:meth:`with_angular_cutoff`; ~10x cheaper per atom-step,
+        ``examples/sio2_fast``). A list with the
         elements {Si, O} or {Si} gets those sets in the given order; any other list gets the
         molecular recipe, with fewer angular functions per element pair as pairs multiply.
         Details and the reasoning: ``docs/descriptors.md``.
         """
         if isinstance(system, str):
             names = {"SiO2": ["Si", "O"], "Si": ["Si"], "molecules": ["H", "C", "N", "O"]}
+            if system == "SiO2-fast":
+                return cls.defaults("SiO2").with_angular_cutoff(FAST_ANGULAR_CUTOFF)
             if system not in names:
                 raise ValueError(
-                    f"unknown default set {system!r}: use one of {sorted(names)} or a list of elements"
+                    f"unknown default set {system!r}: use one of {sorted([*names, 'SiO2-fast'])} "
+                    "or a list of elements"
                 )
             elements = names[system]
         else:

@@ -67,6 +67,7 @@ def explore_ase_md(model_path: str, start: Atoms, settings: ExplorerSettings, se
         tau=s.tau,
         tau_stress=s.tau_stress,
         rescale=s.rescale and s.biased,
+        rescale_window=s.rescale_window,
         tau_species=s.tau_species or None,
         atom_uncertainty=True,
     )

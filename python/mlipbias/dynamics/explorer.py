@@ -42,12 +42,12 @@ class ExplorerSettings:
     MD: ``engine`` ase (any system) or lammps (periodic cells, ``pair_style mlip/bias``);
     ``ensemble`` nvt (Langevin, ``friction`` in 1/fs) or npt (Nose-Hoover chains with the MTK
     barostat, characteristic times ``thermostat_time`` and ``barostat_time`` in fs, ``pressure``
-    in GPa, ``cell_fluctuations`` iso or full); ``tau``/``tau_stress``/``tau_species``/``rescale``
-    the bias of :class:`mlipbias.calculators.MLIPCalculator`; ``uncertainty`` the method (None:
-    the model's default). A frame is recorded every ``record_interval`` steps and at the stop.
-    ``trajectory_interval`` > 0 (ase engine) also keeps the positions and U_i of every that many
-    steps (:attr:`Exploration.trajectory`; seed 002's autocorrelation times and coverage against MD
-    time need the trajectory, not only the candidates); 0 keeps none.
+    in GPa, ``cell_fluctuations`` iso or full); ``tau``/``tau_stress``/``tau_species``/``rescale``/
+    ``rescale_window`` the bias of :class:`mlipbias.calculators.MLIPCalculator`; ``uncertainty``
+    the method (None: the model's default). A frame is recorded every ``record_interval`` steps
+    and at the stop. ``trajectory_interval`` > 0 (ase engine) also keeps the positions and U_i of
+    every that many steps (:attr:`Exploration.trajectory`; seed 002's autocorrelation times and
+    coverage against MD time need the trajectory, not only the candidates); 0 keeps none.
     Perturbations (seed 002 Eqs. 32-34): ``n_samples`` structures with position shifts uniform in
     ``[-position_amplitude, position_amplitude]`` and strain components uniform in
     ``[-strain_amplitude, strain_amplitude]`` (periodic cells). ``options``: settings of other
@@ -67,6 +67,7 @@ class ExplorerSettings:
     tau_stress: float | None = None
     tau_species: dict[str, float] = field(default_factory=dict)
     rescale: bool = True
+    rescale_window: int = 100  # seed 002's code (forces_burn_in_period): burn-in and window, steps
     uncertainty: str | None = None
     threshold: float = 1.5
     max_steps: int = 20000
@@ -102,7 +103,7 @@ class ExplorerSettings:
             fail("tau_stress", "expected null or a finite number >= 0")
         if not np.isfinite(self.pressure):
             fail("pressure", "expected a finite number (GPa)")
-        for key in ("max_steps", "record_interval", "n_samples"):
+        for key in ("max_steps", "record_interval", "n_samples", "rescale_window"):
             if getattr(self, key) < 1:
                 fail(key, "expected an integer >= 1")
         if self.trajectory_interval < 0:

@@ -89,6 +89,8 @@ def explore_lammps_md(model_path: str, start: Atoms, settings: ExplorerSettings,
             if s.tau_species:
                 bias.append("tau_species " + " ".join(f"{el} {t!r}" for el, t in s.tau_species.items()))
             bias.append(f"rescale {'yes' if s.rescale and s.biased else 'no'}")
+            if s.rescale and s.biased:
+                bias.append(f"rescale_window {int(s.rescale_window)}")
             if s.min_distance > 0:
                 bias.append(f"min_distance {s.min_distance!r}")
             velocity_seed = int(rng.integers(1, 900_000_000))
