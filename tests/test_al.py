@@ -17,6 +17,7 @@ from subprocess_env import mlipbias_env
 
 from mlipbias import sample_claims
 from mlipbias.al.config import TEMPLATE, ALConfig, al_config_from_dict, load_al_config
+from mlipbias.al.loop import read_trajectories
 from mlipbias.al.report import read_summary
 from mlipbias.al.tasks import LABELLED, REJECTED, SKIPPED, label_candidate
 from mlipbias.datasets import open_dataset
@@ -152,7 +153,7 @@ def test_loop_runs_to_the_maximum_size_with_warm_starts(tmp_path, capsys):
 
     from mlipbias.al import run_active_learning
 
-    config = load_al_config(_config(tmp_path))
+    config = load_al_config(_config(tmp_path, explore={"trajectory_interval": 5}))
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
         rows = run_active_learning(config, client=client, progress=False)
     out = capsys.readouterr().out
@@ -164,6 +165,10 @@ def test_loop_runs_to_the_maximum_size_with_warm_starts(tmp_path, capsys):
     assert (directory / "summary.csv").read_text().startswith("generation,dataset_size")
     walker = json.loads((directory / "gen_001/walkers/walker_00.json").read_text())
     assert walker["stop_reason"] in ("threshold", "max_steps", "failed")
+    trajectories = read_trajectories(directory, 1)
+    assert len(trajectories) == 2 and all(t["step"][0] == 0 for t in trajectories)
+    assert [t["walker"] for t in trajectories] == [0, 1] and trajectories[0]["steps"] == walker["steps"]
+    assert all(np.all(t["step"] % 5 == 0) and t["step"][-1] <= t["steps"] for t in trajectories)
     # Rerunning a finished run repeats nothing.
     with Client(processes=False, n_workers=1, dashboard_address=None) as client:
         run_active_learning(config, client=client, progress=False)

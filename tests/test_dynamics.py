@@ -109,11 +109,39 @@ def test_perturbation_explorer_ranks_its_samples(model_path):
         assert c.info["uncertainty"] == pytest.approx(U, rel=1e-6)
 
 
+def test_ase_walker_keeps_its_trajectory_every_interval(model_path):
+    settings = ExplorerSettings(
+        uncertainty="posterior",
+        threshold=1e6,
+        max_steps=30,
+        record_interval=10,
+        trajectory_interval=5,
+        tau=0.5,
+        temperature=500.0,
+    )
+    result = get_explorer("md")(model_path, structure(1), settings, seed=4)
+    trajectory = result.trajectory
+    assert trajectory["step"].tolist() == [0, 5, 10, 15, 20, 25, 30]
+    assert trajectory["positions"].shape == (7, len(structure(1)), 3)
+    np.testing.assert_allclose(trajectory["positions"][0], structure(1).positions, atol=1e-5)
+    # The kept frames are the walker's own: the candidates at steps 10, 20, 30 are among them.
+    for c, row in zip(result.candidates, (2, 4, 6), strict=True):
+        np.testing.assert_allclose(trajectory["positions"][row], c.positions, atol=1e-4)
+        np.testing.assert_allclose(
+            trajectory["atom_uncertainty"][row], c.arrays["atom_uncertainty"], rtol=1e-5, atol=1e-7
+        )
+    assert (
+        get_explorer("md")(model_path, structure(1), ExplorerSettings(max_steps=2), seed=4).trajectory is None
+    )
+
+
 def test_settings_errors_name_the_key():
     with pytest.raises(ValueError, match="explore.ensemble"):
         ExplorerSettings(ensemble="nve").check()
     with pytest.raises(ValueError, match="explore.threshold"):
         ExplorerSettings(threshold=0.0).check()
+    with pytest.raises(ValueError, match="explore.trajectory_interval"):
+        ExplorerSettings(engine="lammps", trajectory_interval=10).check()
     with pytest.raises(ValueError, match="unknown explorer 'metadynamics'"):
         get_explorer("metadynamics")
 

@@ -237,6 +237,7 @@ explore:
   threshold: 1.5                # eV/A: stop when max_i U_i reaches it (calibrated)
   max_steps: 20000              # MD steps at most per walker
   record_interval: 200          # steps between candidate frames (the authors' code)
+  trajectory_interval: 0        # steps between trajectory frames kept (gen_G/walkers/*.traj.npz; 0: none)
   min_distance: 0.5             # A: a walker with closer atoms stops
   n_samples: 8                  # perturb: structures per walker
   position_amplitude: 0.05      # perturb: A

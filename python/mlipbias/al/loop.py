@@ -364,6 +364,8 @@ class ActiveLearning:
             tmp = path.with_name(path.name + ".tmp")
             ase.io.write(tmp, exploration.candidates, format="extxyz")
             os.replace(tmp, path)
+            if exploration.trajectory is not None:
+                write_trajectory(folder / f"walker_{k:02d}.traj.npz", exploration.trajectory)
             summary = {**exploration.summary(), "pressure": e.walker_settings(k).pressure}
             write_json(folder / f"walker_{k:02d}.json", summary)  # marks the walker done
             bar.update(1)
@@ -516,6 +518,28 @@ class ActiveLearning:
             "stop": stop,
         }
         append_summary(self.directory, row, log=self.log)
+
+
+def write_trajectory(path: Path, trajectory: dict) -> None:
+    """A walker's trajectory (``explore.trajectory_interval``) as .npz, atomically."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **trajectory)
+    os.replace(tmp, path)
+
+
+def read_trajectories(directory, generation: int) -> list[dict]:
+    """The trajectories of generation ``generation``'s walkers in walker order (those written):
+    the arrays of :attr:`Exploration.trajectory`, ``walker`` (its number) and ``steps`` (the MD
+    steps it ran, from its summary)."""
+    folder = Path(directory) / f"gen_{generation:03d}" / "walkers"
+    out = []
+    for path in sorted(folder.glob("walker_*.traj.npz")):
+        summary = json.loads(path.with_name(path.name.replace(".traj.npz", ".json")).read_text())
+        with np.load(path) as data:
+            out.append(
+                {**{k: data[k] for k in data.files}, "walker": int(path.name[7:9]), "steps": summary["steps"]}
+            )
+    return out
 
 
 def create_database(path: Path) -> None:

@@ -84,13 +84,18 @@ def explore_ase_md(model_path: str, start: Atoms, settings: ExplorerSettings, se
         return float(results["uncertainty"]), np.asarray(results["atom_uncertainty"])
 
     atoms.get_forces()
+    frames: dict[str, list] = {"step": [], "positions": [], "atom_uncertainty": []}
     step, reason, detail = 0, STOP_MAX_STEPS, ""
     try:
         for _ in dynamics.irun(steps=s.max_steps):
             step = dynamics.nsteps
+            U, U_i = uncertainties()
+            if s.trajectory_interval and step % s.trajectory_interval == 0:
+                frames["step"].append(step)
+                frames["positions"].append(atoms.positions.astype(np.float32))
+                frames["atom_uncertainty"].append(U_i.astype(np.float32))
             if step == 0:
                 continue
-            U, U_i = uncertainties()
             if not (np.isfinite(U) and np.isfinite(U_i).all() and np.isfinite(atoms.positions).all()):
                 reason, detail = STOP_FAILED, f"non-finite positions or uncertainty at step {step}"
                 break
@@ -106,4 +111,5 @@ def explore_ase_md(model_path: str, start: Atoms, settings: ExplorerSettings, se
     except (ValueError, FloatingPointError) as error:
         # A broken-down trajectory (atoms too close, no neighbours) ends the walker, not the loop.
         reason, detail = STOP_FAILED, f"step {step}: {error}"
-    return Exploration(candidates, reason, step, detail, peak)
+    trajectory = {k: np.asarray(v) for k, v in frames.items()} if s.trajectory_interval else None
+    return Exploration(candidates, reason, step, detail, peak, trajectory=trajectory)

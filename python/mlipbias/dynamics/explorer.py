@@ -45,7 +45,9 @@ class ExplorerSettings:
     in GPa, ``cell_fluctuations`` iso or full); ``tau``/``tau_stress``/``tau_species``/``rescale``/
     ``rescale_window`` the bias of :class:`mlipbias.calculators.MLIPCalculator`; ``uncertainty``
     the method (None: the model's default). A frame is recorded every ``record_interval`` steps
-    and at the stop.
+    and at the stop. ``trajectory_interval`` > 0 (ase engine) also keeps the positions and U_i of
+    every that many steps (:attr:`Exploration.trajectory`; seed 002's autocorrelation times and
+    coverage against MD time need the trajectory, not only the candidates); 0 keeps none.
     Perturbations (seed 002 Eqs. 32-34): ``n_samples`` structures with position shifts uniform in
     ``[-position_amplitude, position_amplitude]`` and strain components uniform in
     ``[-strain_amplitude, strain_amplitude]`` (periodic cells). ``options``: settings of other
@@ -70,6 +72,7 @@ class ExplorerSettings:
     threshold: float = 1.5
     max_steps: int = 20000
     record_interval: int = 200  # seed 002's code (eval_sampling_step)
+    trajectory_interval: int = 0
     min_distance: float = 0.5
     n_samples: int = 8
     position_amplitude: float = 0.05
@@ -103,6 +106,10 @@ class ExplorerSettings:
         for key in ("max_steps", "record_interval", "n_samples", "rescale_window"):
             if getattr(self, key) < 1:
                 fail(key, "expected an integer >= 1")
+        if self.trajectory_interval < 0:
+            fail("trajectory_interval", "expected an integer >= 0 (0: no trajectory)")
+        if self.trajectory_interval and self.engine != "ase":
+            fail("trajectory_interval", f"the {self.engine} engine keeps no trajectory; use engine ase or 0")
         for symbol, value in self.tau_species.items():
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(
@@ -122,7 +129,9 @@ class Exploration:
     """What a walker returns: candidates (each with ``info["uncertainty"]`` U in eV,
     ``info["step"]`` and ``arrays["atom_uncertainty"]`` U_i in eV/A), why it stopped
     (:data:`STOP_THRESHOLD`, :data:`STOP_MAX_STEPS`, :data:`STOP_DONE`, :data:`STOP_FAILED`),
-    a sentence of detail, the MD steps run and the largest U_i seen."""
+    a sentence of detail, the MD steps run and the largest U_i seen. ``trajectory``: with
+    ``trajectory_interval``, arrays ``step`` (T,), ``positions`` (T, N, 3) and ``atom_uncertainty``
+    (T, N) of the start (step 0) and every ``trajectory_interval``-th step, else None."""
 
     candidates: list[Atoms]
     stop_reason: str
@@ -130,6 +139,7 @@ class Exploration:
     detail: str = ""
     max_atom_uncertainty: float = 0.0
     seconds: float = 0.0
+    trajectory: dict | None = None
 
     def summary(self) -> dict:
         return {
