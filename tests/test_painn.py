@@ -375,7 +375,10 @@ def test_a_fixed_energy_scale_replaces_the_fitted_one_and_survives_the_file(tmp_
     residual = energies - counts @ np.linalg.lstsq(counts, energies, rcond=None)[0]
     assert fitted == pytest.approx(np.sqrt(np.mean((residual / counts.sum(axis=1)) ** 2)))
     model = PaiNNModel(["N", "H"], PaiNNSettings(**{**SMALL.to_dict(), "energy_scale": 0.5}))
-    assert model.fit_energy_shift(counts, energies) == 0.5 and float(model.energy_scale) == 0.5
+    assert model.fit_energy_shift(counts, energies) == pytest.approx(fitted)  # the fit's RMSE, reported
+    assert float(model.energy_scale) == 0.5
+    model.fit_energy_shift(counts, energies, force_rms=2.0)  # the fixed scale wins over the force RMS too
+    assert float(model.energy_scale) == 0.5
     path = save_painn(model, tmp_path / "scaled.pt")
     loaded = load_painn(path)
     assert loaded.settings.energy_scale == 0.5 and float(loaded.energy_scale) == 0.5
