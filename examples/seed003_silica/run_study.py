@@ -42,23 +42,25 @@ PAPER_ATOMS = 699  # 233 Si + 466 O
 #: Every size of the study (Tan et al.'s value in the comment).
 SCALE = {
     "painn": {"features": 16, "layers": 2, "radial_basis": 20, "cutoff": 5.0, "readout": [64, 64]},  # 128, 3
-    "epochs": 15,  # 1000
+    "epochs": 10,  # 1000 (generation 1, from scratch)
+    "finetune_epochs": 4,  # generations 2 and 3 start from the previous generation's model
     "batch_size": 3,  # 3
     "learning_rate": 2e-3,  # 1e-4
+    "head_learning_rate": 2e-3,  # MVE and evidential, same as the others (Tan et al.: 1e-4 for all)
     "decay_patience": 3,  # 30
     "n_members": 3,  # 3
     "gmm_max_components": 4,  # chosen by BIC and silhouette by hand
     "md_timestep_fs": 1.0,  # data MD; Tan et al.: LAMMPS, ns-long runs
     "adv_iterations": 30,  # 80
-    "adv_learning_rate": 5e-3,  # 3e-5
-    "adv_samples": 4,  # 100 per generation
+    "adv_learning_rate": 2e-3,  # 3e-5
+    "adv_samples": 3,  # 100 per generation
     "adv_kT": 0.7 * KCAL,  # 0.7 kcal/mol/atom
     "adv_cutoff_per_atom": {1: 5000.0 / PAPER_ATOMS * KCAL, 2: 10000.0 / PAPER_ATOMS * KCAL},  # x N
     "test_candidates": 16,  # 402 kept from trial runs
     "test_bins": 6,
     "test_learning_rates": [2e-3, 5e-3, 1e-2, 2e-2],
     "stab_trajectories": 2,  # 10
-    "stab_steps": 150,  # 1 ns / 0.25 fs = 4e6
+    "stab_steps": 100,  # 1 ns / 0.25 fs = 4e6
     "stab_timestep_fs": 0.5,  # 0.25
     "stab_temperature": 2500.0,  # 2500
     "stab_ke_max_per_atom": 10000.0 / PAPER_ATOMS * KCAL,  # 10000 kcal/mol for 699 atoms
@@ -284,11 +286,12 @@ def _settings(method: str, seed: int, epochs: int | None = None):
         n_members=SCALE["n_members"],
         gmm_max_components=SCALE["gmm_max_components"],
         head_training="joint",
+        head_energy_nll=False,  # Tan et al.: the NLL on forces alone, the energy by MAE
     )
     training = TrainingSettings(
         epochs=epochs or SCALE["epochs"],
         batch_size=SCALE["batch_size"],
-        learning_rate=SCALE["learning_rate"],
+        learning_rate=SCALE["head_learning_rate"] if head else SCALE["learning_rate"],
         schedule="plateau",
         decay_factor=0.5,
         decay_patience=SCALE["decay_patience"],
@@ -305,7 +308,13 @@ def _settings(method: str, seed: int, epochs: int | None = None):
 
 
 def train_model(
-    directory: Path, method: str, train: list[Atoms], validation: list[Atoms], seed: int, epochs=None
+    directory: Path,
+    method: str,
+    train: list[Atoms],
+    validation: list[Atoms],
+    seed: int,
+    epochs=None,
+    init_model=None,
 ):
     from mlipbias.models.painn import load_painn, save_painn
     from mlipbias.models.painn_training import train_painn
@@ -324,6 +333,7 @@ def train_model(
         resume=True,
         progress=False,
         log=lambda s: log("  " + s),
+        init_model=init_model,
     )
     save_painn(result.model, path, json.dumps({"method": method, "seed": seed, "n_train": len(train)}))
     return result.model
@@ -409,7 +419,7 @@ def step_sample(generation: int, method: str, model) -> None:
             learning_rate=SCALE["adv_learning_rate"],
             n_samples=1,
             energy_cutoff=SCALE["adv_cutoff_per_atom"][generation] * len(train[0]),
-            max_attempts=4,
+            max_attempts=6,
             seed=10_000 * generation + 100 * METHODS.index(method) + k,
         )
         result = adversarial_samples(model, train, method=method, settings=settings, progress=False)
@@ -506,7 +516,9 @@ def step_md(generation: int, method: str, model) -> None:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_generation(generation: int, method: str) -> None:
+def run_generation(generation: int, method: str, post: bool = False) -> None:
+    from mlipbias.models.painn import load_painn
+
     directory = WORK / f"gen{generation}" / method
     train, validation = initial_sets()
     extra = adversarial_set(generation, method)
@@ -514,14 +526,37 @@ def run_generation(generation: int, method: str) -> None:
     name = f"gen{generation}/{method}"
     if not (directory / "model.pt").exists():
         log(f"{name}: training on {len(train)} initial + {len(extra)} adversarial structures")
-    model = timed(f"{name}/train", train_model, directory, method, train + extra, validation, seed)
+    previous, epochs = None, SCALE["epochs"]
+    if generation > 1:  # fine-tuned from the previous generation's model (README: scaling)
+        previous = load_painn(WORK / f"gen{generation - 1}" / method / "model.pt")
+        epochs = SCALE["finetune_epochs"]
+    model = timed(
+        f"{name}/train", train_model, directory, method, train + extra, validation, seed, epochs, previous
+    )
     if generation < GENERATIONS[-1] and not (directory / "sampled").exists():
         timed(f"{name}/sample", step_sample, generation, method, model)
         (directory / "sampled").touch()
+    if not post:
+        post_process(generation, method)
+
+
+def post_process(generation: int, method: str) -> bool:
+    """Evaluation and MD of a trained model (after its sampling); False when it is not ready."""
+    from mlipbias.models.painn import load_painn
+
+    directory = WORK / f"gen{generation}" / method
+    name = f"gen{generation}/{method}"
+    ready = (directory / "model.pt").exists() and (
+        generation == GENERATIONS[-1] or (directory / "sampled").exists()
+    )
+    if not ready:
+        return False
+    model = load_painn(directory / "model.pt")
     if not (directory / "evaluation.json").exists():
         timed(f"{name}/evaluate", step_evaluate, generation, method, model)
     if not (directory / "md.json").exists():
         timed(f"{name}/md", step_md, generation, method, model)
+    return True
 
 
 def main() -> None:
@@ -536,6 +571,11 @@ def main() -> None:
         default=list(METHODS),
         help="generations of these methods only (e.g. two processes, one per core)",
     )
+    parser.add_argument(
+        "--post",
+        choices=["separate", "only"],
+        help="separate: leave evaluation and MD to another process; only: be that process",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     WORK.mkdir(exist_ok=True)
@@ -549,7 +589,14 @@ def main() -> None:
     if "generations" in steps:
         for generation in GENERATIONS:
             for method in args.methods:
-                run_generation(generation, method)
+                if args.post != "only":
+                    run_generation(generation, method, post=args.post == "separate")
+    if args.post == "only":
+        pending = [(g, m) for g in GENERATIONS for m in args.methods]
+        while pending:
+            pending = [(g, m) for g, m in pending if not post_process(g, m)]
+            if pending:
+                time.sleep(20)
     if "report" in steps:
         from report import write_report  # noqa: PLC0415 - the sibling module of this script
 

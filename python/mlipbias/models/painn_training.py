@@ -138,7 +138,8 @@ def painn_batch_loss(
     total = per_member.sum()
     if head and t.nll_weight > 0:
         force_res = None if f_res is None else (f_res[0] if joint else f_res[0].detach())
-        energy_res = (e_res[0] * n_atoms).detach()
+        # Tan et al.'s NLL is on forces alone; the energy head's term is optional (head_energy_nll).
+        energy_res = (e_res[0] * n_atoms).detach() if uq.head_energy_nll or force_res is None else None
         args = (out.head, model.head_scale, graph.structure, graph.n_structures, energy_res, force_res)
         if model.head_kind == "mve":
             nll = mve.loss(*args)
@@ -172,8 +173,11 @@ def train_painn(
     progress: bool = True,
     log: Callable[[str], None] = log_line,
     description: str = "",
+    init_model: PaiNNModel | None = None,
 ) -> PaiNNTrainingResult:
-    """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model."""
+    """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model.
+    ``init_model`` (same elements, architecture, members and head) warm-starts from its weights and
+    energy shift instead of fresh ones (active learning); a checkpoint being resumed takes precedence."""
     from tqdm import tqdm
 
     settings = settings or PaiNNSettings()
@@ -202,6 +206,16 @@ def train_painn(
         model.init_heads(
             float(np.mean(np.concatenate([it.forces.numpy().ravel() for it in train_items]) ** 2))
         )
+    if init_model is not None:
+        if tuple(init_model.elements) != tuple(model.elements):
+            raise ValueError(
+                f"init_model has elements {list(init_model.elements)}, the data {list(model.elements)}"
+            )
+        try:
+            model.load_state_dict(init_model.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"init_model does not match the PaiNN settings, members or head: {exc}") from exc
+        log("warm start from the given model")
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)

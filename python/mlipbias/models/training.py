@@ -106,7 +106,8 @@ class UncertaintySettings:
     and forces follow the accuracy loss alone); ``post_hoc`` trains the network as without a head,
     then fits the heads alone on the final network's residuals, computed once (``head_epochs``
     epochs at most, early stopping on the validation NLL): the cost of an energy-only training plus
-    one force pass.
+    one force pass. ``head_energy_nll``: False drops the energy head's term from the NLL of PaiNN
+    training, leaving Tan et al.'s NLL on forces alone (SI Eq. 3-4, 6-9).
     """
 
     methods: tuple[str, ...] = ("ensemble",)
@@ -119,6 +120,7 @@ class UncertaintySettings:
     evidential_regularization: float = evidential.DEFAULT_REGULARIZATION
     head_training: str = "joint"
     head_epochs: int = 300
+    head_energy_nll: bool = True
 
 
 @dataclass
@@ -202,6 +204,10 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
         fail("uncertainty.n_members", uq.n_members, "an ensemble needs at least 2 members")
     if uq.head_training not in HEAD_TRAINING:
         fail("uncertainty.head_training", uq.head_training, f"expected one of {', '.join(HEAD_TRAINING)}")
+    if not isinstance(uq.head_energy_nll, bool):
+        fail("uncertainty.head_energy_nll", uq.head_energy_nll, "expected true or false")
+    if not uq.head_energy_nll and model.kind != "painn":
+        fail("uncertainty.head_energy_nll", False, "only PaiNN training can drop the energy NLL")
     for name in ("sketch_size", "atom_subset", "gmm_max_components", "head_epochs"):
         value = getattr(uq, name)
         if isinstance(value, bool) or int(value) != value or value < 1:
