@@ -286,7 +286,7 @@ def _settings(method: str, seed: int, epochs: int | None = None):
         n_members=SCALE["n_members"],
         gmm_max_components=SCALE["gmm_max_components"],
         head_training="joint",
-        head_energy_nll=False,  # Tan et al.: the NLL on forces alone, the energy by MAE
+        head_energy_nll=not head,  # MVE, evidential: the NLL on forces alone, as Tan et al.
     )
     training = TrainingSettings(
         epochs=epochs or SCALE["epochs"],

@@ -183,7 +183,7 @@ def train_painn(
     settings = settings or PaiNNSettings()
     uq = uncertainty or UncertaintySettings()
     t = training or TrainingSettings()
-    from mlipbias.models.training import ModelSettings, check_settings
+    from mlipbias.models.training import ModelSettings, check_settings, uncertainty_key
 
     check_settings(ModelSettings(kind="painn", painn=settings.to_dict()), uq, t)
     if not train or not validation:
@@ -229,7 +229,7 @@ def train_painn(
     key = json.dumps(
         {
             "painn": settings.to_dict(),
-            "uq": asdict(uq),
+            "uq": uncertainty_key(uq),
             "training": {k: v for k, v in asdict(t).items() if k != "epochs"},
         },
         sort_keys=True,

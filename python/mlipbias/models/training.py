@@ -158,6 +158,15 @@ class TrainingResult:
     history: list[dict] = field(default_factory=list)
 
 
+def uncertainty_key(uq: UncertaintySettings) -> dict:
+    """The uncertainty settings a checkpoint records; a default head_energy_nll is left out, so that
+    checkpoints written before that setting existed still resume."""
+    values = asdict(uq)
+    if values["head_energy_nll"] is True:
+        del values["head_energy_nll"]
+    return values
+
+
 def check_settings(model: ModelSettings, uq: UncertaintySettings, training: TrainingSettings) -> None:
     """ValueError naming the setting, its value and what is allowed."""
 
@@ -493,7 +502,9 @@ def _train(
     # A resumed run must use the same settings, except that it may run for more epochs.
     training_key = {k: v for k, v in asdict(t).items() if k != "epochs"}
     settings_key = json.dumps(
-        {"model": asdict(model), "uq": asdict(uq), "training": training_key}, sort_keys=True, default=list
+        {"model": asdict(model), "uq": uncertainty_key(uq), "training": training_key},
+        sort_keys=True,
+        default=list,
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
