@@ -60,7 +60,7 @@ SCALE = {
     "test_bins": 6,
     "test_learning_rates": [2e-3, 5e-3, 1e-2, 2e-2],
     "stab_trajectories": 2,  # 10
-    "stab_steps": 100,  # 1 ns / 0.25 fs = 4e6
+    "stab_steps": 300,  # 1 ns / 0.25 fs = 4e6
     "stab_timestep_fs": 0.5,  # 0.25
     "stab_temperature": 2500.0,  # 2500
     "stab_ke_max_per_atom": 10000.0 / PAPER_ATOMS * KCAL,  # 10000 kcal/mol for 699 atoms
@@ -576,6 +576,14 @@ def main() -> None:
         choices=["separate", "only"],
         help="separate: leave evaluation and MD to another process; only: be that process",
     )
+    parser.add_argument(
+        "--generations",
+        nargs="+",
+        type=int,
+        choices=GENERATIONS,
+        default=list(GENERATIONS),
+        help="with --post only: evaluate and run MD of these generations only",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     WORK.mkdir(exist_ok=True)
@@ -592,7 +600,7 @@ def main() -> None:
                 if args.post != "only":
                     run_generation(generation, method, post=args.post == "separate")
     if args.post == "only":
-        pending = [(g, m) for g in GENERATIONS for m in args.methods]
+        pending = [(g, m) for g in args.generations for m in args.methods]
         while pending:
             pending = [(g, m) for g, m in pending if not post_process(g, m)]
             if pending:
