@@ -385,3 +385,68 @@ def test_a_fixed_energy_scale_replaces_the_fitted_one_and_survives_the_file(tmp_
     for bad in (0.0, -1.0, float("inf"), True, "1"):
         with pytest.raises(ValueError, match="energy_scale"):
             PaiNNSettings(energy_scale=bad)
+@pytest.mark.parametrize("head", ["mve", "evidential"])
+def test_painn_force_only_nll_is_tan_et_al_and_leaves_the_energy_head_untrained(quartz_db, head):
+    """head_energy_nll false (Tan et al. SI Eq. 3-4, 6-9): the NLL is scipy's mean log-density of the force
+    components alone, and the energy head's outputs get no gradient; true adds the energy head's term."""
+    import scipy.stats
+
+    from mlipbias.models.painn_training import _labelled, painn_batch_loss
+    from mlipbias.models.training import TrainingSettings, UncertaintySettings
+    from mlipbias.uq import evidential, mve
+
+    rows = load_dataset(quartz_db / "quartz.db")[:3]
+    model = random_model(head, head, 1, elements=("O", "Si"))
+    items = _labelled(rows, model.elements, SMALL.cutoff, True, "test")
+    t = TrainingSettings(loss="mae", energy_weight=0.0, force_weight=0.0, stress_weight=0.0, nll_weight=1.0)
+    out = model.evaluate(model.graphs(rows), None, forces=True)
+    r = (out.forces - torch.cat([it.forces for it in items])).numpy()
+    raw, units = out.head.detach(), model.head_scale.detach()
+    if head == "mve":
+        v = mve.variances(raw, units)[1].numpy()[:, None]
+        expected = -scipy.stats.norm.logpdf(r, scale=np.sqrt(v)).mean()
+    else:
+        nu, alpha, beta = (x.numpy()[:, None] for x in evidential.parameters_force(raw, units))
+        scale = np.sqrt(beta * (1 + nu) / (nu * alpha))
+        nll = -scipy.stats.t.logpdf(r, 2 * alpha, 0.0, scale) + 0.2 * np.abs(r) * (2 * nu + alpha)
+        expected = nll.mean()
+    values = {}
+    for energy_nll in (False, True):
+        uq = UncertaintySettings(methods=(head,), head_training="joint", head_energy_nll=energy_nll)
+        model.zero_grad()
+        loss, _, parts = painn_batch_loss(model, items, t, uq, "cpu", train=True)
+        loss.backward()
+        values[energy_nll] = float(parts["nll"])
+        energy_rows = model.members[0].head.weight.grad[: model.members[0].head.weight.shape[0] // 2]
+        if not energy_nll:
+            assert float(energy_rows.abs().max()) == 0.0
+        else:
+            assert float(energy_rows.abs().max()) > 0.0
+    assert values[False] == pytest.approx(expected, rel=1e-10)
+
+
+def test_painn_training_warm_starts_from_init_model(quartz_db):
+    """init_model (active learning): training starts from its weights and energy shift, so a step of a
+    vanishing learning rate returns them; another architecture is an error naming init_model."""
+    from mlipbias.models.painn_training import train_painn
+    from mlipbias.models.training import TrainingSettings, UncertaintySettings
+
+    rows = load_dataset(quartz_db / "quartz.db")
+    settings = PaiNNSettings(**{**SMALL.to_dict(), "layers": 1})
+    uq = UncertaintySettings(methods=())
+    t = TrainingSettings(stress_weight=0.0, epochs=2, batch_size=4, learning_rate=0.01, device="cpu", seed=1)
+    common = {"uncertainty": uq, "progress": False, "log": lambda _: None}
+    first = train_painn(rows[:8], rows[8:], settings=settings, training=t, **common).model
+    tiny = TrainingSettings(
+        stress_weight=0.0, epochs=1, batch_size=4, learning_rate=1e-12, device="cpu", seed=2
+    )
+    warm = train_painn(rows[:6], rows[6:], settings=settings, training=tiny, init_model=first, **common).model
+    cold = train_painn(rows[:6], rows[6:], settings=settings, training=tiny, **common).model
+    for key, value in first.state_dict().items():
+        np.testing.assert_allclose(warm.state_dict()[key].numpy(), value.numpy(), rtol=0, atol=1e-9)
+    assert any(
+        not np.allclose(cold.state_dict()[k].numpy(), v.numpy()) for k, v in first.state_dict().items()
+    )
+    other = PaiNNSettings(**{**SMALL.to_dict(), "layers": 2})
+    with pytest.raises(ValueError, match="init_model"):
+        train_painn(rows[:6], rows[6:], settings=other, training=tiny, init_model=first, **common)

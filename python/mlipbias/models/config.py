@@ -139,6 +139,7 @@ uncertainty:
                                 # fitted alone on the trained network's residuals: the cost of an
                                 # energy-only training plus one force pass)
   head_epochs: 300              # post_hoc: most epochs of the head fit (early stopping on validation)
+  head_energy_nll: true         # false (PaiNN): the NLL on forces alone, as Tan et al. (no energy head term)
 
 training:
   epochs: 500

@@ -139,7 +139,8 @@ def painn_batch_loss(
     total = per_member.sum()
     if head and t.nll_weight > 0:
         force_res = None if f_res is None else (f_res[0] if joint else f_res[0].detach())
-        energy_res = (e_res[0] * n_atoms).detach()
+        # Tan et al.'s NLL is on forces alone; the energy head's term is optional (head_energy_nll).
+        energy_res = (e_res[0] * n_atoms).detach() if uq.head_energy_nll or force_res is None else None
         args = (out.head, model.head_scale, graph.structure, graph.n_structures, energy_res, force_res)
         if model.head_kind == "mve":
             nll = mve.loss(*args)
@@ -173,14 +174,17 @@ def train_painn(
     progress: bool = True,
     log: Callable[[str], None] = log_line,
     description: str = "",
+    init_model: PaiNNModel | None = None,
 ) -> PaiNNTrainingResult:
-    """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model."""
+    """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model.
+    ``init_model`` (same elements, architecture, members and head) warm-starts from its weights and
+    energy shift instead of fresh ones (active learning); a checkpoint being resumed takes precedence."""
     from tqdm import tqdm
 
     settings = settings or PaiNNSettings()
     uq = uncertainty or UncertaintySettings()
     t = training or TrainingSettings()
-    from mlipbias.models.training import ModelSettings, check_settings
+    from mlipbias.models.training import ModelSettings, check_settings, uncertainty_key
 
     check_settings(ModelSettings(kind="painn", painn=settings.to_dict()), uq, t)
     if not train or not validation:
@@ -210,6 +214,16 @@ def train_painn(
     )
     if head is not None:
         model.init_heads(mean_square_force, energy_rmse)
+    if init_model is not None:
+        if tuple(init_model.elements) != tuple(model.elements):
+            raise ValueError(
+                f"init_model has elements {list(init_model.elements)}, the data {list(model.elements)}"
+            )
+        try:
+            model.load_state_dict(init_model.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"init_model does not match the PaiNN settings, members or head: {exc}") from exc
+        log("warm start from the given model")
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
@@ -223,7 +237,7 @@ def train_painn(
     key = json.dumps(
         {
             "painn": settings.to_dict(),
-            "uq": asdict(uq),
+            "uq": uncertainty_key(uq),
             "training": {k: v for k, v in asdict(t).items() if k != "epochs"},
         },
         sort_keys=True,

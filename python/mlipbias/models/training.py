@@ -106,7 +106,8 @@ class UncertaintySettings:
     and forces follow the accuracy loss alone); ``post_hoc`` trains the network as without a head,
     then fits the heads alone on the final network's residuals, computed once (``head_epochs``
     epochs at most, early stopping on the validation NLL): the cost of an energy-only training plus
-    one force pass.
+    one force pass. ``head_energy_nll``: False drops the energy head's term from the NLL of PaiNN
+    training, leaving Tan et al.'s NLL on forces alone (SI Eq. 3-4, 6-9).
     """
 
     methods: tuple[str, ...] = ("ensemble",)
@@ -119,6 +120,7 @@ class UncertaintySettings:
     evidential_regularization: float = evidential.DEFAULT_REGULARIZATION
     head_training: str = "joint"
     head_epochs: int = 300
+    head_energy_nll: bool = True
 
 
 @dataclass
@@ -154,6 +156,15 @@ class TrainingResult:
     best_loss: list[float]
     epochs_run: int
     history: list[dict] = field(default_factory=list)
+
+
+def uncertainty_key(uq: UncertaintySettings) -> dict:
+    """The uncertainty settings a checkpoint records; a default head_energy_nll is left out, so that
+    checkpoints written before that setting existed still resume."""
+    values = asdict(uq)
+    if values["head_energy_nll"] is True:
+        del values["head_energy_nll"]
+    return values
 
 
 def check_settings(model: ModelSettings, uq: UncertaintySettings, training: TrainingSettings) -> None:
@@ -202,6 +213,10 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
         fail("uncertainty.n_members", uq.n_members, "an ensemble needs at least 2 members")
     if uq.head_training not in HEAD_TRAINING:
         fail("uncertainty.head_training", uq.head_training, f"expected one of {', '.join(HEAD_TRAINING)}")
+    if not isinstance(uq.head_energy_nll, bool):
+        fail("uncertainty.head_energy_nll", uq.head_energy_nll, "expected true or false")
+    if not uq.head_energy_nll and model.kind != "painn":
+        fail("uncertainty.head_energy_nll", False, "only PaiNN training can drop the energy NLL")
     for name in ("sketch_size", "atom_subset", "gmm_max_components", "head_epochs"):
         value = getattr(uq, name)
         if isinstance(value, bool) or int(value) != value or value < 1:
@@ -487,7 +502,9 @@ def _train(
     # A resumed run must use the same settings, except that it may run for more epochs.
     training_key = {k: v for k, v in asdict(t).items() if k != "epochs"}
     settings_key = json.dumps(
-        {"model": asdict(model), "uq": asdict(uq), "training": training_key}, sort_keys=True, default=list
+        {"model": asdict(model), "uq": uncertainty_key(uq), "training": training_key},
+        sort_keys=True,
+        default=list,
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

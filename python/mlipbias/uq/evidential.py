@@ -92,9 +92,14 @@ def loss(
     force_residual=None,
     regularization: float = DEFAULT_REGULARIZATION,
 ) -> torch.Tensor:
-    """Mean NIG loss of the energy residuals per structure plus that per force component."""
-    nu, alpha, beta = parameters_energy(raw, head_scale, structure, n_structures)
-    value = nig_nll(energy_residual, nu, alpha, beta, regularization).mean()
+    """Mean NIG loss of the energy residuals per structure plus that per force component
+    (``energy_residual`` None: the force term alone, Tan et al.'s SI Eq. 6-8)."""
+    if energy_residual is None and force_residual is None:
+        raise ValueError("the evidential loss needs energy or force residuals")
+    value = 0.0
+    if energy_residual is not None:
+        nu, alpha, beta = parameters_energy(raw, head_scale, structure, n_structures)
+        value = nig_nll(energy_residual, nu, alpha, beta, regularization).mean()
     if force_residual is not None:
         nu, alpha, beta = parameters_force(raw, head_scale)
         value = (

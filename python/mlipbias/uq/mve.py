@@ -66,9 +66,14 @@ def gaussian_nll(residual: torch.Tensor, variance: torch.Tensor) -> torch.Tensor
 
 
 def loss(raw, head_scale, structure, n_structures, energy_residual, force_residual=None) -> torch.Tensor:
-    """Mean NLL of the total-energy residuals per structure plus the mean NLL per force component."""
-    variance = energy_variance(raw, head_scale, structure, n_structures)
-    value = gaussian_nll(energy_residual, variance).mean()
+    """Mean NLL of the total-energy residuals per structure plus the mean NLL per force component
+    (``energy_residual`` None: the force term alone, Tan et al.'s SI Eq. 3)."""
+    if energy_residual is None and force_residual is None:
+        raise ValueError("the MVE loss needs energy or force residuals")
+    value = 0.0
+    if energy_residual is not None:
+        variance = energy_variance(raw, head_scale, structure, n_structures)
+        value = gaussian_nll(energy_residual, variance).mean()
     if force_residual is not None:
         v_force = variances(raw, head_scale)[1]
         value = value + gaussian_nll(force_residual, v_force[:, None]).mean()
