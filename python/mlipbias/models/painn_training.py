@@ -125,7 +125,7 @@ def painn_batch_loss(
     joint = head and uq.head_training == "joint"
     use_forces = forces_ref is not None and (t.force_weight > 0 or head)
     # create_graph keeps every output attached to the weights (forces through the double backward).
-    out = model.evaluate(graph, None, forces=use_forces, create_graph=train, detach_head=not joint)
+    out = model.evaluate(graph, None, forces=use_forces, create_graph=train, detach_head="energy" if joint else True)
     n_atoms = graph.n_atoms.to(DTYPE)
     e_res = (out.member_energies - energy_ref) / n_atoms
     per_member = t.energy_weight * _residual_loss(e_res, t.loss, 1)

@@ -319,7 +319,7 @@ def batch_loss(
     # detached MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
     differentiate = create_graph and (t.force_weight > 0 or use_stress or (joint and use_forces))
     energies, out, F, S = batch_outputs(
-        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate, detach_head=not joint
+        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate, detach_head="energy" if joint else True
     )
     parts = {}
     e_res = (energies - batch.energy) / batch.n_atoms  # (M, S) per atom

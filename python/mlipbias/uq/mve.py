@@ -27,8 +27,31 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mlipbias.uq import evidential
+
 N_OUTPUTS = 2
+ENERGY_OUTPUTS = 1  # the first output is the energy variance's, the rest the forces'
 MIN_VARIANCE = 1e-12  # floor of every variance, (eV or eV/A)^2
+
+
+def head_outputs(apply, h: torch.Tensor, detach, head: str) -> torch.Tensor:
+    """Raw head outputs ``apply(h)`` with ``detach`` False (every output trains the network below),
+    True (none does) or ``"energy"``: the energy outputs (the first ``ENERGY_OUTPUTS`` of the
+    ``head`` module) see a detached ``h``, so only the force NLL reaches the mean network.
+
+    ``"energy"`` is the ``joint`` training: seed 003's published loss has no energy NLL (SI Eqs. 2-9:
+    MAE on energies, NLL on forces); the energy-variance output, which mlipbias adds for U, would
+    otherwise steer the shared features with gradients ~ r^2/v^2 that grow as the energy drifts
+    (measured: the joint training diverged in 2-4 epochs, docs/models.md)."""
+    if detach is True:
+        return apply(h.detach())
+    raw = apply(h)
+    if detach is False:
+        return raw
+    if detach != "energy":
+        raise ValueError(f"detach_head must be True, False or 'energy', got {detach!r}")
+    k = ENERGY_OUTPUTS if head == "mve" else evidential.ENERGY_OUTPUTS
+    return torch.cat([apply(h.detach())[..., :k], raw[..., k:]], dim=-1)
 
 
 def inverse_softplus(y: float) -> float:
