@@ -232,7 +232,10 @@ class GMNN(torch.nn.Module):
         if self.head is not None:
             W_head, b_head = self.head_layer()
             out.head = mve.head_outputs(
-                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)), h, detach_head, self.head
+                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)),
+                h,
+                detach_head,
+                self.head,
             )
         if sketch is not None:
             out.features = self._features(species, inputs, slopes, sketch)

@@ -268,7 +268,10 @@ class BPNN(torch.nn.Module):
         if self.head is not None:
             W_head, b_head = self.weights[f"{el}_head_W"], self.weights[f"{el}_head_b"]
             out.head = mve.head_outputs(
-                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)), h, detach_head, self.head
+                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)),
+                h,
+                detach_head,
+                self.head,
             )
         if sketch is not None:
             out.features = self._sketch(e, inputs, slopes, sketch)

@@ -88,13 +88,24 @@ def gaussian_nll(residual: torch.Tensor, variance: torch.Tensor) -> torch.Tensor
     return 0.5 * (torch.log(2 * math.pi * variance) + residual**2 / variance)
 
 
-def loss(raw, head_scale, structure, n_structures, energy_residual, force_residual=None) -> torch.Tensor:
-    """Mean NLL of the total-energy residuals per structure plus the mean NLL per force component."""
+def loss(
+    raw, head_scale, structure, n_structures, energy_residual, force_residual=None, beta: float = 0.0
+) -> torch.Tensor:
+    """Mean NLL of the total-energy residuals per structure plus the mean NLL per force component.
+
+    ``beta > 0`` weights each force component's NLL by ``stop_gradient(v / c_1)^beta``, Seitzer et
+    al.'s beta-NLL (ICLR 2022) in the force variance's unit ``c_1`` (weight 1 at the initial
+    variance): the NLL's gradient on the mean, ``r / v``, becomes ``~ r / v^(1 - beta)``, so residuals
+    the variance has absorbed keep training the mean (beta = 1: the MSE's gradient). beta = 0 is
+    the Gaussian NLL itself (Nix & Weigend 1994; Tan et al. 2023, SI Eq. 3)."""
     variance = energy_variance(raw, head_scale, structure, n_structures)
     value = gaussian_nll(energy_residual, variance).mean()
     if force_residual is not None:
-        v_force = variances(raw, head_scale)[1]
-        value = value + gaussian_nll(force_residual, v_force[:, None]).mean()
+        v_force = variances(raw, head_scale)[1][:, None]
+        nll = gaussian_nll(force_residual, v_force)
+        if beta:
+            nll = nll * (v_force.detach() / head_scale[1].detach()) ** beta
+        value = value + nll.mean()
     return value
 
 
