@@ -427,3 +427,52 @@ def test_joint_mve_and_evidential_learn_the_forces_like_the_mae_model():
     assert best[None] < 0.6
     for head in ("mve", "evidential"):
         assert best[head] < 0.6 and best[head] < 1.5 * best[None], (head, best)
+
+
+def test_warmup_epochs_train_the_mean_as_the_mae_network_then_switch_to_joint():
+    """uncertainty.warmup_epochs: during the warm-up the mean network follows the accuracy loss exactly
+    (the same forces as a network without a head, same seed), the heads learn on detached inputs; after
+    it the joint NLL takes over and the best epoch is chosen among the joint epochs only."""
+    from mlipbias.models.painn_training import train_painn
+    from mlipbias.models.training import TrainingSettings, UncertaintySettings
+
+    rows = _morse_methanol(12)
+    settings = PaiNNSettings(cutoff=3.5, features=8, layers=1, radial_basis=6, readout=(8, 8))
+
+    def run(head, force_weight, epochs, warmup=0):
+        t = TrainingSettings(
+            stress_weight=0.0,
+            force_weight=force_weight,
+            epochs=epochs,
+            batch_size=4,
+            learning_rate=1e-2,
+            loss="mae",
+            energy_weight=0.9,
+            device="cpu",
+        )
+        uq = UncertaintySettings(methods=(head,) if head else (), head_training="joint", warmup_epochs=warmup)
+        return train_painn(
+            rows[:8],
+            rows[8:],
+            settings=settings,
+            uncertainty=uq,
+            training=t,
+            progress=False,
+            log=lambda _: None,
+        )
+
+    plain = run(None, 1.0, 4)
+    for head in ("mve", "evidential"):
+        warm = run(head, 0.0, 4, warmup=4)
+        for a, b in zip(warm.history, plain.history, strict=True):
+            assert a["validation_force_rmse"] == pytest.approx(b["validation_force_rmse"], rel=1e-10)
+            assert a["validation_energy_rmse"] == pytest.approx(b["validation_energy_rmse"], rel=1e-10)
+        switched = run(head, 0.0, 4, warmup=2)
+        force = [h["validation_force_rmse"][0] for h in switched.history]
+        assert force[:2] == pytest.approx(
+            [h["validation_force_rmse"][0] for h in plain.history[:2]], rel=1e-10
+        )
+        assert force[2] != pytest.approx(plain.history[2]["validation_force_rmse"][0], rel=1e-6)
+        assert switched.best_epoch[0] > 2
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        run("mve", 0.0, 1, warmup=-1)
