@@ -15,7 +15,8 @@ calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the sett
 - afterwards the GMM is fitted on member 0's last scalar features of the training atoms.
 
 Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``force_weight: 1.0``
-(ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential),
+(ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential;
+``nll_beta: 0`` for their plain NLL, the default 0.5 being beta-NLL, ``docs/painn.md``),
 ``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (silica: 3 in the
 SI, 4 in the main text).
 
