@@ -315,8 +315,9 @@ def test_head_losses_are_the_mean_scipy_log_densities(head):
 
 @pytest.mark.parametrize("head", ["mve", "evidential"])
 def test_joint_head_training_trains_the_mean_network_through_the_force_nll(head):
-    """head_training joint (seed 003): the force NLL alone has gradients on the mean network's hidden and
-    output weights, and they equal finite differences of that NLL; detached heads leave those weights at 0."""
+    """head_training joint (seed 003): the force NLL has gradients on the mean network's hidden and
+    output weights, equal to finite differences of the force NLL; the energy NLL (not in seed 003's
+    loss) trains only the head's weights, as the detached heads' whole NLL does."""
     from mlipbias.models import TrainingSettings, UncertaintySettings
     from mlipbias.models.training import batch_loss, batch_outputs, head_nll
 
@@ -327,7 +328,8 @@ def test_joint_head_training_trains_the_mean_network_through_the_force_nll(head)
     assert mean_weights
     grads = {}
     for mode in ("joint", "detached"):
-        uq = UncertaintySettings(methods=(head,), head_training=mode)
+        # nll_beta 0: the plain NLL, whose gradient finite differences check below.
+        uq = UncertaintySettings(methods=(head,), head_training=mode, nll_beta=0.0)
         loss, per_member, parts = batch_loss(net, batch, settings, uq, create_graph=True)
         assert float(loss.detach()) == pytest.approx(float(parts["nll"]), rel=1e-12)
         if mode == "joint":  # early stopping watches the NLL too
@@ -336,15 +338,30 @@ def test_joint_head_training_trains_the_mean_network_through_the_force_nll(head)
         grads[mode] = torch.autograd.grad(loss, params, allow_unused=True)
     for g in grads["detached"]:
         assert g is None or float(g.abs().max()) == 0.0
-    # Finite differences of the NLL with the energy residual held at its value: the energy is fitted by
-    # the accuracy loss, so only the energy-variance head (and the layers below it) sees the energy NLL.
-    uq = UncertaintySettings(methods=(head,), head_training="joint")
+    uq = UncertaintySettings(methods=(head,), head_training="joint", nll_beta=0.0)
     energies, _, _, _ = batch_outputs(net, batch, forces=False, stress=False, create_graph=False)
     energy_residual = (energies[0] - batch.energy).detach()
+    # The energy NLL alone, through the joint heads: gradients on the head, none on the mean network.
+    _, out, _, _ = batch_outputs(
+        net, batch, forces=False, stress=False, create_graph=False, detach_head="energy"
+    )
+    energy_nll = head_nll(net, out.head[0], batch, energy_residual, None, uq)
+    heads = [net.weights[k] for k in net.weights if "_head_" in k]
+    assert (
+        sum(
+            float(g.abs().sum())
+            for g in torch.autograd.grad(energy_nll, heads, allow_unused=True, retain_graph=True)
+            if g is not None
+        )
+        > 0
+    )
+    for g in torch.autograd.grad(energy_nll, params, allow_unused=True):
+        assert g is None or float(g.abs().max()) == 0.0
 
-    def nll() -> float:
+    def force_nll() -> float:
         _, out, F, _ = batch_outputs(net, batch, forces=True, stress=False, create_graph=False)
-        return float(head_nll(net, out.head[0], batch, energy_residual, F[0] - batch.forces, uq).detach())
+        both = head_nll(net, out.head[0], batch, energy_residual, F[0] - batch.forces, uq)
+        return float((both - head_nll(net, out.head[0], batch, energy_residual, None, uq)).detach())
 
     for name, g in zip(mean_weights, grads["joint"], strict=True):
         assert g is not None and float(g.abs().max()) > 0, name
@@ -354,10 +371,52 @@ def test_joint_head_training_trains_the_mean_network_through_the_force_nll(head)
         for sign in (1, -1):
             with torch.no_grad():
                 weight[index] += sign * h
-            values.append(nll())
+            values.append(force_nll())
             with torch.no_grad():
                 weight[index] -= sign * h
         assert float(g[index]) == pytest.approx((values[0] - values[1]) / (2 * h), rel=1e-6)
+
+
+def test_beta_nll_scales_the_mean_gradient_and_keeps_the_variance_optimum():
+    """beta-NLL (Seitzer et al. 2022, uncertainty.nll_beta): the force NLL's gradient on a residual is
+    (v / c_1)^beta r / v, on the variance (v / c_1)^beta (1 / v - r^2 / v^2) / 2 (zero at v = r^2, as
+    the plain NLL's); beta 0 is the plain NLL; the energy term is untouched."""
+    rng = np.random.default_rng(0)
+    raw = torch.tensor(rng.normal(size=(5, 2)), requires_grad=True)
+    scale = torch.tensor([0.3, 2.0])
+    structure, r_e = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0.2, -0.4])
+    r_f = torch.tensor(rng.normal(size=(5, 3)), requires_grad=True)
+    for beta in (0.0, 0.5, 1.0):
+        value = mve.loss(raw, scale, structure, 2, r_e, r_f, beta=beta)
+        g_r, g_raw = torch.autograd.grad(value, (r_f, raw))
+        v = mve.variances(raw, scale)[1].detach().numpy()[:, None]
+        w = (v / 2.0) ** beta
+        np.testing.assert_allclose(g_r.numpy(), w * r_f.detach().numpy() / v / r_f.numel(), rtol=1e-12)
+        dv = (w * (1 / v - r_f.detach().numpy() ** 2 / v**2) / 2).sum(axis=1) / r_f.numel()
+        d_softplus = 2.0 * torch.sigmoid(raw[:, 1]).detach().numpy()
+        np.testing.assert_allclose(g_raw[:, 1].numpy(), dv * d_softplus, rtol=1e-10)
+    plain = mve.loss(raw, scale, structure, 2, r_e, r_f)
+    energy = mve.loss(raw, scale, structure, 2, r_e)
+    assert float(mve.loss(raw, scale, structure, 2, r_e, beta=0.5)) == float(energy)
+    assert float(mve.loss(raw, scale, structure, 2, r_e, r_f, beta=0.0)) == float(plain)
+
+
+def test_head_outputs_detach_only_the_energy_outputs():
+    """detach_head 'energy' (joint training): the energy outputs (1 of MVE, 3 of evidential) reach the
+    head but not the features; the force outputs reach both; values equal the undetached ones."""
+    for head, k in (("mve", 1), ("evidential", 3)):
+        layer = torch.nn.Linear(
+            4, mve.N_OUTPUTS if head == "mve" else evidential.N_OUTPUTS, dtype=torch.float64
+        )
+        h = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+        raw = mve.head_outputs(layer, h, "energy", head)
+        torch.testing.assert_close(raw, layer(h), rtol=0, atol=0)
+        (g,) = torch.autograd.grad(raw[:, :k].sum(), h, retain_graph=True)
+        assert float(g.abs().max()) == 0.0
+        (g,) = torch.autograd.grad(raw[:, k:].sum(), h)
+        assert float(g.abs().max()) > 0
+    with pytest.raises(ValueError, match="detach_head"):
+        mve.head_outputs(layer, h, "forces", "mve")
 
 
 # ------------------------------------------------------------------ GMM

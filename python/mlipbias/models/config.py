@@ -140,6 +140,10 @@ uncertainty:
                                 # energy-only training plus one force pass)
   head_epochs: 300              # post_hoc: most epochs of the head fit (early stopping on validation)
   head_energy_nll: true         # false (PaiNN): the NLL on forces alone, as Tan et al. (no energy head term)
+  nll_beta: 0.5                 # joint MVE: beta-NLL weight stop_grad(v)^beta on the force NLL (Seitzer
+                                # et al. 2022); 0 is Tan et al.'s plain NLL, which learns forces ~2x slower
+  warmup_epochs: 0              # joint heads, PaiNN: first epochs train the mean by the accuracy loss
+                                # (force weight >= 1) and the heads on detached residuals, then joint
 
 training:
   epochs: 500

@@ -32,6 +32,7 @@ import torch
 
 from mlipbias.descriptors.gaussian_moments import GaussianMoments
 from mlipbias.models.network import BPNN, HEADS, AtomOutputs, activation_and_derivative
+from mlipbias.uq import mve
 
 BIAS_FACTOR = 0.1
 # Learning rates of the parameter groups relative to the network's (seed 002: 0.03 network,
@@ -230,8 +231,12 @@ class GMNN(torch.nn.Module):
         out = AtomOutputs(energy, hidden=h if hidden else None)
         if self.head is not None:
             W_head, b_head = self.head_layer()
-            h_head = h.detach() if detach_head else h
-            out.head = torch.baddbmm(b_head.unsqueeze(1), h_head, W_head.transpose(1, 2))
+            out.head = mve.head_outputs(
+                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)),
+                h,
+                detach_head,
+                self.head,
+            )
         if sketch is not None:
             out.features = self._features(species, inputs, slopes, sketch)
         return out

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mlipbias.descriptors import SymmetryFunctions
+from mlipbias.uq import mve
 
 ACTIVATIONS = ("tanh", "silu")
 HEADS = {"mve": 2, "evidential": 6}  # number of raw head outputs per atom
@@ -266,8 +267,12 @@ class BPNN(torch.nn.Module):
         out = AtomOutputs(self.energy_scale[:, None] * z + self.energy_shift[:, e, None], hidden=h)
         if self.head is not None:
             W_head, b_head = self.weights[f"{el}_head_W"], self.weights[f"{el}_head_b"]
-            h_head = h.detach() if detach_head else h
-            out.head = torch.baddbmm(b_head.unsqueeze(1), h_head, W_head.transpose(1, 2))
+            out.head = mve.head_outputs(
+                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)),
+                h,
+                detach_head,
+                self.head,
+            )
         if sketch is not None:
             out.features = self._sketch(e, inputs, slopes, sketch)
         return out

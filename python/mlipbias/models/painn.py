@@ -217,7 +217,7 @@ class PaiNN(torch.nn.Module):
         z = self.energy_out(h).squeeze(1)
         raw = None
         if self.head is not None:
-            raw = self.head(h.detach() if detach_head else h)
+            raw = mve.head_outputs(self.head, h, detach_head, self.head_kind)
         return z, s, raw
 
 

@@ -15,7 +15,8 @@ calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the sett
 - afterwards the GMM is fitted on member 0's last scalar features of the training atoms.
 
 Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``force_weight: 1.0``
-(ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential),
+(ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential;
+``nll_beta: 0`` for their plain NLL, the default 0.5 being beta-NLL, ``docs/painn.md``),
 ``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (silica: 3 in the
 SI, 4 in the main text).
 
@@ -31,7 +32,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +118,29 @@ def _batch(items: Sequence[LabelledGraph], device):
 
 
 def painn_batch_loss(
-    model: PaiNNModel, items, t: TrainingSettings, uq: UncertaintySettings, device, *, train: bool
+    model: PaiNNModel,
+    items,
+    t: TrainingSettings,
+    uq: UncertaintySettings,
+    device,
+    *,
+    train: bool,
+    warmup: bool = False,
 ):
-    """(loss to minimise, per-member loss early stopping watches (M,), parts) for one batch."""
+    """(loss to minimise, per-member loss early stopping watches (M,), parts) for one batch.
+
+    ``warmup``: the mean trains by the accuracy loss (force weight at least 1), the heads by their
+    NLL on detached residuals and features (``uncertainty.warmup_epochs``)."""
     graph, energy_ref, forces_ref = _batch(items, device)
     head = model.head_kind is not None
-    joint = head and uq.head_training == "joint"
+    joint = head and uq.head_training == "joint" and not warmup
+    if warmup:
+        t = replace(t, force_weight=max(t.force_weight, 1.0))
     use_forces = forces_ref is not None and (t.force_weight > 0 or head)
     # create_graph keeps every output attached to the weights (forces through the double backward).
-    out = model.evaluate(graph, None, forces=use_forces, create_graph=train, detach_head=not joint)
+    out = model.evaluate(
+        graph, None, forces=use_forces, create_graph=train, detach_head="energy" if joint else True
+    )
     n_atoms = graph.n_atoms.to(DTYPE)
     e_res = (out.member_energies - energy_ref) / n_atoms
     per_member = t.energy_weight * _residual_loss(e_res, t.loss, 1)
@@ -143,7 +158,7 @@ def painn_batch_loss(
         energy_res = (e_res[0] * n_atoms).detach() if uq.head_energy_nll or force_res is None else None
         args = (out.head, model.head_scale, graph.structure, graph.n_structures, energy_res, force_res)
         if model.head_kind == "mve":
-            nll = mve.loss(*args)
+            nll = mve.loss(*args, beta=uq.nll_beta if joint else 0.0)
         else:
             nll = evidential.loss(*args, regularization=uq.evidential_regularization)
         parts["nll"] = nll.detach()
@@ -269,18 +284,24 @@ def train_painn(
         start_epoch = t.epochs
     for epoch in range(start_epoch + 1, t.epochs + 1):
         started = time.perf_counter()
+        warming = head is not None and epoch <= uq.warmup_epochs
+        if head is not None and uq.warmup_epochs and epoch == uq.warmup_epochs + 1:
+            # The warm-up's losses (MAE/MSE) are not the NLL's: every member's best starts afresh.
+            state["best_loss"] = [math.inf] * n_members
+            if t.schedule == "plateau":
+                scheduler.best, scheduler.num_bad_epochs = scheduler.mode_worse, 0
         model.train()
         order = np.random.default_rng([t.seed, epoch]).permutation(len(train_items))
         train_sum, n_batches = 0.0, 0
         for first in range(0, len(order), t.batch_size):
             items = [train_items[k] for k in order[first : first + t.batch_size]]
             optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = painn_batch_loss(model, items, t, uq, device, train=True)
+            loss, _, _ = painn_batch_loss(model, items, t, uq, device, train=True, warmup=warming)
             loss.backward()
             optimizer.step()
             train_sum, n_batches = train_sum + float(loss.detach()), n_batches + 1
         model.eval()
-        val = _validation(model, val_items, t, uq, device)
+        val = _validation(model, val_items, t, uq, device, warmup=warming)
         lr = optimizer.param_groups[0]["lr"]
         improved = [m for m in range(n_members) if val["loss"][m] < state["best_loss"][m]]
         for m in improved:
@@ -360,11 +381,11 @@ def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, b
     )
 
 
-def _validation(model, items, t, uq, device) -> dict:
+def _validation(model, items, t, uq, device, warmup: bool = False) -> dict:
     sums, total = {}, 0
     for first in range(0, len(items), max(t.batch_size, 16)):
         group = items[first : first + max(t.batch_size, 16)]
-        _, per_member, parts = painn_batch_loss(model, group, t, uq, device, train=False)
+        _, per_member, parts = painn_batch_loss(model, group, t, uq, device, train=False, warmup=warmup)
         values = {"loss": per_member.detach(), **{k: v**2 for k, v in parts.items() if k.endswith("rmse")}}
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + len(group) * v.detach().cpu()

@@ -108,6 +108,12 @@ class UncertaintySettings:
     epochs at most, early stopping on the validation NLL): the cost of an energy-only training plus
     one force pass. ``head_energy_nll``: False drops the energy head's term from the NLL of PaiNN
     training, leaving Tan et al.'s NLL on forces alone (SI Eq. 3-4, 6-9).
+    one force pass. ``nll_beta``: beta of the MVE force NLL in ``joint`` training (0: the Gaussian
+    NLL of seed 003; > 0: Seitzer et al.'s beta-NLL, :func:`mlipbias.uq.mve.loss`; the default 0.5 is
+    theirs, and with it joint MVE learns the forces as fast as the MAE-trained network,
+    ``docs/painn.md``). ``warmup_epochs`` (PaiNN, ``joint``): the first epochs train the mean network
+    by the accuracy loss with force weight ``max(force_weight, 1)`` and the heads by their NLL on
+    detached residuals, then the published joint loss takes over (Nix & Weigend's own protocol).
     """
 
     methods: tuple[str, ...] = ("ensemble",)
@@ -121,6 +127,8 @@ class UncertaintySettings:
     head_training: str = "joint"
     head_epochs: int = 300
     head_energy_nll: bool = True
+    nll_beta: float = 0.5
+    warmup_epochs: int = 0
 
 
 @dataclass
@@ -221,6 +229,20 @@ def check_settings(model: ModelSettings, uq: UncertaintySettings, training: Trai
         value = getattr(uq, name)
         if isinstance(value, bool) or int(value) != value or value < 1:
             fail(f"uncertainty.{name}", value, "expected a positive integer")
+    if not 0 <= uq.nll_beta <= 1:
+        fail("uncertainty.nll_beta", uq.nll_beta, "expected 0 <= nll_beta <= 1")
+    if (
+        isinstance(uq.warmup_epochs, bool)
+        or int(uq.warmup_epochs) != uq.warmup_epochs
+        or uq.warmup_epochs < 0
+    ):
+        fail("uncertainty.warmup_epochs", uq.warmup_epochs, "expected an integer >= 0")
+    if uq.warmup_epochs and (model.kind != "painn" or uq.head_training != "joint"):
+        fail(
+            "uncertainty.warmup_epochs",
+            uq.warmup_epochs,
+            "a warm-up is implemented for model.kind painn with head_training joint; set 0",
+        )
     if not 0 < uq.posterior_lambda < math.inf:
         fail("uncertainty.posterior_lambda", uq.posterior_lambda, "expected a finite number > 0")
     if not 0 < uq.alpha < 1:
@@ -286,7 +308,7 @@ def _residual_loss(residual: torch.Tensor, kind: str, dims) -> torch.Tensor:
 
 
 def batch_outputs(
-    net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool, detach_head: bool = True
+    net: BPNN, batch: Batch, *, forces: bool, stress: bool, create_graph: bool, detach_head: bool | str = True
 ):
     """Member energies (M, S), atom outputs, and when asked member forces (M, n, 3), stresses (M, S, 6).
 
@@ -334,7 +356,12 @@ def batch_loss(
     # detached MVE/evidential step then costs one C++ vjp instead of a vjp and a jvp.
     differentiate = create_graph and (t.force_weight > 0 or use_stress or (joint and use_forces))
     energies, out, F, S = batch_outputs(
-        net, batch, forces=use_forces, stress=use_stress, create_graph=differentiate, detach_head=not joint
+        net,
+        batch,
+        forces=use_forces,
+        stress=use_stress,
+        create_graph=differentiate,
+        detach_head="energy" if joint else True,
     )
     parts = {}
     e_res = (energies - batch.energy) / batch.n_atoms  # (M, S) per atom
@@ -358,7 +385,7 @@ def batch_loss(
         if force_res is not None and not joint:
             force_res = force_res.detach()
         energy_res = (e_res[0] * batch.n_atoms).detach()
-        nll = head_nll(net, out.head[0], batch, energy_res, force_res, uq)
+        nll = head_nll(net, out.head[0], batch, energy_res, force_res, uq, uq.nll_beta if joint else 0.0)
         parts["nll"] = nll.detach()
         total = total + t.nll_weight * nll
         if joint:  # the NLL is the force term of the published loss: early stopping watches it
@@ -366,11 +393,16 @@ def batch_loss(
     return total, per_member, parts
 
 
-def head_nll(net: BPNN, raw, batch: Batch, energy_residual, force_residual, uq: UncertaintySettings):
-    """The MVE or evidential NLL of member 0's raw head outputs for total-energy and force residuals."""
+def head_nll(
+    net: BPNN, raw, batch: Batch, energy_residual, force_residual, uq: UncertaintySettings, beta: float = 0.0
+):
+    """The MVE or evidential NLL of member 0's raw head outputs for total-energy and force residuals
+    (``beta``: the MVE's beta-NLL, ``uncertainty.nll_beta`` in joint training)."""
     scale = net.head_scale[0]
     if net.head == "mve":
-        return mve.loss(raw, scale, batch.structure, batch.n_structures, energy_residual, force_residual)
+        return mve.loss(
+            raw, scale, batch.structure, batch.n_structures, energy_residual, force_residual, beta
+        )
     return evidential.loss(
         raw,
         scale,

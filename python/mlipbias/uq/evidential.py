@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 N_OUTPUTS = 6
+ENERGY_OUTPUTS = 3  # nu_E, alpha_E, beta_E; then the forces' three
 DEFAULT_REGULARIZATION = 0.2
 _TINY = 1e-12
 

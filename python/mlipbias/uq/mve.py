@@ -27,8 +27,31 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mlipbias.uq import evidential
+
 N_OUTPUTS = 2
+ENERGY_OUTPUTS = 1  # the first output is the energy variance's, the rest the forces'
 MIN_VARIANCE = 1e-12  # floor of every variance, (eV or eV/A)^2
+
+
+def head_outputs(apply, h: torch.Tensor, detach, head: str) -> torch.Tensor:
+    """Raw head outputs ``apply(h)`` with ``detach`` False (every output trains the network below),
+    True (none does) or ``"energy"``: the energy outputs (the first ``ENERGY_OUTPUTS`` of the
+    ``head`` module) see a detached ``h``, so only the force NLL reaches the mean network.
+
+    ``"energy"`` is the ``joint`` training: seed 003's published loss has no energy NLL (SI Eqs. 2-9:
+    MAE on energies, NLL on forces); the energy-variance output, which mlipbias adds for U, would
+    otherwise steer the shared features with gradients ~ r^2/v^2 that grow as the energy drifts
+    (measured: the joint training diverged in 2-4 epochs, docs/models.md)."""
+    if detach is True:
+        return apply(h.detach())
+    raw = apply(h)
+    if detach is False:
+        return raw
+    if detach != "energy":
+        raise ValueError(f"detach_head must be True, False or 'energy', got {detach!r}")
+    k = ENERGY_OUTPUTS if head == "mve" else evidential.ENERGY_OUTPUTS
+    return torch.cat([apply(h.detach())[..., :k], raw[..., k:]], dim=-1)
 
 
 def inverse_softplus(y: float) -> float:
@@ -65,9 +88,17 @@ def gaussian_nll(residual: torch.Tensor, variance: torch.Tensor) -> torch.Tensor
     return 0.5 * (torch.log(2 * math.pi * variance) + residual**2 / variance)
 
 
-def loss(raw, head_scale, structure, n_structures, energy_residual, force_residual=None) -> torch.Tensor:
+def loss(
+    raw, head_scale, structure, n_structures, energy_residual, force_residual=None, beta: float = 0.0
+) -> torch.Tensor:
     """Mean NLL of the total-energy residuals per structure plus the mean NLL per force component
-    (``energy_residual`` None: the force term alone, Tan et al.'s SI Eq. 3)."""
+    (``energy_residual`` None: the force term alone, Tan et al.'s SI Eq. 3).
+
+    ``beta > 0`` weights each force component's NLL by ``stop_gradient(v / c_1)^beta``, Seitzer et
+    al.'s beta-NLL (ICLR 2022) in the force variance's unit ``c_1`` (weight 1 at the initial
+    variance): the NLL's gradient on the mean, ``r / v``, becomes ``~ r / v^(1 - beta)``, so residuals
+    the variance has absorbed keep training the mean (beta = 1: the MSE's gradient). beta = 0 is
+    the Gaussian NLL itself (Nix & Weigend 1994; Tan et al. 2023, SI Eq. 3)."""
     if energy_residual is None and force_residual is None:
         raise ValueError("the MVE loss needs energy or force residuals")
     value = 0.0
@@ -75,8 +106,11 @@ def loss(raw, head_scale, structure, n_structures, energy_residual, force_residu
         variance = energy_variance(raw, head_scale, structure, n_structures)
         value = gaussian_nll(energy_residual, variance).mean()
     if force_residual is not None:
-        v_force = variances(raw, head_scale)[1]
-        value = value + gaussian_nll(force_residual, v_force[:, None]).mean()
+        v_force = variances(raw, head_scale)[1][:, None]
+        nll = gaussian_nll(force_residual, v_force)
+        if beta:
+            nll = nll * (v_force.detach() / head_scale[1].detach()) ** beta
+        value = value + nll.mean()
     return value
 
 
