@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlipbias import _core
+from mlipbias.inference import Evaluation
 
 
 def compiled() -> bool:
@@ -128,16 +129,8 @@ class GMNNDevice(ModelDevice):
 
 
 @dataclass
-class DeviceEvaluation:
-    """What :meth:`ModelDevice.evaluate` returns (units and signs as :class:`mlipbias.inference.Evaluation`;
-    ``bias_forces = tau_(Z) dU/dx`` in eV/A)."""
+class DeviceEvaluation(Evaluation):
+    """What :meth:`ModelDevice.evaluate` returns: :class:`mlipbias.inference.Evaluation` (units and signs
+    as there; no per-atom uncertainties or member forces) plus ``bias_forces = tau_(Z) dU/dx`` in eV/A."""
 
-    energy: float
-    atom_energies: np.ndarray
-    forces: np.ndarray
-    virial: np.ndarray
-    member_energies: np.ndarray
-    uncertainty: float | None = None
-    uncertainty_gradient: np.ndarray | None = None
-    uncertainty_virial: np.ndarray | None = None
     bias_forces: np.ndarray | None = None
