@@ -139,12 +139,35 @@ def make_test_set(
 # ------------------------------------------------------------------------------------ 2. AL runs
 
 
+def config_path(name: str) -> Path:
+    """NAME.yaml, or for a repeat ``NAME_seedS`` (S >= 1) a copy of NAME.yaml with ``seed: S`` and its
+    own output directory, written to ``work/repeats/`` (absolute paths: it lives outside this folder)."""
+    base, _, seed = name.rpartition("_seed")
+    if not base:
+        return HERE / f"{name}.yaml"
+    import yaml
+
+    if base not in dict(EXPERIMENTS) or not seed.isdigit() or int(seed) < 1:
+        raise SystemExit(
+            f"unknown experiment {name!r}: expected one of {dict(EXPERIMENTS)} or NAME_seedS, S >= 1"
+        )
+    config = yaml.safe_load((HERE / f"{base}.yaml").read_text())
+    config["start"]["structures"] = str(HERE / config["start"]["structures"])
+    config["test"]["path"] = str(TEST_SET)
+    config["output"]["directory"] = str(WORK / name)
+    config["seed"] = int(seed)
+    path = WORK / "repeats" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def run_experiment(name: str) -> dict:
     """``mlipbias al NAME.yaml`` in a child process (resumes a killed run); CPU and wall seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "mlipbias", "al", str(HERE / f"{name}.yaml"), "--no-progress"]
+    command = [sys.executable, "-m", "mlipbias", "al", str(config_path(name)), "--no-progress"]
     with open(WORK / f"{name}.log", "a") as handle:
         subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -266,6 +289,43 @@ def oracle_calls(e: dict) -> list[tuple[int, float]]:
     return out
 
 
+def repeats_section(experiments: dict, target: float) -> list[str]:
+    """Finished runs of each experiment by seed (0: NAME.yaml; S >= 1: ``--experiments NAME_seedS``):
+    final test errors and oracle calls to reach ``target``, with mean and standard deviation."""
+    lines = []
+    for name, label in EXPERIMENTS:
+        runs = {0: experiments.get(name)}
+        for path in sorted(WORK.glob(f"{name}_seed*")):
+            runs[int(path.name.rpartition("_seed")[2])] = load_experiment(path.name)
+        runs = {s: e for s, e in runs.items() if e is not None and e["rows"][-1].get("final")}
+        if len(runs) < 2:
+            continue
+        if not lines:
+            lines += [
+                "",
+                f"Repeats (seeds; the same target, {target:.4g} eV/A):",
+                "",
+                "| experiment | seed | data | F-RMSE (eV/A) | E-RMSE (meV/atom) "
+                "| oracle calls to reach the target |",
+                "|---|---|---|---|---|---|",
+            ]
+        forces, energies = [], []
+        for seed, e in sorted(runs.items()):
+            last = e["rows"][-1]
+            forces.append(last.get("test_force_rmse", np.nan))
+            energies.append(1000 * last.get("test_energy_rmse", np.nan))
+            reached = [c for c, f in oracle_calls(e) if np.isfinite(f) and f <= target]
+            lines.append(
+                f"| {label} | {seed} | {last['dataset_size']} | {_fmt(forces[-1])} | {_fmt(energies[-1])} | "
+                f"{reached[0] if reached else 'not reached'} |"
+            )
+        lines.append(
+            f"| {label} | mean +- std ({len(runs)}) | | {np.mean(forces):.3g} +- "
+            f"{np.std(forces, ddof=1):.2g} | {np.mean(energies):.3g} +- {np.std(energies, ddof=1):.2g} | |"
+        )
+    return lines
+
+
 def _fmt(value, digits=3) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
 
@@ -380,6 +440,7 @@ def write_report() -> None:
             reached = [c for c, f in calls[name] if np.isfinite(f) and f <= target]
             curve = ", ".join(f"{c}: {f:.3g}" for c, f in calls[name] if np.isfinite(f))
             lines.append(f"| {label} | {reached[0] if reached else 'not reached'} | {curve} |")
+        lines += repeats_section(experiments, target)
 
     # Item 10: wall time per generation.
     lines += [
