@@ -287,6 +287,7 @@ def _settings(method: str, seed: int, epochs: int | None = None):
         gmm_max_components=SCALE["gmm_max_components"],
         head_training="joint",
         head_energy_nll=not head,  # MVE, evidential: the NLL on forces alone, as Tan et al.
+        nll_beta=0.0,  # MVE: Tan et al.'s plain Gaussian NLL (SI Eq. 3), not the beta-NLL default
     )
     training = TrainingSettings(
         epochs=epochs or SCALE["epochs"],
