@@ -208,6 +208,7 @@ def demo_al_config(context: DemoContext, start: Path, hard: Path):
                     "batch_size": 16,
                     "energy_weight": 1.0,
                     "force_weight": 0.0,
+                    "stress_weight": 0.0,  # energy-only as step 2 (stress terms cost ~10x a generation)
                     "device": "cpu",
                 },
             },
