@@ -136,11 +136,24 @@ def input_script(case: Case, data: Path, n_atoms: int, models: dict, steps: int)
         """
 
 
-def measure(case: Case, ranks: int, data: Path, n_atoms: int, models: dict, steps: int, folder: Path) -> dict:
-    """One run; the loop time and the Pair time (average over ranks) of LAMMPS' timer."""
+def measure(
+    case: Case,
+    ranks: int,
+    data: Path,
+    n_atoms: int,
+    models: dict,
+    steps: int,
+    folder: Path,
+    threads: int | None = None,
+) -> dict:
+    """One run; the loop time and the Pair time (average over ranks) of LAMMPS' timer. ``threads``
+    sets OMP_NUM_THREADS of the run (OpenMP threads per rank); None keeps this process's."""
     (folder / "in.lmp").write_text(input_script(case, data, n_atoms, models, steps))
     command = [mpirun_executable(), "-np", str(ranks), lmp_executable(), "-in", "in.lmp", "-log", "none"]
-    out = subprocess.run(command, cwd=folder, env=environment(), capture_output=True, text=True)
+    env = environment()
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    out = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{case.name}: lmp failed\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     loops = re.findall(r"Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms", out.stdout)
@@ -149,10 +162,12 @@ def measure(case: Case, ranks: int, data: Path, n_atoms: int, models: dict, step
     # the average CPU use of a rank during the loop: the CPU time is steadier than the wall time on a
     # machine that other work shares
     cpu_use = float(re.findall(r"([\d.]+)% CPU use with", out.stdout)[-1]) / 100
+    omp_threads = int(re.findall(r"CPU use with \d+ MPI tasks x (\d+) OpenMP threads", out.stdout)[-1])
     loop, n_steps, natoms = float(loop), int(n_steps), int(natoms)
     return {
         "case": case.name,
         "ranks": ranks,
+        "threads": omp_threads,
         "n_atoms": natoms,
         "steps": n_steps,
         "loop_s": loop,
