@@ -12,7 +12,8 @@ calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the sett
   NLL (``uncertainty.head_training`` joint or detached, as ``docs/models.md`` describes); Adam,
   the plateau (or exponential) learning-rate schedule on the validation loss, early stopping that
   gives every member the weights of its best validation epoch;
-- afterwards the GMM is fitted on member 0's last scalar features of the training atoms.
+- afterwards the GMM is fitted on member 0's last scalar features of the training atoms, and every
+  method is calibrated on the validation structures (conformal factors, :func:`calibrate_painn`).
 
 Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``force_weight: 1.0``
 (ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential;
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.data import atomic_numbers
 
 from mlipbias.models.gnn import batch_graphs, species_indices
@@ -355,6 +357,7 @@ def train_painn(
     if "gmm" in methods:
         fit_gmm(model, [it.graph for it in train_items], uq.gmm_max_components, t.seed, device)
         log(f"GMM components by BIC: {model.gmm.n_components}")
+    calibrate_painn(model, validation, uq.alpha, log=log)
     return PaiNNTrainingResult(
         model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
     )
@@ -379,6 +382,79 @@ def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, b
         max_components=max_components,
         seed=seed,
     )
+
+
+def _has_forces(structures: Sequence[Atoms]) -> bool:
+    try:
+        return all(a.get_forces() is not None for a in structures)
+    except (RuntimeError, PropertyNotImplementedError):  # no calculator, or one without forces
+        return False
+
+
+def _predict(model: PaiNNModel, structures: Sequence[Atoms], method, batch_size: int, calibrated=False):
+    """Predictions (raw U_i, or calibrated) of labelled ``structures`` and the structures' U; the
+    reference forces only when every structure has them."""
+    from mlipbias.uq.metrics import Predictions
+
+    parts = {"energy": [], "forces": [], "U": [], "U_i": []}
+    for first in range(0, len(structures), batch_size):
+        chunk = structures[first : first + batch_size]
+        graph = model.graphs(chunk)
+        out = model.evaluate(graph, method, forces=True, calibrated=calibrated)
+        parts["energy"].append(out.energy.cpu().numpy())
+        parts["forces"].append(out.forces.cpu().numpy())
+        if method is not None:
+            parts["U"].append(out.uncertainty.cpu().numpy())
+            parts["U_i"].append(out.atom_uncertainty.cpu().numpy())
+    n_atoms = np.array([len(a) for a in structures])
+    return Predictions(
+        energy=np.concatenate(parts["energy"]),
+        energy_ref=np.array([a.get_potential_energy() for a in structures]),
+        n_atoms=n_atoms,
+        forces=np.concatenate(parts["forces"]),
+        forces_ref=np.concatenate([a.get_forces() for a in structures]) if _has_forces(structures) else None,
+        atom_uncertainty=np.concatenate(parts["U_i"]) if method is not None else None,
+    ), (np.concatenate(parts["U"]) if method is not None else None)
+
+
+def calibrate_painn(
+    model: PaiNNModel,
+    structures: Sequence[Atoms],
+    alpha: float,
+    *,
+    batch_size: int = 16,
+    log: Callable[[str], None] = log_line,
+) -> dict[str, float]:
+    """Calibrate every method of ``model`` on labelled ``structures`` (the validation split) as the
+    BP-NN's :func:`mlipbias.models.training.calibrate` does; sets ``model.calibration``.
+
+    The standard deviations sqrt(U), sqrt(U_i) of the raw variances (the GMM: its scores, recalibrated)
+    get the conformal factors c_E, c_F at miscoverage ``alpha``
+    (:func:`mlipbias.uq.calibration.fit_method_calibration`). Returns the coverage of each factor on
+    ``structures``; without reference forces only c_E.
+    """
+    from mlipbias.uq.calibration import fit_method_calibration
+
+    calibration: dict[str, np.ndarray] = {}
+    coverage: dict[str, float] = {}
+    for method in model.methods:
+        p, U = _predict(model, structures, method, batch_size)
+        gmm = method == "gmm"
+        records, covered = fit_method_calibration(
+            method,
+            alpha,
+            p.energy - p.energy_ref,
+            None if gmm else np.sqrt(U),
+            None if p.forces_ref is None else p.forces - p.forces_ref,
+            None if gmm else np.sqrt(p.atom_uncertainty),
+            score=U if gmm else None,
+            atom_score=p.atom_uncertainty if gmm else None,
+            log=log,
+        )
+        calibration.update(records)
+        coverage.update(covered)
+    model.calibration = calibration
+    return coverage
 
 
 def _validation(model, items, t, uq, device, warmup: bool = False) -> dict:
@@ -418,42 +494,38 @@ def evaluate_painn(
     ``a``, ``b`` are fitted on ``validation``. ``methods``: a subset of the model's (default: all);
     without any the key is ``"none"``. ``keep``, a dict, receives per method the test and
     validation :class:`~mlipbias.uq.metrics.Predictions` (``write_painn_plots`` draws them).
+    The uncertainties are the raw ones, as seed 003 evaluates them; a calibrated model
+    (:func:`calibrate_painn`) adds the row ``coverage``: the fraction of test errors (|E - E_ref|, the
+    per-atom force RMSE) within the square root of the calibrated variance.
     """
-    from mlipbias.uq.metrics import Predictions, metrics_table, uncertainty_metrics
-
-    def predict(structures, method):
-        parts = {"energy": [], "forces": [], "U": [], "U_i": []}
-        for first in range(0, len(structures), batch_size):
-            chunk = structures[first : first + batch_size]
-            graph = model.graphs(chunk)
-            out = model.evaluate(graph, method, forces=True)
-            parts["energy"].append(out.energy.cpu().numpy())
-            parts["forces"].append(out.forces.cpu().numpy())
-            if method is not None:
-                parts["U"].append(out.uncertainty.cpu().numpy())
-                parts["U_i"].append(out.atom_uncertainty.cpu().numpy())
-        n_atoms = np.array([len(a) for a in structures])
-        return Predictions(
-            energy=np.concatenate(parts["energy"]),
-            energy_ref=np.array([a.get_potential_energy() for a in structures]),
-            n_atoms=n_atoms,
-            forces=np.concatenate(parts["forces"]),
-            forces_ref=np.concatenate([a.get_forces() for a in structures]),
-            atom_uncertainty=np.concatenate(parts["U_i"]) if method is not None else None,
-        ), (np.concatenate(parts["U"]) if method is not None else None)
+    from mlipbias.uq.calibration import force_rmse_per_atom
+    from mlipbias.uq.metrics import metrics_table, uncertainty_metrics
 
     methods = list(model.methods if methods is None else methods)
     for method in methods:
         model.check_method(method)
     tables = {}
     for method in methods or [None]:
-        p, U = predict(test, method)
-        pv, Uv = predict(validation, method) if validation else (None, None)
+        p, U = _predict(model, test, method, batch_size)
+        pv, Uv = _predict(model, validation, method, batch_size) if validation else (None, None)
         kind = "score" if method == "gmm" else "variance"
         table = metrics_table(p, pv, kind=kind)
         if U is not None:
             val = (pv.energy_residuals(), Uv) if pv is not None else None
             table["energy"].update(uncertainty_metrics(p.energy_residuals(), U, kind="score", validation=val))
+            # The calibrated variances' square roots bound the errors with probability 1 - alpha.
+            for column, quantity, errors, u in (
+                ("energy", "energy", np.abs(p.energy - p.energy_ref), U),
+                (
+                    "forces",
+                    "force",
+                    None if p.forces_ref is None else force_rmse_per_atom(p.forces, p.forces_ref),
+                    p.atom_uncertainty,
+                ),
+            ):
+                if f"calibration/{quantity}/{method}" in model.calibration and errors is not None:
+                    variance = model.calibrated(quantity, method, torch.from_numpy(u)).numpy()
+                    table[column]["coverage"] = float(np.mean(errors <= np.sqrt(variance)))
         tables[method or "none"] = table
         if keep is not None:
             keep[method or "none"] = (p, pv)

@@ -952,7 +952,7 @@ def calibrate(
     U_i (only with forces in the data). A quantity with too few points for ``alpha`` gets the largest
     ratio as its factor (a CalibrationWarning says so). Returns the coverage of each factor on ``data``.
     """
-    from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+    from mlipbias.uq.calibration import fit_method_calibration
 
     methods = list(methods)
     forces = data.has_forces and data.neighbours is not None
@@ -967,31 +967,18 @@ def calibrate(
         need_forces = forces and (base is None or method == "ensemble")
         p = model.predict(data, method, forces=need_forces, atom_uncertainty=forces)
         base = p if base is None and need_forces else base
-        U, U_i = p.uncertainty, p.atom_uncertainty
-        if method == "gmm":
-            fit = VarianceRecalibration("positive_variance").fit(p.energy - data.energy, p.score)
-            calibration.update(fit.to_records("energy", method))
-            U = fit.apply(p.score)
-            if forces:
-                fit = VarianceRecalibration("positive_variance").fit(base.forces - data.forces, p.atom_score)
-                calibration.update(fit.to_records("force", method))
-                U_i = fit.apply(p.atom_score)
-            else:
-                log("gmm: no reference forces, so the per-atom GMM uncertainty is not calibrated (U_i = 1)")
-        pairs = [("energy", np.abs(p.energy - data.energy), U)]
-        if forces:
-            pairs.append(("force", force_rmse_per_atom(base.forces, data.forces), U_i))
-        for quantity, errors, u in pairs:
-            try:
-                conformal = ConformalCalibration(alpha).fit(errors, u)
-            except ValueError as error:
-                log(f"{method}: {quantity} uncertainty not calibrated ({error})")
-                continue
-            calibration.update(conformal.to_records(quantity, method))
-            coverage[f"{quantity}/{method}"] = conformal.coverage(errors, u)
-            fallback = f", the largest of {len(errors)} ratios" if conformal.largest_ratio_fallback else ""
-            log(
-                f"{method}: conformal factor c_{quantity[0].upper()} = {conformal.factor:.4g} "
-                f"(alpha = {alpha:g}{fallback})"
-            )
+        gmm = method == "gmm"
+        records, covered = fit_method_calibration(
+            method,
+            alpha,
+            p.energy - data.energy,
+            None if gmm else p.uncertainty,
+            base.forces - data.forces if forces else None,
+            None if gmm else p.atom_uncertainty,
+            score=p.score if gmm else None,
+            atom_score=p.atom_score if gmm else None,
+            log=log,
+        )
+        calibration.update(records)
+        coverage.update(covered)
     return coverage
