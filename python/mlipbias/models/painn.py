@@ -63,6 +63,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from mlipbias.models.gnn import Graph, batch_graphs, build_graph
+from mlipbias.models.network import composition_fit
 from mlipbias.uq import evidential, mve
 from mlipbias.uq.gmm import GMMUncertainty
 
@@ -465,10 +466,7 @@ class PaiNNModel(torch.nn.Module):
         and with it as the scale the forces hardly learn in the first epochs (measured on ethanol,
         examples/seed003_md17like/README.md). ``settings.energy_scale`` (eV/atom), when
         given, replaces both."""
-        counts = np.asarray(counts, dtype=float)
-        shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        residual = (energies - counts @ shift) / counts.sum(axis=1)
-        rmse = float(np.sqrt(np.mean(residual**2)))
+        shift, rmse = composition_fit(energies, counts)
         scale = force_rms if force_rms is not None and force_rms > 0 else rmse
         if self.settings.energy_scale is not None:  # a user's fixed scale wins
             scale = self.settings.energy_scale
