@@ -21,8 +21,9 @@ Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``f
 ``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (silica: 3 in the
 SI, 4 in the main text).
 
-Every epoch appends to ``metrics.jsonl`` and rewrites ``checkpoint.pt`` (resumable) in the output
-folder; ``best.pt`` is the best model so far.
+The epoch loop is the BP-NN's (:func:`mlipbias.models.training.run_epochs`): every epoch appends to
+``metrics.jsonl`` and ``metrics.csv``, redraws ``learning_curve.png`` and rewrites ``checkpoint.pt``
+(resumable) in the output folder; ``best.pt`` is the best model so far.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,12 +46,12 @@ from mlipbias.models.painn import DTYPE, PaiNNModel, PaiNNSettings, save_painn
 from mlipbias.models.training import (
     TrainingSettings,
     UncertaintySettings,
-    _load_checkpoint,
     _residual_loss,
-    _save_checkpoint,
     _scheduler,
     log_line,
     resolve_device,
+    run_epochs,
+    start_state,
 )
 from mlipbias.uq import evidential, mve
 
@@ -196,7 +195,6 @@ def train_painn(
     """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model.
     ``init_model`` (same elements, architecture, members and head) warm-starts from its weights and
     energy shift instead of fresh ones (active learning); a checkpoint being resumed takes precedence."""
-    from tqdm import tqdm
 
     settings = settings or PaiNNSettings()
     uq = uncertainty or UncertaintySettings()
@@ -244,13 +242,6 @@ def train_painn(
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
-    state = {
-        "epoch": 0,
-        "best_loss": [math.inf] * n_members,
-        "best_epoch": [0] * n_members,
-        "best_params": copy.deepcopy(model.state_dict()),
-        "history": [],
-    }
     key = json.dumps(
         {
             "painn": settings.to_dict(),
@@ -261,99 +252,46 @@ def train_painn(
         default=list,
     )
     out = Path(output_dir) if output_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint = out / "checkpoint.pt"
-        if resume and checkpoint.exists():
-            state = _load_checkpoint(checkpoint, model, optimizer, scheduler, key, device)
-            log(f"resuming from {checkpoint} after epoch {state['epoch']}")
-        elif checkpoint.exists():
-            checkpoint.unlink()
-        with open(out / "metrics.jsonl", "w") as f:
-            for record in state["history"]:
-                f.write(json.dumps(record) + "\n")
-    bar = tqdm(
-        total=t.epochs,
-        initial=state["epoch"],
-        desc="PaiNN training",
-        unit="epoch",
-        file=sys.stderr,
-        disable=not progress,
-    )
-    start_epoch = state["epoch"]
-    if start_epoch and start_epoch - max(state["best_epoch"]) >= t.early_stopping_patience:
-        log(f"the run in {out} had stopped early after epoch {start_epoch}; nothing to continue")
-        start_epoch = t.epochs
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        started = time.perf_counter()
-        warming = head is not None and epoch <= uq.warmup_epochs
+    state = start_state(model, n_members, out, resume, optimizer, scheduler, key, device, log)
+
+    def warming(epoch: int) -> bool:
+        return head is not None and epoch <= uq.warmup_epochs
+
+    def end_warmup(epoch: int) -> None:
         if head is not None and uq.warmup_epochs and epoch == uq.warmup_epochs + 1:
             # The warm-up's losses (MAE/MSE) are not the NLL's: every member's best starts afresh.
             state["best_loss"] = [math.inf] * n_members
             if t.schedule == "plateau":
                 scheduler.best, scheduler.num_bad_epochs = scheduler.mode_worse, 0
-        model.train()
-        order = np.random.default_rng([t.seed, epoch]).permutation(len(train_items))
-        train_sum, n_batches = 0.0, 0
-        for first in range(0, len(order), t.batch_size):
-            items = [train_items[k] for k in order[first : first + t.batch_size]]
-            optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = painn_batch_loss(model, items, t, uq, device, train=True, warmup=warming)
-            loss.backward()
-            optimizer.step()
-            train_sum, n_batches = train_sum + float(loss.detach()), n_batches + 1
-        model.eval()
-        val = _validation(model, val_items, t, uq, device, warmup=warming)
-        lr = optimizer.param_groups[0]["lr"]
-        improved = [m for m in range(n_members) if val["loss"][m] < state["best_loss"][m]]
-        for m in improved:
-            state["best_loss"][m], state["best_epoch"][m] = float(val["loss"][m]), epoch
-            prefix = f"members.{m}."
-            for name, value in model.state_dict().items():
-                if name.startswith(prefix):
-                    state["best_params"][name] = value.detach().clone()
-        if t.schedule == "plateau":
-            scheduler.step(float(np.mean(val["loss"])))
-        elif t.schedule == "exponential":
-            scheduler.step()
-        record = {
-            "epoch": epoch,
-            "learning_rate": lr,
-            "train_loss": train_sum / max(n_batches, 1),
-            "validation_loss": [float(v) for v in val["loss"]],
-            "validation_energy_rmse": [float(v) for v in val["energy_rmse"]],
-            "seconds": time.perf_counter() - started,
-        }
-        if "force_rmse" in val:
-            record["validation_force_rmse"] = [float(v) for v in val["force_rmse"]]
-        state["history"].append(record)
-        state["epoch"] = epoch
-        if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if improved:
-                best = copy.deepcopy(model)
-                best.load_state_dict(state["best_params"])
-                save_painn(best, out / "best.pt", description)
-            _save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, state, key)
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{record['train_loss']:.3g}",
-            val_E=f"{1000 * np.mean(record['validation_energy_rmse']):.2f}meV/at",
-            lr=f"{lr:.2g}",
-        )
-        since_best = epoch - max(state["best_epoch"])
-        if since_best >= t.early_stopping_patience:
-            log(f"early stopping after epoch {epoch}: no member improved for {since_best} epochs")
-            break
-        if lr <= t.min_learning_rate * (1 + 1e-9) and t.schedule != "none" and since_best >= t.decay_patience:
-            log(f"stopping after epoch {epoch}: learning rate at its minimum and no improvement")
-            break
-    bar.close()
-    model.load_state_dict(state["best_params"])
-    model.eval()
-    for m in range(n_members):
-        log(f"member {m}: best validation loss {state['best_loss'][m]:.4g} at epoch {state['best_epoch'][m]}")
+
+    def save_best(best_params: dict) -> None:
+        best = copy.deepcopy(model)
+        best.load_state_dict(best_params)
+        save_painn(best, out / "best.pt", description)
+
+    run_epochs(
+        model,
+        optimizer,
+        scheduler,
+        t,
+        state,
+        n_train=len(train_items),
+        batches=lambda order: (
+            [train_items[k] for k in order[first : first + t.batch_size]]
+            for first in range(0, len(order), t.batch_size)
+        ),
+        batch_loss=lambda items, epoch: painn_batch_loss(
+            model, items, t, uq, device, train=True, warmup=warming(epoch)
+        )[0],
+        validate=lambda epoch: _validation(model, val_items, t, uq, device, warmup=warming(epoch)),
+        copy_members=_copy_members,
+        save_best=save_best,
+        out=out,
+        settings_key=key,
+        log=log,
+        progress=progress,
+        before_epoch=end_warmup,
+    )
     if "gmm" in methods:
         fit_gmm(model, [it.graph for it in train_items], uq.gmm_max_components, t.seed, device)
         log(f"GMM components by BIC: {model.gmm.n_components}")
@@ -361,6 +299,15 @@ def train_painn(
     return PaiNNTrainingResult(
         model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
     )
+
+
+def _copy_members(target: dict, source: dict, members: list[int]) -> None:
+    """Copy the given members' entries (``members.M.*``) from the state dict ``source`` into ``target``."""
+    for m in members:
+        prefix = f"members.{m}."
+        for name, value in source.items():
+            if name.startswith(prefix):
+                target[name] = value.detach().clone()
 
 
 def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, batch_size: int = 32) -> None:
