@@ -234,6 +234,11 @@ def test_painn_conformal_calibration_covers_held_out_data(method, head, members,
     atoms.get_potential_energy()
     assert atoms.calc.results["uncertainty"] == pytest.approx(float(again.uncertainty[0]), rel=1e-10)
     assert atoms.calc.results["bias_energy"] == pytest.approx(-0.1 * float(again.uncertainty[0]), rel=1e-10)
+    # Adversarial sampling keeps seed 003's raw U (its Eq. 15).
+    from mlipbias.sampling.adversaries import PaiNNAdversary
+
+    raw_U = float(loaded.evaluate(loaded.graph(held_out[0]), method, calibrated=False).uncertainty[0])
+    assert PaiNNAdversary(loaded, method)(held_out[0]).uncertainty == pytest.approx(raw_U, rel=1e-12)
 
 
 def _train_config(tmp_path, methods, epochs, extra_uq=None, directory="run"):
