@@ -50,8 +50,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -500,8 +498,8 @@ def _gmm_payload(gmm: GMMUncertainty | None) -> dict:
 
 def save_painn(model: PaiNNModel, path: str | Path, description: str = "") -> Path:
     """Write ``model`` to ``path`` (a torch file of tensors, strings and numbers, written atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mlipbias.models.torch_files import save_plain
+
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -515,15 +513,7 @@ def save_painn(model: PaiNNModel, path: str | Path, description: str = "") -> Pa
         "calibration": {k: torch.as_tensor(np.asarray(v, dtype=float)) for k, v in model.calibration.items()},
         "description": description,
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_plain(payload, path)
 
 
 def load_painn(path: str | Path, device: str | torch.device = "cpu") -> PaiNNModel:

@@ -910,9 +910,9 @@ def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, setting
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "state": state,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(_plain(payload), tmp)
-    tmp.replace(path)
+    from mlipbias.models.torch_files import save_plain
+
+    save_plain(_plain(payload), path)
 
 
 def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
