@@ -234,10 +234,7 @@ class GMNN(MemberNetwork):
         """The network of schema-checked records (inverse of :meth:`to_records`)."""
         descriptor = GaussianMoments.from_records(records)
         elements = descriptor.elements
-        n_members = int(np.ravel(records["model/n_members"])[0])
-        n_layers = int(np.ravel(records["model/n_layers"])[0])
-        hidden = [int(records[f"member/0/{elements[0]}/W{layer}"].shape[0]) for layer in range(1, n_layers)]
-        head = records.get("model/head")
+        n_members, n_layers, hidden, head = cls._record_sizes(records, elements)
         net = cls(descriptor, hidden, n_members, head=head)
 
         def get(name):

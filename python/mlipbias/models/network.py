@@ -156,6 +156,14 @@ class MemberNetwork(torch.nn.Module):
             lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)), h, detach_head, self.head
         )
 
+    @staticmethod
+    def _record_sizes(records, elements) -> tuple[int, int, list[int], str | None]:
+        """(members, layers, hidden widths, head) that schema-checked records describe."""
+        n_members = int(np.ravel(records["model/n_members"])[0])
+        n_layers = int(np.ravel(records["model/n_layers"])[0])
+        hidden = [int(records[f"member/0/{elements[0]}/W{layer}"].shape[0]) for layer in range(1, n_layers)]
+        return n_members, n_layers, hidden, records.get("model/head")
+
     def _model_records(self, records: dict) -> None:
         records["model/activation"] = self.activation
         records["model/n_members"] = np.array([self.n_members], dtype=np.int64)
@@ -398,10 +406,7 @@ class BPNN(MemberNetwork):
         """The network of model-file records checked by :func:`mlipbias.modelfile.validate_model_records`."""
         descriptor = SymmetryFunctions.from_records(records)
         elements = descriptor.elements
-        n_members = int(np.ravel(records["model/n_members"])[0])
-        n_layers = int(np.ravel(records["model/n_layers"])[0])
-        hidden = [int(records[f"member/0/{elements[0]}/W{layer}"].shape[0]) for layer in range(1, n_layers)]
-        head = records.get("model/head")
+        n_members, n_layers, hidden, head = cls._record_sizes(records, elements)
         net = cls(descriptor, hidden, str(records["model/activation"]), n_members, head=head)
         with torch.no_grad():
             for e, el in enumerate(elements):
