@@ -338,16 +338,16 @@ def _has_forces(structures: Sequence[Atoms]) -> bool:
         return False
 
 
-def _predict(model: PaiNNModel, structures: Sequence[Atoms], method, batch_size: int, calibrated=False):
-    """Predictions (raw U_i, or calibrated) of labelled ``structures`` and the structures' U; the
-    reference forces only when every structure has them."""
+def _predict(model: PaiNNModel, structures: Sequence[Atoms], method, batch_size: int):
+    """Predictions (raw U_i, as seed 003 evaluates them) of labelled ``structures`` and the structures'
+    raw U; the reference forces only when every structure has them."""
     from mlipbias.uq.metrics import Predictions
 
     parts = {"energy": [], "forces": [], "U": [], "U_i": []}
     for first in range(0, len(structures), batch_size):
         chunk = structures[first : first + batch_size]
         graph = model.graphs(chunk)
-        out = model.evaluate(graph, method, forces=True, calibrated=calibrated)
+        out = model.evaluate(graph, method, forces=True, calibrated=False)
         parts["energy"].append(out.energy.cpu().numpy())
         parts["forces"].append(out.forces.cpu().numpy())
         if method is not None:
