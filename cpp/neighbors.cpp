@@ -41,14 +41,6 @@ int thread_count(int n_threads, int64_t n_atoms) {
 #endif
 }
 
-[[noreturn]] void throw_too_many_neighbors(int atom, int64_t count, int64_t n_atoms, const NeighborOptions& options) {
-  throw Error("atom " + std::to_string(atom) + " has " + std::to_string(count) + (options.half ? " half-list" : "") +
-              " neighbours within the cutoff of " + cell_list::format_number(options.cutoff) + " A (" +
-              std::to_string(n_atoms) + " atoms), more than max_neighbors = " + std::to_string(options.max_neighbors) +
-              ": the structure is far denser than matter (atoms on top of each other, or positions not in "
-              "Angstrom?) or the cutoff is too large; raise max_neighbors (0: no limit) if it is meant");
-}
-
 }  // namespace
 
 struct NeighborSearch::Scratch {
@@ -75,6 +67,7 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   s.n_atoms = -1;
   check_search_input(positions, n_atoms, cell, pbc);
   if (options.n_threads < 0) throw Error("n_threads must be >= 0, got " + std::to_string(options.n_threads));
+  const int64_t max_neighbors = cell_list::neighbor_limit(options);
 
   cell_list::Grid grid = cell_list::make_grid(cell, pbc, options.cutoff);
   const int n = static_cast<int>(n_atoms);
@@ -129,9 +122,6 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   int64_t* offsets = s.offsets.data();
   offsets[0] = 0;
   const bool half = options.half, self_interaction = options.self_interaction;
-  if (options.max_neighbors < 0)
-    throw Error("max_neighbors must be >= 0 (0: no limit), got " + std::to_string(options.max_neighbors));
-  const int64_t max_neighbors = options.max_neighbors > 0 ? options.max_neighbors : INT64_MAX;
   // The first atom found over the limit; every thread stops once one is.
   std::atomic<bool> too_many{false};
   int over_atom = -1;
@@ -149,7 +139,7 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
       over_count = pairs.n;
     }
   }
-  if (too_many) throw_too_many_neighbors(over_atom, over_count, n_atoms, options);
+  if (too_many) cell_list::throw_too_many_neighbors(over_atom, over_count, n_atoms, options);
   for (int i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
 
   s.grid = grid;

@@ -91,7 +91,8 @@ struct NeighborOptions {
   int64_t max_neighbors = kDefaultMaxNeighbors;  // count() throws, naming the atom and the
                                   // numbers, when an atom has more pairs; 0: no limit. The
                                   // search stops at the first such atom, so a structure
-                                  // far too dense fails in milliseconds, not hours. CPU only.
+                                  // far too dense fails in milliseconds, not hours. The
+                                  // CUDA search names the same atom as a serial CPU one.
 };
 
 // The pairs, as plain arrays (n_pairs = first.size()). Vectors that were not requested

@@ -349,6 +349,23 @@ inline Grid make_grid(const double* cell, const bool* pbc, double cutoff) {
               format_number(x[1]) + ", " + format_number(x[2]) + ")");
 }
 
+// NeighborOptions::max_neighbors as the largest allowed count (0: no limit); checked before any search.
+inline int64_t neighbor_limit(const NeighborOptions& options) {
+  if (options.max_neighbors < 0)
+    throw Error("max_neighbors must be >= 0 (0: no limit), got " + std::to_string(options.max_neighbors));
+  return options.max_neighbors > 0 ? options.max_neighbors : INT64_MAX;
+}
+
+// The error of the CPU and CUDA searches for an atom with more pairs than the limit.
+[[noreturn]] inline void throw_too_many_neighbors(int64_t atom, int64_t count, int64_t n_atoms,
+                                                  const NeighborOptions& options) {
+  throw Error("atom " + std::to_string(atom) + " has " + std::to_string(count) + (options.half ? " half-list" : "") +
+              " neighbours within the cutoff of " + format_number(options.cutoff) + " A (" +
+              std::to_string(n_atoms) + " atoms), more than max_neighbors = " + std::to_string(options.max_neighbors) +
+              ": the structure is far denser than matter (atoms on top of each other, or positions not in "
+              "Angstrom?) or the cutoff is too large; raise max_neighbors (0: no limit) if it is meant");
+}
+
 // Includes one atom's fractional coordinates in the running bounds.
 MLIPBIAS_HD inline void extend_bounds(const Grid& g, const double* x, double* lo, double* hi) {
   double f[3];

@@ -6,7 +6,8 @@
 // count():  bounds + NaN check (block reduction, finished on the host, which sizes the grid)
 //           -> locate each atom (wrap, bin, histogram of bins) -> scan: bin starts
 //           -> stable radix sort of atoms by bin -> gather wrapped positions in bin order
-//           -> one thread per atom counts its pairs -> scan: per-atom offsets.
+//           -> one thread per atom counts its pairs (and marks the first slot over
+//           max_neighbors) -> scan: per-atom offsets.
 // fill():   one thread per atom repeats the search and writes its pairs at its offset.
 // The stable sort keeps atoms in ascending order inside each bin, so the pairs come out in
 // exactly the order of the C++ search.
@@ -142,14 +143,19 @@ __global__ void gather_kernel(int n, const int* atom, const double* wrapped_of_a
 
 // One thread per atom, threads in bin order: the atoms of a warp search the same bins, so
 // their loads of the candidates coincide. Each atom still writes at its own offset.
+// first_over_slot ends as the smallest slot whose atom has more than `limit` pairs, the atom
+// the serial CPU search reports; slots after one already found skip their search, so a
+// structure far too dense fails fast, as on the CPU.
 __global__ void count_kernel(cell_list::Grid grid, cell_list::Bins bins, int n, bool half, bool self_interaction,
-                             int64_t* counts) {
+                             int64_t limit, unsigned long long* first_over_slot, int64_t* counts) {
   const int64_t slot = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (slot >= n) return;
+  if (static_cast<unsigned long long>(slot) > *static_cast<volatile unsigned long long*>(first_over_slot)) return;
   const int i = bins.atom[slot];
   cell_list::CountPairs count;
   cell_list::visit_neighbors(grid, bins, i, half, self_interaction, count);
   counts[i] = count.n;
+  if (count.n > limit) atomicMin(first_over_slot, static_cast<unsigned long long>(slot));
 }
 
 __global__ void fill_kernel(cell_list::Grid grid, cell_list::Bins bins, int n, bool half, bool self_interaction,
@@ -166,7 +172,7 @@ __global__ void fill_kernel(cell_list::Grid grid, cell_list::Bins bins, int n, b
 
 struct NeighborSearch::Impl {
   DeviceBuffer<double> block_bounds, wrapped_of_atom, wrapped;
-  DeviceBuffer<unsigned long long> first_bad_atom;
+  DeviceBuffer<unsigned long long> first_bad_atom, first_over_slot;
   DeviceBuffer<int> wrap_of_atom, wrap, bin, sorted_bin, identity, atom, slot, bin_count, bin_start;
   DeviceBuffer<int64_t> counts, offsets;
   DeviceBuffer<char> temp;
@@ -194,6 +200,7 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   Impl& s = *impl_;
   s.n_atoms = -1;
   check_search_input(positions, n_atoms, cell, pbc);
+  const int64_t limit = cell_list::neighbor_limit(options);
   const DeviceGuard guard(device);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   cell_list::Grid grid = cell_list::make_grid(cell, pbc, options.cutoff);
@@ -276,16 +283,31 @@ int64_t NeighborSearch::count(const double* positions, int64_t n_atoms, const do
   // Pairs per atom, and their prefix sum: offsets[0] = 0, offsets[i + 1] = offsets[i] + counts[i].
   int64_t* counts = s.counts.reserve(n);
   int64_t* offsets = s.offsets.reserve(static_cast<size_t>(n) + 1);
-  count_kernel<<<blocks_for(n), kThreads, 0, stream>>>(grid, s.bins(), n, s.half, s.self_interaction, counts);
+  unsigned long long* first_over = s.first_over_slot.reserve(1);
+  check(cudaMemsetAsync(first_over, 0xFF, sizeof(unsigned long long), stream), "cudaMemsetAsync");
+  count_kernel<<<blocks_for(n), kThreads, 0, stream>>>(grid, s.bins(), n, s.half, s.self_interaction, limit,
+                                                       first_over, counts);
   check(cudaGetLastError(), "count kernel launch");
   check(cudaMemsetAsync(offsets, 0, sizeof(int64_t), stream), "cudaMemsetAsync");
   check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, counts, offsets + 1, n, stream), "scan size");
   check(cub::DeviceScan::InclusiveSum(s.temp.reserve(temp_bytes), temp_bytes, counts, offsets + 1, n, stream),
         "scan of the pair counts");
   int64_t n_pairs = 0;
+  unsigned long long host_first_over = kNoBadAtom;
   check(cudaMemcpyAsync(&n_pairs, offsets + n, sizeof(n_pairs), cudaMemcpyDeviceToHost, stream),
         "copy of the pair count");
+  check(cudaMemcpyAsync(&host_first_over, first_over, sizeof(host_first_over), cudaMemcpyDeviceToHost, stream),
+        "copy of the max_neighbors check");
   check(cudaStreamSynchronize(stream), "pair count");
+  if (host_first_over != kNoBadAtom) {
+    int over_atom = 0;
+    int64_t over_count = 0;
+    check(cudaMemcpy(&over_atom, atom + host_first_over, sizeof(over_atom), cudaMemcpyDeviceToHost),
+          "copy of an atom index");
+    check(cudaMemcpy(&over_count, counts + over_atom, sizeof(over_count), cudaMemcpyDeviceToHost),
+          "copy of a pair count");
+    cell_list::throw_too_many_neighbors(over_atom, over_count, n_atoms, options);
+  }
   s.n_pairs = n_pairs;
   s.n_atoms = n;
   return n_pairs;

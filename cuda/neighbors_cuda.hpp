@@ -35,7 +35,8 @@ class NeighborSearch {
   // positions: device pointer, [n_atoms * 3] float64. cell [9] and pbc [3]: host memory.
   // device: CUDA device index the positions live on; stream: a cudaStream_t (nullptr for
   // the default stream). options.return_* and options.n_threads are ignored (fill()
-  // decides what to write). Returns the number of pairs.
+  // decides what to write); options.max_neighbors is honoured as on the CPU (the same
+  // error, naming the same atom as a serial CPU search). Returns the number of pairs.
   int64_t count(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
                 const NeighborOptions& options, int device, void* stream);
 

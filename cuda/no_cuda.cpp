@@ -5,11 +5,10 @@
 #include <string>
 
 #include "bks_cuda.hpp"
-#include "bpnn_cuda.hpp"
 #include "common.hpp"
 #include "device.hpp"
-#include "gmnn_cuda.hpp"
 #include "neighbors_cuda.hpp"
+#include "staged_evaluator.hpp"
 
 namespace mlipbias {
 namespace cuda {
@@ -44,23 +43,25 @@ int64_t NeighborSearch::count(const double*, int64_t, const double*, const bool*
 
 void NeighborSearch::fill(int64_t*, int64_t*, int64_t*, double*, double*, int64_t*) { require_device(); }
 
-struct GmnnEvaluator::Impl {};
-GmnnEvaluator::GmnnEvaluator(const PackedGmnn&, int, int64_t) { require_device(); }
-GmnnEvaluator::~GmnnEvaluator() = default;
-void GmnnEvaluator::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) { require_device(); }
-double GmnnEvaluator::time_runs(int) {
+template <class Packed>
+struct StagedEvaluator<Packed>::Impl {};
+template <class Packed>
+StagedEvaluator<Packed>::StagedEvaluator(const Packed&, int, int64_t) {
+  require_device();
+}
+template <class Packed>
+StagedEvaluator<Packed>::~StagedEvaluator() = default;
+template <class Packed>
+void StagedEvaluator<Packed>::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) {
+  require_device();
+}
+template <class Packed>
+double StagedEvaluator<Packed>::time_runs(int) {
   require_device();
   return 0.0;
 }
-
-struct BpnnEvaluator::Impl {};
-BpnnEvaluator::BpnnEvaluator(const PackedBpnn&, int, int64_t) { require_device(); }
-BpnnEvaluator::~BpnnEvaluator() = default;
-void BpnnEvaluator::evaluate(const NeighbourView&, const GmnnOptions&, GmnnResult&) { require_device(); }
-double BpnnEvaluator::time_runs(int) {
-  require_device();
-  return 0.0;
-}
+template class StagedEvaluator<PackedGmnn>;
+template class StagedEvaluator<PackedBpnn>;
 
 }  // namespace cuda
 }  // namespace mlipbias

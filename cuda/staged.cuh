@@ -15,6 +15,7 @@
 #include "common.hpp"
 #include "device.hpp"
 #include "gmnn_packed.hpp"
+#include "staged_evaluator.hpp"
 
 namespace mlipbias {
 namespace cuda {
@@ -182,5 +183,29 @@ struct StagedDevice {
 };
 
 }  // namespace staged
+
+// The members of StagedEvaluator (cuda/staged_evaluator.hpp), the same for every model: a .cu
+// file defines its Impl (a StagedDevice with load() and run()) and instantiates the class.
+template <class Packed>
+StagedEvaluator<Packed>::StagedEvaluator(const Packed& model, int device, int64_t max_threads)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->load(model, device, max_threads);
+}
+
+template <class Packed>
+StagedEvaluator<Packed>::~StagedEvaluator() = default;
+
+template <class Packed>
+void StagedEvaluator<Packed>::evaluate(const NeighbourView& view, const GmnnOptions& options, GmnnResult& result) {
+  impl_->upload(view, options);
+  impl_->run();
+  impl_->download(view, result);
+}
+
+template <class Packed>
+double StagedEvaluator<Packed>::time_runs(int repeats) {
+  return impl_->time_runs(repeats, [this] { impl_->run(); });
+}
+
 }  // namespace cuda
 }  // namespace mlipbias

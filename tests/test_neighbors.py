@@ -372,6 +372,30 @@ def test_cuda_equals_cpp(half, self_interaction):
         neighbor_list_cuda(bad[:1], np.eye(3) * 5, True, -1.0)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu.unavailable_reason() is not None, reason=str(gpu.unavailable_reason()))
+def test_cuda_honours_max_neighbors_as_the_cpp_search():
+    """The CUDA search raises the C++ search's error, word for word (the same atom: the first in bin
+    order, as a serial CPU search finds it); at the largest count and with 0 it lists every pair."""
+    torch = pytest.importorskip("torch")
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    atoms.rattle(0.1, seed=4)  # counts differ from atom to atom, so the atom named matters
+    counts = np.bincount(ase_neighbor_list("i", atoms, 6.0), minlength=len(atoms))
+    assert counts.min() < counts.max()
+    positions = torch.tensor(atoms.positions, device="cuda")
+    for half, limit in ((False, int(np.median(counts))), (True, int(np.median(counts)) // 2)):
+        with pytest.raises(ValueError, match="more than max_neighbors") as cpu:
+            neighbor_list("i", atoms, 6.0, half=half, max_neighbors=limit)
+        with pytest.raises(ValueError, match="more than max_neighbors") as cuda:
+            neighbor_list_cuda(positions, atoms.cell[:], True, 6.0, half=half, max_neighbors=limit)
+        assert str(cuda.value) == str(cpu.value)
+    for limit in (int(counts.max()), 0):
+        ci, *_ = neighbor_list_cuda(positions, atoms.cell[:], True, 6.0, max_neighbors=limit)
+        assert len(ci) == counts.sum()
+    with pytest.raises(ValueError, match="max_neighbors must be >= 0"):
+        neighbor_list_cuda(positions, atoms.cell[:], True, 6.0, max_neighbors=-1)
+
+
 def test_a_structure_far_denser_than_matter_fails_at_once_with_the_numbers():
     """100,000 atoms in a 5 A cube would be ~4e10 pairs (an hour of counting); the search stops
     at the first atom over max_neighbors and says how many it has."""

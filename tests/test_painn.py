@@ -24,7 +24,8 @@ from mlipbias.cli import main
 from mlipbias.datasets import load_dataset
 from mlipbias.models.gnn import random_orthogonal
 from mlipbias.models.painn import PaiNNCalculator, PaiNNModel, PaiNNSettings, load_painn, save_painn
-from mlipbias.models.painn_training import evaluate_painn, fit_gmm
+from mlipbias.models.painn_training import calibrate_painn, evaluate_painn, fit_gmm
+from mlipbias.uq.calibration import VarianceRecalibration
 
 SMALL = PaiNNSettings(cutoff=3.5, features=8, layers=2, radial_basis=6, readout=(8, 8))
 CASES = [("ensemble", None, 3), ("mve", "mve", 1), ("evidential", "evidential", 1), ("gmm", None, 1)]
@@ -168,6 +169,76 @@ def test_model_files_round_trip_and_bad_files_are_clear_errors(tmp_path):
         PaiNNCalculator(model, uncertainty="ensemble")
     with pytest.raises(ValueError, match="model.painn.features"):
         PaiNNSettings(features=0)
+
+
+@pytest.mark.parametrize(("method", "head", "members"), [("ensemble", None, 3), ("gmm", None, 1)])
+def test_painn_conformal_calibration_covers_held_out_data(method, head, members, tmp_path):
+    """PaiNN gets the BP-NN's conformal calibration (seed 002 "Methods"): c_E and c_F are the
+    ceil((n + 1)(1 - alpha))-th smallest ratio of error to sqrt(U) (the GMM's score first recalibrated,
+    seed 003 Eq. 13, as scipy's NLL fit gives it); the calibrated variance c^2 U bounds the errors of
+    held-out structures with probability 1 - alpha; the file, the calculator and evaluate_painn carry it."""
+    model = random_model(method, head, members)
+    rows = labelled_quartz(100, seed=21)
+    calibration, held_out = rows[:50], rows[50:]
+    alpha = 0.2
+    messages = []
+    coverage = calibrate_painn(model, calibration, alpha, log=messages.append)
+    assert set(coverage) == {f"energy/{method}", f"force/{method}"}
+    assert any("conformal factor c_F" in m for m in messages)
+
+    def raw(structures):
+        out = model.evaluate(model.graphs(structures), method, forces=True, calibrated=False)
+        e_err = np.abs(out.energy.numpy() - [a.get_potential_energy() for a in structures])
+        f_ref = np.concatenate([a.get_forces() for a in structures])
+        f_err = np.sqrt(np.mean((out.forces.numpy() - f_ref) ** 2, axis=1))
+        return e_err, out.uncertainty.numpy(), f_err, out.atom_uncertainty.numpy(), out
+
+    e_err, U, f_err, U_i, out = raw(calibration)
+    variances = {"energy": U, "force": U_i}
+    if method == "gmm":
+        f_ref = np.concatenate([a.get_forces() for a in calibration])
+        residuals = {"energy": out.energy.numpy() - [a.get_potential_energy() for a in calibration]}
+        residuals["force"] = out.forces.numpy() - f_ref
+        for quantity in ("energy", "force"):
+            fit = VarianceRecalibration("positive_variance").fit(residuals[quantity], variances[quantity])
+            stored = model.calibration[f"calibration/nll/{quantity}/gmm"]
+            np.testing.assert_allclose(stored, [fit.a, fit.b, fit.min_variance], rtol=1e-10)
+            variances[quantity] = fit.variance(variances[quantity])
+    for quantity, errors in (("energy", e_err), ("force", f_err)):
+        ratios = np.sort(errors / np.sqrt(variances[quantity]))
+        k = int(np.ceil((len(errors) + 1) * (1 - alpha)))
+        c = float(model.calibration[f"calibration/{quantity}/{method}"][0])
+        assert c == pytest.approx(ratios[k - 1], rel=1e-12)
+        assert coverage[f"{quantity}/{method}"] >= 1 - alpha
+    c_E = float(model.calibration[f"calibration/energy/{method}"][0])
+    c_F = float(model.calibration[f"calibration/force/{method}"][0])
+    calibrated = model.evaluate(model.graphs(calibration), method, forces=True)
+    np.testing.assert_allclose(calibrated.uncertainty.numpy(), c_E**2 * variances["energy"], rtol=1e-10)
+    np.testing.assert_allclose(calibrated.atom_uncertainty.numpy(), c_F**2 * variances["force"], rtol=1e-10)
+
+    # Held out: the fraction of errors within sqrt(c^2 U) is 1 - alpha up to the binomial spread
+    # (450 atoms; 50 energies, so a looser bound).
+    loaded = load_painn(save_painn(model, tmp_path / "model.pt"))
+    e_err, _, f_err, _, _ = raw(held_out)
+    again = loaded.evaluate(loaded.graphs(held_out), method, forces=True)
+    f_covered = float(np.mean(f_err <= np.sqrt(again.atom_uncertainty.numpy())))
+    e_covered = float(np.mean(e_err <= np.sqrt(again.uncertainty.numpy())))
+    assert abs(f_covered - (1 - alpha)) < 4 * np.sqrt(alpha * (1 - alpha) / len(f_err))
+    assert abs(e_covered - (1 - alpha)) < 4 * np.sqrt(alpha * (1 - alpha) / len(e_err))
+    table = evaluate_painn(loaded, held_out, methods=[method])[method]
+    assert table["forces"]["coverage"] == pytest.approx(f_covered)
+    assert table["energy"]["coverage"] == pytest.approx(e_covered)
+    # The calculator reports and biases with the calibrated U.
+    atoms = held_out[0].copy()
+    atoms.calc = PaiNNCalculator(loaded, uncertainty=method, tau=0.1)
+    atoms.get_potential_energy()
+    assert atoms.calc.results["uncertainty"] == pytest.approx(float(again.uncertainty[0]), rel=1e-10)
+    assert atoms.calc.results["bias_energy"] == pytest.approx(-0.1 * float(again.uncertainty[0]), rel=1e-10)
+    # Adversarial sampling keeps seed 003's raw U (its Eq. 15).
+    from mlipbias.sampling.adversaries import PaiNNAdversary
+
+    raw_U = float(loaded.evaluate(loaded.graph(held_out[0]), method, calibrated=False).uncertainty[0])
+    assert PaiNNAdversary(loaded, method)(held_out[0]).uncertainty == pytest.approx(raw_U, rel=1e-12)
 
 
 def _train_config(tmp_path, methods, epochs, extra_uq=None, directory="run"):

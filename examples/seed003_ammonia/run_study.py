@@ -505,7 +505,7 @@ def evaluate(gen, method, model, val, test):
     path.parent.mkdir(exist_ok=True)
     tables = evaluate_painn(model, test, val)
     graph = model.graphs(test)
-    out = model.evaluate(graph, method, forces=True)
+    out = model.evaluate(graph, method, forces=True, calibrated=False)  # seed 003's raw U_i
     forces_ref = np.concatenate([a.get_forces() for a in test])
     result = {
         "n_test": len(test),

@@ -11,10 +11,9 @@
 
 #include "bindings.hpp"
 #include "common.hpp"
-#include "bpnn_cuda.hpp"
-#include "gmnn_cuda.hpp"
 #include "gmnn_packed.hpp"
 #include "model.hpp"
+#include "staged_evaluator.hpp"
 
 namespace py = pybind11;
 

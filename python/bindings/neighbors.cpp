@@ -127,20 +127,24 @@ MLIPBIAS_BINDINGS(neighbors) {
       .def(
           "count",
           [](mlipbias::cuda::NeighborSearch& self, std::uintptr_t positions, int64_t n_atoms, Doubles cell, Bools pbc,
-             double cutoff, bool half, bool self_interaction, int device, std::uintptr_t stream) {
+             double cutoff, bool half, bool self_interaction, int device, std::uintptr_t stream,
+             int64_t max_neighbors) {
             check_cell_and_pbc(cell, pbc);
             mlipbias::NeighborOptions options;
             options.cutoff = cutoff;
             options.half = half;
             options.self_interaction = self_interaction;
+            options.max_neighbors = max_neighbors;
             py::gil_scoped_release release;
             return self.count(reinterpret_cast<const double*>(positions), n_atoms, cell.data(), pbc.data(), options,
                               device, reinterpret_cast<void*>(stream));
           },
           py::arg("positions"), py::arg("n_atoms"), py::arg("cell"), py::arg("pbc"), py::arg("cutoff"),
           py::arg("half"), py::arg("self_interaction"), py::arg("device"), py::arg("stream"),
+          py::arg("max_neighbors") = mlipbias::kDefaultMaxNeighbors,
           "positions: device pointer to float64 (n_atoms, 3); cell, pbc on the host; stream: a cudaStream_t as an "
-          "integer (0 for the default stream). Returns the number of pairs.")
+          "integer (0 for the default stream); max_neighbors as for neighbor_list (0: no limit). Returns the "
+          "number of pairs.")
       .def(
           "fill",
           [](mlipbias::cuda::NeighborSearch& self, std::uintptr_t first, std::uintptr_t second, std::uintptr_t shifts,

@@ -137,7 +137,13 @@ _cuda_lock = threading.Lock()
 
 
 def neighbor_list_cuda(
-    positions, cell, pbc, cutoff: float, half: bool = False, self_interaction: bool = False
+    positions,
+    cell,
+    pbc,
+    cutoff: float,
+    half: bool = False,
+    self_interaction: bool = False,
+    max_neighbors: int | None = None,
 ):
     """Neighbor list on a CUDA device: torch tensors in, torch tensors out.
 
@@ -150,6 +156,8 @@ def neighbor_list_cuda(
         cutoff: spherical cutoff in A; pairs with ``d < cutoff``.
         half: each pair once instead of in both directions.
         self_interaction: also list each atom as its own neighbour with ``S = 0``.
+        max_neighbors: as for :func:`neighbor_list` (None: :data:`MAX_NEIGHBORS`; 0: no limit); an
+            atom over it is the same error, naming the same atom as the CPU search on one thread.
 
     Returns:
         ``(i, j, S, D)`` on the device of ``positions``: i, j int64 (n_pairs,), S int64
@@ -193,6 +201,7 @@ def neighbor_list_cuda(
             bool(self_interaction),
             index,
             stream,
+            MAX_NEIGHBORS if max_neighbors is None else int(max_neighbors),
         )
         i = torch.empty(n_pairs, dtype=torch.int64, device=device)
         j = torch.empty(n_pairs, dtype=torch.int64, device=device)

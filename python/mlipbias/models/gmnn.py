@@ -31,8 +31,14 @@ import numpy as np
 import torch
 
 from mlipbias.descriptors.gaussian_moments import GaussianMoments
-from mlipbias.models.network import BPNN, HEADS, AtomOutputs, activation_and_derivative
-from mlipbias.uq import mve
+from mlipbias.models.network import (
+    HEADS,
+    AtomOutputs,
+    MemberNetwork,
+    check_network_settings,
+    draw_member_layers,
+    numpy_copy,
+)
 
 BIAS_FACTOR = 0.1
 # Learning rates of the parameter groups relative to the network's (seed 002: 0.03 network,
@@ -40,7 +46,7 @@ BIAS_FACTOR = 0.1
 LEARNING_RATE_RATIOS = {"beta": 2.0 / 3.0, "energy_shift": 5.0 / 3.0, "element_scale": 1.0 / 30.0}
 
 
-class GMNN(torch.nn.Module):
+class GMNN(MemberNetwork):
     """GM-NN for M ensemble members at once, with an optional MVE or evidential head.
 
     Args:
@@ -61,13 +67,7 @@ class GMNN(torch.nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        hidden = [int(h) for h in hidden]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"hidden must list at least one positive layer width, got {hidden}")
-        if int(n_members) != n_members or n_members < 1:
-            raise ValueError(f"n_members must be a positive integer, got {n_members}")
-        if head is not None and head not in HEADS:
-            raise ValueError(f"head must be None or one of {', '.join(HEADS)}, got {head!r}")
+        hidden = check_network_settings(hidden, n_members, head)
         self.descriptor = descriptor
         self.elements = tuple(descriptor.elements)
         self.hidden = tuple(hidden)
@@ -97,32 +97,15 @@ class GMNN(torch.nn.Module):
 
     # ---------------------------------------------------------------- settings
 
-    @property
-    def n_layers(self) -> int:
-        return len(self.sizes) - 1
-
-    @property
-    def n_elements(self) -> int:
-        return len(self.elements)
-
     def reset_parameters(self, seed: int = 0) -> None:
         with torch.no_grad():
             for m in range(self.n_members):
                 gen = torch.Generator().manual_seed(int(seed) * 1000 + m)
                 beta = self.weights["beta"]
                 beta[m] = 2.0 * torch.rand(beta.shape[1:], generator=gen, dtype=beta.dtype) - 1.0
-                for layer in range(1, self.n_layers + 1):
-                    w = self.weights[f"W{layer}"]
-                    w[m] = torch.randn(w.shape[1:], generator=gen, dtype=w.dtype)
-                    self.weights[f"b{layer}"][m] = 0.0
+                draw_member_layers(self.weights, "", self.n_layers, m, gen, False, self.head is not None)
                 self.weights["element_scale"][m] = 1.0
                 self.weights["energy_shift"][m] = 0.0
-                if self.head is not None:
-                    w = self.weights["head_W"]
-                    w[m] = (
-                        0.01 * torch.randn(w.shape[1:], generator=gen, dtype=w.dtype) / math.sqrt(w.shape[2])
-                    )
-                    self.weights["head_b"][m] = 0.0
 
     def layer(self, element: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Effective (W, b) of a layer for atoms of ``element``: ``z_l = W h + b`` (the BP-NN form)."""
@@ -151,19 +134,8 @@ class GMNN(torch.nn.Module):
         copy.load_state_dict(self.state_dict() if state_dict is None else state_dict)
         return copy
 
-    def fit_energy_shift(self, energies: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per-element shift by least squares of total energies on composition, and c (see :class:`BPNN`)."""
-        counts = np.asarray(counts, dtype=float)
-        energies = np.asarray(energies, dtype=float)
-        shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        residual = (energies - counts @ shift) / counts.sum(axis=1)
-        scale = float(np.sqrt(np.mean(residual**2)))
-        if not scale > 1e-12:
-            scale = 1.0
-        with torch.no_grad():
-            self.weights["energy_shift"][:] = torch.from_numpy(shift)
-            self.energy_scale[:] = scale
-        return shift, scale
+    def _energy_shift(self) -> torch.Tensor:
+        return self.weights["energy_shift"]
 
     def scale_sketch(self, gradient) -> None:
         """Make sketched features of the effective weights those of the trained parameters.
@@ -210,33 +182,19 @@ class GMNN(torch.nn.Module):
     ) -> AtomOutputs:
         """Atomic outputs of a batch (as :meth:`BPNN.forward`), from pair vectors D (M, n_pairs, 3)."""
         species = batch.species
-        h = self.descriptors(D, batch)
-        inputs, slopes = [], []
-        for layer in range(1, self.n_layers):
+
+        def affine(layer, h):  # the neural-tangent form of z_l (module docstring)
             W, b = self.weights[f"W{layer}"], self.weights[f"b{layer}"]
-            inputs.append(h)
-            z = torch.baddbmm(
+            return torch.baddbmm(
                 BIAS_FACTOR * b.unsqueeze(1), h, W.transpose(1, 2), alpha=1 / math.sqrt(W.shape[2])
             )
-            if sketch is None:
-                h = torch.nn.functional.silu(z)
-            else:  # the sketch backpropagates explicitly and needs silu'(z)
-                h, slope = activation_and_derivative("silu", z)
-                slopes.append(slope)
-        inputs.append(h)
-        W, b = self.weights[f"W{self.n_layers}"], self.weights[f"b{self.n_layers}"]
-        z = torch.baddbmm(BIAS_FACTOR * b.unsqueeze(1), h, W.transpose(1, 2), alpha=1 / math.sqrt(W.shape[2]))
+
+        z, h, inputs, slopes = self._dense(self.descriptors(D, batch), affine, sketch is not None)
         s = self.weights["element_scale"][:, species]
         energy = self.energy_scale[:, None] * s * z.squeeze(2) + self.weights["energy_shift"][:, species]
         out = AtomOutputs(energy, hidden=h if hidden else None)
         if self.head is not None:
-            W_head, b_head = self.head_layer()
-            out.head = mve.head_outputs(
-                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)),
-                h,
-                detach_head,
-                self.head,
-            )
+            out.head = self._head_outputs(*self.head_layer(), h, detach_head)
         if sketch is not None:
             out.features = self._features(species, inputs, slopes, sketch)
         return out
@@ -248,7 +206,7 @@ class GMNN(torch.nn.Module):
             rows = torch.nonzero(species == e).squeeze(1)
             if len(rows) == 0:
                 continue
-            block = BPNN._sketch(self, e, [x[:, rows] for x in inputs], [x[:, rows] for x in slopes], sketch)
+            block = self._sketch(e, [x[:, rows] for x in inputs], [x[:, rows] for x in slopes], sketch)
             if features is None:
                 features = block.new_zeros((species.shape[0], block.shape[1]))
             features = features.index_copy(0, rows, block)
@@ -264,26 +222,11 @@ class GMNN(torch.nn.Module):
             records[f"scaling/{el}/mean"] = np.zeros(n)
             records[f"scaling/{el}/std"] = np.ones(n)
         records["model/kind"] = self.kind
-        records["model/activation"] = self.activation
-        records["model/n_members"] = np.array([self.n_members], dtype=np.int64)
-        records["model/n_layers"] = np.array([self.n_layers], dtype=np.int64)
-        if self.head is not None:
-            records["model/head"] = self.head
+        self._model_records(records)
         for m in range(self.n_members):
-            records[f"member/{m}/descriptor/beta"] = _numpy(self.weights["beta"][m])
-            records[f"member/{m}/gmnn/element_scale"] = _numpy(self.weights["element_scale"][m])
-            for el in self.elements:
-                for layer in range(1, self.n_layers + 1):
-                    W, b = self.layer(el, layer)
-                    records[f"member/{m}/{el}/W{layer}"] = _numpy(W[m])
-                    records[f"member/{m}/{el}/b{layer}"] = _numpy(b[m])
-                if self.head is not None:
-                    records[f"member/{m}/{el}/head_W"] = _numpy(self.weights["head_W"][m])
-                    records[f"member/{m}/{el}/head_b"] = _numpy(self.weights["head_b"][m])
-            records[f"member/{m}/energy_scale"] = _numpy(self.energy_scale[m : m + 1])
-            records[f"member/{m}/energy_shift"] = _numpy(self.weights["energy_shift"][m])
-            if self.head is not None:
-                records[f"member/{m}/head_scale"] = _numpy(self.head_scale[m])
+            records[f"member/{m}/descriptor/beta"] = numpy_copy(self.weights["beta"][m])
+            records[f"member/{m}/gmnn/element_scale"] = numpy_copy(self.weights["element_scale"][m])
+            self._member_records(records, m, lambda el: self.head_layer())
         return records
 
     @classmethod
@@ -291,10 +234,7 @@ class GMNN(torch.nn.Module):
         """The network of schema-checked records (inverse of :meth:`to_records`)."""
         descriptor = GaussianMoments.from_records(records)
         elements = descriptor.elements
-        n_members = int(np.ravel(records["model/n_members"])[0])
-        n_layers = int(np.ravel(records["model/n_layers"])[0])
-        hidden = [int(records[f"member/0/{elements[0]}/W{layer}"].shape[0]) for layer in range(1, n_layers)]
-        head = records.get("model/head")
+        n_members, n_layers, hidden, head = cls._record_sizes(records, elements)
         net = cls(descriptor, hidden, n_members, head=head)
 
         def get(name):
@@ -347,7 +287,3 @@ class GMNN(torch.nn.Module):
                             )
                     target.copy_(torch.from_numpy(shared[0]))
         return net
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy().copy()

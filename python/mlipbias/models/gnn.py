@@ -31,8 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,8 +344,8 @@ class GNN(torch.nn.Module):
 def save_gnn(model: GNN, path: str | Path, description: str = "", extra: dict | None = None) -> Path:
     """Write ``model`` to ``path`` (torch file, written atomically): format, version, elements,
     settings, weights, ``description`` and JSON-able ``extra`` (e.g. training history)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mlipbias.models.torch_files import save_plain
+
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -357,15 +355,7 @@ def save_gnn(model: GNN, path: str | Path, description: str = "", extra: dict | 
         "description": description,
         "extra": json.dumps(extra or {}),
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_plain(payload, path)
 
 
 def load_gnn(path: str | Path) -> GNN:

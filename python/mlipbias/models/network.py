@@ -42,6 +42,42 @@ def activation_and_derivative(name: str, z: torch.Tensor) -> tuple[torch.Tensor,
     return z * sig, sig * (1.0 + z * (1.0 - sig))
 
 
+def check_network_settings(hidden: Sequence[int], n_members, head: str | None) -> list[int]:
+    """The hidden widths as ints; a ValueError names a bad width list, member count or head."""
+    hidden = [int(h) for h in hidden]
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden must list at least one positive layer width, got {hidden}")
+    if int(n_members) != n_members or n_members < 1:
+        raise ValueError(f"n_members must be a positive integer, got {n_members}")
+    if head is not None and head not in HEADS:
+        raise ValueError(f"head must be None or one of {', '.join(HEADS)}, got {head!r}")
+    return hidden
+
+
+def composition_fit(energies: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-element energies by least squares of total energies (eV) on the atom counts
+    (n_structures, n_elements), the minimum-norm solution, and the RMSE per atom of that fit."""
+    counts = np.asarray(counts, dtype=float)
+    shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    residual = (energies - counts @ shift) / counts.sum(axis=1)
+    return shift, float(np.sqrt(np.mean(residual**2)))
+
+
+def draw_member_layers(weights, prefix: str, n_layers: int, m: int, gen, lecun: bool, head: bool) -> None:
+    """Member m's weights ``{prefix}W1 .. W{n_layers}`` from N(0, 1), over sqrt(n_in) with ``lecun``,
+    zero biases, and with ``head`` the head weights at 0.01 of LeCun-normal (drawn in that order)."""
+    for layer in range(1, n_layers + 1):
+        w = weights[f"{prefix}W{layer}"]
+        w[m] = torch.randn(w.shape[1:], generator=gen, dtype=w.dtype)
+        if lecun:
+            w[m] /= math.sqrt(w.shape[2])
+        weights[f"{prefix}b{layer}"][m] = 0.0
+    if head:
+        w = weights[f"{prefix}head_W"]
+        w[m] = 0.01 * torch.randn(w.shape[1:], generator=gen, dtype=w.dtype) / math.sqrt(w.shape[2])
+        weights[f"{prefix}head_b"][m] = 0.0
+
+
 @dataclass
 class AtomOutputs:
     """What :meth:`BPNN.forward` gives for a set of atoms (atoms in input order).
@@ -58,7 +94,131 @@ class AtomOutputs:
     features: torch.Tensor | None = None
 
 
-class BPNN(torch.nn.Module):
+class MemberNetwork(torch.nn.Module):
+    """What the BP-NN and the GM-NN (:mod:`mlipbias.models.gmnn`) share: M members in one set of
+    tensors, the dense layers ``z_l = W_l h + b_l`` of :meth:`layer` (effective weights), the output
+    scale and shift, the heads, the sketched gradient features and the network's model-file records.
+
+    A subclass sets ``elements``, ``sizes``, ``n_members``, ``head``, ``activation``, the buffers
+    ``energy_scale`` (M,) and ``head_scale``, and defines :meth:`layer` and :meth:`_energy_shift`.
+    """
+
+    @property
+    def n_layers(self) -> int:
+        """Number of dense layers L (hidden layers + output layer)."""
+        return len(self.sizes) - 1
+
+    @property
+    def n_elements(self) -> int:
+        return len(self.elements)
+
+    def layer(self, element: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _energy_shift(self) -> torch.Tensor:
+        """The per-element shift (M, n_elements), a buffer or a parameter."""
+        raise NotImplementedError
+
+    def fit_energy_shift(self, energies: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-element shift by least squares of total energies on composition, and the output scale.
+
+        ``counts`` (n_structures, n_elements) are atom counts. The shift is the minimum-norm solution
+        (datasets of one composition determine only the per-atom mean); the scale ``s`` is the RMSE per
+        atom of that regression (1 eV when it is exactly 0), so the networks start on residuals of
+        order one. Every member gets the same values. Returns (shift, scale).
+        """
+        shift, scale = composition_fit(np.asarray(energies, dtype=float), counts)
+        if not scale > 1e-12:
+            scale = 1.0
+        with torch.no_grad():
+            self._energy_shift()[:] = torch.from_numpy(shift)
+            self.energy_scale[:] = scale
+        return shift, scale
+
+    def _dense(self, h: torch.Tensor, affine, slopes_needed: bool):
+        """The dense layers from ``h_0``: ``affine(l, h)`` gives z_l. Returns (z_L, h_(L-1), the inputs
+        h_0 .. h_(L-1) of every layer, act'(z_l) of the hidden layers when ``slopes_needed``)."""
+        inputs, slopes = [], []
+        for layer in range(1, self.n_layers):
+            inputs.append(h)
+            z = affine(layer, h)
+            if not slopes_needed:
+                h = torch.tanh(z) if self.activation == "tanh" else torch.nn.functional.silu(z)
+            else:  # the sketch backpropagates explicitly and needs act'(z)
+                h, slope = activation_and_derivative(self.activation, z)
+                slopes.append(slope)
+        inputs.append(h)
+        return affine(self.n_layers, h), h, inputs, slopes
+
+    def _head_outputs(self, W_head, b_head, h: torch.Tensor, detach_head) -> torch.Tensor:
+        """Raw head outputs ``W_head h + b_head`` per member (:func:`mlipbias.uq.mve.head_outputs`)."""
+        return mve.head_outputs(
+            lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)), h, detach_head, self.head
+        )
+
+    @staticmethod
+    def _record_sizes(records, elements) -> tuple[int, int, list[int], str | None]:
+        """(members, layers, hidden widths, head) that schema-checked records describe."""
+        n_members = int(np.ravel(records["model/n_members"])[0])
+        n_layers = int(np.ravel(records["model/n_layers"])[0])
+        hidden = [int(records[f"member/0/{elements[0]}/W{layer}"].shape[0]) for layer in range(1, n_layers)]
+        return n_members, n_layers, hidden, records.get("model/head")
+
+    def _model_records(self, records: dict) -> None:
+        records["model/activation"] = self.activation
+        records["model/n_members"] = np.array([self.n_members], dtype=np.int64)
+        records["model/n_layers"] = np.array([self.n_layers], dtype=np.int64)
+        if self.head is not None:
+            records["model/head"] = self.head
+
+    def _member_records(self, records: dict, m: int, head_weights) -> None:
+        """Member m's effective layers of every element (:meth:`layer`), the heads
+        (``head_weights(element)`` gives (W, b)), output scale, shift and head units."""
+        for el in self.elements:
+            for layer in range(1, self.n_layers + 1):
+                W, b = self.layer(el, layer)
+                records[f"member/{m}/{el}/W{layer}"] = numpy_copy(W[m])
+                records[f"member/{m}/{el}/b{layer}"] = numpy_copy(b[m])
+            if self.head is not None:
+                W_head, b_head = head_weights(el)
+                records[f"member/{m}/{el}/head_W"] = numpy_copy(W_head[m])
+                records[f"member/{m}/{el}/head_b"] = numpy_copy(b_head[m])
+        records[f"member/{m}/energy_scale"] = numpy_copy(self.energy_scale[m : m + 1])
+        records[f"member/{m}/energy_shift"] = numpy_copy(self._energy_shift()[m])
+        if self.head is not None:
+            records[f"member/{m}/head_scale"] = numpy_copy(self.head_scale[m])
+
+    def _sketch(self, e: int, inputs, slopes, sketch) -> torch.Tensor:
+        """Sketched gradient features of member 0 for atoms of element e: (n_e, K), zero off-block.
+
+        With ``a_l = [h_(l-1); 1]`` and ``delta_l = dE_i/dz_l`` (backpropagated explicitly, so the
+        result stays differentiable in the inputs), ``phi[e, l] = (R1 delta_l) * (R2 a_l) / sqrt(k)``.
+        """
+        R1, R2 = sketch
+        el = self.elements[e]
+        n_e = inputs[0].shape[1]
+        delta = self.energy_scale[0].expand(n_e, 1)  # dE_i / dz_L
+        blocks = []
+        for layer in range(self.n_layers, 0, -1):
+            a = inputs[layer - 1][0]
+            a = torch.cat([a, a.new_ones(n_e, 1)], dim=1)
+            r1, r2 = R1[(e, layer)], R2[(e, layer)]
+            k = r1.shape[0]
+            blocks.append((delta @ r1.T) * (a @ r2.T) / math.sqrt(k))
+            if layer > 1:
+                W = self.layer(el, layer)[0][0]
+                delta = (delta @ W) * slopes[layer - 2][0]
+        block = torch.cat(blocks[::-1], dim=1)  # layers 1..L
+        width = block.shape[1]
+        parts = [
+            block.new_zeros(n_e, width * e),
+            block,
+            block.new_zeros(n_e, width * (self.n_elements - e - 1)),
+        ]
+        return torch.cat(parts, dim=1)
+
+
+class BPNN(MemberNetwork):
     """Per-element MLPs on symmetry functions, with M ensemble members and an optional head.
 
     Args:
@@ -86,13 +246,7 @@ class BPNN(torch.nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-        hidden = [int(h) for h in hidden]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"hidden must list at least one positive layer width, got {hidden}")
-        if int(n_members) != n_members or n_members < 1:
-            raise ValueError(f"n_members must be a positive integer, got {n_members}")
-        if head is not None and head not in HEADS:
-            raise ValueError(f"head must be None or one of {', '.join(HEADS)}, got {head!r}")
+        hidden = check_network_settings(hidden, n_members, head)
         self.descriptor = descriptor
         self.elements = tuple(descriptor.elements)
         self.activation = activation
@@ -123,33 +277,15 @@ class BPNN(torch.nn.Module):
 
     # ---------------------------------------------------------------- settings
 
-    @property
-    def n_layers(self) -> int:
-        """Number of dense layers L (hidden layers + output layer)."""
-        return len(self.sizes) - 1
-
-    @property
-    def n_elements(self) -> int:
-        return len(self.elements)
-
     def reset_parameters(self, seed: int = 0) -> None:
         """LeCun-normal weights (std 1/sqrt(n_in)), zero biases; head weights 0.01 of that."""
         with torch.no_grad():
             for m in range(self.n_members):
                 gen = torch.Generator().manual_seed(int(seed) * 1000 + m)
                 for el in self.elements:
-                    for layer, n_in in enumerate(self.sizes[:-1], 1):
-                        w = self.weights[f"{el}_W{layer}"]
-                        w[m] = torch.randn(w.shape[1:], generator=gen, dtype=w.dtype) / math.sqrt(n_in)
-                        self.weights[f"{el}_b{layer}"][m] = 0.0
-                    if self.head is not None:
-                        w = self.weights[f"{el}_head_W"]
-                        w[m] = (
-                            0.01
-                            * torch.randn(w.shape[1:], generator=gen, dtype=w.dtype)
-                            / math.sqrt(w.shape[2])
-                        )
-                        self.weights[f"{el}_head_b"][m] = 0.0
+                    draw_member_layers(
+                        self.weights, f"{el}_", self.n_layers, m, gen, True, self.head is not None
+                    )
 
     def layer(self, element: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, b) of a layer (1-based), shapes (M, n_out, n_in) and (M, n_out)."""
@@ -176,24 +312,8 @@ class BPNN(torch.nn.Module):
             self.scaling_mean[e] = torch.from_numpy(rows.mean(axis=0))
             self.scaling_std[e] = torch.from_numpy(std)
 
-    def fit_energy_shift(self, energies: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per-element shift by least squares of total energies on composition, and the output scale.
-
-        ``counts`` (n_structures, n_elements) are atom counts. The shift is the minimum-norm solution
-        (datasets of one composition determine only the per-atom mean); the scale ``s`` is the RMSE per
-        atom of that regression (1 eV when it is exactly 0), so the networks start on residuals of
-        order one. Every member gets the same values. Returns (shift, scale).
-        """
-        counts = np.asarray(counts, dtype=float)
-        energies = np.asarray(energies, dtype=float)
-        shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        residual = (energies - counts @ shift) / counts.sum(axis=1)
-        scale = float(np.sqrt(np.mean(residual**2)))
-        if not scale > 1e-12:
-            scale = 1.0
-        self.energy_shift[:] = torch.from_numpy(shift)
-        self.energy_scale[:] = scale
-        return shift, scale
+    def _energy_shift(self) -> torch.Tensor:
+        return self.energy_shift
 
     # ---------------------------------------------------------------- evaluation
 
@@ -251,60 +371,22 @@ class BPNN(torch.nn.Module):
     def _element_forward(self, e: int, x: torch.Tensor, sketch, detach_head: bool) -> AtomOutputs:
         el = self.elements[e]
         h = (x - self.scaling_mean[e]) / self.scaling_std[e]
-        inputs, slopes = [], []
-        for layer in range(1, self.n_layers):
+
+        def affine(layer, h):
             W, b = self.layer(el, layer)
-            inputs.append(h)
-            z = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
-            if sketch is None:
-                h = torch.tanh(z) if self.activation == "tanh" else torch.nn.functional.silu(z)
-            else:  # the sketch backpropagates explicitly and needs act'(z)
-                h, slope = activation_and_derivative(self.activation, z)
-                slopes.append(slope)
-        inputs.append(h)
-        W, b = self.layer(el, self.n_layers)
-        z = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2)).squeeze(2)  # (M, n_e)
+            return torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+
+        z, h, inputs, slopes = self._dense(h, affine, sketch is not None)
+        z = z.squeeze(2)  # (M, n_e)
         out = AtomOutputs(self.energy_scale[:, None] * z + self.energy_shift[:, e, None], hidden=h)
         if self.head is not None:
-            W_head, b_head = self.weights[f"{el}_head_W"], self.weights[f"{el}_head_b"]
-            out.head = mve.head_outputs(
-                lambda x: torch.baddbmm(b_head.unsqueeze(1), x, W_head.transpose(1, 2)),
-                h,
-                detach_head,
-                self.head,
-            )
+            out.head = self._head_outputs(*self._head_weights(el), h, detach_head)
         if sketch is not None:
             out.features = self._sketch(e, inputs, slopes, sketch)
         return out
 
-    def _sketch(self, e: int, inputs, slopes, sketch) -> torch.Tensor:
-        """Sketched gradient features of member 0 for atoms of element e: (n_e, K), zero off-block.
-
-        With ``a_l = [h_(l-1); 1]`` and ``delta_l = dE_i/dz_l`` (backpropagated explicitly, so the
-        result stays differentiable in the inputs), ``phi[e, l] = (R1 delta_l) * (R2 a_l) / sqrt(k)``.
-        """
-        R1, R2 = sketch
-        el = self.elements[e]
-        n_e = inputs[0].shape[1]
-        delta = self.energy_scale[0].expand(n_e, 1)  # dE_i / dz_L
-        blocks = []
-        for layer in range(self.n_layers, 0, -1):
-            a = inputs[layer - 1][0]
-            a = torch.cat([a, a.new_ones(n_e, 1)], dim=1)
-            r1, r2 = R1[(e, layer)], R2[(e, layer)]
-            k = r1.shape[0]
-            blocks.append((delta @ r1.T) * (a @ r2.T) / math.sqrt(k))
-            if layer > 1:
-                W = self.layer(el, layer)[0][0]
-                delta = (delta @ W) * slopes[layer - 2][0]
-        block = torch.cat(blocks[::-1], dim=1)  # layers 1..L
-        width = block.shape[1]
-        parts = [
-            block.new_zeros(n_e, width * e),
-            block,
-            block.new_zeros(n_e, width * (self.n_elements - e - 1)),
-        ]
-        return torch.cat(parts, dim=1)
+    def _head_weights(self, element: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weights[f"{element}_head_W"], self.weights[f"{element}_head_b"]
 
     # ---------------------------------------------------------------- model-file records
 
@@ -312,26 +394,11 @@ class BPNN(torch.nn.Module):
         """The descriptor, scaling, model and member records of ``docs/model_file.md`` (+ heads)."""
         records: dict[str, np.ndarray | str] = dict(self.descriptor.to_records())
         for e, el in enumerate(self.elements):
-            records[f"scaling/{el}/mean"] = _numpy(self.scaling_mean[e])
-            records[f"scaling/{el}/std"] = _numpy(self.scaling_std[e])
-        records["model/activation"] = self.activation
-        records["model/n_members"] = np.array([self.n_members], dtype=np.int64)
-        records["model/n_layers"] = np.array([self.n_layers], dtype=np.int64)
-        if self.head is not None:
-            records["model/head"] = self.head
+            records[f"scaling/{el}/mean"] = numpy_copy(self.scaling_mean[e])
+            records[f"scaling/{el}/std"] = numpy_copy(self.scaling_std[e])
+        self._model_records(records)
         for m in range(self.n_members):
-            for el in self.elements:
-                for layer in range(1, self.n_layers + 1):
-                    W, b = self.layer(el, layer)
-                    records[f"member/{m}/{el}/W{layer}"] = _numpy(W[m])
-                    records[f"member/{m}/{el}/b{layer}"] = _numpy(b[m])
-                if self.head is not None:
-                    records[f"member/{m}/{el}/head_W"] = _numpy(self.weights[f"{el}_head_W"][m])
-                    records[f"member/{m}/{el}/head_b"] = _numpy(self.weights[f"{el}_head_b"][m])
-            records[f"member/{m}/energy_scale"] = _numpy(self.energy_scale[m : m + 1])
-            records[f"member/{m}/energy_shift"] = _numpy(self.energy_shift[m])
-            if self.head is not None:
-                records[f"member/{m}/head_scale"] = _numpy(self.head_scale[m])
+            self._member_records(records, m, self._head_weights)
         return records
 
     @classmethod
@@ -339,10 +406,7 @@ class BPNN(torch.nn.Module):
         """The network of model-file records checked by :func:`mlipbias.modelfile.validate_model_records`."""
         descriptor = SymmetryFunctions.from_records(records)
         elements = descriptor.elements
-        n_members = int(np.ravel(records["model/n_members"])[0])
-        n_layers = int(np.ravel(records["model/n_layers"])[0])
-        hidden = [int(records[f"member/0/{elements[0]}/W{layer}"].shape[0]) for layer in range(1, n_layers)]
-        head = records.get("model/head")
+        n_members, n_layers, hidden, head = cls._record_sizes(records, elements)
         net = cls(descriptor, hidden, str(records["model/activation"]), n_members, head=head)
         with torch.no_grad():
             for e, el in enumerate(elements):
@@ -384,5 +448,5 @@ class BPNN(torch.nn.Module):
         return net
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def numpy_copy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy().copy()

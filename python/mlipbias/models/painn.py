@@ -34,6 +34,14 @@ atoms (size by BIC, :class:`mlipbias.uq.gmm.GMMUncertainty`). U is differentiabl
 calculator biases energy, forces and stress with it (``E - tau U``), and adversarial sampling
 (:mod:`mlipbias.sampling`) climbs it.
 
+Calibration (seed 002 "Methods", that of the BP-NN and GM-NN,
+:func:`mlipbias.uq.calibration.fit_method_calibration`): training ends with conformal factors c_E,
+c_F fitted on the validation structures, the standard deviation sqrt(U) against |E - E_ref| and
+sqrt(U_i) against the per-atom force RMSE (the GMM score first becomes a variance
+``max(a s + b, v_min)``, seed 003 Eq. 13). A calibrated model reports the variances ``c_E^2 U``
+(eV^2) and ``c_F^2 U_i`` ((eV/A)^2), whose square roots bound the errors with probability
+``1 - alpha``; a model without the records (``PaiNNModel.calibration`` empty) reports U as above.
+
 Units: eV, Angstrom. Computations in float64.
 """
 
@@ -42,8 +50,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from mlipbias.models.gnn import Graph, batch_graphs, build_graph
+from mlipbias.models.network import composition_fit
 from mlipbias.uq import evidential, mve
 from mlipbias.uq.gmm import GMMUncertainty
 
@@ -289,6 +296,8 @@ class PaiNNModel(torch.nn.Module):
         n_head = HEAD_OUTPUTS[head] if head else 0
         self.register_buffer("head_scale", torch.ones(n_head, dtype=DTYPE))
         self.gmm: GMMUncertainty | None = None
+        # calibration/... records as in a .mlip file (docs/model_file.md); empty: uncalibrated
+        self.calibration: dict[str, np.ndarray] = {}
 
     @property
     def n_members(self) -> int:
@@ -336,10 +345,12 @@ class PaiNNModel(torch.nn.Module):
         gradient: bool = False,
         create_graph: bool = False,
         detach_head: bool = False,
+        calibrated: bool = True,
     ) -> Evaluation:
         """Energies, forces, stress (with ``stress``), U and U_i of ``method`` and, with ``gradient``,
         dU/dx and dU/dstrain (and dE/dstrain). ``create_graph`` keeps the graph of every derivative
-        (training on forces, adversarial sampling of force-based U)."""
+        (training on forces, adversarial sampling of force-based U). ``calibrated``: U and U_i with
+        the model's calibration (:meth:`calibrated`; False: the raw values of seed 003)."""
         self.check_method(method)
         if gradient and method is None:
             raise ValueError("an uncertainty gradient needs an uncertainty method")
@@ -390,12 +401,12 @@ class PaiNNModel(torch.nn.Module):
                         volumes = graph.volumes.clamp_min(1e-300).view(-1, 1, 1)
                         out.stress = out.energy_strain / volumes
             if method is not None:
-                out.atom_uncertainty = self._atom_uncertainty(method, out, graph)
+                atom_u = self._atom_uncertainty(method, out, graph)
                 counts = graph.n_atoms.to(DTYPE)
-                out.uncertainty = (
-                    out.atom_uncertainty.new_zeros(S).index_add(0, graph.structure, out.atom_uncertainty)
-                    / counts
-                )
+                U = atom_u.new_zeros(S).index_add(0, graph.structure, atom_u) / counts
+                if calibrated:
+                    U, atom_u = self.calibrated("energy", method, U), self.calibrated("force", method, atom_u)
+                out.uncertainty, out.atom_uncertainty = U, atom_u
                 if gradient:
                     dU = torch.autograd.grad(
                         out.uncertainty.sum(), [positions, strain], create_graph=create_graph
@@ -423,6 +434,21 @@ class PaiNNModel(torch.nn.Module):
             raise ValueError("this PaiNN model has no fitted GMM")
         return self.gmm.atom_scores(out.features, graph.species)
 
+    def calibrated(self, quantity: str, method: str, u: torch.Tensor) -> torch.Tensor:
+        """Raw U (``quantity="energy"``) or U_i (``"force"``) of ``method`` as the calibrated variance
+        ``c^2 v``, v = U (ensemble, heads) or ``max(a U + b, v_min)`` (GMM); unchanged without the
+        record ``calibration/QUANTITY/METHOD``."""
+        factor = self.calibration.get(f"calibration/{quantity}/{method}")
+        if factor is None:
+            return u
+        if method == "gmm":
+            name = f"calibration/nll/{quantity}/gmm"
+            if name not in self.calibration:
+                raise ValueError(f"the PaiNN model has calibration/{quantity}/gmm but not {name}")
+            a, b, min_variance = (float(x) for x in np.ravel(self.calibration[name]))
+            u = torch.clamp(a * u + b, min=min_variance)
+        return float(np.ravel(factor)[0]) ** 2 * u
+
     # ---------------------------------------------------------------- set-up from data
 
     def fit_energy_shift(
@@ -438,10 +464,7 @@ class PaiNNModel(torch.nn.Module):
         and with it as the scale the forces hardly learn in the first epochs (measured on ethanol,
         examples/seed003_md17like/README.md). ``settings.energy_scale`` (eV/atom), when
         given, replaces both."""
-        counts = np.asarray(counts, dtype=float)
-        shift, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        residual = (energies - counts @ shift) / counts.sum(axis=1)
-        rmse = float(np.sqrt(np.mean(residual**2)))
+        shift, rmse = composition_fit(energies, counts)
         scale = force_rms if force_rms is not None and force_rms > 0 else rmse
         if self.settings.energy_scale is not None:  # a user's fixed scale wins
             scale = self.settings.energy_scale
@@ -475,8 +498,8 @@ def _gmm_payload(gmm: GMMUncertainty | None) -> dict:
 
 def save_painn(model: PaiNNModel, path: str | Path, description: str = "") -> Path:
     """Write ``model`` to ``path`` (a torch file of tensors, strings and numbers, written atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mlipbias.models.torch_files import save_plain
+
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -487,17 +510,10 @@ def save_painn(model: PaiNNModel, path: str | Path, description: str = "") -> Pa
         "methods": list(model.methods),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "gmm": _gmm_payload(model.gmm),
+        "calibration": {k: torch.as_tensor(np.asarray(v, dtype=float)) for k, v in model.calibration.items()},
         "description": description,
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_plain(payload, path)
 
 
 def load_painn(path: str | Path, device: str | torch.device = "cpu") -> PaiNNModel:
@@ -519,6 +535,10 @@ def load_painn(path: str | Path, device: str | torch.device = "cpu") -> PaiNNMod
     if payload["gmm"]:
         records = {k: v.numpy() for k, v in payload["gmm"].items()}
         model.gmm = GMMUncertainty.from_records(records, model.elements)
+    calibration = payload.get("calibration", {})  # absent in files of mlipbias before the calibration
+    if not isinstance(calibration, dict) or any(not str(k).startswith("calibration/") for k in calibration):
+        raise ValueError(f"{path}: the calibration entry must map calibration/... names to tensors")
+    model.calibration = {k: np.asarray(v, dtype=float) for k, v in calibration.items()}
     model.description = payload.get("description", "")
     return model.to(device).eval()
 
@@ -532,7 +552,8 @@ class PaiNNCalculator(Calculator):
 
     ``uncertainty``: a method of the model (None: its first one; ``"none"``: no uncertainty).
     ``tau``: bias strength, ``energy = E - tau U``, ``forces = F + tau dU/dx``, ``stress`` the model
-    stress plus ``-(tau / V) dU/dstrain`` (U of seed 003, module docstring; tau in eV per unit of U).
+    stress plus ``-(tau / V) dU/dstrain`` (U of seed 003, calibrated when the model is: module
+    docstring; tau in eV per unit of U).
     Results also hold ``uncertainty`` U, ``atom_uncertainty`` U_i, ``uncertainty_gradient``,
     ``bias_energy``, ``bias_forces``, ``model_energy``, ``model_forces``, ``model_stress``,
     ``member_energies``.

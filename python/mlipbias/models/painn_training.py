@@ -12,7 +12,8 @@ calculator, as :func:`mlipbias.datasets.load_dataset` returns them) and the sett
   NLL (``uncertainty.head_training`` joint or detached, as ``docs/models.md`` describes); Adam,
   the plateau (or exponential) learning-rate schedule on the validation loss, early stopping that
   gives every member the weights of its best validation epoch;
-- afterwards the GMM is fitted on member 0's last scalar features of the training atoms.
+- afterwards the GMM is fitted on member 0's last scalar features of the training atoms, and every
+  method is calibrated on the validation structures (conformal factors, :func:`calibrate_painn`).
 
 Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``force_weight: 1.0``
 (ensemble, GMM) or ``force_weight: 0`` with ``nll_weight: 1.0`` and joint heads (MVE, evidential;
@@ -20,8 +21,9 @@ Seed 003's protocol (SI section I) is ``loss: mae``, ``energy_weight: 0.1``, ``f
 ``learning_rate: 1e-4``, ``decay_factor: 0.5``, ``decay_patience: 30``; 5 members (silica: 3 in the
 SI, 4 in the main text).
 
-Every epoch appends to ``metrics.jsonl`` and rewrites ``checkpoint.pt`` (resumable) in the output
-folder; ``best.pt`` is the best model so far.
+The epoch loop is the BP-NN's (:func:`mlipbias.models.training.run_epochs`): every epoch appends to
+``metrics.jsonl`` and ``metrics.csv``, redraws ``learning_curve.png`` and rewrites ``checkpoint.pt``
+(resumable) in the output folder; ``best.pt`` is the best model so far.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.data import atomic_numbers
 
 from mlipbias.models.gnn import batch_graphs, species_indices
@@ -45,12 +46,12 @@ from mlipbias.models.painn import DTYPE, PaiNNModel, PaiNNSettings, save_painn
 from mlipbias.models.training import (
     TrainingSettings,
     UncertaintySettings,
-    _load_checkpoint,
     _residual_loss,
-    _save_checkpoint,
     _scheduler,
     log_line,
     resolve_device,
+    run_epochs,
+    start_state,
 )
 from mlipbias.uq import evidential, mve
 
@@ -194,7 +195,6 @@ def train_painn(
     """Train a PaiNN model with its uncertainty methods (module docstring); returns the best model.
     ``init_model`` (same elements, architecture, members and head) warm-starts from its weights and
     energy shift instead of fresh ones (active learning); a checkpoint being resumed takes precedence."""
-    from tqdm import tqdm
 
     settings = settings or PaiNNSettings()
     uq = uncertainty or UncertaintySettings()
@@ -242,13 +242,6 @@ def train_painn(
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
-    state = {
-        "epoch": 0,
-        "best_loss": [math.inf] * n_members,
-        "best_epoch": [0] * n_members,
-        "best_params": copy.deepcopy(model.state_dict()),
-        "history": [],
-    }
     key = json.dumps(
         {
             "painn": settings.to_dict(),
@@ -259,105 +252,62 @@ def train_painn(
         default=list,
     )
     out = Path(output_dir) if output_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint = out / "checkpoint.pt"
-        if resume and checkpoint.exists():
-            state = _load_checkpoint(checkpoint, model, optimizer, scheduler, key, device)
-            log(f"resuming from {checkpoint} after epoch {state['epoch']}")
-        elif checkpoint.exists():
-            checkpoint.unlink()
-        with open(out / "metrics.jsonl", "w") as f:
-            for record in state["history"]:
-                f.write(json.dumps(record) + "\n")
-    bar = tqdm(
-        total=t.epochs,
-        initial=state["epoch"],
-        desc="PaiNN training",
-        unit="epoch",
-        file=sys.stderr,
-        disable=not progress,
-    )
-    start_epoch = state["epoch"]
-    if start_epoch and start_epoch - max(state["best_epoch"]) >= t.early_stopping_patience:
-        log(f"the run in {out} had stopped early after epoch {start_epoch}; nothing to continue")
-        start_epoch = t.epochs
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        started = time.perf_counter()
-        warming = head is not None and epoch <= uq.warmup_epochs
+    state = start_state(model, n_members, out, resume, optimizer, scheduler, key, device, log)
+
+    def warming(epoch: int) -> bool:
+        return head is not None and epoch <= uq.warmup_epochs
+
+    def end_warmup(epoch: int) -> None:
         if head is not None and uq.warmup_epochs and epoch == uq.warmup_epochs + 1:
             # The warm-up's losses (MAE/MSE) are not the NLL's: every member's best starts afresh.
             state["best_loss"] = [math.inf] * n_members
             if t.schedule == "plateau":
                 scheduler.best, scheduler.num_bad_epochs = scheduler.mode_worse, 0
-        model.train()
-        order = np.random.default_rng([t.seed, epoch]).permutation(len(train_items))
-        train_sum, n_batches = 0.0, 0
-        for first in range(0, len(order), t.batch_size):
-            items = [train_items[k] for k in order[first : first + t.batch_size]]
-            optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = painn_batch_loss(model, items, t, uq, device, train=True, warmup=warming)
-            loss.backward()
-            optimizer.step()
-            train_sum, n_batches = train_sum + float(loss.detach()), n_batches + 1
-        model.eval()
-        val = _validation(model, val_items, t, uq, device, warmup=warming)
-        lr = optimizer.param_groups[0]["lr"]
-        improved = [m for m in range(n_members) if val["loss"][m] < state["best_loss"][m]]
-        for m in improved:
-            state["best_loss"][m], state["best_epoch"][m] = float(val["loss"][m]), epoch
-            prefix = f"members.{m}."
-            for name, value in model.state_dict().items():
-                if name.startswith(prefix):
-                    state["best_params"][name] = value.detach().clone()
-        if t.schedule == "plateau":
-            scheduler.step(float(np.mean(val["loss"])))
-        elif t.schedule == "exponential":
-            scheduler.step()
-        record = {
-            "epoch": epoch,
-            "learning_rate": lr,
-            "train_loss": train_sum / max(n_batches, 1),
-            "validation_loss": [float(v) for v in val["loss"]],
-            "validation_energy_rmse": [float(v) for v in val["energy_rmse"]],
-            "seconds": time.perf_counter() - started,
-        }
-        if "force_rmse" in val:
-            record["validation_force_rmse"] = [float(v) for v in val["force_rmse"]]
-        state["history"].append(record)
-        state["epoch"] = epoch
-        if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if improved:
-                best = copy.deepcopy(model)
-                best.load_state_dict(state["best_params"])
-                save_painn(best, out / "best.pt", description)
-            _save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, state, key)
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{record['train_loss']:.3g}",
-            val_E=f"{1000 * np.mean(record['validation_energy_rmse']):.2f}meV/at",
-            lr=f"{lr:.2g}",
-        )
-        since_best = epoch - max(state["best_epoch"])
-        if since_best >= t.early_stopping_patience:
-            log(f"early stopping after epoch {epoch}: no member improved for {since_best} epochs")
-            break
-        if lr <= t.min_learning_rate * (1 + 1e-9) and t.schedule != "none" and since_best >= t.decay_patience:
-            log(f"stopping after epoch {epoch}: learning rate at its minimum and no improvement")
-            break
-    bar.close()
-    model.load_state_dict(state["best_params"])
-    model.eval()
-    for m in range(n_members):
-        log(f"member {m}: best validation loss {state['best_loss'][m]:.4g} at epoch {state['best_epoch'][m]}")
+
+    def save_best(best_params: dict) -> None:
+        best = copy.deepcopy(model)
+        best.load_state_dict(best_params)
+        save_painn(best, out / "best.pt", description)
+
+    run_epochs(
+        model,
+        optimizer,
+        scheduler,
+        t,
+        state,
+        n_train=len(train_items),
+        batches=lambda order: (
+            [train_items[k] for k in order[first : first + t.batch_size]]
+            for first in range(0, len(order), t.batch_size)
+        ),
+        batch_loss=lambda items, epoch: painn_batch_loss(
+            model, items, t, uq, device, train=True, warmup=warming(epoch)
+        )[0],
+        validate=lambda epoch: _validation(model, val_items, t, uq, device, warmup=warming(epoch)),
+        copy_members=_copy_members,
+        save_best=save_best,
+        out=out,
+        settings_key=key,
+        log=log,
+        progress=progress,
+        before_epoch=end_warmup,
+    )
     if "gmm" in methods:
         fit_gmm(model, [it.graph for it in train_items], uq.gmm_max_components, t.seed, device)
         log(f"GMM components by BIC: {model.gmm.n_components}")
+    calibrate_painn(model, validation, uq.alpha, log=log)
     return PaiNNTrainingResult(
         model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
     )
+
+
+def _copy_members(target: dict, source: dict, members: list[int]) -> None:
+    """Copy the given members' entries (``members.M.*``) from the state dict ``source`` into ``target``."""
+    for m in members:
+        prefix = f"members.{m}."
+        for name, value in source.items():
+            if name.startswith(prefix):
+                target[name] = value.detach().clone()
 
 
 def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, batch_size: int = 32) -> None:
@@ -379,6 +329,79 @@ def fit_gmm(model: PaiNNModel, graphs, max_components: int, seed: int, device, b
         max_components=max_components,
         seed=seed,
     )
+
+
+def _has_forces(structures: Sequence[Atoms]) -> bool:
+    try:
+        return all(a.get_forces() is not None for a in structures)
+    except (RuntimeError, PropertyNotImplementedError):  # no calculator, or one without forces
+        return False
+
+
+def _predict(model: PaiNNModel, structures: Sequence[Atoms], method, batch_size: int):
+    """Predictions (raw U_i, as seed 003 evaluates them) of labelled ``structures`` and the structures'
+    raw U; the reference forces only when every structure has them."""
+    from mlipbias.uq.metrics import Predictions
+
+    parts = {"energy": [], "forces": [], "U": [], "U_i": []}
+    for first in range(0, len(structures), batch_size):
+        chunk = structures[first : first + batch_size]
+        graph = model.graphs(chunk)
+        out = model.evaluate(graph, method, forces=True, calibrated=False)
+        parts["energy"].append(out.energy.cpu().numpy())
+        parts["forces"].append(out.forces.cpu().numpy())
+        if method is not None:
+            parts["U"].append(out.uncertainty.cpu().numpy())
+            parts["U_i"].append(out.atom_uncertainty.cpu().numpy())
+    n_atoms = np.array([len(a) for a in structures])
+    return Predictions(
+        energy=np.concatenate(parts["energy"]),
+        energy_ref=np.array([a.get_potential_energy() for a in structures]),
+        n_atoms=n_atoms,
+        forces=np.concatenate(parts["forces"]),
+        forces_ref=np.concatenate([a.get_forces() for a in structures]) if _has_forces(structures) else None,
+        atom_uncertainty=np.concatenate(parts["U_i"]) if method is not None else None,
+    ), (np.concatenate(parts["U"]) if method is not None else None)
+
+
+def calibrate_painn(
+    model: PaiNNModel,
+    structures: Sequence[Atoms],
+    alpha: float,
+    *,
+    batch_size: int = 16,
+    log: Callable[[str], None] = log_line,
+) -> dict[str, float]:
+    """Calibrate every method of ``model`` on labelled ``structures`` (the validation split) as the
+    BP-NN's :func:`mlipbias.models.training.calibrate` does; sets ``model.calibration``.
+
+    The standard deviations sqrt(U), sqrt(U_i) of the raw variances (the GMM: its scores, recalibrated)
+    get the conformal factors c_E, c_F at miscoverage ``alpha``
+    (:func:`mlipbias.uq.calibration.fit_method_calibration`). Returns the coverage of each factor on
+    ``structures``; without reference forces only c_E.
+    """
+    from mlipbias.uq.calibration import fit_method_calibration
+
+    calibration: dict[str, np.ndarray] = {}
+    coverage: dict[str, float] = {}
+    for method in model.methods:
+        p, U = _predict(model, structures, method, batch_size)
+        gmm = method == "gmm"
+        records, covered = fit_method_calibration(
+            method,
+            alpha,
+            p.energy - p.energy_ref,
+            None if gmm else np.sqrt(U),
+            None if p.forces_ref is None else p.forces - p.forces_ref,
+            None if gmm else np.sqrt(p.atom_uncertainty),
+            score=U if gmm else None,
+            atom_score=p.atom_uncertainty if gmm else None,
+            log=log,
+        )
+        calibration.update(records)
+        coverage.update(covered)
+    model.calibration = calibration
+    return coverage
 
 
 def _validation(model, items, t, uq, device, warmup: bool = False) -> dict:
@@ -418,42 +441,38 @@ def evaluate_painn(
     ``a``, ``b`` are fitted on ``validation``. ``methods``: a subset of the model's (default: all);
     without any the key is ``"none"``. ``keep``, a dict, receives per method the test and
     validation :class:`~mlipbias.uq.metrics.Predictions` (``write_painn_plots`` draws them).
+    The uncertainties are the raw ones, as seed 003 evaluates them; a calibrated model
+    (:func:`calibrate_painn`) adds the row ``coverage``: the fraction of test errors (|E - E_ref|, the
+    per-atom force RMSE) within the square root of the calibrated variance.
     """
-    from mlipbias.uq.metrics import Predictions, metrics_table, uncertainty_metrics
-
-    def predict(structures, method):
-        parts = {"energy": [], "forces": [], "U": [], "U_i": []}
-        for first in range(0, len(structures), batch_size):
-            chunk = structures[first : first + batch_size]
-            graph = model.graphs(chunk)
-            out = model.evaluate(graph, method, forces=True)
-            parts["energy"].append(out.energy.cpu().numpy())
-            parts["forces"].append(out.forces.cpu().numpy())
-            if method is not None:
-                parts["U"].append(out.uncertainty.cpu().numpy())
-                parts["U_i"].append(out.atom_uncertainty.cpu().numpy())
-        n_atoms = np.array([len(a) for a in structures])
-        return Predictions(
-            energy=np.concatenate(parts["energy"]),
-            energy_ref=np.array([a.get_potential_energy() for a in structures]),
-            n_atoms=n_atoms,
-            forces=np.concatenate(parts["forces"]),
-            forces_ref=np.concatenate([a.get_forces() for a in structures]),
-            atom_uncertainty=np.concatenate(parts["U_i"]) if method is not None else None,
-        ), (np.concatenate(parts["U"]) if method is not None else None)
+    from mlipbias.uq.calibration import force_rmse_per_atom
+    from mlipbias.uq.metrics import metrics_table, uncertainty_metrics
 
     methods = list(model.methods if methods is None else methods)
     for method in methods:
         model.check_method(method)
     tables = {}
     for method in methods or [None]:
-        p, U = predict(test, method)
-        pv, Uv = predict(validation, method) if validation else (None, None)
+        p, U = _predict(model, test, method, batch_size)
+        pv, Uv = _predict(model, validation, method, batch_size) if validation else (None, None)
         kind = "score" if method == "gmm" else "variance"
         table = metrics_table(p, pv, kind=kind)
         if U is not None:
             val = (pv.energy_residuals(), Uv) if pv is not None else None
             table["energy"].update(uncertainty_metrics(p.energy_residuals(), U, kind="score", validation=val))
+            # The calibrated variances' square roots bound the errors with probability 1 - alpha.
+            for column, quantity, errors, u in (
+                ("energy", "energy", np.abs(p.energy - p.energy_ref), U),
+                (
+                    "forces",
+                    "force",
+                    None if p.forces_ref is None else force_rmse_per_atom(p.forces, p.forces_ref),
+                    p.atom_uncertainty,
+                ),
+            ):
+                if f"calibration/{quantity}/{method}" in model.calibration and errors is not None:
+                    variance = model.calibrated(quantity, method, torch.from_numpy(u)).numpy()
+                    table[column]["coverage"] = float(np.mean(errors <= np.sqrt(variance)))
         tables[method or "none"] = table
         if keep is not None:
             keep[method or "none"] = (p, pv)

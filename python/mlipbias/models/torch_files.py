@@ -1,4 +1,4 @@
-"""Reading the torch files mlipbias writes (training checkpoints, GNN and PaiNN model files).
+"""Writing and reading the torch files of mlipbias (training checkpoints, GNN and PaiNN model files).
 
 They hold tensors and plain types only and are read with ``torch.load(weights_only=True)``, so no
 object in them is ever built: a file holding anything else (a crafted pickle would run code) is
@@ -7,12 +7,30 @@ refused, naming the object, before anything of it runs. Every error names the fi
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+
+def save_plain(payload, path: str | Path) -> Path:
+    """Write ``payload`` (tensors and plain types) to ``path`` atomically: a reader, or a run that is
+    killed meanwhile, never sees a half-written file. Creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def load_plain(path: str | Path, what: str, advice: str = "", map_location="cpu"):

@@ -27,7 +27,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -507,8 +507,6 @@ def _train(
     tensorboard,
     init_model,
 ):
-    from mlipbias.models.training_log import TrainingLog, rmse_text
-
     check_settings(model, uq, t)
     _check_data(train_data, validation_data, t, uq)
     if t.stress_weight > 0 and not train_data.has_stress:
@@ -522,15 +520,6 @@ def _train(
     params = net.parameter_groups(t.learning_rate) if isinstance(net, GMNN) else net.parameters()
     optimizer = torch.optim.Adam(params, lr=t.learning_rate)
     scheduler = _scheduler(optimizer, t)
-    M = net.n_members
-    state = {
-        "epoch": 0,
-        "best_loss": [math.inf] * M,
-        "best_epoch": [0] * M,
-        "best_params": copy.deepcopy(net.state_dict()),
-        "history": [],
-    }
-    out = Path(output_dir) if output_dir is not None else None
     # A resumed run must use the same settings, except that it may run for more epochs.
     training_key = {k: v for k, v in asdict(t).items() if k != "epochs"}
     settings_key = json.dumps(
@@ -538,6 +527,53 @@ def _train(
         sort_keys=True,
         default=list,
     )
+    out = Path(output_dir) if output_dir is not None else None
+    state = start_state(net, net.n_members, out, resume, optimizer, scheduler, settings_key, device, log)
+    need_pairs = (
+        t.force_weight > 0
+        or (t.stress_weight > 0 and train_data.has_stress)
+        or (net.head is not None and uq.head_training in ("joint", "detached"))
+    )
+    run_epochs(
+        net,
+        optimizer,
+        scheduler,
+        t,
+        state,
+        n_train=len(train_data),
+        batches=lambda order: (
+            train_data.batch(group, device, neighbours=need_pairs)
+            for group in train_data.batches(t.batch_size, order)
+        ),
+        batch_loss=lambda batch, epoch: batch_loss(net, batch, t, uq, create_graph=True)[0],
+        validate=lambda epoch: _validation(net, validation_data, t, uq, device, need_pairs),
+        copy_members=_copy_members,
+        save_best=lambda best: _save_best(net, best, out / "best.mlip", description),
+        out=out,
+        settings_key=settings_key,
+        log=log,
+        progress=progress,
+        tensorboard=tensorboard,
+    )
+    if net.head is not None and uq.head_training == "post_hoc":
+        fit_heads(net, train_data, validation_data, uq, t, device, progress=progress, log=log)
+    result_model = MLIPModel(net, description=description)
+    finish_uncertainty(result_model, train_data, validation_data, uq, seed=t.seed, log=log)
+    return TrainingResult(
+        result_model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
+    )
+
+
+def start_state(net, n_members: int, out, resume: bool, optimizer, scheduler, settings_key: str, device, log):
+    """The training state of :func:`run_epochs`: fresh, or that of ``out/checkpoint.pt`` with ``resume``
+    (a checkpoint is deleted without it). Creates ``out``."""
+    state = {
+        "epoch": 0,
+        "best_loss": [math.inf] * n_members,
+        "best_epoch": [0] * n_members,
+        "best_params": copy.deepcopy(net.state_dict()),
+        "history": [],
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = out / "checkpoint.pt"
@@ -548,16 +584,47 @@ def _train(
             checkpoint.unlink()
         elif resume:
             log(f"no checkpoint in {out}: starting at epoch 1")
-    history_log = TrainingLog(out, tensorboard, log)
-    history_log.start(state["history"])
+    return state
 
-    need_pairs = (
-        t.force_weight > 0
-        or (t.stress_weight > 0 and train_data.has_stress)
-        or (net.head is not None and uq.head_training in ("joint", "detached"))
-    )
+
+def run_epochs(
+    net,
+    optimizer,
+    scheduler,
+    t: TrainingSettings,
+    state: dict,
+    *,
+    n_train: int,
+    batches: Callable[[np.ndarray], Iterable],
+    batch_loss: Callable[[object, int], torch.Tensor],
+    validate: Callable[[int], dict],
+    copy_members: Callable[[dict, dict, list[int]], None],
+    save_best: Callable[[dict], None],
+    out: Path | None,
+    settings_key: str,
+    log: Callable[[str], None],
+    progress: bool,
+    tensorboard: bool = False,
+    before_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """The epoch loop of every model kind (BP-NN, GM-NN, PaiNN): all members train on the same
+    mini-batches; after each epoch every member that improved its validation loss keeps those weights
+    (``copy_members(best, current, members)``), the schedule steps, the epoch's record goes to the
+    logs (:class:`~mlipbias.models.training_log.TrainingLog`) and, with ``out``, ``save_best(best)``
+    and the checkpoint are written; early stopping and the learning-rate floor end it. Afterwards
+    ``net`` holds every member's best weights (in eval mode).
+
+    ``batches(order)`` yields the training batches of a permutation of the ``n_train`` training
+    structures, ``batch_loss(batch, epoch)`` their losses; ``validate(epoch)`` gives per-member
+    ``loss`` and ``energy_rmse`` (optionally ``force_rmse``, ``stress_rmse``); ``before_epoch(epoch)``
+    runs first in every epoch (e.g. the end of a warm-up).
+    """
     from tqdm import tqdm
 
+    from mlipbias.models.training_log import TrainingLog, rmse_text
+
+    history_log = TrainingLog(out, tensorboard, log)
+    history_log.start(state["history"])
     bar = tqdm(
         total=t.epochs,
         initial=state["epoch"],
@@ -572,14 +639,15 @@ def _train(
         start_epoch = t.epochs
     for epoch in range(start_epoch + 1, t.epochs + 1):
         started = time.perf_counter()
+        if before_epoch is not None:
+            before_epoch(epoch)
         net.train()
         train_sum, n_batches = 0.0, 0
         # A pure function of (seed, epoch), so a resumed run sees the same batches.
-        order = np.random.default_rng([t.seed, epoch]).permutation(len(train_data))
-        for group in train_data.batches(t.batch_size, order):
-            batch = train_data.batch(group, device, neighbours=need_pairs)
+        order = np.random.default_rng([t.seed, epoch]).permutation(n_train)
+        for batch in batches(order):
             optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = batch_loss(net, batch, t, uq, create_graph=True)
+            loss = batch_loss(batch, epoch)
             if not torch.isfinite(loss):  # a NaN step would make every parameter NaN
                 raise ValueError(
                     f"epoch {epoch}: the training loss is {float(loss.detach())}: training.learning_rate "
@@ -591,16 +659,16 @@ def _train(
             train_sum += float(loss.detach())
             n_batches += 1
         net.eval()
-        val = _validation(net, validation_data, t, uq, device, need_pairs)
+        val = validate(epoch)
         lr = optimizer.param_groups[0]["lr"]
         improved = []
-        for m in range(M):
+        for m in range(len(state["best_loss"])):
             if val["loss"][m] < state["best_loss"][m]:
                 state["best_loss"][m] = float(val["loss"][m])
                 state["best_epoch"][m] = epoch
                 improved.append(m)
         if improved:
-            _copy_members(state["best_params"], net.state_dict(), improved)
+            copy_members(state["best_params"], net.state_dict(), improved)
         if t.schedule == "plateau":
             scheduler.step(float(np.mean(val["loss"])))
         elif t.schedule == "exponential":
@@ -621,7 +689,7 @@ def _train(
         history_log.add(record, state["history"])
         if out is not None:
             if improved:
-                _save_best(net, state["best_params"], out / "best.mlip", description)
+                save_best(state["best_params"])
             _save_checkpoint(out / "checkpoint.pt", net, optimizer, scheduler, state, settings_key)
         bar.update(1)
         bar.set_postfix_str(f"loss {record['train_loss']:.3g}, val RMSE {rmse_text(record)}, lr {lr:.2g}")
@@ -642,15 +710,8 @@ def _train(
     history_log.close(state["history"])
     net.load_state_dict(state["best_params"])
     net.eval()
-    for m in range(M):
+    for m in range(len(state["best_loss"])):
         log(f"member {m}: best validation loss {state['best_loss'][m]:.4g} at epoch {state['best_epoch'][m]}")
-    if net.head is not None and uq.head_training == "post_hoc":
-        fit_heads(net, train_data, validation_data, uq, t, device, progress=progress, log=log)
-    result_model = MLIPModel(net, description=description)
-    finish_uncertainty(result_model, train_data, validation_data, uq, seed=t.seed, log=log)
-    return TrainingResult(
-        result_model, list(state["best_epoch"]), list(state["best_loss"]), state["epoch"], state["history"]
-    )
 
 
 def warm_start(net: BPNN, init_model) -> None:
@@ -849,9 +910,9 @@ def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict, setting
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "state": state,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(_plain(payload), tmp)
-    tmp.replace(path)
+    from mlipbias.models.torch_files import save_plain
+
+    save_plain(_plain(payload), path)
 
 
 def _load_checkpoint(path: Path, net, optimizer, scheduler, settings_key: str, device) -> dict:
@@ -952,7 +1013,7 @@ def calibrate(
     U_i (only with forces in the data). A quantity with too few points for ``alpha`` gets the largest
     ratio as its factor (a CalibrationWarning says so). Returns the coverage of each factor on ``data``.
     """
-    from mlipbias.uq.calibration import ConformalCalibration, VarianceRecalibration, force_rmse_per_atom
+    from mlipbias.uq.calibration import fit_method_calibration
 
     methods = list(methods)
     forces = data.has_forces and data.neighbours is not None
@@ -967,31 +1028,18 @@ def calibrate(
         need_forces = forces and (base is None or method == "ensemble")
         p = model.predict(data, method, forces=need_forces, atom_uncertainty=forces)
         base = p if base is None and need_forces else base
-        U, U_i = p.uncertainty, p.atom_uncertainty
-        if method == "gmm":
-            fit = VarianceRecalibration("positive_variance").fit(p.energy - data.energy, p.score)
-            calibration.update(fit.to_records("energy", method))
-            U = fit.apply(p.score)
-            if forces:
-                fit = VarianceRecalibration("positive_variance").fit(base.forces - data.forces, p.atom_score)
-                calibration.update(fit.to_records("force", method))
-                U_i = fit.apply(p.atom_score)
-            else:
-                log("gmm: no reference forces, so the per-atom GMM uncertainty is not calibrated (U_i = 1)")
-        pairs = [("energy", np.abs(p.energy - data.energy), U)]
-        if forces:
-            pairs.append(("force", force_rmse_per_atom(base.forces, data.forces), U_i))
-        for quantity, errors, u in pairs:
-            try:
-                conformal = ConformalCalibration(alpha).fit(errors, u)
-            except ValueError as error:
-                log(f"{method}: {quantity} uncertainty not calibrated ({error})")
-                continue
-            calibration.update(conformal.to_records(quantity, method))
-            coverage[f"{quantity}/{method}"] = conformal.coverage(errors, u)
-            fallback = f", the largest of {len(errors)} ratios" if conformal.largest_ratio_fallback else ""
-            log(
-                f"{method}: conformal factor c_{quantity[0].upper()} = {conformal.factor:.4g} "
-                f"(alpha = {alpha:g}{fallback})"
-            )
+        gmm = method == "gmm"
+        records, covered = fit_method_calibration(
+            method,
+            alpha,
+            p.energy - data.energy,
+            None if gmm else p.uncertainty,
+            base.forces - data.forces if forces else None,
+            None if gmm else p.atom_uncertainty,
+            score=p.score if gmm else None,
+            atom_score=p.atom_score if gmm else None,
+            log=log,
+        )
+        calibration.update(records)
+        coverage.update(covered)
     return coverage

@@ -38,7 +38,8 @@ Adversary = Callable[[Atoms], EnergyUncertainty]
 
 class PaiNNAdversary:
     """Seed 003's uncertainty of a PaiNN model: ensemble sigma_F^2, MVE sigma_F^2, evidential Var[mu_F]
-    or the GMM NLL, each the mean over atoms (:mod:`mlipbias.models.painn`)."""
+    or the GMM NLL, each the mean over atoms (:mod:`mlipbias.models.painn`), uncalibrated as seed 003's
+    Eq. 15 uses it (a GMM's calibrated variance would be flat, with no gradient, near the training data)."""
 
     def __init__(self, model, method: str | None = None):
         self.model = model.eval()
@@ -48,7 +49,8 @@ class PaiNNAdversary:
         model.check_method(self.method)
 
     def __call__(self, atoms: Atoms) -> EnergyUncertainty:
-        out = self.model.evaluate(self.model.graph(atoms), self.method, forces=True, gradient=True)
+        graph = self.model.graph(atoms)
+        out = self.model.evaluate(graph, self.method, forces=True, gradient=True, calibrated=False)
         return EnergyUncertainty(
             energy=float(out.energy[0]),
             uncertainty=float(out.uncertainty[0]),

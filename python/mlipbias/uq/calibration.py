@@ -269,3 +269,59 @@ class VarianceRecalibration:
         # The constraint only matters when refitting; only "positive_variance" allows b < 0.
         constraint = "positive_variance" if b < 0 else "nonnegative"
         return cls(constraint=constraint, a=a, b=b, min_variance=min_variance)
+
+
+def fit_method_calibration(
+    method: str,
+    alpha: float,
+    energy_residuals,
+    U,
+    force_residuals=None,
+    U_i=None,
+    *,
+    score=None,
+    atom_score=None,
+    log=print,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The calibration records of one uncertainty method and the coverage they reach on the same data.
+
+    ``energy_residuals`` E - E_ref (n_structures,) against the energy uncertainty ``U`` (n_structures,),
+    and ``force_residuals`` F - F_ref (n_atoms, 3) against the per-atom ``U_i`` (n_atoms,); both
+    uncertainties are standard deviations. A score that is not one (``score``, ``atom_score``: a GMM's
+    negative log-likelihoods) first gets the variance recalibration ``sigma^2 = a s + b``
+    (:class:`VarianceRecalibration`, ``"positive_variance"``) and ``sigma`` stands for U (U_i). Then
+    every quantity gets its conformal factor (:class:`ConformalCalibration`: |E - E_ref| against U,
+    :func:`force_rmse_per_atom` against U_i). A quantity that cannot be calibrated is logged and left
+    out. Returns (records, coverage) with coverage keys ``"energy/METHOD"``, ``"force/METHOD"``.
+    """
+    records: dict[str, np.ndarray] = {}
+    coverage: dict[str, float] = {}
+    energy_residuals = np.asarray(energy_residuals, dtype=float)
+    forces = force_residuals is not None
+    if score is not None:
+        fit = VarianceRecalibration("positive_variance").fit(energy_residuals, score)
+        records.update(fit.to_records("energy", method))
+        U = fit.apply(score)
+        if forces:
+            fit = VarianceRecalibration("positive_variance").fit(force_residuals, atom_score)
+            records.update(fit.to_records("force", method))
+            U_i = fit.apply(atom_score)
+        else:
+            log(f"{method}: no reference forces, so the per-atom score is not calibrated (U_i = 1)")
+    pairs = [("energy", np.abs(energy_residuals), U)]
+    if forces:
+        pairs.append(("force", force_rmse_per_atom(force_residuals, np.zeros_like(force_residuals)), U_i))
+    for quantity, errors, u in pairs:
+        try:
+            conformal = ConformalCalibration(alpha).fit(errors, u)
+        except ValueError as error:
+            log(f"{method}: {quantity} uncertainty not calibrated ({error})")
+            continue
+        records.update(conformal.to_records(quantity, method))
+        coverage[f"{quantity}/{method}"] = conformal.coverage(errors, u)
+        fallback = f", the largest of {len(errors)} ratios" if conformal.largest_ratio_fallback else ""
+        log(
+            f"{method}: conformal factor c_{quantity[0].upper()} = {conformal.factor:.4g} "
+            f"(alpha = {alpha:g}{fallback})"
+        )
+    return records, coverage
