@@ -1,0 +1,69 @@
+"""Where the bias time goes: the C++ evaluator on the models of ``gmnn_inference.py``, for ``perf``.
+
+Writes the three models of ``benchmarks/gmnn_inference.py`` (GM-NN 360 x 512 x 512, GM-NN 360 x 64 x 64,
+BP-NN 52 x 64 x 64; random weights, posterior data with k = 16) into a folder once, then evaluates one of
+them with one set of options in a loop, so that a sampling profiler attributes the time to functions:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=python:tests:benchmarks python benchmarks/bias_profile.py --make DIR
+    OMP_NUM_THREADS=1 PYTHONPATH=python:tests:benchmarks perf record -e cpu-clock -g -o P.data -- \\
+        python benchmarks/bias_profile.py --folder DIR --case 0 --options bias --seconds 20
+    perf report -i P.data --no-children --sort symbol
+
+It also prints the least process CPU time per atom-step of the calls (the stages' shares come from perf).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before the C++ core (OpenMP) is loaded
+
+import argparse
+import time
+from pathlib import Path
+
+OPTIONS = {
+    "plain": {},
+    "features": {"uncertainty": "posterior"},  # U without its gradient: the sketch, no tangent
+    "bias": {"uncertainty": "posterior", "gradient": True},
+    "ensemble": {"uncertainty": "ensemble", "gradient": True},
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--make", help="write the models into this folder and stop")
+    parser.add_argument("--folder", help="the folder written by --make")
+    parser.add_argument("--case", type=int, default=0, help="0, 1, 2: the cases of gmnn_inference.py")
+    parser.add_argument("--options", choices=sorted(OPTIONS), default="bias")
+    parser.add_argument("--seconds", type=float, default=10.0, help="CPU seconds of calls")
+    parser.add_argument("--single", action="store_true", help="float32 networks")
+    args = parser.parse_args(argv)
+    if args.make:
+        from gmnn_inference import make_models
+
+        Path(args.make).mkdir(parents=True, exist_ok=True)
+        make_models(Path(args.make))
+        return
+    if not args.folder:
+        parser.error("give --make DIR or --folder DIR")
+    from gmnn_inference import structure
+
+    from mlipbias.inference import CppModel
+
+    atoms = structure()
+    model = CppModel(str(Path(args.folder) / f"case{args.case}.mlip"))
+    nb = model.neighbours(atoms)
+    options = dict(OPTIONS[args.options], single_precision=args.single)
+    best, spent, calls = float("inf"), 0.0, 0
+    while spent < args.seconds:
+        start = time.process_time()
+        model.evaluate_neighbours(*nb, **options)
+        t = time.process_time() - start
+        best, spent, calls = min(best, t), spent + t, calls + 1
+    us = 1e6 * best / len(atoms)
+    print(f"case {args.case} {args.options}: {us:.1f} us per atom-step (least of {calls})")
+
+
+if __name__ == "__main__":
+    main()
