@@ -395,6 +395,7 @@ struct Evaluator::Impl {
   bool forward_done = false;
 
   std::vector<double> G;          // [n_centers][descriptor_width]: n_sf, or a GM-NN's n_sf per member
+  std::vector<double> moments;    // a GM-NN's moments [n_centers][moments_size()], for its vjp
   std::vector<double> member_E;   // [n_centers][M] atomic energies
   std::vector<double> phi;        // [n_centers][L k] own-element block of the sketched features
   std::vector<double> atom_u;     // [n_centers] U_i of posterior and distance
@@ -633,10 +634,12 @@ void Evaluator::Impl::forward_atoms_in() {
   // and needs a second descriptor vjp: the energy rows wait for it in dEdG (one more row kept
   // for dU/dG), so that backward() contracts both in one traversal.
   deferred = features && opt.uncertainty_gradient;
-  if (gm)
-    md.gaussian_moments->compute(nb, G.data());  // checks nb
-  else
+  if (gm) {
+    moments.resize(static_cast<size_t>(n) * md.gaussian_moments->moments_size());
+    md.gaussian_moments->compute(nb, G.data(), moments.data());  // checks nb
+  } else {
     md.descriptor.check(nb);
+  }
   if (gm || deferred) dEdG.assign((n_energy_rows + (deferred ? 1 : 0)) * rows_stride, 0.0);
   ensure_workspaces<T>();
   if (features) ensure_factors<T>();
@@ -764,7 +767,8 @@ void Evaluator::Impl::forward_atoms_in() {
     }
   }
 
-  if (gm && !deferred && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
+  if (gm && !deferred && n > 0)
+    md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data(), moments.data());
 
   // Local sums, serially in atom order.
   sums.assign(M + (features ? K : 0) + 1, 0.0);
@@ -985,7 +989,7 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
     const int rows = n_energy_rows + (gradient ? 1 : 0);
     s.pair_grad.resize(rows * rhs_stride);
     if (n > 0 && md.gaussian_moments)
-      md.gaussian_moments->vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
+      md.gaussian_moments->vjp(nb, rows, s.dEdG.data(), s.pair_grad.data(), s.moments.data());
     else if (n > 0)
       md.descriptor.vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
     if (gradient)

@@ -61,7 +61,7 @@ MLIPBIAS_HD inline int gm_n_features(const GaussianMomentSettings& s) {
 MLIPBIAS_HD inline void gm_radial(const GaussianMomentSettings& s, const double* beta, double r, double* R,
                                   double* dR) {
   const double b = s.n_basis * s.n_basis / (s.cutoff * s.cutoff);
-  const double norm = std::pow(2.0 * b / kPi, 0.25) / std::sqrt(static_cast<double>(s.n_basis));
+  const double norm = std::sqrt(std::sqrt(2.0 * b / kPi) / s.n_basis);  // (2 b / pi)^(1/4) / sqrt(K); pow is slow
   double fc, dfc;
   sf_cutoff(r, s.cutoff, &fc, &dfc);
   for (int q = 0; q < s.n_radial; ++q) R[q] = dR[q] = 0.0;
@@ -254,35 +254,39 @@ MLIPBIAS_HD inline void gm_contract_backward(const GaussianMomentSettings& s, co
         }
 }
 
-// dL/dD of one pair from dL/dP of its centre: through R_s(r) (radially) and u = D / r.
+// dL/dD of one pair from dL/dP of its centre: through R_s(r) (radially) and u = D / r. With the
+// moment-shaped sums A = sum_s dR_s dL/dP_s and B = sum_s R_s dL/dP_s and m(u) = (1, u, uu, uuu),
+// dL/dr = A . m(u) and dL/du = d(B . m(u))/du: the radial functions are summed first, so the
+// products of u are formed once per pair instead of once per radial function.
 MLIPBIAS_HD inline void gm_pair_gradient(int n_radial, const double* R, const double* dR, const double* D,
                                          double r, const double* dP, double* out) {
-  double u[3] = {D[0] / r, D[1] / r, D[2] / r};
-  double dLdr = 0.0, dLdu[3] = {0.0, 0.0, 0.0};
+  double A[kMomentSize], B[kMomentSize];
+  for (int a = 0; a < kMomentSize; ++a) A[a] = B[a] = 0.0;
   for (int q = 0; q < n_radial; ++q) {
     const double* g = dP + q * kMomentSize;
-    // dL/dR_q = g0 + g1.u + g2:uu + g3:uuu, and dL/du through the products of u.
-    double value = g[0];
-    double du[3] = {0.0, 0.0, 0.0};
-    for (int a = 0; a < 3; ++a) {
-      value += g[1 + a] * u[a];
-      du[a] += g[1 + a];
-      for (int b = 0; b < 3; ++b) {
-        const double g2 = g[4 + 3 * a + b];
-        value += g2 * u[a] * u[b];
-        du[a] += g2 * u[b];
-        du[b] += g2 * u[a];
-        for (int c = 0; c < 3; ++c) {
-          const double g3 = g[13 + 9 * a + 3 * b + c];
-          value += g3 * u[a] * u[b] * u[c];
-          du[a] += g3 * u[b] * u[c];
-          du[b] += g3 * u[a] * u[c];
-          du[c] += g3 * u[a] * u[b];
-        }
+    for (int a = 0; a < kMomentSize; ++a) {
+      A[a] += dR[q] * g[a];
+      B[a] += R[q] * g[a];
+    }
+  }
+  const double u[3] = {D[0] / r, D[1] / r, D[2] / r};
+  double uu[9];
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) uu[3 * a + b] = u[a] * u[b];
+  // dL/dr = A0 + A1.u + A2:uu + A3:uuu; dL/du_a = B1_a + (B2_ab + B2_ba) u_b
+  // + (B3_abc + B3_bac + B3_bca) u_b u_c.
+  double dLdr = A[0], dLdu[3];
+  for (int a = 0; a < 3; ++a) {
+    dLdr += A[1 + a] * u[a];
+    dLdu[a] = B[1 + a];
+    for (int b = 0; b < 3; ++b) {
+      dLdr += A[4 + 3 * a + b] * uu[3 * a + b];
+      dLdu[a] += (B[4 + 3 * a + b] + B[4 + 3 * b + a]) * u[b];
+      for (int c = 0; c < 3; ++c) {
+        dLdr += A[13 + 9 * a + 3 * b + c] * uu[3 * a + b] * u[c];
+        dLdu[a] += (B[13 + 9 * a + 3 * b + c] + B[13 + 9 * b + 3 * a + c] + B[13 + 9 * b + 3 * c + a]) * uu[3 * b + c];
       }
     }
-    dLdr += value * dR[q];
-    for (int a = 0; a < 3; ++a) dLdu[a] += R[q] * du[a];
   }
   // du/dD = (I - u u^T) / r, dr/dD = u.
   const double radial = dLdu[0] * u[0] + dLdu[1] * u[1] + dLdu[2] * u[2];
