@@ -1,8 +1,10 @@
 """Where the bias time goes: the C++ evaluator on the models of ``gmnn_inference.py``, for ``perf``.
 
-Writes the three models of ``benchmarks/gmnn_inference.py`` (GM-NN 360 x 512 x 512, GM-NN 360 x 64 x 64,
-BP-NN 52 x 64 x 64; random weights, posterior data with k = 16) into a folder once, then evaluates one of
-them with one set of options in a loop, so that a sampling profiler attributes the time to functions:
+Writes the three models of ``benchmarks/gmnn_inference.py`` (cases 0-2: GM-NN 360 x 512 x 512, GM-NN 360 x 64 x
+64, BP-NN 52 x 64 x 64; random weights, posterior data with k = 16) and a GM-NN 360 x 512 x 512 ensemble of 4
+(case 3) into a folder once, then evaluates one of them (or the shipped SiO2 BP-NN files of
+``examples/lammps``: cases 4, ensemble of 4, and 5, gradient features) with one set of options in a loop, so
+that a sampling profiler attributes the time to functions:
 
     OMP_NUM_THREADS=1 PYTHONPATH=python:tests:benchmarks python benchmarks/bias_profile.py --make DIR
     OMP_NUM_THREADS=1 PYTHONPATH=python:tests:benchmarks perf record -e cpu-clock -g -o P.data -- \\
@@ -34,7 +36,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--make", help="write the models into this folder and stop")
     parser.add_argument("--folder", help="the folder written by --make")
-    parser.add_argument("--case", type=int, default=0, help="0, 1, 2: the cases of gmnn_inference.py")
+    parser.add_argument("--case", type=int, default=0, help="0-5 (above)")
     parser.add_argument("--options", choices=sorted(OPTIONS), default="bias")
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU seconds of calls")
     parser.add_argument("--single", action="store_true", help="float32 networks")
@@ -42,8 +44,14 @@ def main(argv=None) -> None:
     if args.make:
         from gmnn_inference import make_models
 
+        from mlipbias.descriptors.gaussian_moments import GaussianMoments
+        from mlipbias.models import MLIPModel, save_model
+        from mlipbias.models.gmnn import GMNN
+
         Path(args.make).mkdir(parents=True, exist_ok=True)
         make_models(Path(args.make))
+        ensemble = GMNN(GaussianMoments(["O", "Si"], 6.0), (512, 512), n_members=4)
+        save_model(MLIPModel(ensemble), Path(args.make) / "case3.mlip")
         return
     if not args.folder:
         parser.error("give --make DIR or --folder DIR")
@@ -52,7 +60,9 @@ def main(argv=None) -> None:
     from mlipbias.inference import CppModel
 
     atoms = structure()
-    model = CppModel(str(Path(args.folder) / f"case{args.case}.mlip"))
+    shipped = Path(__file__).resolve().parents[1] / "examples" / "lammps"
+    files = {4: shipped / "sio2_ensemble.mlip", 5: shipped / "sio2_gradient.mlip"}
+    model = CppModel(str(files.get(args.case, Path(args.folder) / f"case{args.case}.mlip")))
     nb = model.neighbours(atoms)
     options = dict(OPTIONS[args.options], single_precision=args.single)
     best, spent, calls = float("inf"), 0.0, 0
