@@ -1,8 +1,8 @@
 """Where the bias time goes: the C++ evaluator on the models of ``gmnn_inference.py``, for ``perf``.
 
-Writes the three models of ``benchmarks/gmnn_inference.py`` (cases 0-2: GM-NN 360 x 512 x 512, GM-NN 360 x 64 x
-64, BP-NN 52 x 64 x 64; random weights, posterior data with k = 16) and a GM-NN 360 x 512 x 512 ensemble of 4
-(case 3) into a folder once, then evaluates one of them (or the shipped SiO2 BP-NN files of
+Writes the three models of ``benchmarks/gmnn_inference.py`` (cases 0-2: GM-NN 360 x 512 x 512, GM-NN 360 x
+64 x 64, BP-NN 52 x 64 x 64; random weights, posterior data with k = 16) and a GM-NN 360 x 512 x 512
+ensemble of 4 (case 3) into a folder once, then evaluates one of them (or the shipped SiO2 BP-NN files of
 ``examples/lammps``: cases 4, ensemble of 4, and 5, gradient features) with one set of options in a loop, so
 that a sampling profiler attributes the time to functions:
 
@@ -32,6 +32,22 @@ OPTIONS = {
 }
 
 
+def network_macs(widths: list[int], k: int) -> dict:
+    """Multiply-adds per atom of one network (widths: input, hidden..., 1) and of its tangent pass.
+
+    plain: forward and backward (down to dE/dG), one product per layer each way. tangent (the
+    gradient-feature dU/dG after the primal passes are kept): the forward tangent through the hidden
+    layers' weights (hdot_0 = 0, so not layer 0), the backward tangent through every layer's but the
+    output's (its delta has no tangent), and the rank-k direction B: 2 k (n_in + n_out) per layer.
+    """
+    layers = list(zip(widths[:-1], widths[1:], strict=True))
+    dense = [a * b for a, b in layers]
+    low_rank = sum(2 * k * (a + b) for a, b in layers)
+    plain = 2 * sum(dense)
+    tangent = sum(dense[1:]) + sum(dense[:-1]) + low_rank
+    return {"plain": plain, "tangent": tangent, "tangent / plain": tangent / plain, "before": tangent + plain}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--make", help="write the models into this folder and stop")
@@ -40,7 +56,18 @@ def main(argv=None) -> None:
     parser.add_argument("--options", choices=sorted(OPTIONS), default="bias")
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU seconds of calls")
     parser.add_argument("--single", action="store_true", help="float32 networks")
+    parser.add_argument("--flops", action="store_true", help="print the networks' multiply-adds and stop")
     args = parser.parse_args(argv)
+    if args.flops:
+        sizes = {
+            "GM-NN 360 x 512 x 512, k = 16": ([360, 512, 512, 1], 16),
+            "GM-NN 360 x 64 x 64, k = 16": ([360, 64, 64, 1], 16),
+            "BP-NN 52 x 64 x 64, k = 16": ([52, 64, 64, 1], 16),
+            "BP-NN 52 x 30 x 30, k = 32 (shipped)": ([52, 30, 30, 1], 32),
+        }
+        for name, (widths, k) in sizes.items():
+            print(name, {key: round(value, 3) for key, value in network_macs(widths, k).items()})
+        return
     if args.make:
         from gmnn_inference import make_models
 
