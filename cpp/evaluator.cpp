@@ -249,8 +249,8 @@ void keep_passes(const ModelData& d, const LayerView<T>* net, Batch<T>& ws, int 
   }
 }
 
-// The inverse of keep_passes: fills h (with the descriptors G[r]), z, act', act'', the deltas and
-// gh of the hidden layers as batch_forward (with `second`) and batch_backward left them.
+// The inverse of keep_passes: fills h (with the descriptors G[r]), act', act'' and the deltas of the
+// hidden layers as batch_forward (with `second`) and batch_backward left them; gh stays in `kept`.
 template <class T>
 void restore_passes(const ModelData& d, const LayerView<T>* net, int element, double scale, int n,
                     const double* const* G, const T* const* kept, Batch<T>& ws) {
@@ -266,7 +266,6 @@ void restore_passes(const ModelData& d, const LayerView<T>* net, int element, do
       const T* z = kept[r] + static_cast<size_t>(l) * w;
       const T* gh = kept[r] + static_cast<size_t>(L - 1 + l) * w;
       T *h = ws.H(l + 1) + row, *d1 = ws.D1(l) + row, *d2 = ws.D2(l) + row, *g = ws.Gr(l) + row;
-      std::copy(gh, gh + n_out, ws.GH(l + 1) + row);
       for (int o = 0; o < n_out; ++o) {
         double value, first, curvature;
         activation(d.activation, z[o], &value, &first, &curvature);
@@ -304,10 +303,10 @@ void batch_sketch(const ModelData& d, const Factors<T>* F, int n, Batch<T>& ws, 
 
 // d/dG of (dE_r/dtheta . B) for member 0 and n atoms of one element: the forward-mode tangent of
 // batch_forward and batch_backward along the parameter direction B (its factors F per layer),
-// after restore_passes put the primal passes into ws. Writes n_sf values to out[r].
+// after restore_passes put the primal passes into ws (gh from `kept`). Writes n_sf values to out[r].
 template <class T>
 void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>* F, int element, int n,
-                   Batch<T>& ws, double* const* out) {
+                   const T* const* kept, Batch<T>& ws, double* const* out) {
   const int W = ws.width, L = d.n_layers, k = d.k;
   T* t = ws.t.data();
   // t = c (R2 x + r) for the rows x of X [n][W] (the k values of B x), or t = c (R1 x) with `back`.
@@ -349,7 +348,7 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>
     for (int r = 0; r < n; ++r) {
       const size_t row = static_cast<size_t>(r) * W;
       const T *d1 = ws.D1(l - 1) + row, *d2 = ws.D2(l - 1) + row, *zdot = ws.Zdot(l - 1) + row;
-      const T *gh = ws.GH(l) + row, *ghdot = ws.ghdot.data() + row;
+      const T *gh = kept[r] + static_cast<size_t>(L - 2 + l) * d.max_width, *ghdot = ws.ghdot.data() + row;
       T* gdot = ws.Gdot(l - 1) + row;
       for (int j = 0; j < layer.n_in; ++j) gdot[j] = d2[j] * zdot[j] * gh[j] + d1[j] * ghdot[j];
     }
@@ -812,7 +811,7 @@ void Evaluator::Impl::tangents_in(double* dUdG) {
         }
       if (c == 0) continue;
       restore_passes(md, net<T>(0, e), e, md.members[0].energy_scale, c, Gr, keep, ws);
-      batch_tangent(md, net<T>(0, e), dir<T>(e), e, c, ws, out);
+      batch_tangent(md, net<T>(0, e), dir<T>(e), e, c, keep, ws, out);
     }
   }
 }
