@@ -17,6 +17,11 @@
 // space (docs/model_file.md). Its gradient with respect to G_i is the forward-mode tangent
 // (along B) of the network's own backward pass, computed exactly below (batch_tangent). B_l has
 // rank k, so its products go through the k sketch values (Factors) instead of a dense matrix.
+// forward() keeps what the tangent needs of member 0's passes per centre (keep_passes: the hidden
+// pre-activations and W^T delta, 2 (L - 1) rows of the widest layer, 16 kB for 512-wide float64),
+// so backward() runs only the tangent products, not the network forward and backward again: for
+// hidden width w, about 3 of the plain passes' 4 w-by-w products (benchmarks/RESULTS.md, "Bias
+// overheads").
 //
 // The networks run as matrix products (dense.hpp) over the atoms of one element in a fixed
 // block of consecutive centres (32; one in the fused BP-NN pass, see kFusedBlock): a weight
