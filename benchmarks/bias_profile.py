@@ -32,6 +32,46 @@ OPTIONS = {
 }
 
 
+# Stages of the evaluator by the symbols perf attributes samples to (the first matching prefix wins).
+STAGES = (
+    ("network products", ("mlipbias::(anonymous namespace)::gemm",)),
+    (
+        "GM moments, contractions",
+        ("mlipbias::GaussianMoments::moments", "mlipbias::GaussianMoments::compute"),
+    ),
+    ("GM vjp", ("mlipbias::GaussianMoments::vjp",)),
+    ("SF values", ("mlipbias::SymmetryFunctions::centre_values",)),
+    ("SF record (2nd traversal)", ("mlipbias::SymmetryFunctions::centre_record",)),
+    ("SF contraction", ("mlipbias::SymmetryFunctions::contract", "mlipbias::SymmetryFunctions::centre_vjp")),
+    ("libm (exp, sincos, pow, tanh)", ("__ieee754", "__sincos", "__expm1", "__tanh", "exp@", "__exp")),
+    ("evaluator forward (elementwise, sketch)", ("mlipbias::Evaluator::Impl::forward_atoms_in",)),
+    ("tangent (elementwise, activations)", ("mlipbias::Evaluator::Impl::tangents_in",)),
+    ("copies, zeroing", ("__memmove", "__memset", "__memcpy", "std::vector")),
+    ("scatter, sums", ("mlipbias::Evaluator::backward", "mlipbias::Evaluator::Impl")),
+)
+
+
+def perf_stages(data: str, calls: int, atoms: int, hz: float = 4000.0) -> dict:
+    """us per atom-step of each stage: perf's samples of data over `calls` evaluations (cpu-clock at hz)."""
+    import subprocess
+
+    report = subprocess.run(
+        ["perf", "report", "-i", data, "-n", "--no-children", "--sort", "symbol", "--stdio"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stages = dict.fromkeys([name for name, _ in STAGES] + ["other (Python, setup)"], 0.0)
+    for line in report.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 4 or line.startswith("#") or not parts[0].endswith("%"):
+            continue
+        samples, symbol = int(parts[1]), parts[3].strip()
+        name = next((n for n, prefixes in STAGES if symbol.startswith(prefixes)), "other (Python, setup)")
+        stages[name] += samples / hz / calls / atoms * 1e6
+    return stages
+
+
 def network_macs(widths: list[int], k: int) -> dict:
     """Multiply-adds per atom of one network (widths: input, hidden..., 1) and of its tangent pass.
 
@@ -57,7 +97,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU seconds of calls")
     parser.add_argument("--single", action="store_true", help="float32 networks")
     parser.add_argument("--flops", action="store_true", help="print the networks' multiply-adds and stop")
+    parser.add_argument("--stages", nargs=2, metavar=("PERF_DATA", "CALLS"), help="us per atom-step by stage")
     args = parser.parse_args(argv)
+    if args.stages:
+        from gmnn_inference import structure
+
+        stages = perf_stages(args.stages[0], int(args.stages[1]), len(structure()))
+        print(" | ".join(f"{name} {us:.1f}" for name, us in stages.items() if us >= 0.05))
+        return
     if args.flops:
         sizes = {
             "GM-NN 360 x 512 x 512, k = 16": ([360, 512, 512, 1], 16),
