@@ -48,17 +48,13 @@ void GaussianMoments::compute(const NeighbourView& nb, double* G, double* P) con
   check(nb);
   const int64_t width = this->width();
   const size_t moment_size = static_cast<size_t>(s_.n_radial) * kMomentSize;
-#pragma omp parallel
-  {
-    std::vector<double> own(moment_size);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < nb.n_centers; ++i)
-      for (int m = 0; m < n_members_; ++m) {
-        double* Pm = P ? P + (static_cast<size_t>(i) * n_members_ + m) * moment_size : own.data();
-        moments(nb, i, m, Pm);
-        gm_contract(s_, Pm, G + i * width + static_cast<int64_t>(m) * n_features_);
-      }
-  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nb.n_centers; ++i)
+    for (int m = 0; m < n_members_; ++m) {
+      double* Pm = P + (static_cast<size_t>(i) * n_members_ + m) * moment_size;
+      moments(nb, i, m, Pm);
+      gm_contract(s_, Pm, G + i * width + static_cast<int64_t>(m) * n_features_);
+    }
 }
 
 void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out,
@@ -69,7 +65,7 @@ void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* 
   const size_t moment_size = static_cast<size_t>(n) * kMomentSize;
 #pragma omp parallel
   {
-    std::vector<double> own(moment_size), dP(moment_size * n_rhs);
+    std::vector<double> dP(moment_size * n_rhs);
     std::vector<int64_t> active;
     std::vector<const double*> rows;
     double R[64], dR[64];
@@ -90,8 +86,7 @@ void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* 
           rows.push_back(g);
         }
         if (active.empty()) continue;
-        const double* Pm = P ? P + (static_cast<size_t>(i) * n_members_ + m) * moment_size : own.data();
-        if (!P) moments(nb, i, m, own.data());
+        const double* Pm = P + (static_cast<size_t>(i) * n_members_ + m) * moment_size;
         std::fill(dP.begin(), dP.begin() + active.size() * moment_size, 0.0);
         size_t done = 0;
         for (; done + 2 <= active.size(); done += 2) {  // two rows share the products of the moments

@@ -89,3 +89,11 @@ def test_calculator_backends_agree_with_the_bias(model_path):
     np.testing.assert_allclose(s1, s2, rtol=0, atol=TOL * np.abs(s2).max())
     assert np.abs(b2).max() > 1e-3 * np.abs(f2).max()
     np.testing.assert_allclose(b1, b2, rtol=0, atol=TOL * np.abs(b2).max())
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path, model_path):
+    """The moments and member 0's network passes kept per centre for the bias: 1 and 3 OpenMP
+    threads give the same bits for every method (the check of the BP-NN test, on the GM-NN file)."""
+    from test_cpp_inference import test_results_do_not_depend_on_the_thread_count as same_bits
+
+    same_bits(tmp_path, model_path)
