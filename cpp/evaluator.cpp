@@ -138,11 +138,11 @@ struct Batch {
   std::vector<T> h, z, d1, d2, g, gh;  // h: L + 1 layers, the others L; gh_l = W_l^T g_l
   std::vector<T> hdot, zdot, gdot;     // tangents (gradient-feature uncertainty gradient)
   std::vector<T> ghdot;                // one layer
-  std::vector<T> t, t2;                // [rows][k]: the k values through a low-rank direction
+  std::vector<T> t;                    // [rows][k]: the k values through a low-rank direction
+  std::vector<double> sketch, wide;    // batch_sketch's scratch
 
   void resize(int n_layers, int max_width, int max_rows, int k) {
     t.resize(std::max(t.size(), static_cast<size_t>(std::max(rows, max_rows)) * k));
-    t2.resize(t.size());
     if (rows >= max_rows && width >= max_width) return;
     rows = std::max(rows, max_rows);
     width = std::max(width, max_width);
@@ -286,22 +286,38 @@ void restore_passes(const ModelData& d, const LayerView<T>* net, int element, do
 
 // The sketched gradient features of the n rows of a batch (each into its element's block at
 // phi[r], L * k entries), from the deltas and layer inputs of member 0's passes in ws: per layer
-// (R1 delta_l) * (R2 [a_l; 1]) / sqrt(k), as two thin matrix products over the rows.
+// (R1 delta_l) * (R2 [a_l; 1]) / sqrt(k), as two thin matrix products over the rows, in float64
+// whatever the networks' precision (float32 rows are widened first): the distance uncertainty
+// subtracts nearly equal sums of these features.
 template <class T>
-void batch_sketch(const ModelData& d, const Factors<T>* F, int n, Batch<T>& ws, double* const* phi) {
+void batch_sketch(const ModelData& d, const Factors<double>* F, int n, Batch<T>& ws, double* const* phi) {
   const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(d.k));
   const int W = ws.width, k = d.k;
-  T *x = ws.t.data(), *y = ws.t2.data();
+  auto rows = [&](const T* X, int columns) -> const double* {
+    if constexpr (std::is_same_v<T, double>) {
+      return X;
+    } else {
+      ws.wide.resize(static_cast<size_t>(ws.rows) * W);
+      for (int r = 0; r < n; ++r) {
+        const T* x = X + static_cast<size_t>(r) * W;
+        std::copy(x, x + columns, &ws.wide[static_cast<size_t>(r) * W]);
+      }
+      return ws.wide.data();
+    }
+  };
+  std::vector<double>& xy = ws.sketch;
+  xy.resize(2 * static_cast<size_t>(ws.rows) * k);
+  double *x = xy.data(), *y = x + static_cast<size_t>(ws.rows) * k;
   for (int l = 0; l < d.n_layers; ++l) {
-    const Factors<T>& layer = F[l];
-    std::fill(x, x + static_cast<size_t>(n) * k, T(0));
-    for (int r = 0; r < n; ++r) std::copy(F[l].bias.begin(), F[l].bias.end(), y + static_cast<size_t>(r) * k);
-    gemm_accumulate(n, k, layer.n_out, ws.Gr(l), W, F[l].r1t.data(), x, k);
-    gemm_accumulate(n, k, layer.n_in, ws.H(l), W, F[l].r2t.data(), y, k);
+    const Factors<double>& f = F[l];
+    std::fill(x, x + static_cast<size_t>(n) * k, 0.0);
+    for (int r = 0; r < n; ++r) std::copy(f.bias.begin(), f.bias.end(), y + static_cast<size_t>(r) * k);
+    gemm_accumulate(n, k, f.n_out, rows(ws.Gr(l), f.n_out), W, f.r1t.data(), x, k);
+    gemm_accumulate(n, k, f.n_in, rows(ws.H(l), f.n_in), W, f.r2t.data(), y, k);
     for (int r = 0; r < n; ++r)
       for (int p = 0; p < k; ++p) {
         const size_t at = static_cast<size_t>(r) * k + p;
-        phi[r][l * k + p] = static_cast<double>(x[at]) * static_cast<double>(y[at]) * inv_sqrt_k;
+        phi[r][l * k + p] = x[at] * y[at] * inv_sqrt_k;
       }
   }
 }
@@ -646,7 +662,7 @@ void Evaluator::Impl::forward_atoms_in() {
   }
   if (gm || deferred) dEdG.assign((n_energy_rows + (deferred ? 1 : 0)) * rows_stride, 0.0);
   ensure_workspaces<T>();
-  if (features) ensure_factors<T>();
+  if (features) ensure_factors<double>();
   if (deferred) kept<T>().resize(static_cast<size_t>(n) * kept_size(md));
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
@@ -729,7 +745,7 @@ void Evaluator::Impl::forward_atoms_in() {
       if (!features) continue;
       double* phir[kBlock];
       for (int r = 0; r < c; ++r) phir[r] = &phi[atoms[r] * n_phi];
-      batch_sketch(md, dir<T>(e), c, ws, phir);
+      batch_sketch(md, dir<double>(e), c, ws, phir);
       if (atom_u_here)
         for (int r = 0; r < c; ++r) atom_u[atoms[r]] = atom_uncertainty(e, phir[r]);
       if (!deferred) continue;
