@@ -18,7 +18,7 @@
 // (along B) of the network's own backward pass, computed exactly below (batch_tangent). B_l has
 // rank k, so its products go through the k sketch values (Factors) instead of a dense matrix.
 // forward() keeps what the tangent needs of member 0's passes per centre (keep_passes: the hidden
-// pre-activations and W^T delta, 2 (L - 1) rows of the widest layer, 16 kB for 512-wide float64),
+// pre-activations and W^T delta, 2 (L - 1) rows of the widest hidden layer, 16 kB for 512-wide float64),
 // so backward() runs only the tangent products, not the network forward and backward again: for
 // hidden width w, about 3 of the plain passes' 4 w-by-w products (benchmarks/RESULTS.md, "Bias
 // overheads").
@@ -238,12 +238,18 @@ void batch_backward(const ModelData& d, const LayerView<T>* net, int element, do
 // What the tangent pass needs of member 0's passes, kept per centre across the global reduction
 // instead of running the network forward and backward again: for every hidden layer l its
 // pre-activation z_l and W_(l+1)^T delta_(l+1); the activations, act', act'' and the deltas follow
-// from them elementwise. 2 (L - 1) rows of the widest layer (GM-NN 512: 16 kB in float64).
-inline int kept_size(const ModelData& d) { return 2 * (d.n_layers - 1) * d.max_width; }
+// from them elementwise. 2 (L - 1) rows of the widest hidden layer (GM-NN 512: 16 kB in float64).
+inline int kept_width(const ModelData& d) {
+  int w = 0;
+  for (const Network& net : d.members[0].networks)
+    for (int l = 0; l + 1 < d.n_layers; ++l) w = std::max(w, net.layers[l].n_out);
+  return w;
+}
+inline int kept_size(const ModelData& d) { return 2 * (d.n_layers - 1) * kept_width(d); }
 
 template <class T>
 void keep_passes(const ModelData& d, const LayerView<T>* net, Batch<T>& ws, int n, T* const* out) {
-  const int W = ws.width, L = d.n_layers, w = d.max_width;
+  const int W = ws.width, L = d.n_layers, w = kept_width(d);
   for (int r = 0; r < n; ++r) {
     const size_t row = static_cast<size_t>(r) * W;
     for (int l = 0; l + 1 < L; ++l) {
@@ -261,7 +267,7 @@ void restore_passes(const ModelData& d, const LayerView<T>* net, int element, do
                     const double* const* G, const T* const* kept, Batch<T>& ws) {
   const double* mean = d.mean[element].data();
   const double* inv_std = d.inv_std[element].data();
-  const int W = ws.width, L = d.n_layers, w = d.max_width;
+  const int W = ws.width, L = d.n_layers, w = kept_width(d);
   for (int r = 0; r < n; ++r) {
     const size_t row = static_cast<size_t>(r) * W;
     T* h0 = ws.H(0) + row;
@@ -328,7 +334,7 @@ void batch_sketch(const ModelData& d, const Factors<double>* F, int n, Batch<T>&
 template <class T>
 void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>* F, int element, int n,
                    const T* const* kept, Batch<T>& ws, double* const* out) {
-  const int W = ws.width, L = d.n_layers, k = d.k;
+  const int W = ws.width, L = d.n_layers, k = d.k, w = kept_width(d);
   T* t = ws.t.data();
   // t = c (R2 x + r) for the rows x of X [n][W] (the k values of B x), or t = c (R1 x) with `back`.
   auto through = [&](const Factors<T>& f, int n_x, const T* X, bool back) {
@@ -369,7 +375,7 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>
     for (int r = 0; r < n; ++r) {
       const size_t row = static_cast<size_t>(r) * W;
       const T *d1 = ws.D1(l - 1) + row, *d2 = ws.D2(l - 1) + row, *zdot = ws.Zdot(l - 1) + row;
-      const T *gh = kept[r] + static_cast<size_t>(L - 2 + l) * d.max_width, *ghdot = ws.ghdot.data() + row;
+      const T *gh = kept[r] + static_cast<size_t>(L - 2 + l) * w, *ghdot = ws.ghdot.data() + row;
       T* gdot = ws.Gdot(l - 1) + row;
       for (int j = 0; j < layer.n_in; ++j) gdot[j] = d2[j] * zdot[j] * gh[j] + d1[j] * ghdot[j];
     }
@@ -663,7 +669,8 @@ void Evaluator::Impl::forward_atoms_in() {
   if (gm || deferred) dEdG.assign((n_energy_rows + (deferred ? 1 : 0)) * rows_stride, 0.0);
   ensure_workspaces<T>();
   if (features) ensure_factors<double>();
-  if (deferred) kept<T>().resize(static_cast<size_t>(n) * kept_size(md));
+  const int64_t kept_n = kept_size(md);
+  if (deferred) kept<T>().resize(static_cast<size_t>(n) * kept_n);
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
   auto atom_uncertainty = [&](int e, const double* p) {
@@ -750,7 +757,7 @@ void Evaluator::Impl::forward_atoms_in() {
         for (int r = 0; r < c; ++r) atom_u[atoms[r]] = atom_uncertainty(e, phir[r]);
       if (!deferred) continue;
       T* keep[kBlock];
-      for (int r = 0; r < c; ++r) keep[r] = kept<T>().data() + atoms[r] * kept_size(md);
+      for (int r = 0; r < c; ++r) keep[r] = kept<T>().data() + atoms[r] * kept_n;
       keep_passes(md, net<T>(0, e), ws, c, keep);
     }
     // The energy rows: into the GM-NN's blocks, or contracted with each centre's recorded geometry.
@@ -812,6 +819,7 @@ void Evaluator::Impl::tangents_in(double* dUdG) {
   const ModelData& md = *d;
   const int64_t n = nb.n_centers;
   const int n_g = md.descriptor_width(), n_el = md.n_elements();
+  const int64_t kept_n = kept_size(md);
   ensure_workspaces<T>();
   set_direction<T>();
   const int64_t n_blocks = (n + kBlock - 1) / kBlock;
@@ -827,7 +835,7 @@ void Evaluator::Impl::tangents_in(double* dUdG) {
       for (int64_t i = i0; i < i1; ++i)
         if (handled[i] && nb.species[i] == e) {
           Gr[c] = &G[i * n_g];
-          keep[c] = kept<T>().data() + i * kept_size(md);
+          keep[c] = kept<T>().data() + i * kept_n;
           out[c++] = dUdG + i * n_g;
         }
       if (c == 0) continue;
