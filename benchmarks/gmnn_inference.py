@@ -138,6 +138,7 @@ def main(argv=None) -> None:
     parser.add_argument("--before", help="a python/ folder holding an earlier build of mlipbias._core")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=str(RESULTS), help="the JSON file of the results")
     parser.add_argument("--time-cpp", help=argparse.SUPPRESS)  # child: time the files in this folder
     args = parser.parse_args(argv)
     if args.time_cpp:
@@ -181,7 +182,8 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
     from machine_info import machine
 
-    RESULTS.parent.mkdir(exist_ok=True)
+    output = Path(args.output)
+    output.parent.mkdir(exist_ok=True)
     payload = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
@@ -189,7 +191,7 @@ def main(argv=None) -> None:
         "machine": machine(),
         "rows": rows,
     }
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    output.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@
 // space (docs/model_file.md). Its gradient with respect to G_i is the forward-mode tangent
 // (along B) of the network's own backward pass, computed exactly below (batch_tangent). B_l has
 // rank k, so its products go through the k sketch values (Factors) instead of a dense matrix.
+// forward() keeps what the tangent needs of member 0's passes per centre (keep_passes: the hidden
+// pre-activations and W^T delta, 2 (L - 1) rows of the widest hidden layer, 16 kB for 512-wide float64),
+// so backward() runs only the tangent products, not the network forward and backward again: for
+// hidden width w, about 3 of the plain passes' 4 w-by-w products (benchmarks/RESULTS.md, "Bias
+// overheads").
 //
 // The networks run as matrix products (dense.hpp) over the atoms of one element in a fixed
 // block of consecutive centres (32; one in the fused BP-NN pass, see kFusedBlock): a weight
@@ -100,7 +105,7 @@ LayerView<float> view_of(const Layer& l, const FloatLayer& f) {
 // (c = v_l): rank k, so a product with B is two thin products through k values per atom.
 template <class T>
 struct Factors {
-  int k = 0;
+  int k = 0, n_in = 0, n_out = 0;
   std::vector<T> r2t;   // R2 without its bias column, transposed, packed (n_in x k)
   std::vector<T> r1;    // R1 packed (k x n_out)
   std::vector<T> r1t;   // R1^T packed (n_out x k)
@@ -108,7 +113,7 @@ struct Factors {
   std::vector<T> bias;  // the bias column r (k)
   std::vector<T> c;     // v_l / sqrt(k) of the current evaluation (k)
 
-  Factors(const Sketch& s, int k_, int n_in, int n_out) : k(k_), bias(k_), c(k_) {
+  Factors(const Sketch& s, int k_, int n_in_, int n_out_) : k(k_), n_in(n_in_), n_out(n_out_), bias(k_), c(k_) {
     std::vector<T> R1(s.R1.begin(), s.R1.end()), R2(static_cast<size_t>(k) * n_in), R1T(R1.size()), R2T(R2.size());
     for (int p = 0; p < k; ++p) {
       bias[p] = static_cast<T>(s.R2[static_cast<size_t>(p) * (n_in + 1) + n_in]);
@@ -130,10 +135,11 @@ struct Factors {
 template <class T>
 struct Batch {
   int rows = 0, width = 0;
-  std::vector<T> h, z, d1, d2, g;      // h: L + 1 layers, the others L
+  std::vector<T> h, z, d1, d2, g, gh;  // h: L + 1 layers, the others L; gh_l = W_l^T g_l
   std::vector<T> hdot, zdot, gdot;     // tangents (gradient-feature uncertainty gradient)
-  std::vector<T> gh, ghdot;            // one layer
+  std::vector<T> ghdot;                // one layer
   std::vector<T> t;                    // [rows][k]: the k values through a low-rank direction
+  std::vector<double> sketch, wide;    // batch_sketch's scratch
 
   void resize(int n_layers, int max_width, int max_rows, int k) {
     t.resize(std::max(t.size(), static_cast<size_t>(std::max(rows, max_rows)) * k));
@@ -143,8 +149,7 @@ struct Batch {
     const size_t layer = static_cast<size_t>(rows) * width;
     h.resize((n_layers + 1) * layer);
     hdot.resize((n_layers + 1) * layer);
-    for (auto* v : {&z, &d1, &d2, &g, &zdot, &gdot}) v->resize(n_layers * layer);
-    gh.resize(layer);
+    for (auto* v : {&z, &d1, &d2, &g, &gh, &zdot, &gdot}) v->resize(n_layers * layer);
     ghdot.resize(layer);
   }
   size_t at(int l) const { return static_cast<size_t>(l) * rows * width; }
@@ -153,6 +158,7 @@ struct Batch {
   T* D1(int l) { return &d1[at(l)]; }
   T* D2(int l) { return &d2[at(l)]; }
   T* Gr(int l) { return &g[at(l)]; }
+  T* GH(int l) { return &gh[at(l)]; }
   T* Hdot(int l) { return &hdot[at(l)]; }
   T* Zdot(int l) { return &zdot[at(l)]; }
   T* Gdot(int l) { return &gdot[at(l)]; }
@@ -203,8 +209,8 @@ void batch_forward(const ModelData& d, const LayerView<T>* net, int element, int
   }
 }
 
-// Backward pass after batch_forward: delta_l = dE_r/dz_l into ws.g (E = scale z_L + shift), and
-// dE_r/dG into dEdG[r].
+// Backward pass after batch_forward: delta_l = dE_r/dz_l into ws.g (E = scale z_L + shift),
+// W_l^T delta_l into ws.gh, and dE_r/dG into dEdG[r].
 template <class T>
 void batch_backward(const ModelData& d, const LayerView<T>* net, int element, double scale, int n, Batch<T>& ws,
                     double* const* dEdG) {
@@ -212,53 +218,123 @@ void batch_backward(const ModelData& d, const LayerView<T>* net, int element, do
   for (int r = 0; r < n; ++r) ws.Gr(L - 1)[static_cast<size_t>(r) * W] = static_cast<T>(scale);
   for (int l = L - 1; l >= 0; --l) {
     const LayerView<T>& layer = net[l];
-    fill_rows<T>(ws.gh.data(), W, n, layer.n_in, nullptr);
-    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, layer.bwd, ws.gh.data(), W);
+    fill_rows<T>(ws.GH(l), W, n, layer.n_in, nullptr);
+    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, layer.bwd, ws.GH(l), W);
     if (l == 0) break;
     for (int r = 0; r < n; ++r) {
       const size_t row = static_cast<size_t>(r) * W;
-      const T *d1 = ws.D1(l - 1) + row, *gh = ws.gh.data() + row;
+      const T *d1 = ws.D1(l - 1) + row, *gh = ws.GH(l) + row;
       T* g = ws.Gr(l - 1) + row;
       for (int k = 0; k < layer.n_in; ++k) g[k] = d1[k] * gh[k];
     }
   }
   const double* inv_std = d.inv_std[element].data();
   for (int r = 0; r < n; ++r) {
-    const T* gh = ws.gh.data() + static_cast<size_t>(r) * W;
+    const T* gh = ws.GH(0) + static_cast<size_t>(r) * W;
     for (int f = 0; f < d.n_features; ++f) dEdG[r][f] = gh[f] * inv_std[f];
   }
 }
 
-// The sketched gradient features of row r of a batch (its element's block, L * k entries), from
-// the deltas and layer inputs of member 0's passes in ws.
+// What the tangent pass needs of member 0's passes, kept per centre across the global reduction
+// instead of running the network forward and backward again: for every hidden layer l its
+// pre-activation z_l and W_(l+1)^T delta_(l+1); the activations, act', act'' and the deltas follow
+// from them elementwise. 2 (L - 1) rows of the widest hidden layer (GM-NN 512: 16 kB in float64).
+inline int kept_width(const ModelData& d) {
+  int w = 0;
+  for (const Network& net : d.members[0].networks)
+    for (int l = 0; l + 1 < d.n_layers; ++l) w = std::max(w, net.layers[l].n_out);
+  return w;
+}
+inline int kept_size(const ModelData& d) { return 2 * (d.n_layers - 1) * kept_width(d); }
+
 template <class T>
-void sketch_features(const ModelData& d, int element, Batch<T>& ws, int r, double* phi) {
-  const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(d.k));
-  const Network& net = d.members[0].networks[element];
-  const size_t row = static_cast<size_t>(r) * ws.width;
-  for (int l = 0; l < d.n_layers; ++l) {
-    const Layer& layer = net.layers[l];
-    const Sketch& s = d.sketches[element][l];
-    const T* delta = ws.Gr(l) + row;
-    const T* a = ws.H(l) + row;
-    for (int p = 0; p < d.k; ++p) {
-      const double* r1 = &s.R1[static_cast<size_t>(p) * layer.n_out];
-      const double* r2 = &s.R2[static_cast<size_t>(p) * (layer.n_in + 1)];
-      double x = 0.0, y = r2[layer.n_in];  // the bias column multiplies the appended 1
-      for (int o = 0; o < layer.n_out; ++o) x += r1[o] * delta[o];
-      for (int c = 0; c < layer.n_in; ++c) y += r2[c] * a[c];
-      phi[l * d.k + p] = x * y * inv_sqrt_k;
+void keep_passes(const ModelData& d, const LayerView<T>* net, Batch<T>& ws, int n, T* const* out) {
+  const int W = ws.width, L = d.n_layers, w = kept_width(d);
+  for (int r = 0; r < n; ++r) {
+    const size_t row = static_cast<size_t>(r) * W;
+    for (int l = 0; l + 1 < L; ++l) {
+      const int n_out = net[l].n_out;
+      std::copy(ws.Z(l) + row, ws.Z(l) + row + n_out, out[r] + static_cast<size_t>(l) * w);
+      std::copy(ws.GH(l + 1) + row, ws.GH(l + 1) + row + n_out, out[r] + static_cast<size_t>(L - 1 + l) * w);
     }
   }
 }
 
+// The inverse of keep_passes: fills h (with the descriptors G[r]), act', act'' and the deltas of the
+// hidden layers as batch_forward (with `second`) and batch_backward left them; gh stays in `kept`.
+template <class T>
+void restore_passes(const ModelData& d, const LayerView<T>* net, int element, double scale, int n,
+                    const double* const* G, const T* const* kept, Batch<T>& ws) {
+  const double* mean = d.mean[element].data();
+  const double* inv_std = d.inv_std[element].data();
+  const int W = ws.width, L = d.n_layers, w = kept_width(d);
+  for (int r = 0; r < n; ++r) {
+    const size_t row = static_cast<size_t>(r) * W;
+    T* h0 = ws.H(0) + row;
+    for (int f = 0; f < d.n_features; ++f) h0[f] = static_cast<T>((G[r][f] - mean[f]) * inv_std[f]);
+    for (int l = 0; l + 1 < L; ++l) {
+      const int n_out = net[l].n_out;
+      const T* z = kept[r] + static_cast<size_t>(l) * w;
+      const T* gh = kept[r] + static_cast<size_t>(L - 1 + l) * w;
+      T *h = ws.H(l + 1) + row, *d1 = ws.D1(l) + row, *d2 = ws.D2(l) + row, *g = ws.Gr(l) + row;
+      for (int o = 0; o < n_out; ++o) {
+        double value, first, curvature;
+        activation(d.activation, z[o], &value, &first, &curvature);
+        h[o] = static_cast<T>(value);
+        d1[o] = static_cast<T>(first);
+        d2[o] = static_cast<T>(curvature);
+        g[o] = d1[o] * gh[o];
+      }
+    }
+    ws.Gr(L - 1)[row] = static_cast<T>(scale);
+  }
+}
+
+// The sketched gradient features of the n rows of a batch (each into its element's block at
+// phi[r], L * k entries), from the deltas and layer inputs of member 0's passes in ws: per layer
+// (R1 delta_l) * (R2 [a_l; 1]) / sqrt(k), as two thin matrix products over the rows, in float64
+// whatever the networks' precision (float32 rows are widened first): the distance uncertainty
+// subtracts nearly equal sums of these features.
+template <class T>
+void batch_sketch(const ModelData& d, const Factors<double>* F, int n, Batch<T>& ws, double* const* phi) {
+  const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(d.k));
+  const int W = ws.width, k = d.k;
+  auto rows = [&](const T* X, int columns) -> const double* {
+    if constexpr (std::is_same_v<T, double>) {
+      return X;
+    } else {
+      ws.wide.resize(static_cast<size_t>(ws.rows) * W);
+      for (int r = 0; r < n; ++r) {
+        const T* x = X + static_cast<size_t>(r) * W;
+        std::copy(x, x + columns, &ws.wide[static_cast<size_t>(r) * W]);
+      }
+      return ws.wide.data();
+    }
+  };
+  std::vector<double>& xy = ws.sketch;
+  xy.resize(2 * static_cast<size_t>(ws.rows) * k);
+  double *x = xy.data(), *y = x + static_cast<size_t>(ws.rows) * k;
+  for (int l = 0; l < d.n_layers; ++l) {
+    const Factors<double>& f = F[l];
+    std::fill(x, x + static_cast<size_t>(n) * k, 0.0);
+    for (int r = 0; r < n; ++r) std::copy(f.bias.begin(), f.bias.end(), y + static_cast<size_t>(r) * k);
+    gemm_accumulate(n, k, f.n_out, rows(ws.Gr(l), f.n_out), W, f.r1t.data(), x, k);
+    gemm_accumulate(n, k, f.n_in, rows(ws.H(l), f.n_in), W, f.r2t.data(), y, k);
+    for (int r = 0; r < n; ++r)
+      for (int p = 0; p < k; ++p) {
+        const size_t at = static_cast<size_t>(r) * k + p;
+        phi[r][l * k + p] = x[at] * y[at] * inv_sqrt_k;
+      }
+  }
+}
+
 // d/dG of (dE_r/dtheta . B) for member 0 and n atoms of one element: the forward-mode tangent of
-// batch_forward and batch_backward along the parameter direction B (its factors F per layer).
-// Writes n_sf values to out[r].
+// batch_forward and batch_backward along the parameter direction B (its factors F per layer),
+// after restore_passes put the primal passes into ws (gh from `kept`). Writes n_sf values to out[r].
 template <class T>
 void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>* F, int element, int n,
-                   const double* const* G, Batch<T>& ws, double* const* out) {
-  const int W = ws.width, L = d.n_layers, k = d.k;
+                   const T* const* kept, Batch<T>& ws, double* const* out) {
+  const int W = ws.width, L = d.n_layers, k = d.k, w = kept_width(d);
   T* t = ws.t.data();
   // t = c (R2 x + r) for the rows x of X [n][W] (the k values of B x), or t = c (R1 x) with `back`.
   auto through = [&](const Factors<T>& f, int n_x, const T* X, bool back) {
@@ -270,7 +346,6 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>
         x = f.c[p] * (back ? x : x + f.bias[p]);
       }
   };
-  batch_forward(d, net, element, n, G, ws, true);
   // Forward tangent: zdot_l = W_l hdot_l + dW_l h_l + db_l, hdot_(l+1) = act'(z_l) zdot_l, hdot_0 = 0.
   for (int l = 0; l < L; ++l) {
     const LayerView<T>& layer = net[l];
@@ -287,17 +362,12 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>
       for (int o = 0; o < layer.n_out; ++o) hnext[o] = d1[o] * zr[o];
     }
   }
-  // Backward with its tangent: gh = W^T g, ghdot = W^T gdot + dW^T g,
-  // g_(l-1) = act' gh, gdot_(l-1) = act'' zdot gh + act' ghdot; the output scale is fixed.
-  for (int r = 0; r < n; ++r) {
-    ws.Gr(L - 1)[static_cast<size_t>(r) * W] = static_cast<T>(d.members[0].energy_scale);
-    ws.Gdot(L - 1)[static_cast<size_t>(r) * W] = T(0);
-  }
+  // The tangent of the backward pass (gh = W^T g and g_(l-1) = act' gh are the primal's):
+  // ghdot = W^T gdot + dW^T g, gdot_(l-1) = act'' zdot gh + act' ghdot; the output scale is fixed.
+  for (int r = 0; r < n; ++r) ws.Gdot(L - 1)[static_cast<size_t>(r) * W] = T(0);
   for (int l = L - 1; l >= 0; --l) {
     const LayerView<T>& layer = net[l];
-    fill_rows<T>(ws.gh.data(), W, n, layer.n_in, nullptr);
     fill_rows<T>(ws.ghdot.data(), W, n, layer.n_in, nullptr);
-    gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gr(l), W, layer.bwd, ws.gh.data(), W);
     if (l < L - 1) gemm_accumulate(n, layer.n_in, layer.n_out, ws.Gdot(l), W, layer.bwd, ws.ghdot.data(), W);
     through(F[l], layer.n_out, ws.Gr(l), true);
     gemm_accumulate(n, layer.n_in, k, t, k, F[l].r2.data(), ws.ghdot.data(), W);
@@ -305,12 +375,9 @@ void batch_tangent(const ModelData& d, const LayerView<T>* net, const Factors<T>
     for (int r = 0; r < n; ++r) {
       const size_t row = static_cast<size_t>(r) * W;
       const T *d1 = ws.D1(l - 1) + row, *d2 = ws.D2(l - 1) + row, *zdot = ws.Zdot(l - 1) + row;
-      const T *gh = ws.gh.data() + row, *ghdot = ws.ghdot.data() + row;
-      T *g = ws.Gr(l - 1) + row, *gdot = ws.Gdot(l - 1) + row;
-      for (int j = 0; j < layer.n_in; ++j) {
-        g[j] = d1[j] * gh[j];
-        gdot[j] = d2[j] * zdot[j] * gh[j] + d1[j] * ghdot[j];
-      }
+      const T *gh = kept[r] + static_cast<size_t>(L - 2 + l) * w, *ghdot = ws.ghdot.data() + row;
+      T* gdot = ws.Gdot(l - 1) + row;
+      for (int j = 0; j < layer.n_in; ++j) gdot[j] = d2[j] * zdot[j] * gh[j] + d1[j] * ghdot[j];
     }
   }
   const double* inv_std = d.inv_std[element].data();
@@ -354,6 +421,7 @@ struct Evaluator::Impl {
   bool forward_done = false;
 
   std::vector<double> G;          // [n_centers][descriptor_width]: n_sf, or a GM-NN's n_sf per member
+  std::vector<double> moments;    // a GM-NN's moments [n_centers][moments_size()], for its vjp
   std::vector<double> member_E;   // [n_centers][M] atomic energies
   std::vector<double> phi;        // [n_centers][L k] own-element block of the sketched features
   std::vector<double> atom_u;     // [n_centers] U_i of posterior and distance
@@ -380,6 +448,9 @@ struct Evaluator::Impl {
   std::vector<Factors<float>> dir32;
   std::vector<Batch<double>> batches64;
   std::vector<Batch<float>> batches32;
+  // Member 0's passes per centre (keep_passes), from forward() to the tangents of backward().
+  std::vector<double> kept64;
+  std::vector<float> kept32;
 
   bool gradient_features() const {
     return opt.uncertainty == Uncertainty::posterior || opt.uncertainty == Uncertainty::distance;
@@ -415,6 +486,15 @@ struct Evaluator::Impl {
     else
       return dir64;
   }
+  template <class T>
+  std::vector<T>& kept() {
+    if constexpr (std::is_same_v<T, float>)
+      return kept32;
+    else
+      return kept64;
+  }
+  template <class T>
+  void ensure_factors();
   template <class T>
   void set_direction();
   template <class T>
@@ -580,12 +660,17 @@ void Evaluator::Impl::forward_atoms_in() {
   // and needs a second descriptor vjp: the energy rows wait for it in dEdG (one more row kept
   // for dU/dG), so that backward() contracts both in one traversal.
   deferred = features && opt.uncertainty_gradient;
-  if (gm)
-    md.gaussian_moments->compute(nb, G.data());  // checks nb
-  else
+  if (gm) {
+    moments.resize(static_cast<size_t>(n) * md.gaussian_moments->moments_size());
+    md.gaussian_moments->compute(nb, G.data(), moments.data());  // checks nb
+  } else {
     md.descriptor.check(nb);
+  }
   if (gm || deferred) dEdG.assign((n_energy_rows + (deferred ? 1 : 0)) * rows_stride, 0.0);
   ensure_workspaces<T>();
+  if (features) ensure_factors<double>();
+  const int64_t kept_n = kept_size(md);
+  if (deferred) kept<T>().resize(static_cast<size_t>(n) * kept_n);
 
   const double c_F = md.force_calibration[static_cast<int>(opt.uncertainty)];
   auto atom_uncertainty = [&](int e, const double* p) {
@@ -665,11 +750,15 @@ void Evaluator::Impl::forward_atoms_in() {
         batch_backward(md, net<T>(m, e), e, member.energy_scale, c, ws, dEr);
       }
       if (!features) continue;
-      for (int r = 0; r < c; ++r) {
-        double* p = &phi[atoms[r] * n_phi];
-        sketch_features(md, e, ws, r, p);
-        if (atom_u_here) atom_u[atoms[r]] = atom_uncertainty(e, p);
-      }
+      double* phir[kBlock];
+      for (int r = 0; r < c; ++r) phir[r] = &phi[atoms[r] * n_phi];
+      batch_sketch(md, dir<double>(e), c, ws, phir);
+      if (atom_u_here)
+        for (int r = 0; r < c; ++r) atom_u[atoms[r]] = atom_uncertainty(e, phir[r]);
+      if (!deferred) continue;
+      T* keep[kBlock];
+      for (int r = 0; r < c; ++r) keep[r] = kept<T>().data() + atoms[r] * kept_n;
+      keep_passes(md, net<T>(0, e), ws, c, keep);
     }
     // The energy rows: into the GM-NN's blocks, or contracted with each centre's recorded geometry.
     for (int64_t i = i0; i < i1; ++i) {
@@ -705,7 +794,8 @@ void Evaluator::Impl::forward_atoms_in() {
     }
   }
 
-  if (gm && !deferred && n > 0) md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data());
+  if (gm && !deferred && n > 0)
+    md.gaussian_moments->vjp(nb, n_energy_rows, dEdG.data(), pair_grad.data(), moments.data());
 
   // Local sums, serially in atom order.
   sums.assign(M + (features ? K : 0) + 1, 0.0);
@@ -729,6 +819,7 @@ void Evaluator::Impl::tangents_in(double* dUdG) {
   const ModelData& md = *d;
   const int64_t n = nb.n_centers;
   const int n_g = md.descriptor_width(), n_el = md.n_elements();
+  const int64_t kept_n = kept_size(md);
   ensure_workspaces<T>();
   set_direction<T>();
   const int64_t n_blocks = (n + kBlock - 1) / kBlock;
@@ -738,14 +829,18 @@ void Evaluator::Impl::tangents_in(double* dUdG) {
     const int64_t i0 = bi * kBlock, i1 = std::min(n, i0 + kBlock);
     for (int e = 0; e < n_el; ++e) {
       const double* Gr[kBlock];
+      const T* keep[kBlock];
       double* out[kBlock];
       int c = 0;
       for (int64_t i = i0; i < i1; ++i)
         if (handled[i] && nb.species[i] == e) {
           Gr[c] = &G[i * n_g];
+          keep[c] = kept<T>().data() + i * kept_n;
           out[c++] = dUdG + i * n_g;
         }
-      if (c > 0) batch_tangent(md, net<T>(0, e), dir<T>(e), e, c, Gr, ws, out);
+      if (c == 0) continue;
+      restore_passes(md, net<T>(0, e), e, md.members[0].energy_scale, c, Gr, keep, ws);
+      batch_tangent(md, net<T>(0, e), dir<T>(e), e, c, keep, ws, out);
     }
   }
 }
@@ -822,7 +917,7 @@ double Evaluator::Impl::uncertainty(const double* global, std::vector<double>& m
 // The factors of B_l = R1_l^T diag(v_l) R2_l / sqrt(k) for every element and layer (member 0's
 // shapes): the sketches once, c = v_l / sqrt(k) every evaluation.
 template <class T>
-void Evaluator::Impl::set_direction() {
+void Evaluator::Impl::ensure_factors() {
   const ModelData& md = *d;
   auto& all = dir_all<T>();
   if (all.empty())
@@ -831,6 +926,13 @@ void Evaluator::Impl::set_direction() {
         const Layer& layer = md.members[0].networks[e].layers[l];
         all.emplace_back(md.sketches[e][l], md.k, layer.n_in, layer.n_out);
       }
+}
+
+template <class T>
+void Evaluator::Impl::set_direction() {
+  const ModelData& md = *d;
+  auto& all = dir_all<T>();
+  ensure_factors<T>();
   const double inv_sqrt_k = 1.0 / std::sqrt(static_cast<double>(md.k));
   for (int e = 0; e < md.n_elements(); ++e)
     for (int l = 0; l < md.n_layers; ++l) {
@@ -915,7 +1017,7 @@ void Evaluator::backward(const double* global_sums, EvaluationResult& result) {
     const int rows = n_energy_rows + (gradient ? 1 : 0);
     s.pair_grad.resize(rows * rhs_stride);
     if (n > 0 && md.gaussian_moments)
-      md.gaussian_moments->vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
+      md.gaussian_moments->vjp(nb, rows, s.dEdG.data(), s.pair_grad.data(), s.moments.data());
     else if (n > 0)
       md.descriptor.vjp(nb, rows, s.dEdG.data(), s.pair_grad.data());
     if (gradient)

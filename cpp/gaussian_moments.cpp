@@ -44,30 +44,30 @@ void GaussianMoments::check(const NeighbourView& nb) const {
     }
 }
 
-void GaussianMoments::compute(const NeighbourView& nb, double* G) const {
+void GaussianMoments::compute(const NeighbourView& nb, double* G, double* P) const {
   check(nb);
   const int64_t width = this->width();
-#pragma omp parallel
-  {
-    std::vector<double> P(static_cast<size_t>(s_.n_radial) * kMomentSize);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < nb.n_centers; ++i)
-      for (int m = 0; m < n_members_; ++m) {
-        moments(nb, i, m, P.data());
-        gm_contract(s_, P.data(), G + i * width + static_cast<int64_t>(m) * n_features_);
-      }
-  }
+  const size_t moment_size = static_cast<size_t>(s_.n_radial) * kMomentSize;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nb.n_centers; ++i)
+    for (int m = 0; m < n_members_; ++m) {
+      double* Pm = P + (static_cast<size_t>(i) * n_members_ + m) * moment_size;
+      moments(nb, i, m, Pm);
+      gm_contract(s_, Pm, G + i * width + static_cast<int64_t>(m) * n_features_);
+    }
 }
 
-void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const {
+void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out,
+                          const double* P) const {
   check(nb);
   const int64_t width = this->width(), n_pairs = nb.n_pairs();
   const int n = s_.n_radial;
   const size_t moment_size = static_cast<size_t>(n) * kMomentSize;
 #pragma omp parallel
   {
-    std::vector<double> P(moment_size), dP(moment_size * n_rhs);
+    std::vector<double> dP(moment_size * n_rhs);
     std::vector<int64_t> active;
+    std::vector<const double*> rows;
     double R[64], dR[64];
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nb.n_centers; ++i) {
@@ -78,16 +78,22 @@ void GaussianMoments::vjp(const NeighbourView& nb, int64_t n_rhs, const double* 
         // dL/dPsi of every right-hand side with a non-zero row for this member (often one
         // member's block only), then one pass over the pairs for all of them.
         active.clear();
+        rows.clear();
         for (int64_t r = 0; r < n_rhs; ++r) {
           const double* g = dLdG + (r * nb.n_centers + i) * width + static_cast<int64_t>(m) * n_features_;
           if (std::all_of(g, g + n_features_, [](double x) { return x == 0.0; })) continue;
-          if (active.empty()) moments(nb, i, m, P.data());
-          double* d = &dP[active.size() * moment_size];
-          std::fill(d, d + moment_size, 0.0);
-          gm_contract_backward(s_, P.data(), g, d);
           active.push_back(r);
+          rows.push_back(g);
         }
         if (active.empty()) continue;
+        const double* Pm = P + (static_cast<size_t>(i) * n_members_ + m) * moment_size;
+        std::fill(dP.begin(), dP.begin() + active.size() * moment_size, 0.0);
+        size_t done = 0;
+        for (; done + 2 <= active.size(); done += 2) {  // two rows share the products of the moments
+          double* d[2] = {&dP[done * moment_size], &dP[(done + 1) * moment_size]};
+          gm_contract_backward_rows<2>(s_, Pm, &rows[done], d);
+        }
+        if (done < active.size()) gm_contract_backward(s_, Pm, rows[done], &dP[done * moment_size]);
         for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
           const double* D = nb.D + 3 * p;
           const double dist = std::sqrt(dot3(D, D));

@@ -28,12 +28,16 @@ class GaussianMoments {
   // Throws Error for a pair with an element index out of range or of length 0.
   void check(const NeighbourView& nb) const;
 
-  // G [n_centers][n_members][n_features].
-  void compute(const NeighbourView& nb, double* G) const;
+  // Moments per centre: n_members * n_radial * kMomentSize values (1.6 kB per member by default).
+  int64_t moments_size() const { return static_cast<int64_t>(n_members_) * s_.n_radial * kMomentSize; }
+
+  // G [n_centers][n_members][n_features] and the moments P [n_centers][moments_size()], kept for vjp().
+  void compute(const NeighbourView& nb, double* G, double* P) const;
 
   // out[r][p] = sum_(m,f) dLdG[r][i(p)][m][f] dG_i(p),m,f / dD_p: dLdG [n_rhs][n_centers][width]
-  // -> out [n_rhs][n_pairs][3]. Moments are recomputed per centre (nothing per pair is stored).
-  void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const;
+  // -> out [n_rhs][n_pairs][3], with the moments P of compute() for the same neighbours (nothing per
+  // pair is stored).
+  void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out, const double* P) const;
 
  private:
   const double* beta(int m, int64_t ei, int64_t ej) const {

@@ -61,7 +61,7 @@ MLIPBIAS_HD inline int gm_n_features(const GaussianMomentSettings& s) {
 MLIPBIAS_HD inline void gm_radial(const GaussianMomentSettings& s, const double* beta, double r, double* R,
                                   double* dR) {
   const double b = s.n_basis * s.n_basis / (s.cutoff * s.cutoff);
-  const double norm = std::pow(2.0 * b / kPi, 0.25) / std::sqrt(static_cast<double>(s.n_basis));
+  const double norm = std::sqrt(std::sqrt(2.0 * b / kPi) / s.n_basis);  // (2 b / pi)^(1/4) / sqrt(K); pow is slow
   double fc, dfc;
   sf_cutoff(r, s.cutoff, &fc, &dfc);
   for (int q = 0; q < s.n_radial; ++q) R[q] = dR[q] = 0.0;
@@ -161,128 +161,197 @@ MLIPBIAS_HD inline void gm_contract(const GaussianMomentSettings& s, const doubl
         }
 }
 
-// dL/dP [n_radial][kMomentSize] (accumulated) from dL/dG [n_features] of one atom.
-MLIPBIAS_HD inline void gm_contract_backward(const GaussianMomentSettings& s, const double* P, const double* dG,
-                                             double* dP) {
+// dL/dP [n_radial][kMomentSize] (accumulated) from dL/dG [n_features] of one atom, for R rows at
+// once (dG[r] -> dP[r]): the products of the moments are formed once for all rows.
+template <int R>
+MLIPBIAS_HD inline void gm_contract_backward_rows(const GaussianMomentSettings& s, const double* P,
+                                                  const double* const* dG, double* const* dP) {
   const int n = s.n_radial, groups = s.n_contractions;
   auto P1 = [&](int q) { return P + q * kMomentSize + 1; };
   auto P2 = [&](int q) { return P + q * kMomentSize + 4; };
   auto P3 = [&](int q) { return P + q * kMomentSize + 13; };
-  auto d1 = [&](int q) { return dP + q * kMomentSize + 1; };
-  auto d2 = [&](int q) { return dP + q * kMomentSize + 4; };
-  auto d3 = [&](int q) { return dP + q * kMomentSize + 13; };
+  double w[R];
+  // The weights of feature f; false when all are 0 (the rows are often sparse).
+  auto weights = [&](int f) {
+    bool any = false;
+    for (int r = 0; r < R; ++r) {
+      w[r] = dG[r][f];
+      any |= w[r] != 0.0;
+    }
+    return any;
+  };
   int f = 0;
-  for (int q = 0; q < n; ++q) dP[q * kMomentSize] += dG[f++];
+  for (int q = 0; q < n; ++q, ++f)
+    for (int r = 0; r < R; ++r) dP[r][q * kMomentSize] += dG[r][f];
   for (int g = 1; g <= 3 && g < groups; ++g) {
     const int len = g == 1 ? 3 : (g == 2 ? 9 : 27);
     const int off = g == 1 ? 1 : (g == 2 ? 4 : 13);
-    for (int r = 0; r < n; ++r)
-      for (int t = r; t < n; ++t) {
-        const double w = dG[f++];
-        if (w == 0.0) continue;
-        const double* x = P + r * kMomentSize + off;
+    for (int a = 0; a < n; ++a)
+      for (int t = a; t < n; ++t) {
+        if (!weights(f++)) continue;
+        const double* x = P + a * kMomentSize + off;
         const double* y = P + t * kMomentSize + off;
-        double* dx = dP + r * kMomentSize + off;
-        double* dy = dP + t * kMomentSize + off;
-        for (int a = 0; a < len; ++a) {
-          dx[a] += w * y[a];
-          dy[a] += w * x[a];
+        for (int r = 0; r < R; ++r) {
+          double* dx = dP[r] + a * kMomentSize + off;
+          double* dy = dP[r] + t * kMomentSize + off;
+          for (int c = 0; c < len; ++c) {
+            dx[c] += w[r] * y[c];
+            dy[c] += w[r] * x[c];
+          }
         }
       }
   }
-  if (groups > 4)  // f = A_ab B_ac C_bc
-    for (int r = 0; r < n; ++r)
-      for (int q = r; q < n; ++q)
-        for (int t = q; t < n; ++t) {
-          const double w = dG[f++];
-          if (w == 0.0) continue;
-          const double *A = P2(r), *B = P2(q), *C = P2(t);
-          double *dA = d2(r), *dB = d2(q), *dC = d2(t);
+  // Groups 4-7 are f_pqt = F(X_p, Y_q) . Z_t, linear in the last tensor Z_t: per (p, q) the
+  // product M = F(X_p, Y_q) gives dZ_t += w_pqt M, and with W = sum_t w_pqt Z_t (over the t of
+  // the group) dX_p and dY_q follow from W once instead of once per t.
+  // The weights of the features f..f+count-1 of a (p, q); false when all are 0.
+  double wt[R][64];
+  auto weights_t = [&](int f0, int count) {
+    bool any = false;
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < count; ++t) {
+        wt[r][t] = dG[r][f0 + t];
+        any |= wt[r][t] != 0.0;
+      }
+    return any;
+  };
+  // dZ_t += w_pqt M (len entries) and W = sum_t w_pqt Z_t for t = t0..n-1 of one row.
+  auto through_t = [&](int r, int t0, int z_off, int len, const double* M, double* W) {
+    for (int c = 0; c < len; ++c) W[c] = 0.0;
+    for (int t = t0; t < n; ++t) {
+      const double wv = wt[r][t - t0];
+      if (wv == 0.0) continue;
+      const double* Z = P + t * kMomentSize + z_off;
+      double* dZ = dP[r] + t * kMomentSize + z_off;
+      for (int c = 0; c < len; ++c) {
+        dZ[c] += wv * M[c];
+        W[c] += wv * Z[c];
+      }
+    }
+  };
+  double M[27], W[27];
+  if (groups > 4)  // f = A_ab B_ac C_bc, p <= q <= t: M_bc = A_ab B_ac
+    for (int p = 0; p < n; ++p)
+      for (int q = p; q < n; ++q) {
+        const int count = n - q, f0 = f;
+        f += count;
+        if (!weights_t(f0, count)) continue;
+        const double *A = P2(p), *B = P2(q);
+        for (int b = 0; b < 3; ++b)
+          for (int c = 0; c < 3; ++c) M[3 * b + c] = A[b] * B[c] + A[3 + b] * B[3 + c] + A[6 + b] * B[6 + c];
+        for (int r = 0; r < R; ++r) {
+          through_t(r, q, 4, 9, M, W);
+          double *dA = dP[r] + p * kMomentSize + 4, *dB = dP[r] + q * kMomentSize + 4;
           for (int a = 0; a < 3; ++a)
             for (int b = 0; b < 3; ++b)
               for (int c = 0; c < 3; ++c) {
-                dA[3 * a + b] += w * B[3 * a + c] * C[3 * b + c];
-                dB[3 * a + c] += w * A[3 * a + b] * C[3 * b + c];
-                dC[3 * b + c] += w * A[3 * a + b] * B[3 * a + c];
+                dA[3 * a + b] += B[3 * a + c] * W[3 * b + c];
+                dB[3 * a + c] += A[3 * a + b] * W[3 * b + c];
               }
         }
-  if (groups > 5)  // f = x_a y_b C_ab
-    for (int r = 0; r < n; ++r)
-      for (int q = r; q < n; ++q)
-        for (int t = 0; t < n; ++t) {
-          const double w = dG[f++];
-          if (w == 0.0) continue;
-          const double *x = P1(r), *y = P1(q), *C = P2(t);
-          double *dx = d1(r), *dy = d1(q), *dC = d2(t);
+      }
+  if (groups > 5)  // f = x_a y_b C_ab, p <= q, all t: M_ab = x_a y_b
+    for (int p = 0; p < n; ++p)
+      for (int q = p; q < n; ++q) {
+        const int f0 = f;
+        f += n;
+        if (!weights_t(f0, n)) continue;
+        const double *x = P1(p), *y = P1(q);
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b) M[3 * a + b] = x[a] * y[b];
+        for (int r = 0; r < R; ++r) {
+          through_t(r, 0, 4, 9, M, W);
+          double *dx = dP[r] + p * kMomentSize + 1, *dy = dP[r] + q * kMomentSize + 1;
           for (int a = 0; a < 3; ++a)
             for (int b = 0; b < 3; ++b) {
-              dx[a] += w * y[b] * C[3 * a + b];
-              dy[b] += w * x[a] * C[3 * a + b];
-              dC[3 * a + b] += w * x[a] * y[b];
+              dx[a] += W[3 * a + b] * y[b];
+              dy[b] += x[a] * W[3 * a + b];
             }
         }
-  if (groups > 6)  // f = A_abc B_abd C_cd
-    for (int r = 0; r < n; ++r)
-      for (int q = r; q < n; ++q)
-        for (int t = 0; t < n; ++t) {
-          const double w = dG[f++];
-          if (w == 0.0) continue;
-          const double *A = P3(r), *B = P3(q), *C = P2(t);
-          double *dA = d3(r), *dB = d3(q), *dC = d2(t);
+      }
+  if (groups > 6)  // f = A_abc B_abd C_cd, p <= q, all t: M_cd = A_abc B_abd
+    for (int p = 0; p < n; ++p)
+      for (int q = p; q < n; ++q) {
+        const int f0 = f;
+        f += n;
+        if (!weights_t(f0, n)) continue;
+        const double *A = P3(p), *B = P3(q);
+        for (int c = 0; c < 9; ++c) M[c] = 0.0;
+        for (int ab = 0; ab < 9; ++ab)
+          for (int c = 0; c < 3; ++c)
+            for (int d = 0; d < 3; ++d) M[3 * c + d] += A[3 * ab + c] * B[3 * ab + d];
+        for (int r = 0; r < R; ++r) {
+          through_t(r, 0, 4, 9, M, W);
+          double *dA = dP[r] + p * kMomentSize + 13, *dB = dP[r] + q * kMomentSize + 13;
           for (int ab = 0; ab < 9; ++ab)
             for (int c = 0; c < 3; ++c)
               for (int d = 0; d < 3; ++d) {
-                dA[3 * ab + c] += w * B[3 * ab + d] * C[3 * c + d];
-                dB[3 * ab + d] += w * A[3 * ab + c] * C[3 * c + d];
-                dC[3 * c + d] += w * A[3 * ab + c] * B[3 * ab + d];
+                dA[3 * ab + c] += B[3 * ab + d] * W[3 * c + d];
+                dB[3 * ab + d] += A[3 * ab + c] * W[3 * c + d];
               }
         }
-  if (groups > 7)  // f = A_abc B_ab x_c
-    for (int r = 0; r < n; ++r)
-      for (int q = 0; q < n; ++q)
-        for (int t = 0; t < n; ++t) {
-          const double w = dG[f++];
-          if (w == 0.0) continue;
-          const double *A = P3(r), *B = P2(q), *x = P1(t);
-          double *dA = d3(r), *dB = d2(q), *dx = d1(t);
+      }
+  if (groups > 7)  // f = A_abc B_ab x_c, all p, q, t: M_c = A_abc B_ab
+    for (int p = 0; p < n; ++p)
+      for (int q = 0; q < n; ++q) {
+        const int f0 = f;
+        f += n;
+        if (!weights_t(f0, n)) continue;
+        const double *A = P3(p), *B = P2(q);
+        for (int c = 0; c < 3; ++c) M[c] = 0.0;
+        for (int ab = 0; ab < 9; ++ab)
+          for (int c = 0; c < 3; ++c) M[c] += A[3 * ab + c] * B[ab];
+        for (int r = 0; r < R; ++r) {
+          through_t(r, 0, 1, 3, M, W);
+          double *dA = dP[r] + p * kMomentSize + 13, *dB = dP[r] + q * kMomentSize + 4;
           for (int ab = 0; ab < 9; ++ab)
             for (int c = 0; c < 3; ++c) {
-              dA[3 * ab + c] += w * B[ab] * x[c];
-              dB[ab] += w * A[3 * ab + c] * x[c];
-              dx[c] += w * A[3 * ab + c] * B[ab];
+              dA[3 * ab + c] += B[ab] * W[c];
+              dB[ab] += A[3 * ab + c] * W[c];
             }
         }
+      }
 }
 
-// dL/dD of one pair from dL/dP of its centre: through R_s(r) (radially) and u = D / r.
+// One row of gm_contract_backward_rows.
+MLIPBIAS_HD inline void gm_contract_backward(const GaussianMomentSettings& s, const double* P, const double* dG,
+                                             double* dP) {
+  gm_contract_backward_rows<1>(s, P, &dG, &dP);
+}
+
+// dL/dD of one pair from dL/dP of its centre: through R_s(r) (radially) and u = D / r. With the
+// moment-shaped sums A = sum_s dR_s dL/dP_s and B = sum_s R_s dL/dP_s and m(u) = (1, u, uu, uuu),
+// dL/dr = A . m(u) and dL/du = d(B . m(u))/du: the radial functions are summed first, so the
+// products of u are formed once per pair instead of once per radial function.
 MLIPBIAS_HD inline void gm_pair_gradient(int n_radial, const double* R, const double* dR, const double* D,
                                          double r, const double* dP, double* out) {
-  double u[3] = {D[0] / r, D[1] / r, D[2] / r};
-  double dLdr = 0.0, dLdu[3] = {0.0, 0.0, 0.0};
+  double A[kMomentSize], B[kMomentSize];
+  for (int a = 0; a < kMomentSize; ++a) A[a] = B[a] = 0.0;
   for (int q = 0; q < n_radial; ++q) {
     const double* g = dP + q * kMomentSize;
-    // dL/dR_q = g0 + g1.u + g2:uu + g3:uuu, and dL/du through the products of u.
-    double value = g[0];
-    double du[3] = {0.0, 0.0, 0.0};
-    for (int a = 0; a < 3; ++a) {
-      value += g[1 + a] * u[a];
-      du[a] += g[1 + a];
-      for (int b = 0; b < 3; ++b) {
-        const double g2 = g[4 + 3 * a + b];
-        value += g2 * u[a] * u[b];
-        du[a] += g2 * u[b];
-        du[b] += g2 * u[a];
-        for (int c = 0; c < 3; ++c) {
-          const double g3 = g[13 + 9 * a + 3 * b + c];
-          value += g3 * u[a] * u[b] * u[c];
-          du[a] += g3 * u[b] * u[c];
-          du[b] += g3 * u[a] * u[c];
-          du[c] += g3 * u[a] * u[b];
-        }
+    for (int a = 0; a < kMomentSize; ++a) {
+      A[a] += dR[q] * g[a];
+      B[a] += R[q] * g[a];
+    }
+  }
+  const double u[3] = {D[0] / r, D[1] / r, D[2] / r};
+  double uu[9];
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) uu[3 * a + b] = u[a] * u[b];
+  // dL/dr = A0 + A1.u + A2:uu + A3:uuu; dL/du_a = B1_a + (B2_ab + B2_ba) u_b
+  // + (B3_abc + B3_bac + B3_bca) u_b u_c.
+  double dLdr = A[0], dLdu[3];
+  for (int a = 0; a < 3; ++a) {
+    dLdr += A[1 + a] * u[a];
+    dLdu[a] = B[1 + a];
+    for (int b = 0; b < 3; ++b) {
+      dLdr += A[4 + 3 * a + b] * uu[3 * a + b];
+      dLdu[a] += (B[4 + 3 * a + b] + B[4 + 3 * b + a]) * u[b];
+      for (int c = 0; c < 3; ++c) {
+        dLdr += A[13 + 9 * a + 3 * b + c] * uu[3 * a + b] * u[c];
+        dLdu[a] += (B[13 + 9 * a + 3 * b + c] + B[13 + 9 * b + 3 * a + c] + B[13 + 9 * b + 3 * c + a]) * uu[3 * b + c];
       }
     }
-    dLdr += value * dR[q];
-    for (int a = 0; a < 3; ++a) dLdu[a] += R[q] * du[a];
   }
   // du/dD = (I - u u^T) / r, dr/dD = u.
   const double radial = dLdu[0] * u[0] + dLdu[1] * u[1] + dLdu[2] * u[2];

@@ -89,3 +89,29 @@ def test_calculator_backends_agree_with_the_bias(model_path):
     np.testing.assert_allclose(s1, s2, rtol=0, atol=TOL * np.abs(s2).max())
     assert np.abs(b2).max() > 1e-3 * np.abs(f2).max()
     np.testing.assert_allclose(b1, b2, rtol=0, atol=TOL * np.abs(b2).max())
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path, model_path):
+    """The moments and member 0's network passes kept per centre for the bias: 1 and 3 OpenMP
+    threads give the same bits for every method (the check of the BP-NN test, on the GM-NN file)."""
+    from test_cpp_inference import test_results_do_not_depend_on_the_thread_count as same_bits
+
+    same_bits(tmp_path, model_path)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_precision_networks_are_close_to_double(model_path, method):
+    """float32 networks and kept passes (the tangent of the posterior and distance gradients, the
+    member rows of the ensemble) stay within 1e-4 of float64 (1e-3 for the distance, a difference of
+    nearly equal feature sums: 3.7e-4 here, as before the passes were kept), yet really run in float32."""
+    tol = 1e-3 if method == "distance" else 1e-4
+    cpp = CppModel(model_path)
+    atoms = quartz(13, rattle=0.1).repeat((1, 1, 2))
+    options = {"gradient": True, "atom_uncertainty": True}
+    double = cpp.evaluate(atoms, method, **options)
+    single = cpp.evaluate(atoms, method, single_precision=True, **options)
+    for name in ("forces", "uncertainty_gradient", "uncertainty_virial", "atom_uncertainty"):
+        want, got = getattr(double, name), getattr(single, name)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=name)
+    assert single.uncertainty == pytest.approx(double.uncertainty, rel=tol)
+    assert np.abs(single.uncertainty_gradient - double.uncertainty_gradient).max() > 0  # the float path ran
