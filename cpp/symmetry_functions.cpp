@@ -9,6 +9,12 @@
 // (visit_center), the reference the tests hold the kernels to. Each centre writes only its own
 // row of G and its own pairs' entries, so results do not depend on the number of threads or on
 // the schedule.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC notes (at the templates of the header, hence before it) that the shared templates
+// (sf_ipow, ...) instantiated on AVX vectors would pass them differently out of line; they are
+// always inlined into the kernel of their instruction set, so no call's ABI can differ.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #include "symmetry_functions.hpp"
 
 #include <algorithm>

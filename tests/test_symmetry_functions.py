@@ -92,8 +92,8 @@ def test_values_and_derivatives_match_reference(case):
         lambda d: reference_G(sf, nb, d)[:, columns].sum(0), D.detach(), vectorize=True
     )
     np.testing.assert_allclose(desc.dG[:, columns], J.numpy().transpose(1, 0, 2), rtol=0, atol=TOL)
-    G_only = sf.compute(atoms).G
-    np.testing.assert_array_equal(G_only, desc.G)
+    # values alone run the SIMD kernels, the derivatives the scalar traversal: equal to rounding
+    np.testing.assert_allclose(sf.compute(atoms).G, desc.G, rtol=1e-12, atol=1e-14)
 
 
 def test_vjp_and_jvp_match_reference_with_several_rhs(case):
