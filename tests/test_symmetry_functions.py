@@ -132,6 +132,59 @@ def test_vjp_and_jvp_match_reference_with_several_rhs(case):
 # ------------------------------------------------------------------ finite differences
 
 
+def _odd_sio2_table():
+    """The SiO2 set with a non-integer zeta (the std::pow lanes) and a second angular cutoff."""
+    table = SymmetryFunctions.defaults("SiO2").table.copy()
+    angular = np.flatnonzero(table[:, 0] > 2)
+    table[angular[1], 5] = 1.5  # zeta
+    table[angular[2::3], 7] = 4.5  # rc: G4 and G5 with their own cutoff functions at r_jk
+    return SymmetryFunctions(["O", "Si"], table)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("which", ["sio2-default", "sio2-odd", "acetamide"])
+def test_every_simd_width_matches_the_scalar_traversal(width, which):
+    """Values, vjp and jvp of the triplet kernels at each vector width (capped by the CPU) against
+    the scalar traversal's full derivatives, and the adjoint identity <vjp(w), t> = <w, jvp(t)>."""
+    from mlipbias import _core
+    from mlipbias.structures import default_structure
+
+    if which == "acetamide":
+        sf, atoms = SymmetryFunctions.defaults("molecules"), acetamide()
+    else:
+        sf = SymmetryFunctions.defaults("SiO2") if which == "sio2-default" else _odd_sio2_table()
+        atoms = default_structure("sio2-amorphous-96")
+    nb = sf.neighbours(atoms)
+    full = sf.compute_neighbours(nb, derivatives=True)
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, nb.n_atoms, sf.n_sf))  # rows in chunks of 4 and 1
+    t = rng.normal(size=(5, nb.n_pairs, 3))
+    vjp_ref = np.einsum("pfx,rpf->rpx", full.dG, w[:, nb.i])
+    jvp_ref = np.zeros((5, nb.n_atoms, sf.n_sf))
+    for r in range(5):
+        np.add.at(jvp_ref[r], nb.i, np.einsum("pfx,px->pf", full.dG, t[r]))
+    try:
+        used = _core.sf_simd_width(width)
+        assert used == min(width, _core.sf_simd_width())
+        G, vjp, jvp = sf.compute_neighbours(nb).G, sf.vjp(nb, w), sf.jvp(nb, t)
+    finally:
+        _core.sf_simd_width(0)
+    assert np.abs(full.G).max() > 1.0 and np.abs(vjp_ref).max() > 1.0 and np.abs(jvp_ref).max() > 1.0
+    np.testing.assert_allclose(G, full.G, rtol=1e-12, atol=1e-12 * np.abs(full.G).max())
+    np.testing.assert_allclose(vjp, vjp_ref, rtol=1e-12, atol=1e-12 * np.abs(vjp_ref).max())
+    np.testing.assert_allclose(jvp, jvp_ref, rtol=1e-12, atol=1e-12 * np.abs(jvp_ref).max())
+    for r in range(5):
+        lhs, rhs = np.sum(vjp[r] * t[r]), np.sum(w[r] * jvp[r])
+        assert abs(lhs - rhs) <= 1e-12 * np.sqrt(np.sum(vjp[r] ** 2) * np.sum(t[r] ** 2))
+
+
+def test_simd_width_is_checked():
+    from mlipbias import _core
+
+    with pytest.raises(ValueError, match="SIMD width must be 0"):
+        _core.sf_simd_width(3)
+
+
 def test_forces_and_virial_match_finite_differences(case):
     sf, atoms, desc = case
     nb = desc.neighbours
