@@ -113,11 +113,14 @@ def flops_ours(neighbours: float, triplets: float, members: int, rows: int, seco
     counted from the loops of cpp/symmetry_functions.cpp and cpp/evaluator.cpp: the values traversal
     (which records the angular factors), networks (forward + backward per member), the contraction of
     `rows` weight rows; `second_pass` adds the gradient-feature vjp (a recording traversal, the tangent
-    pass, a 1-row contraction). Transcendental calls are counted apart (exp, sincos, sqrt)."""
+    pass, a 1-row contraction). Transcendental calls are counted apart (exp, sincos, sqrt); per
+    triplet exp and sincos are the polynomials of cpp/symmetry_functions_simd.inc, counted as FLOPs
+    (the padding lanes of the vectors, ~20 % more triplets, are not counted)."""
     g2_per_pair, keys, shapes, terms, groups = 8, 2, 8, 12, 2
     record_pair = 5 + 3 + keys * 9  # r, cutoff, radial factors of the angular keys
+    vexp, vsincos = 4 + 2 + 26 + 3, 3 + 2 * 21 + 4  # reduction, Horner, 2^n; half angle, Horner, cutoff
     # cos theta, r_jk, cutoff at r_jk, the G4 factor at r_jk; A and dA/dcos of every shape
-    record_triplet = 7 + 3 + 5 + 5 + 9 + shapes * 10.5
+    record_triplet = 7 + 3 + vsincos + vexp + 9 + shapes * 10.5
     values = neighbours * (record_pair + g2_per_pair * 11) + triplets * (
         record_triplet + groups * 2 + terms * 2
     )
@@ -131,8 +134,8 @@ def flops_ours(neighbours: float, triplets: float, members: int, rows: int, seco
 
     total = values + members * network + contraction(rows)
     transcendental = {
-        "exp": neighbours * (g2_per_pair + keys) + triplets,
-        "sincos": neighbours + triplets,
+        "exp": neighbours * (g2_per_pair + keys),
+        "sincos": neighbours,
         "sqrt": neighbours + triplets,
     }
     if second_pass:
