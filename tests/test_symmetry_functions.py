@@ -363,6 +363,40 @@ def test_bridge_gradcheck_and_training_gradient():
     assert grad_ref.abs().max() > 1e-3
 
 
+def test_force_training_contracts_all_members_in_one_call(monkeypatch, tmp_path):
+    """Every ensemble member is a right-hand side of one vjp and one jvp per batch (one triplet
+    traversal for all of them), in the forward pass and in the double backward of the force loss."""
+    from model_fixtures import labelled_quartz, small_descriptor
+
+    from mlipbias.models import AtomsData, TrainingSettings, UncertaintySettings, train
+    from mlipbias.uq.calibration import CalibrationWarning
+
+    shapes = {"vjp": [], "jvp": []}
+    for name in shapes:
+        original = getattr(SymmetryFunctions, name)
+
+        def spy(self, neighbours, x, _name=name, _original=original):
+            shapes[_name].append(x.shape)
+            return _original(self, neighbours, x)
+
+        monkeypatch.setattr(SymmetryFunctions, name, spy)
+    sf = small_descriptor()
+    data = AtomsData(labelled_quartz(6), sf)
+    settings = TrainingSettings(epochs=1, batch_size=3, force_weight=1.0, stress_weight=0.0, device="cpu")
+    with pytest.warns(CalibrationWarning):  # 6 structures are too few for the conformal factor
+        train(
+            data,
+            data,
+            uncertainty=UncertaintySettings(methods=("ensemble",), n_members=3),
+            training=settings,
+            output_dir=tmp_path,
+            progress=False,
+            log=lambda _: None,
+        )
+    assert len(shapes["jvp"]) == 2  # one per training batch
+    assert all(len(s) == 3 and s[0] == 3 for s in shapes["jvp"] + shapes["vjp"]), shapes
+
+
 def test_bridge_keeps_dtype_and_leading_axes():
     sf = SymmetryFunctions.defaults(["H", "O"])
     nb = sf.neighbours(molecule("H2O"))
