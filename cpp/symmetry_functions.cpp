@@ -26,9 +26,6 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MLIPBIAS_SF_X86_DISPATCH 1  // GCC's target pragma builds the AVX2 and AVX-512 kernels
 #endif
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace mlipbias {
 
@@ -151,27 +148,21 @@ void SymmetryFunctions::check(const NeighbourView& nb) const {
 namespace {
 namespace simd2 {
 constexpr int W = 2;
-#define SF_SQRT(x) ((V)_mm_sqrt_pd((__m128d)(x)))
 #include "symmetry_functions_simd.inc"
-#undef SF_SQRT
 }  // namespace simd2
 #ifdef MLIPBIAS_SF_X86_DISPATCH
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace simd4 {
 constexpr int W = 4;
-#define SF_SQRT(x) ((V)_mm256_sqrt_pd((__m256d)(x)))
 #include "symmetry_functions_simd.inc"
-#undef SF_SQRT
 }  // namespace simd4
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 namespace simd8 {
 constexpr int W = 8;
-#define SF_SQRT(x) ((V)_mm512_mask_sqrt_pd((__m512d)(x), 0xFF, (__m512d)(x)))  // no undefined source
 #include "symmetry_functions_simd.inc"
-#undef SF_SQRT
 }  // namespace simd8
 #pragma GCC pop_options
 #endif
