@@ -96,6 +96,16 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     angular_by_pair_[ia * n_elements + ib].push_back(fn);
     if (ia != ib) angular_by_pair_[ib * n_elements + ia].push_back(fn);
   }
+  radial_params_.resize(n_elements);
+  for (int64_t e = 0; e < n_elements; ++e) {  // eta, then rs, padded to the widest vector (8)
+    const auto& fns = radial_by_element_[e];
+    const size_t mp = (fns.size() + 7) / 8 * 8;
+    radial_params_[e].assign(2 * mp, 0.0);
+    for (size_t m = 0; m < fns.size(); ++m) {
+      radial_params_[e][m] = fns[m].eta;
+      radial_params_[e][mp + m] = fns[m].rs;
+    }
+  }
   rjk_slot_.assign(radial_keys_.size(), -1);
   for (size_t k = 0; k < radial_keys_.size(); ++k)
     if (radial_keys_[k].at_rjk) rjk_slot_[k] = n_rjk_keys_++;
@@ -172,13 +182,17 @@ using Workspace = SymmetryFunctions::CentreWorkspace;
 
 struct Kernels {
   int width;
+  void (*pair_cutoffs)(const double*, size_t, const double*, int64_t, double*, double*);
+  void (*radial_terms)(const double*, const double*, const double*, const double*, int64_t, double, double, double*,
+                       double*);
+  void (*slot_radial)(const Tables&, Workspace&);
   void (*values)(const Tables&, Workspace&, double*);
   void (*vjp[4])(const Tables&, const Workspace&, const double*, double*);
   void (*jvp[4])(const Tables&, const Workspace&, const double*, double*);
 };
 
 #define MLIPBIAS_SF_KERNELS(NS) \
-  Kernels { NS::W, NS::values, {NS::vjp<1>, NS::vjp<2>, NS::vjp<3>, NS::vjp<4>}, {NS::jvp<1>, NS::jvp<2>, NS::jvp<3>, NS::jvp<4>} }
+  Kernels { NS::W, NS::pair_cutoffs, NS::radial_terms, NS::slot_radial, NS::values, {NS::vjp<1>, NS::vjp<2>, NS::vjp<3>, NS::vjp<4>}, {NS::jvp<1>, NS::jvp<2>, NS::jvp<3>, NS::jvp<4>} }
 
 int best_width() {
 #ifdef MLIPBIAS_SF_X86_DISPATCH
@@ -228,8 +242,9 @@ int SymmetryFunctions::set_simd_width(int width) {
 
 void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i,
                                        int width) const {
+  const Kernels& k = kernels();
   const size_t n_cut = cutoffs_.size(), n_keys = radial_keys_.size();
-  const double cutoff2 = cutoff_ * cutoff_;
+  const double cutoff2 = cutoff_ * cutoff_, beyond = 2.0 * cutoff_;  // a length beyond every cutoff
   ws.pair.clear();
   ws.z.clear();
   ws.d.clear();
@@ -246,26 +261,31 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
   const size_t n = ws.r.size();
   ws.inv_r.resize(n);
   for (size_t a = 0; a < n; ++a) ws.inv_r[a] = 1.0 / ws.r[a];
-  ws.fc.resize(n * n_cut);
-  ws.dfc.resize(n * n_cut);
-  for (size_t a = 0; a < n; ++a)
-    for (size_t c = 0; c < n_cut; ++c) sf_cutoff(ws.r[a], cutoffs_[c], &ws.fc[a * n_cut + c], &ws.dfc[a * n_cut + c]);
+  const int64_t np = (static_cast<int64_t>(n) + 7) / 8 * 8;
+  ws.pr.assign(np, beyond);
+  std::copy(ws.r.begin(), ws.r.end(), ws.pr.begin());
+  ws.pfc.resize(n_cut * np);
+  ws.pdfc.resize(n_cut * np);
+  k.pair_cutoffs(cutoffs_.data(), n_cut, ws.pr.data(), np, ws.pfc.data(), ws.pdfc.data());
 
-  // Radial functions: one term per pair; (dG/dr) / r kept for the contractions.
+  // Radial functions: the terms of a neighbour's functions in vectors; (dG/dr) / r kept for the
+  // contractions.
   ws.radial_dg.clear();
   for (size_t a = 0; a < n; ++a) {
-    const double r = ws.r[a];
-    const double* fc = &ws.fc[a * n_cut];
-    const double* dfc = &ws.dfc[a * n_cut];
-    for (const Radial& fn : radial_by_element_[ws.z[a]]) {
-      if (fc[fn.cut] == 0.0) {  // beyond this function's cutoff
-        ws.radial_dg.push_back(0.0);
-        continue;
-      }
-      double dg;
-      const double g = sf_radial(fn.eta, fn.rs, r, fc[fn.cut], dfc[fn.cut], &dg);
-      if (G_i) G_i[fn.f] += g;
-      ws.radial_dg.push_back(dg / r);
+    const auto& fns = radial_by_element_[ws.z[a]];
+    if (fns.empty()) continue;
+    const std::vector<double>& params = radial_params_[ws.z[a]];
+    const int64_t mp = static_cast<int64_t>(params.size() / 2);
+    ws.g2.assign(4 * mp, 0.0);
+    double *fc = ws.g2.data(), *dfc = fc + mp, *g = dfc + mp, *dg = g + mp;
+    for (size_t m = 0; m < fns.size(); ++m) {
+      fc[m] = ws.pfc[fns[m].cut * np + a];
+      dfc[m] = ws.pdfc[fns[m].cut * np + a];
+    }
+    k.radial_terms(params.data(), params.data() + mp, fc, dfc, mp, ws.r[a], ws.inv_r[a], g, dg);
+    for (size_t m = 0; m < fns.size(); ++m) {
+      if (G_i) G_i[fns[m].f] += g[m];
+      ws.radial_dg.push_back(dg[m]);
     }
   }
 
@@ -288,8 +308,9 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
   const int64_t ns = next;
   ws.n_slots = ns;
   for (auto* v : {&ws.sx, &ws.sy, &ws.sz, &ws.sinv}) v->assign(ns, 0.0);
-  ws.sR.assign(n_keys * ns, 0.0);
-  ws.sdR.assign(n_keys * ns, 0.0);
+  ws.sr.assign(ns + width, beyond);
+  ws.sR.assign(n_keys * ns + width, 0.0);  // slot_radial's last vector may spill past the end
+  ws.sdR.assign(n_keys * ns + width, 0.0);
   ws.sidx.assign(ns, -1);
   ws.selem.assign(ns, 0);
   for (int a : ws.angular) {
@@ -300,15 +321,9 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
     ws.sy[s] = ws.d[3 * a + 1];
     ws.sz[s] = ws.d[3 * a + 2];
     ws.sinv[s] = ws.inv_r[a];
-    const double r = ws.r[a];
-    for (size_t k = 0; k < n_keys; ++k) {
-      const RadialKey& key = radial_keys_[k];
-      const double e = std::exp(-key.eta * r * r);
-      const double fc = ws.fc[a * n_cut + key.cut], dfc = ws.dfc[a * n_cut + key.cut];
-      ws.sR[k * ns + s] = e * fc;
-      ws.sdR[k * ns + s] = e * (dfc - 2.0 * key.eta * r * fc);
-    }
+    ws.sr[s] = ws.r[a];
   }
+  k.slot_radial(kernel_tables(), ws);
 }
 
 void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const {

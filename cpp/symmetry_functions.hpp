@@ -172,6 +172,9 @@ class SymmetryFunctions {
     int width = 0;                  // vector width the slots and the record were laid out for
     int64_t n_slots = 0;
     std::vector<double> sx, sy, sz, sinv;  // [slot] vector and 1 / length (0 in padding slots)
+    std::vector<double> sr;          // [slot] length (beyond every cutoff in padding slots)
+    std::vector<double> pr, pfc, pdfc;  // kernels: [neighbour] length, [cutoff][neighbour] fc, dfc
+    std::vector<double> g2;          // kernels: [4][functions of an element] fc, dfc, G2, (dG2/dr) / r
     std::vector<double> sR, sdR;     // [radial key][slot]
     std::vector<int> sidx, selem;    // [slot] neighbour (-1: padding), element
     std::vector<int64_t> seg;        // [element] first slot, end of its real slots
@@ -269,6 +272,7 @@ class SymmetryFunctions {
   std::vector<RadialKey> radial_keys_;  // distinct (eta, rc) of the angular functions
   std::vector<Shape> shapes_;           // distinct (zeta, lambda)
   std::vector<std::vector<Radial>> radial_by_element_;  // [n_elements]
+  std::vector<std::vector<double>> radial_params_;      // [n_elements] eta, then rs, of radial_by_element_, padded to 8
   std::vector<std::vector<Angular>> angular_by_pair_;   // [n_elements * n_elements], symmetric
   std::vector<std::vector<AngularGroup>> groups_by_pair_;  // the same functions by (key, kind)
   std::vector<int> rjk_slot_;  // [radial key] its slot in a recorded triplet (keys at r_jk), or -1
