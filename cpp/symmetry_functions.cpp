@@ -192,7 +192,10 @@ struct Kernels {
 };
 
 #define MLIPBIAS_SF_KERNELS(NS) \
-  Kernels { NS::W, NS::pair_cutoffs, NS::radial_terms, NS::slot_radial, NS::values, {NS::vjp<1>, NS::vjp<2>, NS::vjp<3>, NS::vjp<4>}, {NS::jvp<1>, NS::jvp<2>, NS::jvp<3>, NS::jvp<4>} }
+  Kernels {                                                                                  \
+    NS::W, NS::pair_cutoffs, NS::radial_terms, NS::slot_radial, NS::values,                  \
+        {NS::vjp<1>, NS::vjp<2>, NS::vjp<3>, NS::vjp<4>}, {NS::jvp<1>, NS::jvp<2>, NS::jvp<3>, NS::jvp<4>} \
+  }
 
 int best_width() {
 #ifdef MLIPBIAS_SF_X86_DISPATCH

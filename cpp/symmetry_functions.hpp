@@ -79,7 +79,8 @@ MLIPBIAS_HD inline MLIPBIAS_SF_INLINE T sf_ipow(T base, int n) {
 
 // A(c) and dA/dc from the clamped base 1 + lambda c and its power base^(zeta - 1).
 template <class T>
-MLIPBIAS_HD inline MLIPBIAS_SF_INLINE T sf_angular_from_power(T base, T pow_m1, double zeta, double lambda, double prefactor, T* dA) {
+MLIPBIAS_HD inline MLIPBIAS_SF_INLINE T sf_angular_from_power(T base, T pow_m1, double zeta, double lambda,
+                                                               double prefactor, T* dA) {
   *dA = prefactor * zeta * lambda * pow_m1;
   return prefactor * pow_m1 * base;
 }
@@ -101,8 +102,9 @@ MLIPBIAS_HD inline double sf_angular(double c, double zeta, int izeta, double la
 // `f_rjk_over_rjk` is (df/dr_jk) / r_jk (0 for G5). A template so that the SIMD kernels
 // (symmetry_functions_simd.inc) run the same formula on vectors of triplets.
 template <class T>
-MLIPBIAS_HD inline MLIPBIAS_SF_INLINE void sf_triplet_coefficients(T f_c, T f_rij, T f_rik, T f_rjk_over_rjk, T c, T inv_rij, T inv_rik,
-                                                T* alpha, T* beta, T* delta) {
+MLIPBIAS_HD inline MLIPBIAS_SF_INLINE void sf_triplet_coefficients(T f_c, T f_rij, T f_rik, T f_rjk_over_rjk, T c,
+                                                                    T inv_rij, T inv_rik, T* alpha, T* beta,
+                                                                    T* delta) {
   const T cross = f_c * inv_rij * inv_rik;
   *alpha = -f_c * c * inv_rij * inv_rij + f_rij * inv_rij + f_rjk_over_rjk;
   *beta = cross - f_rjk_over_rjk;
@@ -162,12 +164,14 @@ class SymmetryFunctions {
     std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
     std::vector<int64_t> z;      // its element
     std::vector<double> d, r, inv_r;  // its vector (3 each), length and 1 / length
-    std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
-    std::vector<int> angular;    // neighbours inside the angular cutoff
-    std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
+    // the scalar traversal of compute_with_derivatives (visit_center):
+    std::vector<double> fc, dfc;  // [neighbour][cutoff] cutoff function and derivative
+    std::vector<int> angular;     // neighbours inside the angular cutoff (also the kernels' slots)
+    std::vector<double> R, dR;    // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
     std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
-    std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
-    std::vector<double> A, dA;   // [shape] angular factor and d/dcos
+    std::vector<double> S, dS;    // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
+    std::vector<double> A, dA;    // [shape] angular factor and d/dcos
+    // the fused pass (prepare_centre and the SIMD kernels):
     std::vector<double> radial_dg;  // recorded: (dG2/dr) / r per neighbour and G2 of its element
     int width = 0;                  // vector width the slots and the record were laid out for
     int64_t n_slots = 0;

@@ -41,7 +41,10 @@ MLIPBIAS_BINDINGS(symmetry_functions) {
       " species (n_atoms,) model element index of every atom; offsets (n_centers+1,) CSR pair offsets by centre;"
       " j (n_pairs,) neighbour atom of each pair; D (n_pairs, 3) r_ij = x_j - x_i in A.";
   m.def(
-      "sf_simd_width", [](int width) { return width < 0 ? SymmetryFunctions::simd_width() : SymmetryFunctions::set_simd_width(width); },
+      "sf_simd_width",
+      [](int width) {
+        return width < 0 ? SymmetryFunctions::simd_width() : SymmetryFunctions::set_simd_width(width);
+      },
       py::arg("width") = -1,
       "Vector width (doubles) of the symmetry-function triplet kernels: 8 AVX-512, 4 AVX2, 2 SSE2. width >= 0 caps "
       "it for the whole process (0: the CPU's best; for tests of every path); returns the width in use.");
