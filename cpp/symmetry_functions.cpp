@@ -26,6 +26,13 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MLIPBIAS_SF_X86_DISPATCH 1  // GCC's target pragma builds the AVX2 and AVX-512 kernels
 #endif
+// The contractions are compiled without fused multiply-add contraction (see the .inc).
+#if defined(__clang__)
+#define MLIPBIAS_SF_NO_CONTRACT
+#pragma clang fp contract(off)
+#else
+#define MLIPBIAS_SF_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#endif
 
 namespace mlipbias {
 
