@@ -8,7 +8,8 @@ validation), in one process. The epoch cost is the CPU time per epoch (training 
 validation pass; descriptors are computed once before), from the difference of a run of
 ``epochs + 1`` epochs and one of 1 epoch (after a warm-up run), and the median wall time of an epoch
 (``metrics.jsonl``).
-Writes ``benchmarks/results/force_training_cost.json``.
+Writes ``benchmarks/results/force_training_cost.json`` (``--output``). For a before/after pair, run it
+again with ``PYTHONPATH`` pointing to a copy of ``python/`` that holds the earlier ``_core``.
 
     OMP_NUM_THREADS=1 PYTHONPATH=python .venv/bin/python benchmarks/force_training_cost.py
 """
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--structures", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=4, help="epochs timed with forces")
     parser.add_argument("--energy-epochs", type=int, default=60, help="epochs timed with energies only")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,8 +99,12 @@ def main() -> None:
         for kind in ("cpu", "wall")
     }
     print(f"ratio (defaults / energies only): {ratio['cpu']:.0f}x CPU time, {ratio['wall']:.0f}x wall time")
+    import mlipbias
+
     payload = {
         "machine": machine(),
+        "mlipbias": str(Path(mlipbias.__file__).parent),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "n_train": n_train,
         "n_validation": len(structures) - n_train,
         "epochs": {"forces": args.epochs, "energies only": args.energy_epochs},
@@ -110,8 +116,8 @@ def main() -> None:
         "results": results,
         "ratio": ratio,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    args.output.parent.mkdir(exist_ok=True)
+    args.output.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

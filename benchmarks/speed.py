@@ -113,11 +113,16 @@ def flops_ours(neighbours: float, triplets: float, members: int, rows: int, seco
     counted from the loops of cpp/symmetry_functions.cpp and cpp/evaluator.cpp: the values traversal
     (which records the angular factors), networks (forward + backward per member), the contraction of
     `rows` weight rows; `second_pass` adds the gradient-feature vjp (a recording traversal, the tangent
-    pass, a 1-row contraction). Transcendental calls are counted apart (exp, sincos, sqrt)."""
+    pass, a 1-row contraction). Calls of exp, sincos and sqrt are counted apart; exp and the cosine
+    cutoff are the polynomials of cpp/symmetry_functions_simd.inc, counted as FLOPs, and only the
+    square root of each pair length is left (the padding lanes of the vectors, ~16 % more
+    triplets, are not counted)."""
     g2_per_pair, keys, shapes, terms, groups = 8, 2, 8, 12, 2
-    record_pair = 5 + 3 + keys * 9  # r, cutoff, radial factors of the angular keys
-    # cos theta, r_jk, cutoff at r_jk, the G4 factor at r_jk; A and dA/dcos of every shape
-    record_triplet = 7 + 3 + 5 + 5 + 9 + shapes * 10.5
+    vexp, vcut = 4 + 3 + 26 + 3, 3 + 3 + 2 * 20 + 4  # reduction, Estrin, 2^n; half angle, Estrin, fc
+    # r, cutoff, radial factors of the angular keys (each with its cutoff), the G2 exponentials
+    record_pair = 5 + vcut + keys * (9 + vexp + vcut) + g2_per_pair * vexp
+    # cos theta, r_jk^2, cutoff at r_jk, the G4 factor at r_jk; A and dA/dcos of every shape
+    record_triplet = 7 + 5 + vcut + vexp + 6 + shapes * 10.5
     values = neighbours * (record_pair + g2_per_pair * 11) + triplets * (
         record_triplet + groups * 2 + terms * 2
     )
@@ -130,11 +135,7 @@ def flops_ours(neighbours: float, triplets: float, members: int, rows: int, seco
         )
 
     total = values + members * network + contraction(rows)
-    transcendental = {
-        "exp": neighbours * (g2_per_pair + keys) + triplets,
-        "sincos": neighbours + triplets,
-        "sqrt": neighbours + triplets,
-    }
+    transcendental = {"exp": 0.0, "sincos": 0.0, "sqrt": neighbours}
     if second_pass:
         total += neighbours * (record_pair + g2_per_pair * 11) + triplets * record_triplet
         total += 3 * network + contraction(1)

@@ -1,17 +1,38 @@
-// Symmetry functions: table validation and the OpenMP loops over centres.
+// Symmetry functions: table validation, the fused pass of one centre and the OpenMP loops.
 //
-// One traversal (visit_center) walks the pairs and triplets of a centre and hands every
-// term to a "sink"; compute, compute_with_derivatives and jvp differ only in their sink. The
-// vjp (forces) records the centre's geometry during its values traversal and contracts from
-// that record (contract_center), grouping the angular functions that share a radial part.
-// Each centre writes only its own row of G and its own pairs' entries, so results do not
-// depend on the number of threads or on the schedule.
+// A centre's values pass (centre_values) puts its angular neighbours in slots sorted by element
+// and runs the triplet kernels of symmetry_functions_simd.inc on vectors of 2, 4 or 8 triplets
+// (SSE2, AVX2, AVX-512, chosen at run time), recording per triplet what the contractions need
+// again; centre_vjp (forces, virial, vjp) and centre_jvp (force training, jvp) read that record,
+// with the angular functions that share a radial part contracted as one term. The full
+// derivative array (compute_with_derivatives) keeps a scalar traversal of every term
+// (visit_center), the reference the tests hold the kernels to. Each centre writes only its own
+// row of G and its own pairs' entries, so results do not depend on the number of threads or on
+// the schedule.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC notes (at the templates of the header, hence before it) that the shared templates
+// (sf_ipow, ...) instantiated on AVX vectors would pass them differently out of line; they are
+// always inlined into the kernel of their instruction set, so no call's ABI can differ.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #include "symmetry_functions.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <string>
-#include <type_traits>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MLIPBIAS_SF_X86_DISPATCH 1  // GCC's target pragma builds the AVX2 and AVX-512 kernels
+#endif
+// The contractions are compiled without fused multiply-add contraction (see the .inc).
+#if defined(__clang__)
+#define MLIPBIAS_SF_NO_CONTRACT
+#pragma clang fp contract(off)
+#else
+#define MLIPBIAS_SF_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#endif
 
 namespace mlipbias {
 
@@ -82,6 +103,16 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     angular_by_pair_[ia * n_elements + ib].push_back(fn);
     if (ia != ib) angular_by_pair_[ib * n_elements + ia].push_back(fn);
   }
+  radial_params_.resize(n_elements);
+  for (int64_t e = 0; e < n_elements; ++e) {  // eta, then rs, padded to the widest vector (8)
+    const auto& fns = radial_by_element_[e];
+    const size_t mp = (fns.size() + 7) / 8 * 8;
+    radial_params_[e].assign(2 * mp, 0.0);
+    for (size_t m = 0; m < fns.size(); ++m) {
+      radial_params_[e][m] = fns[m].eta;
+      radial_params_[e][mp + m] = fns[m].rs;
+    }
+  }
   rjk_slot_.assign(radial_keys_.size(), -1);
   for (size_t k = 0; k < radial_keys_.size(); ++k)
     if (radial_keys_[k].at_rjk) rjk_slot_[k] = n_rjk_keys_++;
@@ -126,11 +157,284 @@ void SymmetryFunctions::check(const NeighbourView& nb) const {
   }
 }
 
-// ------------------------------------------------------------------ traversal
+// ------------------------------------------------------------------ SIMD kernels
 
+// The triplet kernels (symmetry_functions_simd.inc) for 2 (SSE2), 4 (AVX2 + FMA) and 8 (AVX-512)
+// doubles. The wider builds use GCC's target pragma (functions only, no global flags), so the
+// library runs on any x86-64 and the first call picks what the CPU has, by its features.
+namespace {
+namespace simd2 {
+constexpr int W = 2;
+#include "symmetry_functions_simd.inc"
+}  // namespace simd2
+#ifdef MLIPBIAS_SF_X86_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace simd4 {
+constexpr int W = 4;
+#include "symmetry_functions_simd.inc"
+}  // namespace simd4
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace simd8 {
+constexpr int W = 8;
+#include "symmetry_functions_simd.inc"
+}  // namespace simd8
+#pragma GCC pop_options
+#endif
 
-// kRecord keeps in ws what centre_vjp needs again (radial derivatives, per-triplet geometry).
-template <bool kGrad, bool kRecord, class Sink>
+using Tables = SymmetryFunctions::KernelTables;
+using Workspace = SymmetryFunctions::CentreWorkspace;
+
+struct Kernels {
+  int width;
+  void (*pair_cutoffs)(const double*, size_t, const double*, int64_t, double*, double*);
+  void (*radial_terms)(const double*, const double*, const double*, const double*, int64_t, double, double, double*,
+                       double*);
+  void (*slot_radial)(const Tables&, Workspace&);
+  void (*values)(const Tables&, Workspace&, double*);
+  void (*vjp[4])(const Tables&, const Workspace&, const double*, double*);
+  void (*jvp[4])(const Tables&, const Workspace&, const double*, double*);
+};
+
+#define MLIPBIAS_SF_KERNELS(NS) \
+  Kernels {                                                                                  \
+    NS::W, NS::pair_cutoffs, NS::radial_terms, NS::slot_radial, NS::values,                  \
+        {NS::vjp<1>, NS::vjp<2>, NS::vjp<3>, NS::vjp<4>}, {NS::jvp<1>, NS::jvp<2>, NS::jvp<3>, NS::jvp<4>} \
+  }
+
+int best_width() {
+#ifdef MLIPBIAS_SF_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return 8;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 4;
+#endif
+  return 2;
+}
+
+std::atomic<int> chosen_width{0};  // 0: not chosen yet
+
+const Kernels& kernels() {
+  static const Kernels k2 = MLIPBIAS_SF_KERNELS(simd2);
+#ifdef MLIPBIAS_SF_X86_DISPATCH
+  static const Kernels k4 = MLIPBIAS_SF_KERNELS(simd4);
+  static const Kernels k8 = MLIPBIAS_SF_KERNELS(simd8);
+  const int width = SymmetryFunctions::simd_width();
+  if (width == 8) return k8;
+  if (width == 4) return k4;
+#endif
+  return k2;
+}
+#undef MLIPBIAS_SF_KERNELS
+
+}  // namespace
+
+int SymmetryFunctions::simd_width() {
+  int width = chosen_width.load();
+  if (width == 0) {
+    width = best_width();
+    chosen_width.store(width);
+  }
+  return width;
+}
+
+int SymmetryFunctions::set_simd_width(int width) {
+  if (width != 0 && width != 2 && width != 4 && width != 8)
+    throw Error("symmetry functions: the SIMD width must be 0 (the CPU's best), 2, 4 or 8, got " +
+                std::to_string(width));
+  const int best = best_width();
+  chosen_width.store(width == 0 ? best : std::min(width, best));
+  return chosen_width.load();
+}
+
+// ------------------------------------------------------------------ the fused pass of one centre
+
+void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i,
+                                       int width) const {
+  const Kernels& k = kernels();
+  const size_t n_cut = cutoffs_.size(), n_keys = radial_keys_.size();
+  const double cutoff2 = cutoff_ * cutoff_, beyond = 2.0 * cutoff_;  // a length beyond every cutoff
+  ws.pair.clear();
+  ws.z.clear();
+  ws.d.clear();
+  ws.r.clear();
+  for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
+    const double* d = nb.D + 3 * p;
+    const double r2 = dot3(d, d);
+    if (r2 >= cutoff2) continue;
+    ws.pair.push_back(p);
+    ws.z.push_back(nb.species[nb.j[p]]);
+    ws.d.insert(ws.d.end(), d, d + 3);
+    ws.r.push_back(std::sqrt(r2));
+  }
+  const size_t n = ws.r.size();
+  ws.inv_r.resize(n);
+  for (size_t a = 0; a < n; ++a) ws.inv_r[a] = 1.0 / ws.r[a];
+  const int64_t np = (static_cast<int64_t>(n) + 7) / 8 * 8;
+  ws.pr.assign(np, beyond);
+  std::copy(ws.r.begin(), ws.r.end(), ws.pr.begin());
+  ws.pfc.resize(n_cut * np);
+  ws.pdfc.resize(n_cut * np);
+  k.pair_cutoffs(cutoffs_.data(), n_cut, ws.pr.data(), np, ws.pfc.data(), ws.pdfc.data());
+
+  // Radial functions: the terms of a neighbour's functions in vectors; (dG/dr) / r kept for the
+  // contractions.
+  ws.radial_dg.clear();
+  for (size_t a = 0; a < n; ++a) {
+    const auto& fns = radial_by_element_[ws.z[a]];
+    if (fns.empty()) continue;
+    const std::vector<double>& params = radial_params_[ws.z[a]];
+    const int64_t mp = static_cast<int64_t>(params.size() / 2);
+    ws.g2.assign(4 * mp, 0.0);
+    double *fc = ws.g2.data(), *dfc = fc + mp, *g = dfc + mp, *dg = g + mp;
+    for (size_t m = 0; m < fns.size(); ++m) {
+      fc[m] = ws.pfc[fns[m].cut * np + a];
+      dfc[m] = ws.pdfc[fns[m].cut * np + a];
+    }
+    k.radial_terms(params.data(), params.data() + mp, fc, dfc, mp, ws.r[a], ws.inv_r[a], g, dg);
+    for (size_t m = 0; m < fns.size(); ++m) {
+      if (G_i) G_i[fns[m].f] += g[m];
+      ws.radial_dg.push_back(dg[m]);
+    }
+  }
+
+  // Angular neighbours in slots by element, each element's run followed by width - 1 zeros.
+  ws.width = width;
+  ws.n_slots = 0;
+  if (n_keys == 0) return;
+  ws.angular.clear();
+  for (size_t a = 0; a < n; ++a)
+    if (ws.r[a] < angular_cutoff_) ws.angular.push_back(static_cast<int>(a));
+  ws.seg.assign(2 * n_elements_, 0);
+  for (int a : ws.angular) ws.seg[2 * ws.z[a] + 1]++;
+  int64_t next = 0;
+  for (int64_t e = 0; e < n_elements_; ++e) {
+    const int64_t count = ws.seg[2 * e + 1];
+    ws.seg[2 * e] = next;
+    ws.seg[2 * e + 1] = next;  // advanced to the end of the run below
+    next += count + width - 1;
+  }
+  const int64_t ns = next;
+  ws.n_slots = ns;
+  for (auto* v : {&ws.sx, &ws.sy, &ws.sz, &ws.sinv}) v->assign(ns, 0.0);
+  ws.sr.assign(ns + width, beyond);
+  ws.sR.assign(n_keys * ns + width, 0.0);  // slot_radial's last vector may spill past the end
+  ws.sdR.assign(n_keys * ns + width, 0.0);
+  ws.sidx.assign(ns, -1);
+  ws.selem.assign(ns, 0);
+  for (int a : ws.angular) {
+    const int64_t s = ws.seg[2 * ws.z[a] + 1]++;
+    ws.sidx[s] = a;
+    ws.selem[s] = static_cast<int>(ws.z[a]);
+    ws.sx[s] = ws.d[3 * a];
+    ws.sy[s] = ws.d[3 * a + 1];
+    ws.sz[s] = ws.d[3 * a + 2];
+    ws.sinv[s] = ws.inv_r[a];
+    ws.sr[s] = ws.r[a];
+  }
+  k.slot_radial(kernel_tables(), ws);
+}
+
+void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const {
+  const Kernels& k = kernels();
+  if (G_i) std::fill(G_i, G_i + n_sf_, 0.0);
+  prepare_centre(nb, i, ws, G_i, k.width);
+  if (ws.n_slots == 0) {
+    ws.triplets.clear();
+    return;
+  }
+  if (!G_i) return k.values(kernel_tables(), ws, nullptr);
+  ws.acc.assign(n_sf_ * k.width, 0.0);
+  k.values(kernel_tables(), ws, ws.acc.data());
+  for (int64_t f = 0; f < n_sf_; ++f)
+    for (int l = 0; l < k.width; ++l) G_i[f] += ws.acc[f * k.width + l];
+}
+
+void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs,
+                                   const double* w, double* out, int64_t out_stride) const {
+  const Kernels& k = kernels();
+  if (ws.n_slots > 0 && ws.width != k.width)
+    throw Error("symmetry functions: the SIMD width changed between centre_values and centre_vjp");
+  const int64_t ns = ws.n_slots;
+  for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {  // rows in chunks of up to 4, accumulators in registers
+    const int64_t nr = std::min<int64_t>(4, n_rhs - r0);
+    double* o = out + r0 * out_stride;
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) std::fill_n(o + r * out_stride + 3 * p, 3, 0.0);
+    // Radial: g_p = (sum_f w_f (dG_f/dr) / r) D_p.
+    const double* dg = ws.radial_dg.data();
+    for (size_t a = 0; a < ws.r.size(); ++a) {
+      const auto& fns = radial_by_element_[ws.z[a]];
+      if (fns.empty()) continue;
+      for (int64_t r = 0; r < nr; ++r) {
+        const double* wr = w + (r0 + r) * n_sf_;
+        double acc = 0.0;
+        for (size_t m = 0; m < fns.size(); ++m) acc += wr[fns[m].f] * dg[m];
+        double* op = o + r * out_stride + 3 * ws.pair[a];
+        for (int x = 0; x < 3; ++x) op[x] += acc * ws.d[3 * a + x];
+      }
+      dg += fns.size();
+    }
+    if (ns == 0) continue;
+    ws.wt.resize(n_sf_ * nr);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t f = 0; f < n_sf_; ++f) ws.wt[f * nr + r] = w[(r0 + r) * n_sf_ + f];
+    ws.slot_rows.assign(nr * 3 * ns, 0.0);
+    k.vjp[nr - 1](kernel_tables(), ws, ws.wt.data(), ws.slot_rows.data());
+    for (int64_t s = 0; s < ns; ++s) {
+      if (ws.sidx[s] < 0) continue;
+      const int64_t p = ws.pair[ws.sidx[s]];
+      for (int64_t r = 0; r < nr; ++r)
+        for (int x = 0; x < 3; ++x) o[r * out_stride + 3 * p + x] += ws.slot_rows[(r * 3 + x) * ns + s];
+    }
+  }
+}
+
+void SymmetryFunctions::centre_jvp(const NeighbourView&, int64_t, CentreWorkspace& ws, int64_t n_rhs,
+                                   const double* t, int64_t t_stride, double* out, int64_t out_stride) const {
+  const Kernels& k = kernels();
+  if (ws.n_slots > 0 && ws.width != k.width)
+    throw Error("symmetry functions: the SIMD width changed between centre_values and centre_jvp");
+  const int64_t ns = ws.n_slots;
+  const int W = k.width;
+  for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {
+    const int64_t nr = std::min<int64_t>(4, n_rhs - r0);
+    double* o = out + r0 * out_stride;
+    const double* tr0 = t + r0 * t_stride;
+    for (int64_t r = 0; r < nr; ++r) std::fill_n(o + r * out_stride, n_sf_, 0.0);
+    // Radial: dG_f . t_p = ((dG_f/dr) / r) D_p . t_p.
+    const double* dg = ws.radial_dg.data();
+    for (size_t a = 0; a < ws.r.size(); ++a) {
+      const auto& fns = radial_by_element_[ws.z[a]];
+      if (fns.empty()) continue;
+      for (int64_t r = 0; r < nr; ++r) {
+        const double u = dot3(&ws.d[3 * a], tr0 + r * t_stride + 3 * ws.pair[a]);
+        for (size_t m = 0; m < fns.size(); ++m) o[r * out_stride + fns[m].f] += dg[m] * u;
+      }
+      dg += fns.size();
+    }
+    if (ns == 0) continue;
+    ws.slot_rows.assign(nr * 3 * ns, 0.0);
+    for (int64_t s = 0; s < ns; ++s) {
+      if (ws.sidx[s] < 0) continue;
+      const int64_t p = ws.pair[ws.sidx[s]];
+      for (int64_t r = 0; r < nr; ++r)
+        for (int x = 0; x < 3; ++x) ws.slot_rows[(r * 3 + x) * ns + s] = tr0[r * t_stride + 3 * p + x];
+    }
+    ws.acc.assign(n_sf_ * nr * W, 0.0);
+    k.jvp[nr - 1](kernel_tables(), ws, ws.slot_rows.data(), ws.acc.data());
+    for (int64_t f = 0; f < n_sf_; ++f)
+      for (int64_t r = 0; r < nr; ++r)
+        for (int l = 0; l < W; ++l) o[r * out_stride + f] += ws.acc[(f * nr + r) * W + l];
+  }
+}
+
+// ------------------------------------------------------------------ full derivatives
+
+// The reference traversal of compute_with_derivatives: every term of every function per pair
+// and triplet, scalar, in the order of the neighbour list.
+template <class Sink>
 void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, Sink& sink) const {
   const size_t n_cut = cutoffs_.size(), n_keys = radial_keys_.size(), n_shapes = shapes_.size();
   const double cutoff2 = cutoff_ * cutoff_;
@@ -156,28 +460,21 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
     for (size_t c = 0; c < n_cut; ++c) sf_cutoff(ws.r[a], cutoffs_[c], &ws.fc[a * n_cut + c], &ws.dfc[a * n_cut + c]);
 
   // Radial functions: one term per pair.
-  if (kRecord) ws.radial_dg.clear();
   for (size_t a = 0; a < n; ++a) {
     const auto& fns = radial_by_element_[ws.z[a]];
     if (fns.empty()) continue;
     const double r = ws.r[a];
     const double* fc = &ws.fc[a * n_cut];
     const double* dfc = &ws.dfc[a * n_cut];
-    if (kGrad) sink.pair_begin(ws.pair[a], &ws.d[3 * a]);
+    sink.pair_begin(ws.pair[a], &ws.d[3 * a]);
     for (const Radial& fn : fns) {
-      if (fc[fn.cut] == 0.0) {  // beyond this function's cutoff
-        if (kRecord) ws.radial_dg.push_back(0.0);
-        continue;
-      }
+      if (fc[fn.cut] == 0.0) continue;  // beyond this function's cutoff
       double dg;
       const double g = sf_radial(fn.eta, fn.rs, r, fc[fn.cut], dfc[fn.cut], &dg);
       sink.value(fn.f, g);
-      if (kRecord) ws.radial_dg.push_back(dg / r);
-      if (kGrad) sink.pair_term(fn.f, dg / r);
+      sink.pair_term(fn.f, dg / r);
     }
-    if (kGrad) sink.pair_end();
   }
-  if (kRecord) ws.triplets.clear();
   if (n_keys == 0) return;
 
   // Angular functions: one term per unordered pair of neighbours {a, b}, a < b.
@@ -203,9 +500,6 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
   ws.A.resize(n_shapes);
   ws.dA.resize(n_shapes);
   const size_t n_ang = ws.angular.size();
-  const size_t stride = record_stride();
-  if (kRecord) ws.triplets.resize(n_ang * (n_ang - (n_ang > 0)) / 2 * stride);  // at most every pair
-  double* record = ws.triplets.data();
   for (size_t ia = 0; ia < n_ang; ++ia) {
     const int a = ws.angular[ia];
     const double* dij = &ws.d[3 * a];
@@ -235,32 +529,9 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
         ws.S[k] = e * fc;
         ws.dS[k] = e * (dfc - 2.0 * key.eta * rjk * fc) / rjk;
       }
-      double* A = ws.A.data();
-      double* dA = ws.dA.data();
-      if (kRecord) {  // c, S and dS of the keys at r_jk, then A and dA of every shape
-        record[0] = c;
-        for (size_t k = 0; k < n_keys; ++k)
-          if (rjk_slot_[k] >= 0) {
-            record[1 + 2 * rjk_slot_[k]] = ws.S[k];
-            record[2 + 2 * rjk_slot_[k]] = ws.dS[k];
-          }
-        A = record + 1 + 2 * n_rjk_keys_;
-        dA = A + n_shapes;
-        record += stride;
-      }
       for (size_t s = 0; s < n_shapes; ++s) {
         const Shape& sh = shapes_[s];
-        A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &dA[s]);
-      }
-      if (!Sink::kTerms) continue;  // recording only
-      if (!kGrad) {  // values: the radial part once per group of functions
-        for (const AngularGroup& g : groups_by_pair_[element_pair]) {
-          const double rjk_part = g.g4 ? ws.S[g.key] : 1.0;
-          const double radial = Rij[g.key] * Rik[g.key] * rjk_part;
-          if (radial == 0.0) continue;  // beyond the cutoff
-          for (const auto& [f, shape] : g.terms) sink.value(f, A[shape] * radial);
-        }
-        continue;
+        ws.A[s] = sf_angular(c, sh.zeta, sh.izeta, sh.lambda, sh.prefactor, &ws.dA[s]);
       }
       sink.triplet_begin(ws.pair[a], dij, ws.pair[b], dik);
       for (const Angular& fn : angular_by_pair_[element_pair]) {
@@ -268,69 +539,30 @@ void SymmetryFunctions::visit_center(const NeighbourView& nb, int64_t i, CentreW
         const double rjk_part = fn.g4 ? ws.S[fn.key] : 1.0;
         if (rij_part == 0.0 || rik_part == 0.0 || rjk_part == 0.0) continue;  // beyond the cutoff
         const double radial = rij_part * rik_part * rjk_part;
-        sink.value(fn.f, A[fn.shape] * radial);
-        const double f_c = dA[fn.shape] * radial;
-        const double f_rij = A[fn.shape] * dRij[fn.key] * rik_part * rjk_part;
-        const double f_rik = A[fn.shape] * rij_part * dRik[fn.key] * rjk_part;
-        const double f_rjk_over_rjk = fn.g4 ? A[fn.shape] * rij_part * rik_part * ws.dS[fn.key] : 0.0;
+        const double A = ws.A[fn.shape];
+        sink.value(fn.f, A * radial);
+        const double f_c = ws.dA[fn.shape] * radial;
+        const double f_rij = A * dRij[fn.key] * rik_part * rjk_part;
+        const double f_rik = A * rij_part * dRik[fn.key] * rjk_part;
+        const double f_rjk_over_rjk = fn.g4 ? A * rij_part * rik_part * ws.dS[fn.key] : 0.0;
         double alpha, beta, delta;
         sf_triplet_coefficients(f_c, f_rij, f_rik, f_rjk_over_rjk, c, inv_rij, inv_rik, &alpha, &beta, &delta);
         sink.triplet_term(fn.f, alpha, beta, delta);
       }
-      sink.triplet_end();
     }
   }
 }
-
-template <bool kGrad, class MakeSink>
-void SymmetryFunctions::for_each_center(const NeighbourView& nb, MakeSink make_sink) const {
-  check(nb);
-#pragma omp parallel
-  {
-    CentreWorkspace ws;
-    auto sink = make_sink();
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t i = 0; i < nb.n_centers; ++i) {
-      sink.start(i);
-      visit_center<kGrad, false>(nb, i, ws, sink);
-      sink.finish();
-    }
-  }
-}
-
-// ------------------------------------------------------------------ sinks
 
 namespace {
 
-// Adds values to row i of G; ignores derivatives.
-struct ValueSink {
-  static constexpr bool kTerms = true;  // false: the traversal only records (RecordSink)
-  double* G;
-  int64_t n_sf;
-  double* row = nullptr;
-  void start(int64_t i) { row = G + i * n_sf; }
-  void finish() {}
-  void value(int64_t f, double v) { row[f] += v; }
-  void pair_begin(int64_t, const double*) {}
-  void pair_term(int64_t, double) {}
-  void pair_end() {}
-  void triplet_begin(int64_t, const double*, int64_t, const double*) {}
-  void triplet_term(int64_t, double, double, double) {}
-  void triplet_end() {}
-};
-
-// Nothing: the traversal records the geometry for contract_center.
-struct RecordSink : ValueSink {
-  static constexpr bool kTerms = false;
-  void value(int64_t, double) {}
-};
-
-// Values and the full derivative array dG [n_pairs][n_sf][3].
-struct DerivativeSink : ValueSink {
+// Values and the full derivative array dG [n_pairs][n_sf][3] of one centre.
+struct DerivativeSink {
+  double* G;  // the centre's row
   double* dG;
+  int64_t n_sf;
   int64_t p = 0, q = 0;
   const double *dp = nullptr, *dq = nullptr;
-  DerivativeSink(double* G_, int64_t n_sf_, double* dG_) : ValueSink{G_, n_sf_}, dG(dG_) {}
+  void value(int64_t f, double v) { G[f] += v; }
   void pair_begin(int64_t p_, const double* d) { p = p_, dp = d; }
   void pair_term(int64_t f, double coef) {
     double* out = dG + (p * n_sf + f) * 3;
@@ -347,192 +579,33 @@ struct DerivativeSink : ValueSink {
   }
 };
 
-// out[r][i][f] = sum_p dG_if/dD_p . t[r][p], via the dot products of t with D_p and D_q.
-template <int kRhs>
-struct JvpSink {
-  static constexpr bool kTerms = true;
-  int64_t n_rhs, n_centers, n_sf, n_pairs;
-  const double* t;
-  double* out;
-  int64_t i = 0;
-  std::vector<double> oi;    // [n_sf][n_rhs] results of the current centre, rhs innermost
-  std::vector<double> dots;  // [n_rhs][3]
-  int64_t rhs() const { return kRhs > 0 ? kRhs : n_rhs; }
-  void start(int64_t i_) {
-    i = i_;
-    std::fill(oi.begin(), oi.end(), 0.0);
-  }
-  void finish() {
-    const int64_t nr = rhs();
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t f = 0; f < n_sf; ++f) out[(r * n_centers + i) * n_sf + f] = oi[f * nr + r];
-  }
-  void value(int64_t, double) {}
-  const double* tangent(int64_t r, int64_t pair) const { return t + (r * n_pairs + pair) * 3; }
-  void pair_begin(int64_t p, const double* d) {
-    for (int64_t r = 0; r < rhs(); ++r) dots[3 * r] = dot3(d, tangent(r, p));
-  }
-  void pair_term(int64_t f, double coef) {
-    const int64_t nr = rhs();
-    for (int64_t r = 0; r < nr; ++r) oi[f * nr + r] += coef * dots[3 * r];
-  }
-  void pair_end() {}
-  void triplet_begin(int64_t p, const double* dp, int64_t q, const double* dq) {
-    for (int64_t r = 0; r < rhs(); ++r) {
-      const double* tp = tangent(r, p);
-      const double* tq = tangent(r, q);
-      dots[3 * r] = dot3(dp, tp);                      // D_p . t_p
-      dots[3 * r + 1] = dot3(dq, tp) + dot3(dp, tq);  // cross terms
-      dots[3 * r + 2] = dot3(dq, tq);                  // D_q . t_q
-    }
-  }
-  void triplet_term(int64_t f, double alpha, double beta, double delta) {
-    const int64_t nr = rhs();
-    for (int64_t r = 0; r < nr; ++r)
-      oi[f * nr + r] += alpha * dots[3 * r] + beta * dots[3 * r + 1] + delta * dots[3 * r + 2];
-  }
-  void triplet_end() {}
-};
-
 }  // namespace
-
-// ------------------------------------------------------------------ the fused pass of one centre
-
-void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const {
-  std::fill(G_i, G_i + n_sf_, 0.0);
-  ValueSink sink{G_i, n_sf_};
-  sink.start(0);
-  visit_center<false, true>(nb, i, ws, sink);
-}
-
-void SymmetryFunctions::centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const {
-  RecordSink sink{{nullptr, n_sf_}};
-  visit_center<false, true>(nb, i, ws, sink);
-}
-
-void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs,
-                                   const double* w, double* out, int64_t out_stride) const {
-  // Rows in chunks of up to 4, each with its accumulators in registers.
-  for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {
-    const int64_t nr = std::min<int64_t>(4, n_rhs - r0);
-    ws.wt.resize(n_sf_ * nr);
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t f = 0; f < n_sf_; ++f) ws.wt[f * nr + r] = w[(r0 + r) * n_sf_ + f];
-    double* o = out + r0 * out_stride;
-    if (nr == 1) contract_center<1>(nb, i, ws, o, out_stride);
-    else if (nr == 2) contract_center<2>(nb, i, ws, o, out_stride);
-    else if (nr == 3) contract_center<3>(nb, i, ws, o, out_stride);
-    else contract_center<4>(nb, i, ws, o, out_stride);
-  }
-}
-
-// Walks the neighbours and triplets in visit_center's order, reading what it recorded. Per
-// triplet and group of angular functions (same element pair, radial key and kind):
-//   sum_f w_f dG_f = (sum_f w_f A_f) d(radial) + (sum_f w_f dA_f/dc) radial dc,
-// so the per-function work is two multiply-adds; the pair-vector algebra runs once per triplet.
-template <int kRhs>
-void SymmetryFunctions::contract_center(const NeighbourView& nb, int64_t i, const CentreWorkspace& ws, double* out,
-                                        int64_t out_stride) const {
-  const double* wt = ws.wt.data();
-  for (int r = 0; r < kRhs; ++r)
-    for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) std::fill_n(out + r * out_stride + 3 * p, 3, 0.0);
-
-  // Radial: g_p = (sum_f w_f (dG_f/dr) / r) D_p.
-  const size_t n = ws.r.size();
-  const double* dg = ws.radial_dg.data();
-  for (size_t a = 0; a < n; ++a) {
-    const auto& fns = radial_by_element_[ws.z[a]];
-    if (fns.empty()) continue;
-    double acc[kRhs] = {};
-    for (const Radial& fn : fns) {
-      const double coef = *dg++;
-      const double* wf = wt + fn.f * kRhs;
-      for (int r = 0; r < kRhs; ++r) acc[r] += wf[r] * coef;
-    }
-    const double* d = &ws.d[3 * a];
-    for (int r = 0; r < kRhs; ++r) {
-      double* o = out + r * out_stride + 3 * ws.pair[a];
-      for (int x = 0; x < 3; ++x) o[x] += acc[r] * d[x];
-    }
-  }
-  const size_t n_keys = radial_keys_.size(), n_shapes = shapes_.size();
-  if (n_keys == 0) return;
-
-  const size_t stride = record_stride();
-  const double* record = ws.triplets.data();
-  const size_t n_ang = ws.angular.size();
-  for (size_t ia = 0; ia < n_ang; ++ia) {
-    const int a = ws.angular[ia];
-    const double* dij = &ws.d[3 * a];
-    const double inv_rij = ws.inv_r[a];
-    const double* Rij = &ws.R[a * n_keys];
-    const double* dRij = &ws.dR[a * n_keys];
-    double* op[kRhs];
-    for (int r = 0; r < kRhs; ++r) op[r] = out + r * out_stride + 3 * ws.pair[a];
-    for (size_t ib = ia + 1; ib < n_ang; ++ib) {
-      const int b = ws.angular[ib];
-      const auto& groups = groups_by_pair_[ws.z[a] * n_elements_ + ws.z[b]];
-      if (groups.empty()) continue;
-      const double c = record[0];
-      const double* rjk_terms = record + 1;
-      const double* A = record + 1 + 2 * n_rjk_keys_;
-      const double* dA = A + n_shapes;
-      record += stride;
-      const double* dik = &ws.d[3 * b];
-      const double inv_rik = ws.inv_r[b];
-      const double* Rik = &ws.R[b * n_keys];
-      const double* dRik = &ws.dR[b * n_keys];
-      // derivative sums over the groups: d/dc, d/dr_ij, d/dr_ik, (d/dr_jk) / r_jk
-      double f_c[kRhs] = {}, f_rij[kRhs] = {}, f_rik[kRhs] = {}, f_rjk[kRhs] = {};
-      for (const AngularGroup& g : groups) {
-        const double rij_part = Rij[g.key], rik_part = Rik[g.key];
-        const double rjk_part = g.g4 ? rjk_terms[2 * rjk_slot_[g.key]] : 1.0;
-        if (rij_part == 0.0 || rik_part == 0.0 || rjk_part == 0.0) continue;  // beyond the cutoff
-        const double radial = rij_part * rik_part * rjk_part;
-        const double c_rij = dRij[g.key] * rik_part * rjk_part;
-        const double c_rik = rij_part * dRik[g.key] * rjk_part;
-        const double c_rjk = g.g4 ? rij_part * rik_part * rjk_terms[2 * rjk_slot_[g.key] + 1] : 0.0;
-        double P[kRhs] = {}, dP[kRhs] = {};
-        for (const auto& [f, shape] : g.terms) {
-          const double* wf = wt + f * kRhs;
-          const double As = A[shape], dAs = dA[shape];
-          for (int r = 0; r < kRhs; ++r) {
-            P[r] += wf[r] * As;
-            dP[r] += wf[r] * dAs;
-          }
-        }
-        for (int r = 0; r < kRhs; ++r) {
-          f_c[r] += dP[r] * radial;
-          f_rij[r] += P[r] * c_rij;
-          f_rik[r] += P[r] * c_rik;
-          f_rjk[r] += P[r] * c_rjk;
-        }
-      }
-      const int64_t q = ws.pair[b];
-      for (int r = 0; r < kRhs; ++r) {
-        double alpha, beta, delta;
-        sf_triplet_coefficients(f_c[r], f_rij[r], f_rik[r], f_rjk[r], c, inv_rij, inv_rik, &alpha, &beta, &delta);
-        double* oq = out + r * out_stride + 3 * q;
-        for (int x = 0; x < 3; ++x) {
-          op[r][x] += alpha * dij[x] + beta * dik[x];
-          oq[x] += beta * dij[x] + delta * dik[x];
-        }
-      }
-    }
-  }
-}
 
 // ------------------------------------------------------------------ entry points
 
 void SymmetryFunctions::compute(const NeighbourView& nb, double* G) const {
-  std::fill(G, G + nb.n_centers * n_sf_, 0.0);
-  for_each_center<false>(nb, [&] { return ValueSink{G, n_sf_}; });
+  check(nb);
+#pragma omp parallel
+  {
+    CentreWorkspace ws;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nb.n_centers; ++i) centre_values(nb, i, ws, G + i * n_sf_);
+  }
 }
 
 void SymmetryFunctions::compute_with_derivatives(const NeighbourView& nb, double* G, double* dG) const {
+  check(nb);
   std::fill(G, G + nb.n_centers * n_sf_, 0.0);
   std::fill(dG, dG + nb.n_pairs() * n_sf_ * 3, 0.0);
-  for_each_center<true>(nb, [&] { return DerivativeSink(G, n_sf_, dG); });
+#pragma omp parallel
+  {
+    CentreWorkspace ws;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nb.n_centers; ++i) {
+      DerivativeSink sink{G + i * n_sf_, dG, n_sf_};
+      visit_center(nb, i, ws, sink);
+    }
+  }
 }
 
 void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const {
@@ -547,7 +620,7 @@ void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double
     for (int64_t i = 0; i < nb.n_centers; ++i) {
       for (int64_t r = 0; r < n_rhs; ++r)
         std::copy(dLdG + (r * nb.n_centers + i) * n_sf_, dLdG + (r * nb.n_centers + i + 1) * n_sf_, &w[r * n_sf_]);
-      centre_record(nb, i, ws);
+      centre_values(nb, i, ws, nullptr);
       centre_vjp(nb, i, ws, n_rhs, w.data(), out, 3 * n_pairs);
     }
   }
@@ -555,16 +628,17 @@ void SymmetryFunctions::vjp(const NeighbourView& nb, int64_t n_rhs, const double
 
 void SymmetryFunctions::jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const {
   if (n_rhs < 1) throw Error("symmetry functions: jvp needs at least one right-hand side");
-  auto run = [&](auto rhs_tag) {
-    constexpr int kRhs = decltype(rhs_tag)::value;
-    for_each_center<true>(nb, [&] {
-      return JvpSink<kRhs>{n_rhs, nb.n_centers, n_sf_, nb.n_pairs(), t, out, 0,
-                           std::vector<double>(n_sf_ * n_rhs), std::vector<double>(3 * n_rhs)};
-    });
-  };
-  if (n_rhs == 1) run(std::integral_constant<int, 1>());
-  else if (n_rhs == 2) run(std::integral_constant<int, 2>());
-  else run(std::integral_constant<int, 0>());
+  check(nb);
+  const int64_t n_pairs = nb.n_pairs();
+#pragma omp parallel
+  {
+    CentreWorkspace ws;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < nb.n_centers; ++i) {
+      centre_values(nb, i, ws, nullptr);
+      centre_jvp(nb, i, ws, n_rhs, t, 3 * n_pairs, out + i * n_sf_, nb.n_centers * n_sf_);
+    }
+  }
 }
 
 }  // namespace mlipbias

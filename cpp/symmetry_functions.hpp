@@ -36,6 +36,14 @@ namespace mlipbias {
 
 constexpr double kPi = 3.14159265358979323846;
 
+// The templates below also run on GCC vector types inside the AVX2 / AVX-512 kernels
+// (symmetry_functions_simd.inc); always inlined there, they take the kernel's instruction set.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define MLIPBIAS_SF_INLINE __attribute__((always_inline))
+#else
+#define MLIPBIAS_SF_INLINE
+#endif
+
 // Cosine cutoff fc(r) and dfc/dr; both 0 at and beyond rc.
 MLIPBIAS_HD inline void sf_cutoff(double r, double rc, double* fc, double* dfc) {
   if (r >= rc) {
@@ -56,15 +64,25 @@ MLIPBIAS_HD inline double sf_radial(double eta, double rs, double r, double fc, 
   return e * fc;
 }
 
-// base^n for a small non-negative integer n by binary powering (n = 0 gives 1, also for base 0).
-MLIPBIAS_HD inline double sf_ipow(double base, int n) {
-  double result = 1.0;
+// base^n for a small non-negative integer n by binary powering (n = 0 gives 1, also for base 0);
+// T is double or a vector of doubles (symmetry_functions_simd.inc).
+template <class T>
+MLIPBIAS_HD inline MLIPBIAS_SF_INLINE T sf_ipow(T base, int n) {
+  T result = base * 0.0 + 1.0;
   while (n > 0) {
     if (n & 1) result *= base;
     base *= base;
     n >>= 1;
   }
   return result;
+}
+
+// A(c) and dA/dc from the clamped base 1 + lambda c and its power base^(zeta - 1).
+template <class T>
+MLIPBIAS_HD inline MLIPBIAS_SF_INLINE T sf_angular_from_power(T base, T pow_m1, double zeta, double lambda,
+                                                               double prefactor, T* dA) {
+  *dA = prefactor * zeta * lambda * pow_m1;
+  return prefactor * pow_m1 * base;
 }
 
 // Angular factor A(c) = 2^(1-zeta) (1 + lambda c)^zeta and *dA = dA/dc. `izeta` >= 0 selects
@@ -75,18 +93,19 @@ MLIPBIAS_HD inline double sf_angular(double c, double zeta, int izeta, double la
   double base = 1.0 + lambda * c;
   if (base < 0.0) base = 0.0;
   const double pow_m1 = izeta >= 1 ? sf_ipow(base, izeta - 1) : std::pow(base, zeta - 1.0);
-  *dA = prefactor * zeta * lambda * pow_m1;
-  return prefactor * pow_m1 * base;
+  return sf_angular_from_power(base, pow_m1, zeta, lambda, prefactor, dA);
 }
 
 // Pair-vector gradients of a triplet term f(c, r_ij, r_ik, r_jk), c = cos theta_ijk, from its
 // partial derivatives. The gradients are linear combinations of D_ij and D_ik:
 //   df/dD_ij = alpha D_ij + beta D_ik,   df/dD_ik = beta D_ij + delta D_ik.
-// `f_rjk_over_rjk` is (df/dr_jk) / r_jk (0 for G5).
-MLIPBIAS_HD inline void sf_triplet_coefficients(double f_c, double f_rij, double f_rik, double f_rjk_over_rjk,
-                                                double c, double inv_rij, double inv_rik, double* alpha,
-                                                double* beta, double* delta) {
-  const double cross = f_c * inv_rij * inv_rik;
+// `f_rjk_over_rjk` is (df/dr_jk) / r_jk (0 for G5). A template so that the SIMD kernels
+// (symmetry_functions_simd.inc) run the same formula on vectors of triplets.
+template <class T>
+MLIPBIAS_HD inline MLIPBIAS_SF_INLINE void sf_triplet_coefficients(T f_c, T f_rij, T f_rik, T f_rjk_over_rjk, T c,
+                                                                    T inv_rij, T inv_rik, T* alpha, T* beta,
+                                                                    T* delta) {
+  const T cross = f_c * inv_rij * inv_rik;
   *alpha = -f_c * c * inv_rij * inv_rij + f_rij * inv_rij + f_rjk_over_rjk;
   *beta = cross - f_rjk_over_rjk;
   *delta = -f_c * c * inv_rik * inv_rik + f_rik * inv_rik + f_rjk_over_rjk;
@@ -137,25 +156,40 @@ class SymmetryFunctions {
   void vjp(const NeighbourView& nb, int64_t n_rhs, const double* dLdG, double* out) const;
 
   // ---- the fused pass of one centre (what the evaluator runs per atom, see vjp)
-  // Per-thread scratch: the centre's neighbours, radial factors and, per triplet, what the
+  // Per-thread scratch: the centre's neighbours and radial factors, the angular neighbours in
+  // "slots" (sorted by element, each element's run followed by width - 1 zero slots so that
+  // vectors of triplets never cross into the next run) and, per block of triplets, what the
   // contraction needs again (cos theta, the r_jk factors, the angular factors and dA/dcos).
   struct CentreWorkspace {
     std::vector<int64_t> pair;   // pair index of each neighbour inside the cutoff
     std::vector<int64_t> z;      // its element
     std::vector<double> d, r, inv_r;  // its vector (3 each), length and 1 / length
-    std::vector<double> fc, dfc; // [neighbour][cutoff] cutoff function and derivative
-    std::vector<int> angular;    // neighbours inside the angular cutoff
-    std::vector<double> R, dR;   // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
+    // the scalar traversal of compute_with_derivatives (visit_center):
+    std::vector<double> fc, dfc;  // [neighbour][cutoff] cutoff function and derivative
+    std::vector<int> angular;     // neighbours inside the angular cutoff (also the kernels' slots)
+    std::vector<double> R, dR;    // [neighbour][radial key] exp(-eta r^2) fc(r) and d/dr
     std::vector<double> fc_jk, dfc_jk;  // [cutoff] at r_jk
-    std::vector<double> S, dS;   // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
-    std::vector<double> A, dA;   // [shape] angular factor and d/dcos (when not recorded)
+    std::vector<double> S, dS;    // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
+    std::vector<double> A, dA;    // [shape] angular factor and d/dcos
+    // the fused pass (prepare_centre and the SIMD kernels):
     std::vector<double> radial_dg;  // recorded: (dG2/dr) / r per neighbour and G2 of its element
-    std::vector<double> triplets;   // recorded: per visited triplet record_stride() doubles
-    std::vector<double> wt;         // centre_vjp: weights [n_sf][rows of a chunk]
+    int width = 0;                  // vector width the slots and the record were laid out for
+    int64_t n_slots = 0;
+    std::vector<double> sx, sy, sz, sinv;  // [slot] vector and 1 / length (0 in padding slots)
+    std::vector<double> sr;          // [slot] length (beyond every cutoff in padding slots)
+    std::vector<double> pr, pfc, pdfc;  // kernels: [neighbour] length, [cutoff][neighbour] fc, dfc
+    std::vector<double> g2;          // kernels: [4][functions of an element] fc, dfc, G2, (dG2/dr) / r
+    std::vector<double> sR, sdR;     // [radial key][slot]
+    std::vector<int> sidx, selem;    // [slot] neighbour (-1: padding), element
+    std::vector<int64_t> seg;        // [element] first slot, end of its real slots
+    std::vector<double> triplets;    // recorded: per block of `width` triplets, record_stride() vectors
+    std::vector<double> acc;         // vector accumulators of the kernels
+    std::vector<double> slot_rows;   // [rhs][3][slot] pair gradients (vjp) or tangents (jvp)
+    std::vector<double> wt;          // weights [n_sf][rows of a chunk]
   };
 
-  // G_i (n_sf values, overwritten) of centre i; keeps the geometry in ws for centre_vjp.
-  // No check(): callers run check(nb) once before their loop over centres.
+  // G_i (n_sf values, overwritten) of centre i; keeps the geometry in ws for centre_vjp and
+  // centre_jvp. No check(): callers run check(nb) once before their loop over centres.
   void centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const;
 
   // After centre_values(nb, i, ws, ...): out[r * out_stride + 3 p] = sum_f w[r * n_sf + f]
@@ -165,11 +199,23 @@ class SymmetryFunctions {
   void centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs, const double* w,
                   double* out, int64_t out_stride) const;
 
+  // After centre_values(nb, i, ws, ...): out[r * out_stride + f] = sum_p dG_if/dD_p .
+  // t[r * t_stride + 3 p] over the pairs p of centre i, for n_rhs tangent rows (overwritten).
+  void centre_jvp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs, const double* t,
+                  int64_t t_stride, double* out, int64_t out_stride) const;
+
+  // Vector width of the triplet kernels: 8 (AVX-512), 4 (AVX2), 2 (SSE2, any x86-64 and other
+  // CPUs), chosen once by CPU features. set_simd_width caps it (tests of every path; 0 resets to
+  // the CPU's best) and returns the width in use.
+  static int simd_width();
+  static int set_simd_width(int width);
+
   // out[r][i][f] = sum_{p of i} dG_if/dD_p . t[r][p]: t [n_rhs][n_pairs][3] ->
   // out [n_rhs][n_centers][n_sf].
   void jvp(const NeighbourView& nb, int64_t n_rhs, const double* t, double* out) const;
 
- private:
+ public:
+  // The tables of the functions, public for the SIMD kernels (symmetry_functions.cpp).
   struct Radial {
     int64_t f;  // column of G
     double eta, rs;
@@ -197,16 +243,28 @@ class SymmetryFunctions {
     bool g4;
     std::vector<std::pair<int64_t, int>> terms;  // (column f, shape)
   };
+  // What the triplet kernels read.
+  struct KernelTables {
+    int64_t n_elements;
+    size_t n_keys, n_shapes, stride;  // stride: record_stride()
+    const RadialKey* keys;
+    const int* rjk_slot;
+    const double* cutoffs;
+    const Shape* shapes;
+    const std::vector<AngularGroup>* groups_by_pair;
+  };
 
-  template <bool kGrad, bool kRecord, class Sink>
+ private:
+  KernelTables kernel_tables() const {
+    return {n_elements_, radial_keys_.size(), shapes_.size(), record_stride(), radial_keys_.data(),
+            rjk_slot_.data(), cutoffs_.data(), shapes_.data(), groups_by_pair_.data()};
+  }
+
+  template <class Sink>
   void visit_center(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, Sink& sink) const;
-  template <bool kGrad, class MakeSink>
-  void for_each_center(const NeighbourView& nb, MakeSink make_sink) const;
-  // centre_values without the values: what a vjp of given weights needs.
-  void centre_record(const NeighbourView& nb, int64_t i, CentreWorkspace& ws) const;
-  template <int kRhs>
-  void contract_center(const NeighbourView& nb, int64_t i, const CentreWorkspace& ws, double* out,
-                       int64_t out_stride) const;
+  // The neighbours of centre i in ws, their G2 terms into G_i (when not null), the radial
+  // derivatives, the angular radial factors and the slots for vectors of `width`.
+  void prepare_centre(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i, int width) const;
   // Doubles per recorded triplet: cos theta, S and dS of each key at r_jk, A and dA of each shape.
   size_t record_stride() const { return 1 + 2 * static_cast<size_t>(n_rjk_keys_) + 2 * shapes_.size(); }
 
@@ -218,6 +276,7 @@ class SymmetryFunctions {
   std::vector<RadialKey> radial_keys_;  // distinct (eta, rc) of the angular functions
   std::vector<Shape> shapes_;           // distinct (zeta, lambda)
   std::vector<std::vector<Radial>> radial_by_element_;  // [n_elements]
+  std::vector<std::vector<double>> radial_params_;      // [n_elements] eta, then rs, of radial_by_element_, padded to 8
   std::vector<std::vector<Angular>> angular_by_pair_;   // [n_elements * n_elements], symmetric
   std::vector<std::vector<AngularGroup>> groups_by_pair_;  // the same functions by (key, kind)
   std::vector<int> rjk_slot_;  // [radial key] its slot in a recorded triplet (keys at r_jk), or -1

@@ -92,8 +92,8 @@ def test_values_and_derivatives_match_reference(case):
         lambda d: reference_G(sf, nb, d)[:, columns].sum(0), D.detach(), vectorize=True
     )
     np.testing.assert_allclose(desc.dG[:, columns], J.numpy().transpose(1, 0, 2), rtol=0, atol=TOL)
-    G_only = sf.compute(atoms).G
-    np.testing.assert_array_equal(G_only, desc.G)
+    # values alone run the SIMD kernels, the derivatives the scalar traversal: equal to rounding
+    np.testing.assert_allclose(sf.compute(atoms).G, desc.G, rtol=1e-12, atol=1e-14)
 
 
 def test_vjp_and_jvp_match_reference_with_several_rhs(case):
@@ -130,6 +130,59 @@ def test_vjp_and_jvp_match_reference_with_several_rhs(case):
 
 
 # ------------------------------------------------------------------ finite differences
+
+
+def _odd_sio2_table():
+    """The SiO2 set with a non-integer zeta (the std::pow lanes) and a second angular cutoff."""
+    table = SymmetryFunctions.defaults("SiO2").table.copy()
+    angular = np.flatnonzero(table[:, 0] > 2)
+    table[angular[1], 5] = 1.5  # zeta
+    table[angular[2::3], 7] = 4.5  # rc: G4 and G5 with their own cutoff functions at r_jk
+    return SymmetryFunctions(["O", "Si"], table)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("which", ["sio2-default", "sio2-odd", "acetamide"])
+def test_every_simd_width_matches_the_scalar_traversal(width, which):
+    """Values, vjp and jvp of the triplet kernels at each vector width (capped by the CPU) against
+    the scalar traversal's full derivatives, and the adjoint identity <vjp(w), t> = <w, jvp(t)>."""
+    from mlipbias import _core
+    from mlipbias.structures import default_structure
+
+    if which == "acetamide":
+        sf, atoms = SymmetryFunctions.defaults("molecules"), acetamide()
+    else:
+        sf = SymmetryFunctions.defaults("SiO2") if which == "sio2-default" else _odd_sio2_table()
+        atoms = default_structure("sio2-amorphous-96")
+    nb = sf.neighbours(atoms)
+    full = sf.compute_neighbours(nb, derivatives=True)
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, nb.n_atoms, sf.n_sf))  # rows in chunks of 4 and 1
+    t = rng.normal(size=(5, nb.n_pairs, 3))
+    vjp_ref = np.einsum("pfx,rpf->rpx", full.dG, w[:, nb.i])
+    jvp_ref = np.zeros((5, nb.n_atoms, sf.n_sf))
+    for r in range(5):
+        np.add.at(jvp_ref[r], nb.i, np.einsum("pfx,px->pf", full.dG, t[r]))
+    try:
+        used = _core.sf_simd_width(width)
+        assert used == min(width, _core.sf_simd_width())
+        G, vjp, jvp = sf.compute_neighbours(nb).G, sf.vjp(nb, w), sf.jvp(nb, t)
+    finally:
+        _core.sf_simd_width(0)
+    assert np.abs(full.G).max() > 1.0 and np.abs(vjp_ref).max() > 1.0 and np.abs(jvp_ref).max() > 1.0
+    np.testing.assert_allclose(G, full.G, rtol=1e-12, atol=1e-12 * np.abs(full.G).max())
+    np.testing.assert_allclose(vjp, vjp_ref, rtol=1e-12, atol=1e-12 * np.abs(vjp_ref).max())
+    np.testing.assert_allclose(jvp, jvp_ref, rtol=1e-12, atol=1e-12 * np.abs(jvp_ref).max())
+    for r in range(5):
+        lhs, rhs = np.sum(vjp[r] * t[r]), np.sum(w[r] * jvp[r])
+        assert abs(lhs - rhs) <= 1e-12 * np.sqrt(np.sum(vjp[r] ** 2) * np.sum(t[r] ** 2))
+
+
+def test_simd_width_is_checked():
+    from mlipbias import _core
+
+    with pytest.raises(ValueError, match="SIMD width must be 0"):
+        _core.sf_simd_width(3)
 
 
 def test_forces_and_virial_match_finite_differences(case):
@@ -308,6 +361,40 @@ def test_bridge_gradcheck_and_training_gradient():
     (grad_ref,) = torch.autograd.grad(force_loss(through_reference), weight)
     np.testing.assert_allclose(grad_bridge.numpy(), grad_ref.numpy(), rtol=1e-10, atol=1e-12)
     assert grad_ref.abs().max() > 1e-3
+
+
+def test_force_training_contracts_all_members_in_one_call(monkeypatch, tmp_path):
+    """Every ensemble member is a right-hand side of one vjp and one jvp per batch (one triplet
+    traversal for all of them), in the forward pass and in the double backward of the force loss."""
+    from model_fixtures import labelled_quartz, small_descriptor
+
+    from mlipbias.models import AtomsData, TrainingSettings, UncertaintySettings, train
+    from mlipbias.uq.calibration import CalibrationWarning
+
+    shapes = {"vjp": [], "jvp": []}
+    for name in shapes:
+        original = getattr(SymmetryFunctions, name)
+
+        def spy(self, neighbours, x, _name=name, _original=original):
+            shapes[_name].append(x.shape)
+            return _original(self, neighbours, x)
+
+        monkeypatch.setattr(SymmetryFunctions, name, spy)
+    sf = small_descriptor()
+    data = AtomsData(labelled_quartz(6), sf)
+    settings = TrainingSettings(epochs=1, batch_size=3, force_weight=1.0, stress_weight=0.0, device="cpu")
+    with pytest.warns(CalibrationWarning):  # 6 structures are too few for the conformal factor
+        train(
+            data,
+            data,
+            uncertainty=UncertaintySettings(methods=("ensemble",), n_members=3),
+            training=settings,
+            output_dir=tmp_path,
+            progress=False,
+            log=lambda _: None,
+        )
+    assert len(shapes["jvp"]) == 2  # one per training batch
+    assert all(len(s) == 3 and s[0] == 3 for s in shapes["jvp"] + shapes["vjp"]), shapes
 
 
 def test_bridge_keeps_dtype_and_leading_axes():

@@ -40,6 +40,14 @@ MLIPBIAS_BINDINGS(symmetry_functions) {
   const char* nb_doc =
       " species (n_atoms,) model element index of every atom; offsets (n_centers+1,) CSR pair offsets by centre;"
       " j (n_pairs,) neighbour atom of each pair; D (n_pairs, 3) r_ij = x_j - x_i in A.";
+  m.def(
+      "sf_simd_width",
+      [](int width) {
+        return width < 0 ? SymmetryFunctions::simd_width() : SymmetryFunctions::set_simd_width(width);
+      },
+      py::arg("width") = -1,
+      "Vector width (doubles) of the symmetry-function triplet kernels: 8 AVX-512, 4 AVX2, 2 SSE2. width >= 0 caps "
+      "it for the whole process (0: the CPU's best; for tests of every path); returns the width in use.");
   py::class_<SymmetryFunctions>(m, "SymmetryFunctions",
                                 "Atom-centred symmetry functions (G2, G4, G5) of a table [n_sf, 8] with columns "
                                 "kind, a, b, eta, rs, zeta, lambda, rc (docs/model_file.md).")
