@@ -422,10 +422,11 @@ BP_SHAPES = {  # members, weight rows of the fused contraction, second descripto
     "ensemble of 4, plain": (4, 1, False),
     "ensemble of 4, bias": (4, 4, False),
 }
-# passes through the dense layers of one member in the evaluator at 8cc81f4: forward and input gradient;
-# the gradient-feature bias adds member 0's forward again, the tangent forward and the two products of the
-# tangent backward (cpp/evaluator.cpp); an ensemble runs every member's forward and backward
-GM_PASSES = {"plain": 2, "gradient-feature bias": 6, "ensemble of 4, plain": 8, "ensemble of 4, bias": 8}
+# passes through the dense layers of one member in the evaluator: forward and input gradient; the
+# gradient-feature bias keeps member 0's pre-activations and W^T delta across the reduction and adds only
+# the tangent forward and backward, ~0.88x the plain passes' multiply-adds for 512 wide
+# (`benchmarks/bias_profile.py --flops`), counted as 2; an ensemble runs every member's forward and backward
+GM_PASSES = {"plain": 2, "gradient-feature bias": 4, "ensemble of 4, plain": 8, "ensemble of 4, bias": 8}
 
 
 def environments() -> dict:
