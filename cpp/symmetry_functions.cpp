@@ -103,16 +103,6 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     angular_by_pair_[ia * n_elements + ib].push_back(fn);
     if (ia != ib) angular_by_pair_[ib * n_elements + ia].push_back(fn);
   }
-  radial_params_.resize(n_elements);
-  for (int64_t e = 0; e < n_elements; ++e) {  // eta, then rs, padded to the widest vector (8)
-    const auto& fns = radial_by_element_[e];
-    const size_t mp = (fns.size() + 7) / 8 * 8;
-    radial_params_[e].assign(2 * mp, 0.0);
-    for (size_t m = 0; m < fns.size(); ++m) {
-      radial_params_[e][m] = fns[m].eta;
-      radial_params_[e][mp + m] = fns[m].rs;
-    }
-  }
   rjk_slot_.assign(radial_keys_.size(), -1);
   for (size_t k = 0; k < radial_keys_.size(); ++k)
     if (radial_keys_[k].at_rjk) rjk_slot_[k] = n_rjk_keys_++;
@@ -190,8 +180,10 @@ using Workspace = SymmetryFunctions::CentreWorkspace;
 struct Kernels {
   int width;
   void (*pair_cutoffs)(const double*, size_t, const double*, int64_t, double*, double*);
-  void (*radial_terms)(const double*, const double*, const double*, const double*, int64_t, double, double, double*,
-                       double*);
+  void (*radial_values)(const SymmetryFunctions::Radial*, int64_t, const double*, const double*, const double*,
+                        const double*, int64_t, int64_t, double*, double*);
+  void (*radial_vjp)(const double*, int64_t, const double*, int64_t, double*);
+  void (*radial_jvp)(const double*, int64_t, const double*, int64_t, double*);
   void (*slot_radial)(const Tables&, Workspace&);
   void (*values)(const Tables&, Workspace&, double*);
   void (*vjp[4])(const Tables&, const Workspace&, const double*, double*);
@@ -200,7 +192,7 @@ struct Kernels {
 
 #define MLIPBIAS_SF_KERNELS(NS) \
   Kernels {                                                                                  \
-    NS::W, NS::pair_cutoffs, NS::radial_terms, NS::slot_radial, NS::values,                  \
+    NS::W, NS::pair_cutoffs, NS::radial_values, NS::radial_vjp, NS::radial_jvp, NS::slot_radial, NS::values, \
         {NS::vjp<1>, NS::vjp<2>, NS::vjp<3>, NS::vjp<4>}, {NS::jvp<1>, NS::jvp<2>, NS::jvp<3>, NS::jvp<4>} \
   }
 
@@ -271,32 +263,44 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
   const size_t n = ws.r.size();
   ws.inv_r.resize(n);
   for (size_t a = 0; a < n; ++a) ws.inv_r[a] = 1.0 / ws.r[a];
-  const int64_t np = (static_cast<int64_t>(n) + 7) / 8 * 8;
-  ws.pr.assign(np, beyond);
-  std::copy(ws.r.begin(), ws.r.end(), ws.pr.begin());
-  ws.pfc.resize(n_cut * np);
-  ws.pdfc.resize(n_cut * np);
-  k.pair_cutoffs(cutoffs_.data(), n_cut, ws.pr.data(), np, ws.pfc.data(), ws.pdfc.data());
 
-  // Radial functions: the terms of a neighbour's functions in vectors; (dG/dr) / r kept for the
-  // contractions.
-  ws.radial_dg.clear();
+  // Radial functions: the neighbours in runs by element, each padded to a multiple of the width,
+  // so that one exponential serves `width` neighbours of a function; (dG/dr) / r kept per
+  // neighbour for the contractions.
+  ws.rseg.assign(n_elements_ + 1, 0);
+  for (size_t a = 0; a < n; ++a)
+    if (!radial_by_element_[ws.z[a]].empty()) ws.rseg[ws.z[a] + 1]++;
+  for (int64_t e = 0; e < n_elements_; ++e)
+    ws.rseg[e + 1] = ws.rseg[e] + (ws.rseg[e + 1] + width - 1) / width * width;
+  const int64_t n_run = ws.rseg[n_elements_];
+  ws.rr.assign(n_run, beyond);
+  ws.rinv.assign(n_run, 0.0);
+  ws.ridx.assign(n_run, -1);
+  ws.rnext.assign(ws.rseg.begin(), ws.rseg.end() - 1);
   for (size_t a = 0; a < n; ++a) {
-    const auto& fns = radial_by_element_[ws.z[a]];
-    if (fns.empty()) continue;
-    const std::vector<double>& params = radial_params_[ws.z[a]];
-    const int64_t mp = static_cast<int64_t>(params.size() / 2);
-    ws.g2.assign(4 * mp, 0.0);
-    double *fc = ws.g2.data(), *dfc = fc + mp, *g = dfc + mp, *dg = g + mp;
-    for (size_t m = 0; m < fns.size(); ++m) {
-      fc[m] = ws.pfc[fns[m].cut * np + a];
-      dfc[m] = ws.pdfc[fns[m].cut * np + a];
-    }
-    k.radial_terms(params.data(), params.data() + mp, fc, dfc, mp, ws.r[a], ws.inv_r[a], g, dg);
-    for (size_t m = 0; m < fns.size(); ++m) {
-      if (G_i) G_i[fns[m].f] += g[m];
-      ws.radial_dg.push_back(dg[m]);
-    }
+    if (radial_by_element_[ws.z[a]].empty()) continue;
+    const int64_t s = ws.rnext[ws.z[a]]++;
+    ws.rr[s] = ws.r[a];
+    ws.rinv[s] = ws.inv_r[a];
+    ws.ridx[s] = static_cast<int>(a);
+  }
+  ws.pfc.resize(n_cut * n_run);
+  ws.pdfc.resize(n_cut * n_run);
+  k.pair_cutoffs(cutoffs_.data(), n_cut, ws.rr.data(), n_run, ws.pfc.data(), ws.pdfc.data());
+  int64_t n_dg = 0;
+  for (int64_t e = 0; e < n_elements_; ++e)
+    n_dg += static_cast<int64_t>(radial_by_element_[e].size()) * (ws.rseg[e + 1] - ws.rseg[e]);
+  ws.radial_dg.resize(n_dg);  // per element run: [function of the element][neighbour of the run]
+  for (int64_t e = 0, off = 0; e < n_elements_; ++e) {
+    const auto& fns = radial_by_element_[e];
+    const int64_t begin = ws.rseg[e], len = ws.rseg[e + 1] - begin, n_fn = static_cast<int64_t>(fns.size());
+    if (len == 0) continue;
+    ws.g2.resize(n_fn);
+    k.radial_values(fns.data(), n_fn, &ws.rr[begin], &ws.rinv[begin], &ws.pfc[begin], &ws.pdfc[begin], n_run,
+                    len, ws.g2.data(), &ws.radial_dg[off]);
+    if (G_i)
+      for (int64_t m = 0; m < n_fn; ++m) G_i[fns[m].f] += ws.g2[m];
+    off += n_fn * len;
   }
 
   // Angular neighbours in slots by element, each element's run followed by width - 1 zeros.
@@ -354,7 +358,7 @@ void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, Centre
 void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, int64_t n_rhs,
                                    const double* w, double* out, int64_t out_stride) const {
   const Kernels& k = kernels();
-  if (ws.n_slots > 0 && ws.width != k.width)
+  if (ws.width != k.width)  // the radial runs and the slots are laid out for ws.width
     throw Error("symmetry functions: the SIMD width changed between centre_values and centre_vjp");
   const int64_t ns = ws.n_slots;
   for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {  // rows in chunks of up to 4, accumulators in registers
@@ -363,18 +367,24 @@ void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWor
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) std::fill_n(o + r * out_stride + 3 * p, 3, 0.0);
     // Radial: g_p = (sum_f w_f (dG_f/dr) / r) D_p.
-    const double* dg = ws.radial_dg.data();
-    for (size_t a = 0; a < ws.r.size(); ++a) {
-      const auto& fns = radial_by_element_[ws.z[a]];
-      if (fns.empty()) continue;
+    for (int64_t e = 0, off = 0; e < n_elements_; ++e) {
+      const auto& fns = radial_by_element_[e];
+      const int64_t begin = ws.rseg[e], len = ws.rseg[e + 1] - begin, n_fn = static_cast<int64_t>(fns.size());
+      if (len == 0) continue;
+      ws.rrow.resize(n_fn + len);
+      double *wm = ws.rrow.data(), *acc = wm + n_fn;
       for (int64_t r = 0; r < nr; ++r) {
         const double* wr = w + (r0 + r) * n_sf_;
-        double acc = 0.0;
-        for (size_t m = 0; m < fns.size(); ++m) acc += wr[fns[m].f] * dg[m];
-        double* op = o + r * out_stride + 3 * ws.pair[a];
-        for (int x = 0; x < 3; ++x) op[x] += acc * ws.d[3 * a + x];
+        for (int64_t m = 0; m < n_fn; ++m) wm[m] = wr[fns[m].f];
+        k.radial_vjp(wm, n_fn, &ws.radial_dg[off], len, acc);
+        for (int64_t s = 0; s < len; ++s) {
+          const int a = ws.ridx[begin + s];
+          if (a < 0) continue;
+          double* op = o + r * out_stride + 3 * ws.pair[a];
+          for (int x = 0; x < 3; ++x) op[x] += acc[s] * ws.d[3 * a + x];
+        }
       }
-      dg += fns.size();
+      off += n_fn * len;
     }
     if (ns == 0) continue;
     ws.wt.resize(n_sf_ * nr);
@@ -394,7 +404,7 @@ void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWor
 void SymmetryFunctions::centre_jvp(const NeighbourView&, int64_t, CentreWorkspace& ws, int64_t n_rhs,
                                    const double* t, int64_t t_stride, double* out, int64_t out_stride) const {
   const Kernels& k = kernels();
-  if (ws.n_slots > 0 && ws.width != k.width)
+  if (ws.width != k.width)  // the radial runs and the slots are laid out for ws.width
     throw Error("symmetry functions: the SIMD width changed between centre_values and centre_jvp");
   const int64_t ns = ws.n_slots;
   const int W = k.width;
@@ -404,15 +414,21 @@ void SymmetryFunctions::centre_jvp(const NeighbourView&, int64_t, CentreWorkspac
     const double* tr0 = t + r0 * t_stride;
     for (int64_t r = 0; r < nr; ++r) std::fill_n(o + r * out_stride, n_sf_, 0.0);
     // Radial: dG_f . t_p = ((dG_f/dr) / r) D_p . t_p.
-    const double* dg = ws.radial_dg.data();
-    for (size_t a = 0; a < ws.r.size(); ++a) {
-      const auto& fns = radial_by_element_[ws.z[a]];
-      if (fns.empty()) continue;
+    for (int64_t e = 0, off = 0; e < n_elements_; ++e) {
+      const auto& fns = radial_by_element_[e];
+      const int64_t begin = ws.rseg[e], len = ws.rseg[e + 1] - begin, n_fn = static_cast<int64_t>(fns.size());
+      if (len == 0) continue;
+      ws.rrow.resize(n_fn + len);
+      double *sum = ws.rrow.data(), *u = sum + n_fn;
       for (int64_t r = 0; r < nr; ++r) {
-        const double u = dot3(&ws.d[3 * a], tr0 + r * t_stride + 3 * ws.pair[a]);
-        for (size_t m = 0; m < fns.size(); ++m) o[r * out_stride + fns[m].f] += dg[m] * u;
+        for (int64_t s = 0; s < len; ++s) {
+          const int a = ws.ridx[begin + s];
+          u[s] = a < 0 ? 0.0 : dot3(&ws.d[3 * a], tr0 + r * t_stride + 3 * ws.pair[a]);
+        }
+        k.radial_jvp(u, n_fn, &ws.radial_dg[off], len, sum);
+        for (int64_t m = 0; m < n_fn; ++m) o[r * out_stride + fns[m].f] += sum[m];
       }
-      dg += fns.size();
+      off += n_fn * len;
     }
     if (ns == 0) continue;
     ws.slot_rows.assign(nr * 3 * ns, 0.0);

@@ -172,13 +172,19 @@ class SymmetryFunctions {
     std::vector<double> S, dS;    // [radial key] exp(-eta r_jk^2) fc(r_jk), and d/dr_jk divided by r_jk
     std::vector<double> A, dA;    // [shape] angular factor and d/dcos
     // the fused pass (prepare_centre and the SIMD kernels):
-    std::vector<double> radial_dg;  // recorded: (dG2/dr) / r per neighbour and G2 of its element
+    // G2: the neighbours with radial functions in runs by element, each run padded to a multiple
+    // of `width` (length beyond every cutoff, 1 / r = 0, index -1)
+    std::vector<int64_t> rseg, rnext;  // [element + 1] first entry of each run; fill cursors
+    std::vector<double> rr, rinv;      // [run entry] length, 1 / length
+    std::vector<int> ridx;             // [run entry] neighbour (-1: padding)
+    std::vector<double> radial_dg;     // recorded, per run: [function][run entry] (dG2/dr) / r
+    std::vector<double> rrow;          // scratch of the radial contractions
     int width = 0;                  // vector width the slots and the record were laid out for
     int64_t n_slots = 0;
     std::vector<double> sx, sy, sz, sinv;  // [slot] vector and 1 / length (0 in padding slots)
     std::vector<double> sr;          // [slot] length (beyond every cutoff in padding slots)
-    std::vector<double> pr, pfc, pdfc;  // kernels: [neighbour] length, [cutoff][neighbour] fc, dfc
-    std::vector<double> g2;          // kernels: [4][functions of an element] fc, dfc, G2, (dG2/dr) / r
+    std::vector<double> pfc, pdfc;   // [cutoff][run entry] fc, dfc/dr
+    std::vector<double> g2;          // [function of an element] its G2 summed over a run
     std::vector<double> sR, sdR;     // [radial key][slot]
     std::vector<int> sidx, selem;    // [slot] neighbour (-1: padding), element
     std::vector<int64_t> seg;        // [element] first slot, end of its real slots
@@ -276,7 +282,6 @@ class SymmetryFunctions {
   std::vector<RadialKey> radial_keys_;  // distinct (eta, rc) of the angular functions
   std::vector<Shape> shapes_;           // distinct (zeta, lambda)
   std::vector<std::vector<Radial>> radial_by_element_;  // [n_elements]
-  std::vector<std::vector<double>> radial_params_;      // [n_elements] eta, then rs, of radial_by_element_, padded to 8
   std::vector<std::vector<Angular>> angular_by_pair_;   // [n_elements * n_elements], symmetric
   std::vector<std::vector<AngularGroup>> groups_by_pair_;  // the same functions by (key, kind)
   std::vector<int> rjk_slot_;  // [radial key] its slot in a recorded triplet (keys at r_jk), or -1

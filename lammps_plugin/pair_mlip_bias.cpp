@@ -354,39 +354,36 @@ void PairMLIPBias::build_neighbors()
   species.resize(nall);
   for (int i = 0; i < nall; i++) species[i] = type_to_element[type[i]];
 
-  neighbor_count.assign(nlocal, 0);
-  int *count = neighbor_count.data();
   const int inum = list->inum;
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
 
-  // two passes: count, then fill in the CSR order of local atom indices
+  // one pass over the list's rows in local index order (the CSR order), into arrays sized for
+  // every listed neighbour (the skin's pairs are dropped as they come)
+  in_list.assign(nlocal, 0);
+  int64_t bound = 0;
   for (int ii = 0; ii < inum; ii++) {
     const int i = ilist[ii];
     if (i >= nlocal || species[i] < 0) continue;
-    const int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (species[j] < 0) continue;
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) count[i]++;
-    }
+    in_list[i] = 1;
+    bound += numneigh[i];
   }
-  offsets.assign(nlocal + 1, 0);
-  for (int i = 0; i < nlocal; i++) offsets[i + 1] = offsets[i] + count[i];
-  const int64_t npairs = offsets[nlocal];
-  pair_j.resize(npairs);
-  pair_d.resize(3 * npairs);
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    if (i >= nlocal || species[i] < 0) continue;
-    int64_t p = offsets[i];
+  if (static_cast<int64_t>(pair_j.size()) < bound) {
+    pair_j.resize(bound);
+    pair_d.resize(3 * bound);
+  }
+  offsets.resize(nlocal + 1);
+  int64_t p = 0;
+  for (int i = 0; i < nlocal; i++) {
+    offsets[i] = p;
+    if (!in_list[i]) continue;
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
     const int *jlist = firstneigh[i];
     for (int jj = 0; jj < numneigh[i]; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
       if (species[j] < 0) continue;
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
       if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
       pair_j[p] = j;
       pair_d[3 * p] = dx;
@@ -395,6 +392,7 @@ void PairMLIPBias::build_neighbors()
       p++;
     }
   }
+  offsets[nlocal] = p;
 }
 
 /* ---------------------------------------------------------------------- */

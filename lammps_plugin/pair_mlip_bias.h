@@ -51,7 +51,7 @@ class PairMLIPBias : public Pair {
   // per-step work arrays
   std::vector<int64_t> species;        // [nall]
   std::vector<int64_t> offsets;        // [nlocal + 1]
-  std::vector<int> neighbor_count;     // [nlocal], pairs per centre
+  std::vector<char> in_list;          // [nlocal], a row of the neighbour list
   std::vector<int64_t> pair_j;
   std::vector<double> pair_d;
   mlipbias::EvaluationResult result;

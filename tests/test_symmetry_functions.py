@@ -133,11 +133,13 @@ def test_vjp_and_jvp_match_reference_with_several_rhs(case):
 
 
 def _odd_sio2_table():
-    """The SiO2 set with a non-integer zeta (the std::pow lanes) and a second angular cutoff."""
+    """The SiO2 set with a non-integer zeta (the std::pow lanes), a second angular cutoff and G2
+    functions at a second cutoff (the radial runs read the cutoff function of each function)."""
     table = SymmetryFunctions.defaults("SiO2").table.copy()
     angular = np.flatnonzero(table[:, 0] > 2)
     table[angular[1], 5] = 1.5  # zeta
     table[angular[2::3], 7] = 4.5  # rc: G4 and G5 with their own cutoff functions at r_jk
+    table[np.flatnonzero(table[:, 0] == 2)[1::3], 7] = 4.0  # G2 with their own cutoff
     return SymmetryFunctions(["O", "Si"], table)
 
 
