@@ -39,7 +39,8 @@ MIN_STEPS = 3
 @dataclass
 class Case:
     name: str
-    kind: str  # "mlip" (needs the SiO2 cell), "bks" (SiO2 with charges), "snap" (bcc Ta), "mliap" (fcc Cu)
+    kind: str  # "mlip" (needs the SiO2 cell), "bks" (SiO2 with charges), "snap" (bcc Ta), "mliap" (fcc Cu),
+    # "zero" (the SiO2 cell, `lines` a pair_style zero line)
     lines: str  # pair style lines; {ensemble} and {gradient} are the model paths
     model: str = ""  # which model file the plain reference of a ratio uses
     per_atom_u: bool = False
@@ -119,6 +120,8 @@ def input_script(case: Case, data: Path, n_atoms: int, models: dict, steps: int)
         system = "units metal\natom_style charge\nread_data {}\n{}".format(
             data, "\n".join(BKS().lammps_commands())
         )
+    elif case.kind == "zero":
+        system = f"units metal\natom_style atomic\nread_data {data}\n{case.lines}\npair_coeff * *\n"
     else:
         system = f"units metal\natom_style atomic\nread_data {data}\n"
         system += case.lines.format(**models) + "\npair_coeff * * Si O\n"

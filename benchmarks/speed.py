@@ -68,7 +68,10 @@ SHORT = Case(
 OURS.append(SHORT)
 SCALING = ["ML-IAP NN Cu", "SNAP Ta06A", "BP-NN SiO2 plain"]
 # rough cost of a step per atom (s), to size the runs
-PER_ATOM_STEP = {"mlip": 150e-6, "mliap": 150e-6, "snap": 60e-6}
+PER_ATOM_STEP = {"mlip": 150e-6, "mliap": 150e-6, "snap": 60e-6, "zero": 0.2e-6}
+# What LAMMPS itself costs on the SiO2 cell: a pair style that computes nothing on the same full
+# neighbour list (6 A + LAMMPS' 2 A skin), with the same integrator and thermo output as ours.
+FLOOR = Case("LAMMPS floor, pair_style zero 6 A", "zero", "pair_style zero 6.0 full")
 
 
 def short_angular_model(path: str, folder: Path, rc: float = 3.5) -> str:

@@ -247,22 +247,28 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
   const Kernels& k = kernels();
   const size_t n_cut = cutoffs_.size(), n_keys = radial_keys_.size();
   const double cutoff2 = cutoff_ * cutoff_, beyond = 2.0 * cutoff_;  // a length beyond every cutoff
-  ws.pair.clear();
-  ws.z.clear();
-  ws.d.clear();
-  ws.r.clear();
-  for (int64_t p = nb.offsets[i]; p < nb.offsets[i + 1]; ++p) {
+  // the neighbours inside the cutoff, written by index into arrays sized for every pair
+  const int64_t p0 = nb.offsets[i], n_pairs = nb.offsets[i + 1] - p0;
+  for (auto* v : {&ws.r, &ws.inv_r}) v->resize(n_pairs);
+  ws.pair.resize(n_pairs);
+  ws.z.resize(n_pairs);
+  ws.d.resize(3 * n_pairs);
+  size_t n = 0;
+  for (int64_t p = p0; p < p0 + n_pairs; ++p) {
     const double* d = nb.D + 3 * p;
     const double r2 = dot3(d, d);
     if (r2 >= cutoff2) continue;
-    ws.pair.push_back(p);
-    ws.z.push_back(nb.species[nb.j[p]]);
-    ws.d.insert(ws.d.end(), d, d + 3);
-    ws.r.push_back(std::sqrt(r2));
+    ws.pair[n] = p;
+    ws.z[n] = nb.species[nb.j[p]];
+    std::copy(d, d + 3, &ws.d[3 * n]);
+    ws.r[n] = std::sqrt(r2);
+    ws.inv_r[n] = 1.0 / ws.r[n];
+    ++n;
   }
-  const size_t n = ws.r.size();
-  ws.inv_r.resize(n);
-  for (size_t a = 0; a < n; ++a) ws.inv_r[a] = 1.0 / ws.r[a];
+  for (auto* v : {&ws.r, &ws.inv_r}) v->resize(n);
+  ws.pair.resize(n);
+  ws.z.resize(n);
+  ws.d.resize(3 * n);
 
   // Radial functions: the neighbours in runs by element, each padded to a multiple of the width,
   // so that one exponential serves `width` neighbours of a function; (dG/dr) / r kept per

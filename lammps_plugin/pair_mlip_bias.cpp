@@ -382,9 +382,8 @@ void PairMLIPBias::build_neighbors()
     const int *jlist = firstneigh[i];
     for (int jj = 0; jj < numneigh[i]; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
-      if (species[j] < 0) continue;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model || species[j] < 0) continue;  // most fail the first
       pair_j[p] = j;
       pair_d[3 * p] = dx;
       pair_d[3 * p + 1] = dy;

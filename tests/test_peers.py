@@ -107,3 +107,12 @@ def test_tables_give_ratios_to_the_plain_model_of_the_same_file():
         "2.00",
         "1.10",
     ]
+
+
+def test_ten_times_ahead_takes_the_floor_off_the_fastest_peer():
+    from peers import ten_times_ahead
+
+    line = ten_times_ahead(0.05, [125.0, 43.6], 8.72)
+    assert "<= 4.36 us" in line and "may cost <= 4.31" in line and "not met (2.0x the target)" in line
+    assert ten_times_ahead(0.05, [125.0, 43.6], 4.0).endswith(": met.")
+    assert "no 10x line" in ten_times_ahead(None, [125.0], 4.0)
