@@ -103,6 +103,10 @@ SymmetryFunctions::SymmetryFunctions(const double* table, int64_t n_sf, int64_t 
     angular_by_pair_[ia * n_elements + ib].push_back(fn);
     if (ia != ib) angular_by_pair_[ib * n_elements + ia].push_back(fn);
   }
+  for (const auto& fns : radial_by_element_)
+    for (const Radial& fn : fns)
+      if (std::find(radial_cuts_.begin(), radial_cuts_.end(), fn.cut) == radial_cuts_.end())
+        radial_cuts_.push_back(fn.cut);
   rjk_slot_.assign(radial_keys_.size(), -1);
   for (size_t k = 0; k < radial_keys_.size(); ++k)
     if (radial_keys_[k].at_rjk) rjk_slot_[k] = n_rjk_keys_++;
@@ -179,7 +183,7 @@ using Workspace = SymmetryFunctions::CentreWorkspace;
 
 struct Kernels {
   int width;
-  void (*pair_cutoffs)(const double*, size_t, const double*, int64_t, double*, double*);
+  void (*pair_cutoffs)(const double*, const int*, size_t, const double*, int64_t, double*, double*);
   void (*radial_values)(const SymmetryFunctions::Radial*, int64_t, const double*, const double*, const double*,
                         const double*, int64_t, int64_t, double*, double*);
   void (*radial_vjp)(const double*, int64_t, const double*, int64_t, double*);
@@ -292,7 +296,8 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
   }
   ws.pfc.resize(n_cut * n_run);
   ws.pdfc.resize(n_cut * n_run);
-  k.pair_cutoffs(cutoffs_.data(), n_cut, ws.rr.data(), n_run, ws.pfc.data(), ws.pdfc.data());
+  k.pair_cutoffs(cutoffs_.data(), radial_cuts_.data(), radial_cuts_.size(), ws.rr.data(), n_run, ws.pfc.data(),
+                 ws.pdfc.data());
   int64_t n_dg = 0;
   for (int64_t e = 0; e < n_elements_; ++e)
     n_dg += static_cast<int64_t>(radial_by_element_[e].size()) * (ws.rseg[e + 1] - ws.rseg[e]);

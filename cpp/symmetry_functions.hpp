@@ -282,6 +282,7 @@ class SymmetryFunctions {
   std::vector<RadialKey> radial_keys_;  // distinct (eta, rc) of the angular functions
   std::vector<Shape> shapes_;           // distinct (zeta, lambda)
   std::vector<std::vector<Radial>> radial_by_element_;  // [n_elements]
+  std::vector<int> radial_cuts_;                        // the cutoffs (indices) of the G2 functions
   std::vector<std::vector<Angular>> angular_by_pair_;   // [n_elements * n_elements], symmetric
   std::vector<std::vector<AngularGroup>> groups_by_pair_;  // the same functions by (key, kind)
   std::vector<int> rjk_slot_;  // [radial key] its slot in a recorded triplet (keys at r_jk), or -1

@@ -346,7 +346,7 @@ void PairMLIPBias::build_neighbors()
 {
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
-  double **x = atom->x;
+  const double *x = atom->x[0];  // LAMMPS' per-atom arrays are contiguous: one load less per neighbour
   const int *type = atom->type;
   const double cut = model->cutoff();
   const double cutsq_model = cut * cut;
@@ -378,11 +378,11 @@ void PairMLIPBias::build_neighbors()
   for (int i = 0; i < nlocal; i++) {
     offsets[i] = p;
     if (!in_list[i]) continue;
-    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
     const int *jlist = firstneigh[i];
     for (int jj = 0; jj < numneigh[i]; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      const double dx = x[3 * j] - xi, dy = x[3 * j + 1] - yi, dz = x[3 * j + 2] - zi;
       if (dx * dx + dy * dy + dz * dz >= cutsq_model || species[j] < 0) continue;  // most fail the first
       pair_j[p] = j;
       pair_d[3 * p] = dx;
