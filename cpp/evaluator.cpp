@@ -715,7 +715,7 @@ void Evaluator::Impl::forward_atoms_in() {
     for (int64_t i = i0; i < i1; ++i) {
       double* Gi = &G[i * n_g];
       if (handled[i]) {
-        if (!gm) md.descriptor.centre_values(nb, i, sf_ws[i - i0], Gi);
+        if (!gm) md.descriptor.centre_values(nb, i, sf_ws[i - i0], Gi, !deferred);  // deferred: contracted later
         continue;
       }
       std::fill(Gi, Gi + n_g, 0.0);

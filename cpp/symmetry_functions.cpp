@@ -13,6 +13,9 @@
 // GCC notes (at the templates of the header, hence before it) that the shared templates
 // (sf_ipow, ...) instantiated on AVX vectors would pass them differently out of line; they are
 // always inlined into the kernel of their instruction set, so no call's ABI can differ.
+#ifdef __x86_64__
+#include <immintrin.h>  // the explicit fused multiply-adds of the contractions
+#endif
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 #include "symmetry_functions.hpp"
@@ -189,7 +192,7 @@ struct Kernels {
   void (*radial_vjp)(const double*, int64_t, const double*, int64_t, double*);
   void (*radial_jvp)(const double*, int64_t, const double*, int64_t, double*);
   void (*slot_radial)(const Tables&, Workspace&);
-  void (*values)(const Tables&, Workspace&, double*);
+  void (*values)(const Tables&, Workspace&, double*, bool);
   void (*vjp[4])(const Tables&, const Workspace&, const double*, double*);
   void (*jvp[4])(const Tables&, const Workspace&, const double*, double*);
 };
@@ -351,17 +354,19 @@ void SymmetryFunctions::prepare_centre(const NeighbourView& nb, int64_t i, Centr
   k.slot_radial(kernel_tables(), ws);
 }
 
-void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const {
+void SymmetryFunctions::centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i,
+                                      bool record) const {
   const Kernels& k = kernels();
   if (G_i) std::fill(G_i, G_i + n_sf_, 0.0);
   prepare_centre(nb, i, ws, G_i, k.width);
+  ws.recorded = record;
   if (ws.n_slots == 0) {
     ws.triplets.clear();
     return;
   }
-  if (!G_i) return k.values(kernel_tables(), ws, nullptr);
+  if (!G_i) return k.values(kernel_tables(), ws, nullptr, record);
   ws.acc.assign(n_sf_ * k.width, 0.0);
-  k.values(kernel_tables(), ws, ws.acc.data());
+  k.values(kernel_tables(), ws, ws.acc.data(), record);
   for (int64_t f = 0; f < n_sf_; ++f)
     for (int l = 0; l < k.width; ++l) G_i[f] += ws.acc[f * k.width + l];
 }
@@ -371,6 +376,7 @@ void SymmetryFunctions::centre_vjp(const NeighbourView& nb, int64_t i, CentreWor
   const Kernels& k = kernels();
   if (ws.width != k.width)  // the radial runs and the slots are laid out for ws.width
     throw Error("symmetry functions: the SIMD width changed between centre_values and centre_vjp");
+  if (!ws.recorded) throw Error("symmetry functions: centre_vjp after centre_values without its record");
   const int64_t ns = ws.n_slots;
   for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {  // rows in chunks of up to 4, accumulators in registers
     const int64_t nr = std::min<int64_t>(4, n_rhs - r0);
@@ -417,6 +423,7 @@ void SymmetryFunctions::centre_jvp(const NeighbourView&, int64_t, CentreWorkspac
   const Kernels& k = kernels();
   if (ws.width != k.width)  // the radial runs and the slots are laid out for ws.width
     throw Error("symmetry functions: the SIMD width changed between centre_values and centre_jvp");
+  if (!ws.recorded) throw Error("symmetry functions: centre_jvp after centre_values without its record");
   const int64_t ns = ws.n_slots;
   const int W = k.width;
   for (int64_t r0 = 0; r0 < n_rhs; r0 += 4) {
@@ -616,7 +623,7 @@ void SymmetryFunctions::compute(const NeighbourView& nb, double* G) const {
   {
     CentreWorkspace ws;
 #pragma omp for schedule(dynamic, 16)
-    for (int64_t i = 0; i < nb.n_centers; ++i) centre_values(nb, i, ws, G + i * n_sf_);
+    for (int64_t i = 0; i < nb.n_centers; ++i) centre_values(nb, i, ws, G + i * n_sf_, false);
   }
 }
 

@@ -189,14 +189,18 @@ class SymmetryFunctions {
     std::vector<int> sidx, selem;    // [slot] neighbour (-1: padding), element
     std::vector<int64_t> seg;        // [element] first slot, end of its real slots
     std::vector<double> triplets;    // recorded: per block of `width` triplets, record_stride() vectors
+    bool recorded = false;           // triplets hold every block (centre_values with record)
     std::vector<double> acc;         // vector accumulators of the kernels
     std::vector<double> slot_rows;   // [rhs][3][slot] pair gradients (vjp) or tangents (jvp)
     std::vector<double> wt;          // weights [n_sf][rows of a chunk]
   };
 
   // G_i (n_sf values, overwritten) of centre i; keeps the geometry in ws for centre_vjp and
-  // centre_jvp. No check(): callers run check(nb) once before their loop over centres.
-  void centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i) const;
+  // centre_jvp (record: false keeps one block only, for values that are not contracted: the
+  // record is ~300 kB per centre at 6 A). No check(): callers run check(nb) once before their
+  // loop over centres.
+  void centre_values(const NeighbourView& nb, int64_t i, CentreWorkspace& ws, double* G_i,
+                     bool record = true) const;
 
   // After centre_values(nb, i, ws, ...): out[r * out_stride + 3 p] = sum_f w[r * n_sf + f]
   // dG_if/dD_p for every pair p of centre i (overwritten, 0 beyond the cutoff) and n_rhs weight
