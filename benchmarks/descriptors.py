@@ -5,7 +5,8 @@ default SiO2 set (52 functions, rc = 6 A). Codes (one adapter each, below):
 
 - mlipbias C++: values; values + vjp with one and two right-hand sides (energy + forces,
   plus an uncertainty gradient); values + explicit derivatives (n_pairs x n_sf x 3).
-  Pairs come from the neighbour list timed on its own row ("ASE neighbour list").
+  Pairs come from the neighbour list timed on its own row ("neighbour list": mlipbias.neighbors,
+  the C++ search behind SymmetryFunctions.neighbours; ASE's in runs before it replaced it).
 - torch reference: values and values + backward on the CPU; on CUDA when a device is usable.
 - dscribe ACSF with the same functions (plus its G1 per species), which builds its own
   neighbour list. Its ACSF derivatives are numerical only (dscribe 2.1: 6 N descriptor
@@ -115,7 +116,7 @@ def dscribe_values(atoms, nb):
 
 
 CODES = {
-    "ASE neighbour list": (20000, neighbour_list),
+    "neighbour list": (20000, neighbour_list),
     "mlipbias C++ G": (20000, cpp_values),
     "mlipbias C++ G + vjp": (20000, cpp_vjp(1)),
     "mlipbias C++ G + vjp (2 rhs)": (20000, cpp_vjp(2)),
