@@ -336,7 +336,9 @@ def main(argv=None) -> int:
         "--repeat", type=int, default=MAIN_REPEAT, help="repeats of the 96-atom cell per axis"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 96 atoms, 1 round, short runs")
-    parser.add_argument("--skip-lammps", action="store_true")
+    parser.add_argument(
+        "--skip-lammps", action="store_true", help="skip the LAMMPS tables (MD, threads and ranks)"
+    )
     parser.add_argument("--skip-process", action="store_true", help="skip the in-process table")
     parser.add_argument("--output", default=None, help=f"JSON path (default {RESULTS}; markdown next to it)")
     args = parser.parse_args(argv)

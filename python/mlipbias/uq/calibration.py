@@ -307,7 +307,7 @@ def fit_method_calibration(
             records.update(fit.to_records("force", method))
             U_i = fit.apply(atom_score)
         else:
-            log(f"{method}: no reference forces, so the per-atom score is not calibrated (U_i = 1)")
+            log(f"{method}: no reference forces, so the per-atom score is not calibrated")
     pairs = [("energy", np.abs(energy_residuals), U)]
     if forces:
         pairs.append(("force", force_rmse_per_atom(force_residuals, np.zeros_like(force_residuals)), U_i))
