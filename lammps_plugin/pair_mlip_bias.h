@@ -51,9 +51,9 @@ class PairMLIPBias : public Pair {
   // per-step work arrays
   std::vector<int64_t> species;        // [nall]
   std::vector<int64_t> offsets;        // [nlocal + 1]
-  std::vector<char> in_list;          // [nlocal], a row of the neighbour list
-  std::vector<int64_t> pair_j;
-  std::vector<double> pair_d;
+  std::vector<char> in_list;           // [nlocal] 1: the list has its row and the model its element
+  std::vector<int64_t> pair_j;         // [pairs]: sized for every listed neighbour, never shrunk
+  std::vector<double> pair_d;          // [pairs][3] x_j - x_i
   mlipbias::EvaluationResult result;
   std::vector<double> global_sums;
   // rescale yes: one contribution to the running sums per timestep; a second evaluation of
