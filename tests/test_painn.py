@@ -8,6 +8,7 @@ evaluation of the ensemble spread (seed 003 Eq. 5); the mlipbias train CLI end t
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -160,6 +161,15 @@ def test_model_files_round_trip_and_bad_files_are_clear_errors(tmp_path):
     atoms = quartz(1)
     a, b = (m.evaluate(m.graph(atoms), "gmm") for m in (model, loaded))
     assert float(a.energy[0]) == float(b.energy[0]) and float(a.uncertainty[0]) == float(b.uncertainty[0])
+    # Readable like any file the user writes (as .mlip files), not private like a temporary file.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    payload = torch.load(path, weights_only=True)
+    payload["calibration"] = {"energy/gmm": torch.ones(1)}
+    torch.save(payload, tmp_path / "bad_calibration.pt")
+    with pytest.raises(ValueError, match="calibration entry must map calibration/... names"):
+        load_painn(tmp_path / "bad_calibration.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_painn(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a model")

@@ -20,9 +20,14 @@ import torch
 def save_plain(payload, path: str | Path) -> Path:
     """Write ``payload`` (tensors and plain types) to ``path`` atomically: a reader, or a run that is
     killed meanwhile, never sees a half-written file. Creates the folder."""
+    from mlipbias.modelfile import _umask
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    # mkstemp makes the file private (0600); a model file or checkpoint gets the usual permissions,
+    # as write_model_file gives .mlip files.
+    os.fchmod(handle, 0o666 & ~_umask())
     os.close(handle)
     try:
         torch.save(payload, tmp)
