@@ -32,6 +32,11 @@ OPTIONS = {
 }
 
 
+def _simd(*names: str) -> tuple[str, ...]:
+    """perf's symbols of the symmetry-function kernels ``names`` at every vector width."""
+    return tuple(f"mlipbias::(anonymous namespace)::simd{w}::{n}" for w in (2, 4, 8) for n in names)
+
+
 # Stages of the evaluator by the symbols perf attributes samples to (the first matching prefix wins).
 STAGES = (
     ("network products", ("mlipbias::(anonymous namespace)::gemm",)),
@@ -40,9 +45,24 @@ STAGES = (
         ("mlipbias::GaussianMoments::moments", "mlipbias::GaussianMoments::compute"),
     ),
     ("GM vjp", ("mlipbias::GaussianMoments::vjp",)),
-    ("SF values", ("mlipbias::SymmetryFunctions::centre_values",)),
-    ("SF record (2nd traversal)", ("mlipbias::SymmetryFunctions::centre_record",)),
-    ("SF contraction", ("mlipbias::SymmetryFunctions::contract", "mlipbias::SymmetryFunctions::centre_vjp")),
+    # The SIMD kernels (cpp/symmetry_functions_simd.inc) in namespaces simd2/4/8; the recording values
+    # pass of the gradient-feature backward has the same symbols as the forward's.
+    ("SF values (triplets)", ("mlipbias::SymmetryFunctions::centre_values", *_simd("values"))),
+    (
+        "SF pairs, G2, slots",
+        (
+            "mlipbias::SymmetryFunctions::prepare_centre",
+            *_simd("pair_cutoffs", "radial_values", "slot_radial"),
+        ),
+    ),
+    (
+        "SF contraction",
+        (
+            "mlipbias::SymmetryFunctions::centre_vjp",
+            "mlipbias::SymmetryFunctions::centre_jvp",
+            *_simd("vjp<", "jvp<", "radial_vjp", "radial_jvp"),
+        ),
+    ),
     ("libm (exp, sincos, pow, tanh)", ("__ieee754", "__sincos", "__expm1", "__tanh", "exp@", "__exp")),
     ("evaluator forward (elementwise, sketch)", ("mlipbias::Evaluator::Impl::forward_atoms_in",)),
     ("tangent (elementwise, activations)", ("mlipbias::Evaluator::Impl::tangents_in",)),
