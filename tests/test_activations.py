@@ -79,7 +79,7 @@ def test_entries_do_not_depend_on_position(width):
         full = at_width(width, kind, z)
         for n in range(1, 20):
             part = at_width(width, kind, z[n:])
-            for a, b in zip(part, full):
+            for a, b in zip(part, full, strict=True):
                 np.testing.assert_array_equal(a, b[n:])
 
 
