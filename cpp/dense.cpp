@@ -9,7 +9,9 @@
 #include "dense.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
@@ -154,7 +156,66 @@ void pack(int k, int n, const T* B, int ldb, std::vector<T>& out) {
     for (int c = 0; c < rest; ++c) *o++ = B[static_cast<long>(p) * ldb + n_strips * NR + c];
 }
 
+// The activations (activation_simd.inc) for 2 (SSE2), 4 (AVX2 + FMA) and 8 (AVX-512) doubles,
+// the wider ones under GCC's target pragma as in symmetry_functions.cpp.
+namespace act2 {
+constexpr int W = 2;
+#include "activation_simd.inc"
+}  // namespace act2
+#ifdef MLIPBIAS_X86_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace act4 {
+constexpr int W = 4;
+#include "activation_simd.inc"
+}  // namespace act4
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace act8 {
+constexpr int W = 8;
+#include "activation_simd.inc"
+}  // namespace act8
+#pragma GCC pop_options
+#endif
+
+int best_activation_width() {
+#ifdef MLIPBIAS_X86_DISPATCH
+  return x86_level() == 2 ? 8 : x86_level() == 1 ? 4 : 2;
+#else
+  return 2;
+#endif
+}
+
+std::atomic<int> activation_width{0};  // 0: not chosen yet
+
 }  // namespace
+
+int activation_simd_width(int width) {
+  if (width > 0 && width != 2 && width != 4 && width != 8)
+    throw Error("activation: the SIMD width must be 0 (the CPU's best), 2, 4 or 8, got " + std::to_string(width));
+  const int best = best_activation_width();
+  if (width >= 0)
+    activation_width.store(width == 0 ? best : std::min(width, best));
+  else if (activation_width.load() == 0)
+    activation_width.store(best);
+  return activation_width.load();
+}
+
+void activation_rows(Activation kind, int n, const double* z, double* value, double* d1, double* d2) {
+  if (n <= 0) return;
+#ifdef MLIPBIAS_X86_DISPATCH
+  switch (activation_simd_width()) {
+    case 8:
+      return act8::activation_rows(kind, n, z, value, d1, d2);
+    case 4:
+      return act4::activation_rows(kind, n, z, value, d1, d2);
+    default:
+      break;
+  }
+#endif
+  act2::activation_rows(kind, n, z, value, d1, d2);
+}
 
 void pack_b(int k, int n, const double* B, int ldb, std::vector<double>& out) { pack(k, n, B, ldb, out); }
 void pack_b(int k, int n, const float* B, int ldb, std::vector<float>& out) { pack(k, n, B, ldb, out); }

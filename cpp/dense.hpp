@@ -10,6 +10,8 @@
 
 #include <vector>
 
+#include "network_math.hpp"
+
 namespace mlipbias {
 
 // B [k][n] with leading dimension ldb -> the packed layout of gemm_accumulate (k * n values).
@@ -18,5 +20,13 @@ void pack_b(int k, int n, const float* B, int ldb, std::vector<float>& out);
 
 void gemm_accumulate(int m, int n, int k, const double* A, int lda, const double* packed, double* C, int ldc);
 void gemm_accumulate(int m, int n, int k, const float* A, int lda, const float* packed, float* C, int ldc);
+
+// act(z), act'(z) and, with d2 non-null, act''(z) of n pre-activations (activation() of
+// network_math.hpp, vectorised with a polynomial exp: within a few ulp of libm).
+void activation_rows(Activation kind, int n, const double* z, double* value, double* d1, double* d2);
+
+// The vector width (doubles) of activation_rows: width < 0 asks, 0 picks the CPU's best, 2, 4 or
+// 8 ask for that width (capped at the CPU's best, for tests); returns the width in use.
+int activation_simd_width(int width = -1);
 
 }  // namespace mlipbias

@@ -176,6 +176,26 @@ void fill_rows(T* C, int width, int n, int n_out, const T* b) {
   }
 }
 
+// act, act' and (d2 non-null) act'' of one row of n pre-activations (activation_rows, in double
+// whatever T: float32 rows go through a small widened copy).
+template <class T>
+void activate(Activation kind, int n, const T* z, T* h, T* d1, T* d2) {
+  if constexpr (std::is_same_v<T, double>) {
+    activation_rows(kind, n, z, h, d1, d2);
+  } else {
+    constexpr int chunk = 64;
+    double zw[chunk], hw[chunk], d1w[chunk], d2w[chunk];
+    for (int a = 0; a < n; a += chunk) {
+      const int m = std::min(chunk, n - a);
+      std::copy(z + a, z + a + m, zw);
+      activation_rows(kind, m, zw, hw, d1w, d2 ? d2w : nullptr);
+      std::copy(hw, hw + m, h + a);
+      std::copy(d1w, d1w + m, d1 + a);
+      if (d2) std::copy(d2w, d2w + m, d2 + a);
+    }
+  }
+}
+
 // Forward pass of one network for n atoms of its element, whose descriptors start at G[r]:
 // fills h, z, act' (and act'' with `second`). The raw outputs are Z(L-1)[r * width].
 template <class T>
@@ -196,15 +216,8 @@ void batch_forward(const ModelData& d, const LayerView<T>* net, int element, int
     if (l == L - 1) break;
     for (int r = 0; r < n; ++r) {
       const size_t row = static_cast<size_t>(r) * W;
-      T *h = ws.H(l + 1) + row, *d1 = ws.D1(l) + row, *d2 = ws.D2(l) + row;
-      const T* zr = z + row;
-      for (int o = 0; o < layer.n_out; ++o) {
-        double value, first, curvature;
-        activation(d.activation, zr[o], &value, &first, &curvature);
-        h[o] = static_cast<T>(value);
-        d1[o] = static_cast<T>(first);
-        if (second) d2[o] = static_cast<T>(curvature);
-      }
+      activate(d.activation, layer.n_out, z + row, ws.H(l + 1) + row, ws.D1(l) + row,
+               second ? ws.D2(l) + row : nullptr);
     }
   }
 }
@@ -277,14 +290,8 @@ void restore_passes(const ModelData& d, const LayerView<T>* net, int element, do
       const T* z = kept[r] + static_cast<size_t>(l) * w;
       const T* gh = kept[r] + static_cast<size_t>(L - 1 + l) * w;
       T *h = ws.H(l + 1) + row, *d1 = ws.D1(l) + row, *d2 = ws.D2(l) + row, *g = ws.Gr(l) + row;
-      for (int o = 0; o < n_out; ++o) {
-        double value, first, curvature;
-        activation(d.activation, z[o], &value, &first, &curvature);
-        h[o] = static_cast<T>(value);
-        d1[o] = static_cast<T>(first);
-        d2[o] = static_cast<T>(curvature);
-        g[o] = d1[o] * gh[o];
-      }
+      activate(d.activation, n_out, z, h, d1, d2);
+      for (int o = 0; o < n_out; ++o) g[o] = d1[o] * gh[o];
     }
     ws.Gr(L - 1)[row] = static_cast<T>(scale);
   }
