@@ -429,21 +429,30 @@ void PairMLIPBias::compute(int eflag, int vflag)
   view.offsets = offsets.data();
   view.j = pair_j.data();
   view.D = pair_d.data();
-  try {
-    evaluator->forward(view);
+  // Errors are collected on each rank and stopped on all ranks together (stop_if_any_rank_failed): the
+  // message then reaches rank 0's screen and log.lammps, where error->one's MPI_Abort could cut it off.
+  std::string failure;
+  auto guarded = [&](auto &&step) {
+    try {
+      step();
+    } catch (mlipbias::TooCloseError &e) {
+      failure = fmt::format("step {}: atoms with IDs {} and {} are {:.6g} A apart, closer than min_distance = "
+                            "{:.6g} A (pair_style keyword min_distance)",
+                            update->ntimestep, atom->tag[e.i], atom->tag[e.j], e.r, e.min_distance);
+    } catch (std::exception &e) {
+      failure = e.what();
+    }
+  };
+  guarded([&] { evaluator->forward(view); });
+  stop_if_any_rank_failed(failure);
+  guarded([&] {
     const std::vector<double> &local = evaluator->local_sums();
     global_sums.resize(local.size());
-    MPI_Allreduce(local.data(), global_sums.data(), static_cast<int>(local.size()), MPI_DOUBLE,
-                  MPI_SUM, world);
+    MPI_Allreduce(local.data(), global_sums.data(), static_cast<int>(local.size()), MPI_DOUBLE, MPI_SUM,
+                  world);
     evaluator->backward(global_sums.data(), result);
-  } catch (mlipbias::TooCloseError &e) {
-    error->one(FLERR,
-               "pair_style mlip/bias: step {}: atoms with IDs {} and {} are {:.6g} A apart, closer than "
-               "min_distance = {:.6g} A (pair_style keyword min_distance)",
-               update->ntimestep, atom->tag[e.i], atom->tag[e.j], e.r, e.min_distance);
-  } catch (std::exception &e) {
-    error->one(FLERR, "pair_style mlip/bias: {}", e.what());
-  }
+  });
+  stop_if_any_rank_failed(failure);
   check_finite();
 
   // Fold every per-atom quantity of ghost atoms into their owners.
@@ -562,14 +571,36 @@ void PairMLIPBias::compute(int eflag, int vflag)
 
 void PairMLIPBias::check_finite()
 {
+  std::string failure;
   mlipbias::NonFiniteOutput bad;
-  if (!mlipbias::find_non_finite(result, bad)) return;
-  const std::string where =
-      bad.atom >= 0 ? fmt::format(" on the atom with ID {}", atom->tag[bad.atom]) : std::string();
-  error->one(FLERR,
-             "pair_style mlip/bias: step {}: the model gives a non-finite {}{} ({}): its weights overflow "
-             "for this structure, which is far outside what model {} was trained on",
-             update->ntimestep, bad.quantity, where, bad.value, model_path);
+  if (mlipbias::find_non_finite(result, bad)) {
+    const std::string where =
+        bad.atom >= 0 ? fmt::format(" on the atom with ID {}", atom->tag[bad.atom]) : std::string();
+    failure = fmt::format("step {}: the model gives a non-finite {}{} ({}): its weights overflow for this "
+                          "structure, which is far outside what model {} was trained on",
+                          update->ntimestep, bad.quantity, where, bad.value, model_path);
+  }
+  stop_if_any_rank_failed(failure);
+}
+
+/* ----------------------------------------------------------------------
+   Called by every rank at the same point: when any rank's failure is not empty, all ranks stop with
+   error->all and the message of the lowest failing rank (sent to rank 0, which prints and logs it).
+   One integer reduction per call when nothing failed.
+------------------------------------------------------------------------- */
+
+void PairMLIPBias::stop_if_any_rank_failed(const std::string &failure)
+{
+  const int mine = failure.empty() ? comm->nprocs : comm->me;
+  int first = comm->nprocs;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, world);
+  if (first == comm->nprocs) return;
+  int length = static_cast<int>(failure.size());
+  MPI_Bcast(&length, 1, MPI_INT, first, world);
+  std::string message = failure;
+  message.resize(length);
+  MPI_Bcast(message.data(), length, MPI_CHAR, first, world);
+  error->all(FLERR, "pair_style mlip/bias (MPI rank {}): {}", first, message);
 }
 
 /* ----------------------------------------------------------------------

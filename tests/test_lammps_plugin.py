@@ -737,7 +737,7 @@ def test_non_finite_model_outputs_stop_the_run_naming_step_and_atom_id(tmp_path,
     text = out.stdout + out.stderr
     assert out.returncode != 0, text
     assert re.search(
-        r"ERROR on proc 0: pair_style mlip/bias: step 40: the model gives a non-finite atom energy "
+        r"ERROR: pair_style mlip/bias \(MPI rank 0\): step 40: the model gives a non-finite atom energy "
         r"on the atom with ID \d+ \(inf\)",
         text,
     ), text
