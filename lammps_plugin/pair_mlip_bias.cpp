@@ -452,8 +452,8 @@ void PairMLIPBias::compute(int eflag, int vflag)
                   world);
     evaluator->backward(global_sums.data(), result);
   });
+  if (failure.empty()) failure = non_finite_output();
   stop_if_any_rank_failed(failure);
-  check_finite();
 
   // Fold every per-atom quantity of ghost atoms into their owners.
   const int n_members = model->n_members();
@@ -566,21 +566,19 @@ void PairMLIPBias::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   Stop before NaN or inf reaches the integrator (one pass over this rank's outputs).
+   What stops the run before NaN or inf reaches the integrator (one pass over this rank's outputs):
+   the step, the quantity and the atom ID, or "" when every output is finite.
 ------------------------------------------------------------------------- */
 
-void PairMLIPBias::check_finite()
+std::string PairMLIPBias::non_finite_output()
 {
-  std::string failure;
   mlipbias::NonFiniteOutput bad;
-  if (mlipbias::find_non_finite(result, bad)) {
-    const std::string where =
-        bad.atom >= 0 ? fmt::format(" on the atom with ID {}", atom->tag[bad.atom]) : std::string();
-    failure = fmt::format("step {}: the model gives a non-finite {}{} ({}): its weights overflow for this "
-                          "structure, which is far outside what model {} was trained on",
-                          update->ntimestep, bad.quantity, where, bad.value, model_path);
-  }
-  stop_if_any_rank_failed(failure);
+  if (!mlipbias::find_non_finite(result, bad)) return std::string();
+  const std::string where =
+      bad.atom >= 0 ? fmt::format(" on the atom with ID {}", atom->tag[bad.atom]) : std::string();
+  return fmt::format("step {}: the model gives a non-finite {}{} ({}): its weights overflow for this structure, "
+                     "which is far outside what model {} was trained on",
+                     update->ntimestep, bad.quantity, where, bad.value, model_path);
 }
 
 /* ----------------------------------------------------------------------

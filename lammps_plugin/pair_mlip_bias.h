@@ -78,7 +78,7 @@ class PairMLIPBias : public Pair {
   bool bias_active() const;
   void grow_fold(int stride);
   void fold_ghosts(int stride);
-  void check_finite();    // stop naming the step and atom ID of a NaN/inf output
+  std::string non_finite_output();  // the step and atom ID of a NaN/inf output, or ""
   void stop_if_any_rank_failed(const std::string &failure);  // collective: error->all if any rank failed
   void check_masses();    // warn once when a type's mass is far from its element's
   bool masses_checked;
